@@ -1,0 +1,36 @@
+"""tickwire: a high-throughput WebSocket market-data gateway with verified local books."""
+
+from __future__ import annotations
+
+from .book import Book, checksum_string
+from .exceptions import (
+    BookError,
+    ChecksumMismatch,
+    ConfigError,
+    ConnectionClosed,
+    IntegrityError,
+    ProtocolError,
+    RequestError,
+    SequenceGap,
+    TickwireError,
+)
+from .protocol import PROTOCOL_VERSION, CloseCode, ErrorCode
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Book",
+    "BookError",
+    "ChecksumMismatch",
+    "CloseCode",
+    "ConfigError",
+    "ConnectionClosed",
+    "ErrorCode",
+    "IntegrityError",
+    "ProtocolError",
+    "RequestError",
+    "SequenceGap",
+    "TickwireError",
+    "checksum_string",
+]

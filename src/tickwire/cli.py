@@ -1,0 +1,144 @@
+"""The ``tickwire`` command: ``serve`` (and, from the SDK, ``watch`` and ``bench``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from .exceptions import ConfigError
+from .simulator import parse_symbols
+
+__all__ = ["main"]
+
+
+def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="run the gateway with its embedded market simulator")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8765, help="WebSocket port (0: any free)")
+    p.add_argument(
+        "--symbols",
+        default="BTC-USD,ETH-USD,SOL-USD",
+        help="comma-separated symbols, or a count N for SYM0..SYM{N-1}",
+    )
+    p.add_argument("--rate", type=float, default=200.0, help="book updates per second per symbol")
+    p.add_argument("--seed", type=int, default=1, help="simulator seed (deterministic flow)")
+    p.add_argument(
+        "--batch-ms",
+        type=float,
+        default=1.0,
+        help="tick: a channel's updates within it share one frame (0: one each)",
+    )
+    p.add_argument(
+        "--history-mb", type=float, default=4.0, help="resume history kept per channel, in MiB"
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=float,
+        default=1.0,
+        help="seconds of silence before a channel sends a heartbeat",
+    )
+    p.add_argument(
+        "--ping-interval",
+        type=float,
+        default=20.0,
+        help="seconds between WebSocket pings to an idle peer (0: off)",
+    )
+    p.add_argument(
+        "--ping-timeout",
+        type=float,
+        default=20.0,
+        help="seconds to wait for the pong before closing",
+    )
+    p.add_argument(
+        "--max-message-kb",
+        type=float,
+        default=64.0,
+        help="largest client frame or message accepted, in KiB",
+    )
+    p.add_argument(
+        "--max-subscriptions",
+        type=int,
+        default=1024,
+        help="channels one connection may subscribe to",
+    )
+    p.add_argument(
+        "--burst-every",
+        type=float,
+        default=0.0,
+        help="seconds between automatic bursts of the simulator (0: none)",
+    )
+    p.add_argument("--burst-factor", type=float, default=10.0, help="rate multiplier in a burst")
+    p.add_argument("--burst-seconds", type=float, default=2.0, help="length of a burst")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=0.0,
+        help="exit by itself after this many seconds (0: run until signalled)",
+    )
+    p.add_argument("--stats-file", default=None, help="also write the exit stats JSON here")
+    p.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING or ERROR")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from .server import Gateway, GatewayConfig
+
+    config = GatewayConfig(
+        host=args.host,
+        port=args.port,
+        symbols=parse_symbols(args.symbols),
+        rate=args.rate,
+        seed=args.seed,
+        batch_ms=args.batch_ms,
+        history_bytes=int(args.history_mb * (1 << 20)),
+        heartbeat_s=args.heartbeat,
+        ping_interval_s=args.ping_interval,
+        ping_timeout_s=args.ping_timeout,
+        max_message_bytes=int(args.max_message_kb * 1024),
+        max_subscriptions=args.max_subscriptions,
+        burst_every_s=args.burst_every,
+        burst_factor=args.burst_factor,
+        burst_seconds=args.burst_seconds,
+        max_seconds=args.max_seconds,
+        stats_path=args.stats_file,
+    )
+
+    async def run() -> None:
+        gateway = Gateway(config)
+        await gateway.start()
+        print(
+            f"tickwire: serving {len(config.symbols)} symbols at {config.rate:g} updates/s "
+            f"each on ws://{config.host}:{gateway.port}/ws (epoch {gateway.engine.epoch})",
+            flush=True,
+        )
+        await gateway.run()
+
+    uvloop.run(run())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tickwire`` command."""
+    parser = argparse.ArgumentParser(prog="tickwire", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(args, "log_level", "WARNING").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "serve":
+            return _serve(args)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Every exception tickwire raises, in one place.
+
+The tree::
+
+    TickwireError
+    ├── ProtocolError (Sans-I/O)            a peer sent something the protocol forbids
+    │   └── RequestError (Sans-I/O)         one client request is invalid; carries an
+    │                                        error ``code`` and the request ``id``; the
+    │                                        connection stays open
+    ├── BookError (Sans-I/O, ValueError)    a book update or snapshot is malformed
+    ├── IntegrityError (Sans-I/O)           a client's local view diverged from the feed
+    │   ├── SequenceGap                     ``prev_seq`` did not chain to the local ``seq``
+    │   └── ChecksumMismatch                the book's CRC32 differs after applying
+    ├── ConnectionClosed                    the WebSocket link ended (client side)
+    └── ConfigError (ValueError)            a command-line or constructor option is invalid
+
+"Sans-I/O" classes are raised by the core modules (``protocol``, ``book``, ``hub``)
+without any socket involved. Remote errors (the peer misbehaved) are ``ProtocolError``;
+local integrity failures of the SDK are ``IntegrityError``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BookError",
+    "ChecksumMismatch",
+    "ConfigError",
+    "ConnectionClosed",
+    "IntegrityError",
+    "ProtocolError",
+    "RequestError",
+    "SequenceGap",
+    "TickwireError",
+]
+
+
+class TickwireError(Exception):
+    """Base class of every tickwire exception."""
+
+
+class ProtocolError(TickwireError):
+    """A peer sent data that the tickwire protocol forbids (Sans-I/O)."""
+
+
+class RequestError(ProtocolError):
+    """One client request is invalid (Sans-I/O).
+
+    The server answers it with an ``error`` message carrying :attr:`code` (one of
+    :class:`tickwire.protocol.ErrorCode`) and the request's ``id`` when it could be read,
+    and keeps the connection open.
+    """
+
+    def __init__(self, code: str, message: str, request_id: int | str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+class BookError(TickwireError, ValueError):
+    """A book update or snapshot is malformed: bad side, price or quantity (Sans-I/O)."""
+
+
+class IntegrityError(TickwireError):
+    """A local book or trade stream no longer matches the feed (Sans-I/O).
+
+    The SDK raises it internally, marks the channel stale and resyncs; users see it
+    through counters and the ``stale`` flag rather than as an exception.
+    """
+
+    def __init__(self, channel: str, message: str) -> None:
+        super().__init__(f"{channel}: {message}")
+        self.channel = channel
+
+
+class SequenceGap(IntegrityError):
+    """A message's ``prev_seq`` did not equal the channel's last applied ``seq``."""
+
+
+class ChecksumMismatch(IntegrityError):
+    """The book's CRC32 after applying a message differs from the one the server sent."""
+
+
+class ConnectionClosed(TickwireError):
+    """The WebSocket connection is closed; :attr:`code` and :attr:`reason` say why."""
+
+    def __init__(self, code: int | None, reason: str = "") -> None:
+        super().__init__(f"connection closed: code={code} reason={reason!r}")
+        self.code = code
+        self.reason = reason
+
+
+class ConfigError(TickwireError, ValueError):
+    """An option given on the command line or to a constructor is invalid."""

@@ -1,0 +1,380 @@
+"""The gateway process: picows listener, tick loop and request dispatch (the I/O layer).
+
+Everything protocol-shaped lives in the Sans-I/O core (:mod:`tickwire.protocol`,
+:mod:`tickwire.hub`); this module only moves bytes: it feeds client frames to the core,
+drives the tick (source → hub → one ``write`` per dirty connection), and handles
+connection life (ping/pong through picows, going-away close on shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_create_server
+
+from ..engine import Engine
+from ..exceptions import RequestError
+from ..framing import text_frame
+from ..hub import Channel, Hub
+from ..protocol import (
+    Ack,
+    CloseCode,
+    Error,
+    ErrorCode,
+    Pong,
+    Request,
+    decode_request,
+    encode,
+)
+from ..simulator import MarketSimulator
+
+__all__ = ["Connection", "Gateway", "GatewayConfig"]
+
+log = logging.getLogger("tickwire.server")
+
+
+def _discard(_data: bytes) -> None:
+    """Stand-in ``write`` until the transport is connected."""
+
+
+@dataclass
+class GatewayConfig:
+    """Options of ``tickwire serve``; see ``tickwire serve --help`` for each."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    symbols: list[str] = field(default_factory=lambda: ["BTC-USD", "ETH-USD", "SOL-USD"])
+    rate: float = 200.0
+    seed: int = 1
+    batch_ms: float = 1.0
+    history_bytes: int = 4 << 20
+    heartbeat_s: float = 1.0
+    ping_interval_s: float = 20.0
+    ping_timeout_s: float = 20.0
+    max_message_bytes: int = 64 << 10
+    max_subscriptions: int = 1024
+    max_bad_requests: int = 100
+    burst_every_s: float = 0.0
+    burst_factor: float = 10.0
+    burst_seconds: float = 2.0
+    max_seconds: float = 0.0
+    stats_path: str | None = None
+
+
+class Connection(WSListener):
+    """One client connection: a hub subscriber backed by a picows transport."""
+
+    def __init__(self, gateway: Gateway, conn_id: int) -> None:
+        super().__init__()
+        self.gateway = gateway
+        self.id = conn_id
+        self.outbox: list[bytes] = []
+        self.channels: dict[str, Channel] = {}
+        self.transport: WSTransport | None = None
+        self.write: Callable[[bytes], object] = _discard
+        self.peer = "?"
+        self.closed = False
+        self.bad_requests = 0
+        self._logged_codes: set[str] = set()
+        self._fragments: list[bytes] | None = None
+        self._fragments_size = 0
+
+    # -- picows callbacks --------------------------------------------------------------
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        self.write = transport.underlying_transport.write
+        peer = transport.underlying_transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.gateway.connections[self.id] = self
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        msg_type = frame.msg_type
+        if msg_type == WSMsgType.TEXT:
+            if frame.fin:
+                self._text(frame.get_payload_as_bytes())
+            else:
+                self._fragments = [frame.get_payload_as_bytes()]
+                self._fragments_size = frame.payload_size
+        elif msg_type == WSMsgType.CONTINUATION:
+            self._continuation(frame)
+        elif msg_type == WSMsgType.BINARY:
+            self.fail(CloseCode.UNSUPPORTED_DATA, "binary frames are not accepted; send JSON text")
+        elif msg_type == WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code(), frame.get_close_message())
+            transport.disconnect()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.closed = True
+        self.outbox.clear()
+        self.gateway.hub.drop(self)
+        gateway = self.gateway
+        gateway.connections.pop(self.id, None)
+        if not gateway.connections and gateway.draining is not None:
+            gateway.draining.set()
+
+    # -- input -------------------------------------------------------------------------
+
+    def _continuation(self, frame: WSFrame) -> None:
+        if self._fragments is None:
+            self.fail(CloseCode.PROTOCOL_ERROR, "continuation frame without a first fragment")
+            return
+        self._fragments_size += frame.payload_size
+        if self._fragments_size > self.gateway.config.max_message_bytes:
+            self._fragments = None
+            self.fail(CloseCode.MESSAGE_TOO_BIG, "message too big")
+            return
+        self._fragments.append(frame.get_payload_as_bytes())
+        if frame.fin:
+            data = b"".join(self._fragments)
+            self._fragments = None
+            self._text(data)
+
+    def _text(self, data: bytes) -> None:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            self.fail(CloseCode.INVALID_TEXT, "text frame is not valid UTF-8")
+            return
+        if len(data) > self.gateway.config.max_message_bytes:
+            self.fail(CloseCode.MESSAGE_TOO_BIG, "message too big")
+            return
+        self.gateway.handle_request(self, data)
+        self.flush()
+
+    # -- output ------------------------------------------------------------------------
+
+    def send(self, payload: bytes) -> None:
+        """Queue one message frame; it is written at the next flush."""
+        if not self.outbox:
+            self.gateway.hub.dirty.append(self)
+        self.outbox.append(text_frame(payload))
+
+    def flush(self) -> None:
+        """Write everything queued in one ``write`` call."""
+        outbox = self.outbox
+        if outbox and not self.closed:
+            self.write(b"".join(outbox) if len(outbox) > 1 else outbox[0])
+        outbox.clear()
+
+    def reject(self, exc: RequestError, channel: str | None = None) -> None:
+        """Answer a bad request with an error message; close after too many of them."""
+        self.send(encode(Error(exc.code, exc.message, exc.request_id, channel)))
+        self.gateway.rejected += 1
+        if exc.code not in self._logged_codes:
+            self._logged_codes.add(exc.code)
+            log.info(
+                "conn %d %s: rejected request: %s: %s", self.id, self.peer, exc.code, exc.message
+            )
+        self.bad_requests += 1
+        if self.bad_requests > self.gateway.config.max_bad_requests:
+            self.flush()
+            self.fail(CloseCode.POLICY_VIOLATION, "too many bad requests")
+
+    def fail(self, code: CloseCode, reason: str) -> None:
+        """Close this connection with ``code``, flushing what is queued first."""
+        if self.closed or self.transport is None:
+            return
+        log.info("conn %d %s: closing with %d: %s", self.id, self.peer, code, reason)
+        self.flush()
+        self.closed = True
+        self.gateway.hub.drop(self)
+        self.transport.send_close(WSCloseCode(code), reason.encode())
+        self.transport.disconnect()
+
+
+class Gateway:
+    """A tickwire server: embedded market, hub, and WebSocket listener.
+
+    Args:
+        config: the options; ``port`` 0 picks a free port (read :attr:`port`).
+    """
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.engine = Engine(config.symbols)
+        self.hub = Hub(
+            self.engine,
+            history_bytes=config.history_bytes,
+            batch=config.batch_ms > 0,
+            max_subscriptions=config.max_subscriptions,
+            heartbeat_interval=config.heartbeat_s,
+        )
+        self.simulator = MarketSimulator(
+            config.symbols,
+            config.rate,
+            config.seed,
+            burst_every=config.burst_every_s,
+            burst_factor=config.burst_factor,
+            burst_seconds=config.burst_seconds,
+        )
+        self.connections: dict[int, Connection] = {}
+        self._ids = itertools.count(1)
+        self.rejected = 0
+        self.port = config.port
+        self.started = time.monotonic()
+        self._server: asyncio.Server | None = None
+        self._stopping: asyncio.Event | None = None
+        # Set while shutting down; fires when the last connection is gone.
+        self.draining: asyncio.Event | None = None
+
+    # -- requests ----------------------------------------------------------------------
+
+    def handle_request(self, conn: Connection, data: bytes) -> None:
+        """Decode one client request and act on it, answering with an ack or error."""
+        try:
+            req = decode_request(data)
+            if req.op == "ping":
+                conn.send(encode(Pong(req.id)))
+            elif req.op == "subscribe":
+                self._subscribe(conn, req)
+            else:
+                self._unsubscribe(conn, req)
+        except RequestError as exc:
+            conn.reject(exc)
+
+    def _subscribe(self, conn: Connection, req: Request) -> None:
+        hub = self.hub
+        channels = [hub.channel(name, req.id) for name in req.channels]
+        new = sum(1 for ch in channels if ch.name not in conn.channels)
+        if len(conn.channels) + new > hub.max_subscriptions:
+            raise RequestError(
+                ErrorCode.TOO_MANY_CHANNELS,
+                f"at most {hub.max_subscriptions} subscriptions per connection",
+                req.id,
+            )
+        conn.send(encode(Ack("subscribe", req.id, req.channels, self.engine.epoch)))
+        for ch in channels:
+            hub.subscribe(conn, ch, req.epoch, req.since.get(ch.name), req.id)
+
+    def _unsubscribe(self, conn: Connection, req: Request) -> None:
+        missing = [name for name in req.channels if name not in conn.channels]
+        if missing:
+            raise RequestError(
+                ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {missing[0][:48]!r}", req.id
+            )
+        for name in req.channels:
+            self.hub.unsubscribe(conn, name)
+        conn.send(encode(Ack("unsubscribe", req.id, req.channels, self.engine.epoch)))
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def _listener(self, _request: Any) -> Connection:
+        return Connection(self, next(self._ids))
+
+    async def start(self) -> None:
+        """Seed the books and start listening; returns once the port is bound."""
+        for symbol, updates, trades in self.simulator.seed_books():
+            self.hub.publish(symbol, updates, trades)
+        self.hub.flush(time.monotonic())
+        cfg = self.config
+        self._server = await ws_create_server(
+            self._listener,
+            cfg.host,
+            cfg.port,
+            enable_auto_ping=cfg.ping_interval_s > 0,
+            auto_ping_idle_timeout=max(cfg.ping_interval_s, cfg.ping_timeout_s, 0.001),
+            auto_ping_reply_timeout=max(cfg.ping_timeout_s, 0.001),
+            max_frame_size=cfg.max_message_bytes,
+            websocket_handshake_timeout=5,
+            backlog=4096,
+            logger_name="tickwire.picows",
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        """Serve until :meth:`stop` (SIGTERM/SIGINT) or ``max_seconds``."""
+        if self._server is None:
+            await self.start()
+        assert self._stopping is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        if self.config.max_seconds > 0:
+            loop.call_later(self.config.max_seconds, self.stop)
+        ticker = asyncio.create_task(self._tick_loop())
+        await self._stopping.wait()
+        ticker.cancel()
+        await self._shutdown()
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown."""
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def _tick_loop(self) -> None:
+        hub = self.hub
+        sim = self.simulator
+        publish = hub.publish
+        dirty = cast(list[Connection], hub.dirty)
+        tick = self.config.batch_ms / 1000.0 if self.config.batch_ms > 0 else 0.001
+        monotonic = time.monotonic
+        next_heartbeat = monotonic()
+        sleep = asyncio.sleep
+        while True:
+            await sleep(tick)
+            now = monotonic()
+            for symbol, updates, trades in sim.generate(sim.due(now)):
+                publish(symbol, updates, trades)
+            hub.flush(now)
+            if now >= next_heartbeat:
+                hub.heartbeats(now)
+                next_heartbeat = now + min(0.25, self.config.heartbeat_s)
+            for conn in dirty:
+                outbox = conn.outbox
+                if outbox:
+                    conn.write(b"".join(outbox) if len(outbox) > 1 else outbox[0])
+                    outbox.clear()
+            dirty.clear()
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        self.draining = asyncio.Event()
+        for conn in list(self.connections.values()):
+            conn.fail(CloseCode.GOING_AWAY, "server shutting down; reconnect")
+        if self.connections:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.draining.wait(), 2.0)
+        self.write_stats()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since start (also printed as one JSON line on stderr at exit)."""
+        elapsed = time.monotonic() - self.started
+        hub = self.hub
+        return {
+            "server": "tickwire",
+            "pid": os.getpid(),
+            "elapsed_s": round(elapsed, 3),
+            "epoch": self.engine.epoch,
+            "symbols": len(self.config.symbols),
+            "generated": self.simulator.generated,
+            "skipped": self.simulator.skipped,
+            "gen_per_s": round(self.simulator.generated / max(elapsed, 1e-9), 1),
+            "messages_built": hub.messages_built,
+            "frames_out": hub.frames_out,
+            "bytes_out": hub.bytes_out,
+            "updates_out": hub.updates_out,
+            "connections": len(self.connections),
+            "rejected": self.rejected,
+        }
+
+    def write_stats(self) -> None:
+        line = json.dumps(self.stats())
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+        if self.config.stats_path:
+            with open(self.config.stats_path, "w") as f:
+                f.write(line + "\n")

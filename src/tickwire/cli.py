@@ -78,6 +78,11 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="exit by itself after this many seconds (0: run until signalled)",
     )
     p.add_argument("--stats-file", default=None, help="also write the exit stats JSON here")
+    p.add_argument(
+        "--test-faults",
+        action="store_true",
+        help="accept {'op':'fault'} requests that corrupt the stream (tests only)",
+    )
     p.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING or ERROR")
 
 
@@ -104,6 +109,7 @@ def _serve(args: argparse.Namespace) -> int:
         burst_seconds=args.burst_seconds,
         max_seconds=args.max_seconds,
         stats_path=args.stats_file,
+        test_faults=args.test_faults,
     )
 
     async def run() -> None:

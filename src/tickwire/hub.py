@@ -45,6 +45,7 @@ from .protocol import (
     Ticker,
     Trade,
     Trades,
+    decode_message,
     encode,
     parse_channel,
 )
@@ -79,6 +80,7 @@ class Channel:
         "history_bytes",
         "last_sent",
         "ticker_due",
+        "fault",
     )
 
     def __init__(self, name: str, kind: str, state: SymbolState) -> None:
@@ -92,6 +94,8 @@ class Channel:
         self.history_bytes = 0
         self.last_sent = 0.0
         self.ticker_due = False
+        # Test-only fault for the next message (see Hub.inject_fault); None in production.
+        self.fault: str | None = None
 
 
 class Hub:
@@ -247,8 +251,33 @@ class Hub:
         ch.history_bytes += len(frame)
         while ch.history_bytes > self.history_limit and len(history) > 1:
             ch.history_bytes -= len(history.popleft()[2])
+        if ch.fault is not None:
+            faulty = self._faulty(ch, frame)
+            if faulty is None:
+                return
+            frame = faulty
         n = self._deliver(ch, frame)
         self.updates_out += updates * n
+
+    def inject_fault(self, ch: Channel, kind: str) -> None:
+        """Corrupt the next message of ``ch`` for its current subscribers (tests only).
+
+        ``"drop"``: the message goes into history but is not delivered (a lost frame: the
+        next one exposes a gap). ``"checksum"``: subscribers get it with a wrong checksum
+        (history keeps the right one). Enabled by ``tickwire serve --test-faults``.
+        """
+        if kind not in ("drop", "checksum"):
+            raise ValueError(f"unknown fault {kind!r}")
+        ch.fault = kind
+
+    def _faulty(self, ch: Channel, frame: bytes) -> bytes | None:
+        kind, ch.fault = ch.fault, None
+        if kind == "drop":
+            return None
+        msg = decode_message(frame[frame.index(b"{") :])
+        if isinstance(msg, Delta):
+            msg.checksum ^= 0x5A5A5A5A
+        return text_frame(encode(msg))
 
     def _deliver(self, ch: Channel, frame: bytes) -> int:
         subs = ch.subscribers

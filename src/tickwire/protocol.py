@@ -10,6 +10,7 @@ Client → server (text frames, JSON objects)::
     {"op": "subscribe",   "channels": [...], "epoch": "...", "since": {"book.BTC-USD": 42}}
     {"op": "unsubscribe", "channels": [...], "id": 2}
     {"op": "ping", "id": 3}
+    {"op": "fault", "channels": ["book.X"], "fault": "drop"}   (only with --test-faults)
 
 Server → client: one JSON object per text frame, tagged by ``type``: ``ack``, ``error``,
 ``snapshot``, ``delta``, ``trades``, ``ticker``, ``heartbeat``, ``pong``.
@@ -107,10 +108,11 @@ class Request(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     id: int | str | None = None
     epoch: str | None = None
     since: dict[str, int] = {}
+    fault: str | None = None
 
 
 _request_decoder = msgspec.json.Decoder(dict[str, Any])
-_OPS = frozenset(("subscribe", "unsubscribe", "ping"))
+_OPS = frozenset(("subscribe", "unsubscribe", "ping", "fault"))
 
 
 def _request_id(raw: dict[str, Any]) -> int | str | None:

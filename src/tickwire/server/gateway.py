@@ -70,6 +70,7 @@ class GatewayConfig:
     burst_seconds: float = 2.0
     max_seconds: float = 0.0
     stats_path: str | None = None
+    test_faults: bool = False
 
 
 class Connection(WSListener):
@@ -239,8 +240,10 @@ class Gateway:
                 conn.send(encode(Pong(req.id)))
             elif req.op == "subscribe":
                 self._subscribe(conn, req)
-            else:
+            elif req.op == "unsubscribe":
                 self._unsubscribe(conn, req)
+            else:
+                self._fault(conn, req)
         except RequestError as exc:
             conn.reject(exc)
 
@@ -267,6 +270,16 @@ class Gateway:
         for name in req.channels:
             self.hub.unsubscribe(conn, name)
         conn.send(encode(Ack("unsubscribe", req.id, req.channels, self.engine.epoch)))
+
+    def _fault(self, conn: Connection, req: Request) -> None:
+        if not self.config.test_faults:
+            raise RequestError(ErrorCode.UNKNOWN_OP, "unknown op 'fault'", req.id)
+        for name in req.channels:
+            try:
+                self.hub.inject_fault(self.hub.channel(name, req.id), req.fault or "")
+            except ValueError as exc:
+                raise RequestError(ErrorCode.BAD_REQUEST, str(exc), req.id) from None
+        conn.send(encode(Ack("fault", req.id, req.channels, self.engine.epoch)))
 
     # -- lifecycle ---------------------------------------------------------------------
 

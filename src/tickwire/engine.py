@@ -76,9 +76,7 @@ class Engine:
     def apply_book(self, symbol: str, updates: list[BookUpdate]) -> int:
         """Apply level updates in order and return the book's new ``seq``."""
         state = self.symbols[symbol]
-        apply = state.book.apply
-        for u in updates:
-            apply(u.side, u.price, u.qty)
+        state.book.apply_updates(updates)
         state.book_seq += len(updates)
         if updates:
             state.last_ts = updates[-1].ts

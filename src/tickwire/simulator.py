@@ -1,11 +1,11 @@
 """The embedded market simulator: realistic L2 order flow, deterministic per seed (Sans-I/O).
 
 Each symbol has a limit order book kept in integer ticks and lots. Events are drawn from
-a seeded :class:`random.Random`: limit orders joining a level near the touch (sometimes
-improving the spread), cancels near the top, and market orders that sweep one or more
-levels and print trades. The mid price moves because the touch is consumed and refilled,
-not because it is forced. The book is held to a bounded depth by deleting the levels
-that fall furthest from the touch.
+a seeded :class:`random.Random`: limit orders resting around a latent fair price that
+random-walks (50%), cancels near the touch, mostly partial (40%), and market orders that
+sweep one or more levels and print trades (10%). The touch moves because it is consumed
+and refilled, and because the fair price drifts. The book is held to a bounded depth by
+deleting the levels that fall furthest from the touch.
 
 Time is passed in: :meth:`MarketSimulator.due` turns a monotonic clock reading into the
 number of book updates to generate, so the offered rate is exact however late the
@@ -47,8 +47,40 @@ def parse_symbols(spec: str) -> list[str]:
     return names
 
 
+def _inverse_cdf_table(sample: Callable[[float], int], size: int = 4096) -> list[int]:
+    """Tabulate a distribution so that one uniform draw picks a value: ``t[int(u * size)]``."""
+    return [sample((i + 0.5) / size) for i in range(size)]
+
+
+def _geometric(p_continue: float, cap: int) -> Callable[[float], int]:
+    def sample(u: float) -> int:
+        # Smallest d with P(D <= d) >= u for P(D = d) = (1 - p) p^d.
+        d, cdf, mass = 0, 1.0 - p_continue, 1.0 - p_continue
+        while cdf < u and d < cap:
+            d += 1
+            mass *= p_continue
+            cdf += mass
+        return d
+
+    return sample
+
+
+#: Distance of a new limit order from the fair price, in ticks (geometric, mean ~5.7).
+_ADD_DISTANCE = _inverse_cdf_table(_geometric(0.85, 120))
+#: Distance of a cancel from the touch, in ticks (geometric, mean ~5.7). With these
+#: two, a symbol holds about 40-60 levels a side and a spread of a few ticks.
+_CANCEL_DISTANCE = _inverse_cdf_table(_geometric(0.85, 120))
+_TABLE = 4096
+
+
 class SymbolFlow:
-    """Order flow of one symbol: an integer book and the event generator around it."""
+    """Order flow of one symbol: an integer book and the event generator around it.
+
+    Prices are integer ticks and sizes integer lots; sizes are multiples of a size step
+    (0.01 with 4 qty decimals), so the string forms repeat and are formatted once.
+    Distributions are tabulated: one uniform draw per choice keeps an event at about a
+    microsecond, which matters because the simulator shares the gateway's core.
+    """
 
     #: Levels kept per side; deeper levels are deleted (and the deletion published).
     MAX_LEVELS = 100
@@ -63,6 +95,12 @@ class SymbolFlow:
         self.qscale = 10**qty_decimals
         self.pdec = price_decimals
         self.qdec = qty_decimals
+        step = max(1, self.qscale // 100)
+        # Heavy-tailed order sizes: mostly small, sometimes large; multiples of ``step``.
+        self.sizes = _inverse_cdf_table(
+            lambda u: step * (1 + int(self.qscale * (0.01 + 2.0 * u**3)) // step)
+        )
+        self.step = step
         self.bids: dict[int, int] = {}
         self.asks: dict[int, int] = {}
         self._pstr: dict[int, str] = {}
@@ -71,28 +109,36 @@ class SymbolFlow:
         self.mid0 = base * self.pscale
         self.best_bid = self.mid0 - 1
         self.best_ask = self.mid0 + 1
+        self.fair = self.mid0
         # Updates generated beyond what was due (events are never split).
         self.excess = 0
 
     # -- formatting (cached: prices and sizes repeat constantly) ------------------------
 
     def price(self, ticks: int) -> str:
+        """Return the canonical price string of ``ticks``."""
         s = self._pstr.get(ticks)
         if s is None:
-            q, r = divmod(ticks, self.pscale)
-            s = self._pstr[ticks] = f"{q}.{r:0{self.pdec}d}"
             if len(self._pstr) > 100_000:
                 self._pstr.clear()
+            q, r = divmod(ticks, self.pscale)
+            s = self._pstr[ticks] = f"{q}.{r:0{self.pdec}d}"
         return s
 
     def qty(self, lots: int) -> str:
+        """Return the canonical quantity string of ``lots``."""
         s = self._qstr.get(lots)
         if s is None:
-            q, r = divmod(lots, self.qscale)
-            s = self._qstr[lots] = f"{q}.{r:0{self.qdec}d}"
             if len(self._qstr) > 100_000:
                 self._qstr.clear()
+            q, r = divmod(lots, self.qscale)
+            s = self._qstr[lots] = f"{q}.{r:0{self.qdec}d}"
         return s
+
+    def _level(self, side: str, px: int, lots: int, ts: int) -> BookUpdate:
+        p = self._pstr.get(px) or self.price(px)
+        q = self._qstr.get(lots) or self.qty(lots)
+        return BookUpdate(side, p, q, ts)  # type: ignore[arg-type]
 
     # -- events ------------------------------------------------------------------------
 
@@ -105,84 +151,80 @@ class SymbolFlow:
                 ("bid", self.bids, self.best_bid - i),
                 ("ask", self.asks, self.best_ask + i),
             ):
-                lots = self._lots(rnd) * (1 + i // 5)
+                lots = self.sizes[int(rnd() * _TABLE)] * (1 + i // 5)
                 book[px] = lots
-                out.append(BookUpdate(side, self.price(px), self.qty(lots), ts))  # type: ignore[arg-type]
+                out.append(self._level(side, px, lots, ts))
         return out
 
-    def _lots(self, rnd: Callable[[], float]) -> int:
-        # Heavy-tailed order sizes: mostly small, sometimes large.
-        return int(self.qscale * (0.01 + 2.0 * rnd() ** 3)) + 1
-
-    def step(self, ts: int, updates: list[BookUpdate], trades: list[RawTrade]) -> None:
-        """Generate one market event, appending its level updates and trades."""
+    def run(self, n: int, ts: int, updates: list[BookUpdate], trades: list[RawTrade]) -> None:
+        """Generate events until ``updates`` holds at least ``n`` level updates."""
         rnd = self.rng.random
-        r = rnd()
-        if r < 0.5:
-            self._add(ts, rnd, updates)
-        elif r < 0.9:
-            self._cancel(ts, rnd, updates)
-        else:
-            self._market(ts, rnd, updates, trades)
-
-    def _emit(self, side: str, px: int, lots: int, ts: int, updates: list[BookUpdate]) -> None:
-        updates.append(BookUpdate(side, self.price(px), self.qty(lots), ts))  # type: ignore[arg-type]
+        while len(updates) < n:
+            r = rnd()
+            if r < 0.5:
+                self._add(ts, rnd, updates)
+            elif r < 0.9:
+                self._cancel(ts, rnd, updates)
+            else:
+                self._market(ts, rnd, updates, trades)
 
     def _add(self, ts: int, rnd: Callable[[], float], updates: list[BookUpdate]) -> None:
-        is_bid = rnd() < 0.5
-        spread = self.best_ask - self.best_bid
-        # Distance from the touch: geometric, so most activity sits at the top.
-        d = 0
-        while rnd() < 0.7 and d < 40:
-            d += 1
-        if spread > 1 and rnd() < 0.3:
-            d = -1  # improve the touch inside the spread
+        u = rnd()
+        # The latent fair price random-walks a tick now and then; limit orders rest around
+        # it, so a spread opened by a sweep refills from the inside.
+        if u < 0.02:
+            self.fair += 1 if u < 0.01 else -1
+        is_bid = u < 0.5
+        d = _ADD_DISTANCE[int(rnd() * _TABLE)]
+        lots = self.sizes[int(rnd() * _TABLE)]
         if is_bid:
-            px = self.best_bid - d
             book = self.bids
-        else:
-            px = self.best_ask + d
-            book = self.asks
-        lots = book.get(px, 0) + self._lots(rnd)
-        book[px] = lots
-        if is_bid:
+            px = min(self.fair - 1 - d, self.best_ask - 1)
             if px > self.best_bid:
                 self.best_bid = px
-        elif px < self.best_ask:
-            self.best_ask = px
-        self._emit("bid" if is_bid else "ask", px, lots, ts, updates)
+            side = "bid"
+        else:
+            book = self.asks
+            px = max(self.fair + 1 + d, self.best_bid + 1)
+            if px < self.best_ask:
+                self.best_ask = px
+            side = "ask"
+        lots += book.get(px, 0)
+        book[px] = lots
+        updates.append(self._level(side, px, lots, ts))
         if len(book) > self.MAX_LEVELS:
             worst = min(book) if is_bid else max(book)
             del book[worst]
-            self._emit("bid" if is_bid else "ask", worst, 0, ts, updates)
+            updates.append(self._level(side, worst, 0, ts))
 
     def _cancel(self, ts: int, rnd: Callable[[], float], updates: list[BookUpdate]) -> None:
-        is_bid = rnd() < 0.5
+        u = rnd()
+        is_bid = u < 0.5
         book = self.bids if is_bid else self.asks
         if len(book) <= 5:
             self._add(ts, rnd, updates)
             return
-        d = 0
-        while rnd() < 0.75 and d < 60:
-            d += 1
+        d = _CANCEL_DISTANCE[int(rnd() * _TABLE)]
         px = self.best_bid - d if is_bid else self.best_ask + d
         lots = book.get(px)
         if lots is None:
-            # Nothing there: cancel the nearest resting level further out, else the touch.
-            if is_bid:
-                px = max((p for p in book if p <= px), default=self.best_bid)
-            else:
-                px = min((p for p in book if p >= px), default=self.best_ask)
-            lots = book[px]
-        left = int(lots * rnd() * 0.9) if rnd() < 0.6 else 0
+            # No order rests there: the trader sends a new order instead.
+            self._add(ts, rnd, updates)
+            return
         side = "bid" if is_bid else "ask"
-        if left <= 0:
+        # 75% of cancels are partial (leave a multiple of the size step), 25% remove all.
+        left = (int(lots * rnd()) // self.step) * self.step if u % 0.5 < 0.375 else 0
+        if left <= 0 or left >= lots:
             del book[px]
-            self._emit(side, px, 0, ts, updates)
-            self._retouch(is_bid)
+            updates.append(self._level(side, px, 0, ts))
+            if is_bid:
+                if px == self.best_bid:
+                    self.best_bid = max(book)
+            elif px == self.best_ask:
+                self.best_ask = min(book)
         else:
             book[px] = left
-            self._emit(side, px, left, ts, updates)
+            updates.append(self._level(side, px, left, ts))
 
     def _market(
         self,
@@ -193,7 +235,7 @@ class SymbolFlow:
     ) -> None:
         buy = rnd() < 0.5
         book = self.asks if buy else self.bids
-        want = self._lots(rnd) * (1 + int(rnd() < 0.1) * 4)
+        want = self.sizes[int(rnd() * _TABLE)] * (5 if rnd() < 0.1 else 1)
         side = "ask" if buy else "bid"
         taker = "buy" if buy else "sell"
         while want > 0 and len(book) > 5:
@@ -204,17 +246,14 @@ class SymbolFlow:
             trades.append((self.price(px), self.qty(fill), taker, ts))
             if fill == lots:
                 del book[px]
-                self._emit(side, px, 0, ts, updates)
-                self._retouch(not buy)
+                updates.append(self._level(side, px, 0, ts))
+                if buy:
+                    self.best_ask = min(book)
+                else:
+                    self.best_bid = max(book)
             else:
                 book[px] = lots - fill
-                self._emit(side, px, lots - fill, ts, updates)
-
-    def _retouch(self, is_bid: bool) -> None:
-        if is_bid:
-            self.best_bid = max(self.bids)
-        else:
-            self.best_ask = min(self.asks)
+                updates.append(self._level(side, px, lots - fill, ts))
 
 
 class Burst:
@@ -323,9 +362,8 @@ class MarketSimulator:
                 continue
             updates: list[BookUpdate] = []
             trades: list[RawTrade] = []
-            step = flow.step
-            while len(updates) < target:
-                step(clock(), updates, trades)
+            # One event time per symbol batch: the whole batch is produced at this instant.
+            flow.run(target, clock(), updates, trades)
             flow.excess = len(updates) - target
             total += len(updates)
             out.append((flow.symbol, updates, trades))

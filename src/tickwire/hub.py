@@ -274,7 +274,9 @@ class Hub:
         kind, ch.fault = ch.fault, None
         if kind == "drop":
             return None
-        msg = decode_message(frame[frame.index(b"{") :])
+        # Skip the header by its length field: a length byte may itself be b"{" (0x7B).
+        n = frame[1] & 0x7F
+        msg = decode_message(frame[2 if n < 126 else 4 if n == 126 else 10 :])
         if isinstance(msg, Delta):
             msg.checksum ^= 0x5A5A5A5A
         return text_frame(encode(msg))

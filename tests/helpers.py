@@ -94,3 +94,209 @@ class ServerProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
             self.proc = None
+
+
+# -- WebSocket frames by hand (RFC 6455 §5.2), for raw-socket tests ---------------------
+
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+
+
+def client_frame(
+    opcode: int, payload: bytes, *, fin: bool = True, mask: bytes = b"\x37\xfa\x21\x3d"
+) -> bytes:
+    """Return one masked client frame (clients must mask, RFC 6455 §5.3)."""
+    n = len(payload)
+    head = bytes(((0x80 if fin else 0) | opcode,))
+    if n < 126:
+        head += bytes((0x80 | n,))
+    elif n < 65536:
+        head += bytes((0x80 | 126,)) + n.to_bytes(2, "big")
+    else:
+        head += bytes((0x80 | 127,)) + n.to_bytes(8, "big")
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return head + mask + masked
+
+
+def parse_server_frames(buf: bytearray) -> list[tuple[int, bool, bytes]]:
+    """Consume complete unmasked frames from ``buf``: ``[(opcode, fin, payload)]``."""
+    out: list[tuple[int, bool, bytes]] = []
+    while len(buf) >= 2:
+        first, second = buf[0], buf[1]
+        assert not second & 0x80, "server frames must not be masked"
+        n = second & 0x7F
+        offset = 2
+        if n == 126:
+            if len(buf) < 4:
+                break
+            n, offset = int.from_bytes(buf[2:4], "big"), 4
+        elif n == 127:
+            if len(buf) < 10:
+                break
+            n, offset = int.from_bytes(buf[2:10], "big"), 10
+        if len(buf) < offset + n:
+            break
+        out.append((first & 0x0F, bool(first & 0x80), bytes(buf[offset : offset + n])))
+        del buf[: offset + n]
+    return out
+
+
+def frame_payload(frame: bytes) -> bytes:
+    """Return the payload of one complete server frame (as built by the hub)."""
+    buf = bytearray(frame)
+    frames = parse_server_frames(buf)
+    assert len(frames) == 1 and not buf, "not exactly one frame"
+    return frames[0][2]
+
+
+class RawClient:
+    """A WebSocket client on a plain socket: sends hand-built frames, reads raw frames.
+
+    It never answers pings by itself, which is how the ping-timeout test plays a dead
+    peer.
+    """
+
+    def __init__(self, port: int, path: str = "/ws", timeout: float = 5.0) -> None:
+        import base64
+        import socket
+
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise ConnectionError(f"handshake failed: {head!r}")
+            head += chunk
+        status, _, rest = head.partition(b"\r\n\r\n")
+        if b" 101 " not in status.split(b"\r\n", 1)[0]:
+            raise ConnectionError(f"handshake failed: {status!r}")
+        self.buf = bytearray(rest)
+        self.frames: list[tuple[int, bool, bytes]] = []
+
+    def send(self, opcode: int, payload: bytes, *, fin: bool = True) -> None:
+        self.sock.sendall(client_frame(opcode, payload, fin=fin))
+
+    def send_text(self, text: str | bytes) -> None:
+        self.send(OP_TEXT, text.encode() if isinstance(text, str) else text)
+
+    def recv_frame(self, timeout: float = 5.0) -> tuple[int, bool, bytes] | None:
+        """Return the next frame, or None when the server closed the TCP connection."""
+        deadline = time.monotonic() + timeout
+        while not self.frames:
+            self.frames.extend(parse_server_frames(self.buf))
+            if self.frames:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no frame from the server")
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65536)
+            except ConnectionResetError:
+                return None
+            except TimeoutError:
+                raise TimeoutError("no frame from the server") from None
+            if not chunk:
+                return None
+            self.buf.extend(chunk)
+        return self.frames.pop(0)
+
+    def recv_json(self, timeout: float = 5.0) -> dict[str, Any]:
+        """Return the next text message as a dict (skipping pings)."""
+        while True:
+            frame = self.recv_frame(timeout)
+            assert frame is not None, "connection closed"
+            if frame[0] == OP_TEXT:
+                msg: dict[str, Any] = json.loads(frame[2])
+                return msg
+            assert frame[0] == OP_PING, f"unexpected frame {frame!r}"
+
+    def wait_close(self, timeout: float = 5.0) -> tuple[int | None, bytes, bool]:
+        """Read until the server's close frame; return ``(code, reason, tcp_closed)``.
+
+        Text frames before the close are skipped. ``code`` is None when the TCP
+        connection ended without a close frame.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = self.recv_frame(max(deadline - time.monotonic(), 0.001))
+            if frame is None:
+                return None, b"", True
+            if frame[0] == OP_CLOSE:
+                payload = frame[2]
+                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+                # After the close frame the server ends the TCP connection.
+                closed = self.recv_frame(max(deadline - time.monotonic(), 0.001)) is None
+                return code, payload[2:], closed
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# -- verifying a stream the way a client must ---------------------------------------------
+
+
+class StreamChecker:
+    """Applies server messages per channel and asserts every integrity rule on the way.
+
+    Book: snapshot loads the book; each delta must chain (``prev_seq`` == last ``seq``),
+    carry ``seq - prev_seq == len(updates)`` (no conflation expected in tests), and its
+    checksum must equal the rebuilt book's. Trades: chained, ids consecutive and ending at
+    ``seq``. Ticker: chained. Heartbeat: ``seq`` equals the last applied seq.
+    """
+
+    def __init__(self) -> None:
+        from tickwire.book import Book
+
+        self._book_cls = Book
+        self.seq: dict[str, int] = {}
+        self.books: dict[str, Book] = {}
+        self.snapshots: dict[str, dict[str, Any]] = {}
+        self.deltas = 0
+        self.updates = 0
+        self.heartbeats = 0
+        self.trades = 0
+
+    def apply(self, msg: dict[str, Any]) -> None:
+        kind = msg["type"]
+        if kind in ("ack", "pong"):
+            return
+        assert kind != "error", msg
+        ch = msg["ch"]
+        if kind == "snapshot":
+            self.snapshots[ch] = msg
+            self.seq[ch] = msg["seq"]
+            if ch.startswith("book."):
+                book = self.books[ch] = self._book_cls()
+                book.load(msg["bids"], msg["asks"])
+                assert book.checksum() == msg["checksum"], f"{ch}: snapshot checksum"
+            return
+        assert ch in self.seq, f"{ch}: {kind} before snapshot"
+        if kind == "heartbeat":
+            assert msg["seq"] == self.seq[ch], f"{ch}: heartbeat seq {msg} vs {self.seq[ch]}"
+            self.heartbeats += 1
+            return
+        assert msg["prev_seq"] == self.seq[ch], f"{ch}: gap {self.seq[ch]} -> {msg}"
+        if kind == "delta":
+            assert msg["seq"] - msg["prev_seq"] == len(msg["updates"]) > 0
+            book = self.books[ch]
+            for u in msg["updates"]:
+                assert isinstance(u["ts"], int) and u["ts"] > 10**18
+                book.apply(u["side"], u["price"], u["qty"])
+            assert book.checksum() == msg["checksum"], f"{ch}: checksum at {msg['seq']}"
+            self.deltas += 1
+            self.updates += len(msg["updates"])
+        elif kind == "trades":
+            ids = [t["id"] for t in msg["trades"]]
+            assert ids == list(range(msg["prev_seq"] + 1, msg["seq"] + 1)), msg
+            self.trades += len(ids)
+        else:
+            assert kind == "ticker" and msg["seq"] == msg["prev_seq"] + 1, msg
+        self.seq[ch] = msg["seq"]

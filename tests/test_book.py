@@ -18,6 +18,8 @@ from tickwire.exceptions import BookError
 
 # -- fixed vectors ------------------------------------------------------------------------
 
+TS = 1_700_000_000_000_000_000
+
 # The example from the book module docstring and docs/protocol.md.
 DOC_ASKS = [("100.5", "0.0100")]
 DOC_BIDS = [("100.0", "2.0000")]
@@ -306,3 +308,33 @@ def test_random_updates_match_a_reference_model() -> None:
     assert book.bids() == bids
     assert book.asks() == asks
     assert book.checksum() == zlib.crc32(checksum_string(asks[:10], bids[:10]).encode())
+
+
+def test_apply_updates_equals_apply_one_by_one() -> None:
+    from tickwire.protocol import BookUpdate
+
+    rng = random.Random(5)
+    updates = [
+        BookUpdate(
+            rng.choice(("bid", "ask")),
+            f"{rng.randint(1, 40)}.{rng.randint(0, 99):02d}",
+            "0" if rng.random() < 0.3 else f"{rng.randint(1, 999)}.0000",
+            TS,
+        )
+        for _ in range(500)
+    ]
+    one, batch = Book(), Book()
+    for x in updates:
+        one.apply(x.side, x.price, x.qty)
+    batch.apply_updates(updates)
+    assert one == batch and one.checksum() == batch.checksum()
+    assert one.bids() == batch.bids() and one.asks() == batch.asks()
+
+
+def test_apply_updates_rejects_bad_side() -> None:
+    class Bad:
+        side, price, qty = "sell", "1.00", "1"
+
+    book = Book()
+    with pytest.raises(BookError, match="side"):
+        book.apply_updates([Bad()])

@@ -8,6 +8,7 @@ microseconds per book update and per tick. Use it with py-spy to see where time 
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 
 from tickwire.engine import Engine
@@ -30,7 +31,14 @@ def main() -> None:
     ap.add_argument("--subs", type=int, default=10, help="subscribers per book channel")
     ap.add_argument("--seconds", type=float, default=1.0, help="simulated seconds")
     ap.add_argument("--tick-ms", type=float, default=1.0)
+    ap.add_argument(
+        "--gc-threshold",
+        type=int,
+        default=100_000,
+        help="gen-0 GC threshold, as the gateway sets it (700: Python default)",
+    )
     args = ap.parse_args()
+    gc.set_threshold(args.gc_threshold, 50, 100)
     symbols = parse_symbols(args.symbols)
     engine = Engine(symbols)
     hub = Hub(engine)

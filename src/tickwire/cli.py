@@ -78,6 +78,37 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="exit by itself after this many seconds (0: run until signalled)",
     )
     p.add_argument("--stats-file", default=None, help="also write the exit stats JSON here")
+    slow = p.add_argument_group("slow consumers (see docs/slow-consumers.md)")
+    slow.add_argument(
+        "--high-watermark-kb",
+        type=float,
+        default=256.0,
+        help="per-connection write buffer past which books and tickers conflate, in KiB",
+    )
+    slow.add_argument(
+        "--low-watermark-kb",
+        type=float,
+        default=64.0,
+        help="write buffer below which a conflated connection catches up, in KiB",
+    )
+    slow.add_argument(
+        "--max-buffer-kb",
+        type=float,
+        default=4096.0,
+        help="hard per-connection budget: past it, close 4001 (slow consumer), in KiB",
+    )
+    slow.add_argument(
+        "--max-total-buffer-mb",
+        type=float,
+        default=512.0,
+        help="server-wide cap on buffered bytes; past it the largest buffers close, in MiB",
+    )
+    slow.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a connection may stay over the high watermark before close 4001",
+    )
     p.add_argument(
         "--test-faults",
         action="store_true",
@@ -110,6 +141,11 @@ def _serve(args: argparse.Namespace) -> int:
         max_seconds=args.max_seconds,
         stats_path=args.stats_file,
         test_faults=args.test_faults,
+        high_watermark_bytes=int(args.high_watermark_kb * 1024),
+        low_watermark_bytes=int(args.low_watermark_kb * 1024),
+        max_buffer_bytes=int(args.max_buffer_kb * 1024),
+        max_total_buffer_bytes=int(args.max_total_buffer_mb * (1 << 20)),
+        stall_timeout_s=args.stall_timeout,
     )
 
     async def run() -> None:

@@ -4,12 +4,22 @@ Everything protocol-shaped lives in the Sans-I/O core (:mod:`tickwire.protocol`,
 :mod:`tickwire.hub`); this module only moves bytes: it feeds client frames to the core,
 drives the tick (source → hub → one ``write`` per dirty connection), and handles
 connection life (ping/pong through picows, going-away close on shutdown).
+
+Slow consumers: each transport gets the configured high/low write-buffer watermarks;
+crossing them calls :meth:`Connection.pause_writing` / :meth:`Connection.resume_writing`,
+which tell the hub to conflate that connection's books and tickers (see
+:mod:`tickwire.hub`). The tick loop checks paused connections against the hard budget
+(``max_buffer_bytes``) and the stall timeout, and a periodic sweep enforces the
+server-wide cap (``max_total_buffer_bytes``); past any of them the connection is closed
+with :attr:`~tickwire.protocol.CloseCode.SLOW_CONSUMER` after what it was sent so far,
+and aborted if it does not drain within ``slow_close_grace_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import json
 import logging
@@ -24,9 +34,9 @@ from typing import Any, cast
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_create_server
 
 from ..engine import Engine
-from ..exceptions import RequestError
+from ..exceptions import ConfigError, RequestError
 from ..framing import text_frame
-from ..hub import Channel, Hub
+from ..hub import Channel, Hub, SubscriptionStats
 from ..protocol import (
     Ack,
     CloseCode,
@@ -48,6 +58,11 @@ def _discard(_data: bytes) -> None:
     """Stand-in ``write`` until the transport is connected."""
 
 
+def _no_buffer() -> int:
+    """Stand-in ``get_write_buffer_size`` until the transport is connected."""
+    return 0
+
+
 @dataclass
 class GatewayConfig:
     """Options of ``tickwire serve``; see ``tickwire serve --help`` for each."""
@@ -58,7 +73,7 @@ class GatewayConfig:
     rate: float = 200.0
     seed: int = 1
     batch_ms: float = 1.0
-    history_bytes: int = 4 << 20
+    history_bytes: int = 2 << 20
     heartbeat_s: float = 1.0
     ping_interval_s: float = 20.0
     ping_timeout_s: float = 20.0
@@ -71,6 +86,25 @@ class GatewayConfig:
     max_seconds: float = 0.0
     stats_path: str | None = None
     test_faults: bool = False
+    # Slow consumers: per-connection write-buffer watermarks and hard budget, the
+    # server-wide cap, how long a connection may stay paused, and how long a closed
+    # slow consumer may take to drain before it is aborted.
+    high_watermark_bytes: int = 256 << 10
+    low_watermark_bytes: int = 64 << 10
+    max_buffer_bytes: int = 4 << 20
+    max_total_buffer_bytes: int = 512 << 20
+    stall_timeout_s: float = 30.0
+    slow_close_grace_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.low_watermark_bytes <= self.high_watermark_bytes:
+            raise ConfigError("need 0 <= --low-watermark-kb <= --high-watermark-kb")
+        if self.max_buffer_bytes < self.high_watermark_bytes:
+            raise ConfigError("--max-buffer-kb must be at least --high-watermark-kb")
+        if self.max_total_buffer_bytes < self.max_buffer_bytes:
+            raise ConfigError("--max-total-buffer-mb must be at least --max-buffer-kb")
+        if self.stall_timeout_s <= 0:
+            raise ConfigError("--stall-timeout must be positive")
 
 
 class Connection(WSListener):
@@ -82,8 +116,11 @@ class Connection(WSListener):
         self.id = conn_id
         self.outbox: list[bytes] = []
         self.channels: dict[str, Channel] = {}
+        self.slow: dict[str, SubscriptionStats] = {}
         self.transport: WSTransport | None = None
         self.write: Callable[[bytes], object] = _discard
+        self.buffered: Callable[[], int] = _no_buffer
+        self.max_buffered = 0
         self.peer = "?"
         self.closed = False
         self.bad_requests = 0
@@ -95,8 +132,14 @@ class Connection(WSListener):
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
-        self.write = transport.underlying_transport.write
-        peer = transport.underlying_transport.get_extra_info("peername")
+        underlying = transport.underlying_transport
+        self.write = underlying.write
+        self.buffered = underlying.get_write_buffer_size
+        cfg = self.gateway.config
+        underlying.set_write_buffer_limits(
+            high=cfg.high_watermark_bytes, low=cfg.low_watermark_bytes
+        )
+        peer = underlying.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.gateway.connections[self.id] = self
 
@@ -115,6 +158,16 @@ class Connection(WSListener):
         elif msg_type == WSMsgType.CLOSE:
             transport.send_close(frame.get_close_code(), frame.get_close_message())
             transport.disconnect()
+
+    def pause_writing(self) -> None:
+        """The write buffer crossed the high watermark: conflate books and tickers."""
+        if not self.closed:
+            self.gateway.hub.pause(self, time.monotonic())
+
+    def resume_writing(self) -> None:
+        """The write buffer drained below the low watermark: catch up at the next tick."""
+        if not self.closed:
+            self.gateway.hub.resume(self)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.closed = True
@@ -194,6 +247,40 @@ class Connection(WSListener):
         self.transport.send_close(WSCloseCode(code), reason.encode())
         self.transport.disconnect()
 
+    def abort(self) -> None:
+        """Drop the socket and whatever is still buffered for it, without waiting."""
+        if self.transport is not None:
+            self.transport.disconnect(graceful=False)
+
+    def stats(self, now: float | None = None) -> dict[str, Any]:
+        """Slow-consumer telemetry of this connection and of its subscriptions."""
+        now = time.monotonic() if now is None else now
+        hub = self.gateway.hub
+        paused_since = hub.paused.get(self)
+        subs: dict[str, Any] = {}
+        for name, st in self.slow.items():
+            ch = self.channels.get(name)
+            lag = ch.lagging.get(self) if ch is not None else None
+            subs[name] = {
+                "lagging": lag is not None,
+                "lag_seq": ch.seq - lag.seq if ch is not None and lag is not None else 0,
+                "lag_ms": round((now - lag.since) * 1000, 1) if lag is not None else 0.0,
+                "lags": st.lags,
+                "conflated": st.conflated,
+                "snapshots": st.snapshots,
+                "skipped": st.skipped,
+                "max_lag_seq": st.max_lag_seq,
+                "max_lag_ms": round(st.max_lag_s * 1000, 1),
+            }
+        return {
+            "id": self.id,
+            "peer": self.peer,
+            "buffered": self.buffered(),
+            "max_buffered": self.max_buffered,
+            "paused_ms": round((now - paused_since) * 1000, 1) if paused_since else 0.0,
+            "subscriptions": subs,
+        }
+
 
 class Gateway:
     """A tickwire server: embedded market, hub, and WebSocket listener.
@@ -223,6 +310,11 @@ class Gateway:
         self.connections: dict[int, Connection] = {}
         self._ids = itertools.count(1)
         self.rejected = 0
+        # Slow consumers: closes by cause, and the buffered bytes seen by the sweeps.
+        self.slow_closes = {"budget": 0, "stall": 0, "total": 0}
+        self.buffered_total = 0
+        self.max_buffered_total = 0
+        self.max_buffered = 0
         self.port = config.port
         self.started = time.monotonic()
         self._server: asyncio.Server | None = None
@@ -291,6 +383,13 @@ class Gateway:
         for symbol, updates, trades in self.simulator.seed_books():
             self.hub.publish(symbol, updates, trades)
         self.hub.flush(time.monotonic())
+        # The hot path allocates many short-lived containers and builds no reference
+        # cycles; the default gen-0 threshold (700) spent ~20% of the core in the
+        # collector (bench/core_hotpath.py). Freeze what start-up built and collect
+        # rarely.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(100_000, 50, 100)
         cfg = self.config
         self._server = await ws_create_server(
             self._listener,
@@ -315,6 +414,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGUSR1, self.burst)
         if self.config.max_seconds > 0:
             loop.call_later(self.config.max_seconds, self.stop)
         ticker = asyncio.create_task(self._tick_loop())
@@ -327,6 +427,78 @@ class Gateway:
         if self._stopping is not None:
             self._stopping.set()
 
+    def burst(self) -> None:
+        """Start a simulator burst now (``--burst-factor`` for ``--burst-seconds``).
+
+        Bound to SIGUSR1, so an operator or a test can spike the feed on demand.
+        """
+        log.info("burst: x%g for %gs", self.config.burst_factor, self.config.burst_seconds)
+        self.simulator.start_burst(time.monotonic())
+
+    # -- slow consumers ----------------------------------------------------------------
+
+    def slow_close(self, conn: Connection, cause: str, reason: str) -> None:
+        """Close ``conn`` with SLOW_CONSUMER after what is buffered; abort after a grace.
+
+        The close frame queues behind the data already in the transport, so a client
+        that reads again gets every message it was sent, then the close code, and can
+        resume from exactly its last ``seq``. One that does not read within
+        ``slow_close_grace_s`` is aborted, which frees its buffer.
+        """
+        if conn.closed:
+            return
+        self.slow_closes[cause] += 1
+        conn.fail(CloseCode.SLOW_CONSUMER, reason)
+        asyncio.get_running_loop().call_later(self.config.slow_close_grace_s, conn.abort)
+
+    def _check_paused(self, now: float) -> None:
+        """Enforce the hard budget and the stall timeout on paused connections."""
+        cfg = self.config
+        for sub, since in list(self.hub.paused.items()):
+            conn = cast(Connection, sub)
+            size = conn.buffered()
+            if size > conn.max_buffered:
+                conn.max_buffered = size
+                if size > self.max_buffered:
+                    self.max_buffered = size
+            if size > cfg.max_buffer_bytes:
+                self.slow_close(
+                    conn,
+                    "budget",
+                    f"slow consumer: {size} bytes buffered, over {cfg.max_buffer_bytes};"
+                    " resume with epoch and since",
+                )
+            elif now - since > cfg.stall_timeout_s:
+                self.slow_close(
+                    conn,
+                    "stall",
+                    f"slow consumer: not reading for {cfg.stall_timeout_s:g}s;"
+                    " resume with epoch and since",
+                )
+
+    def _sweep(self) -> None:
+        """Sum every connection's buffer; past the server-wide cap close the largest."""
+        sizes = [(conn.buffered(), conn) for conn in self.connections.values()]
+        total = sum(size for size, _ in sizes)
+        self.buffered_total = total
+        if total > self.max_buffered_total:
+            self.max_buffered_total = total
+        cap = self.config.max_total_buffer_bytes
+        if total <= cap:
+            return
+        sizes.sort(key=lambda item: item[0], reverse=True)
+        for size, conn in sizes:
+            if total <= cap:
+                break
+            if not conn.closed:
+                self.slow_close(
+                    conn,
+                    "total",
+                    f"slow consumer: server buffer cap {cap} bytes reached;"
+                    " resume with epoch and since",
+                )
+            total -= size
+
     async def _tick_loop(self) -> None:
         hub = self.hub
         sim = self.simulator
@@ -334,10 +506,22 @@ class Gateway:
         dirty = cast(list[Connection], hub.dirty)
         tick = self.config.batch_ms / 1000.0 if self.config.batch_ms > 0 else 0.001
         monotonic = time.monotonic
-        next_heartbeat = monotonic()
+        next_heartbeat = deadline = monotonic()
+        next_sweep = next_heartbeat
+        paused = hub.paused
         sleep = asyncio.sleep
         while True:
-            await sleep(tick)
+            # Sleep to a deadline, not for a fixed time: the period stays one tick however
+            # long the work took, so batches (and latency) do not stretch under load. A
+            # tick that is late by more than one period is not made up.
+            deadline += tick
+            now = monotonic()
+            if deadline > now:
+                await sleep(deadline - now)
+            else:
+                await sleep(0)
+                if now - deadline > tick:
+                    deadline = now
             now = monotonic()
             for symbol, updates, trades in sim.generate(sim.due(now)):
                 publish(symbol, updates, trades)
@@ -351,6 +535,11 @@ class Gateway:
                     conn.write(b"".join(outbox) if len(outbox) > 1 else outbox[0])
                     outbox.clear()
             dirty.clear()
+            if paused:
+                self._check_paused(now)
+            if now >= next_sweep:
+                self._sweep()
+                next_sweep = now + 0.5
 
     async def _shutdown(self) -> None:
         if self._server is not None:
@@ -382,6 +571,28 @@ class Gateway:
             "updates_out": hub.updates_out,
             "connections": len(self.connections),
             "rejected": self.rejected,
+            "slow": self.slow_stats(),
+        }
+
+    def slow_stats(self, limit: int = 20) -> dict[str, Any]:
+        """Slow-consumer counters, and the ``limit`` subscriptions lagging the most."""
+        hub = self.hub
+        now = time.monotonic()
+        lagging = hub.lagging_subscriptions(now, limit)
+        for row in lagging:
+            conn = cast(Connection, row.pop("sub"))
+            row["conn"] = conn.id
+        return {
+            "paused_now": len(hub.paused),
+            "pauses": hub.pauses,
+            "conflated": hub.conflated,
+            "conflated_snapshots": hub.conflated_snapshots,
+            "updates_skipped": hub.updates_skipped,
+            "closes": dict(self.slow_closes),
+            "buffered_total": self.buffered_total,
+            "max_buffered_total": self.max_buffered_total,
+            "max_buffered": self.max_buffered,
+            "lagging": lagging,
         }
 
     def write_stats(self) -> None:

@@ -162,11 +162,22 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .loadtest.command import add_bench_arguments
+
+    p = sub.add_parser(
+        "bench",
+        help="measure a tickwire feed: deliveries/s, bytes/s, latency, gaps (multi-process)",
+    )
+    add_bench_arguments(p)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tickwire`` command."""
     parser = argparse.ArgumentParser(prog="tickwire", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
+    _bench_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(args, "log_level", "WARNING").upper(),
@@ -175,6 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "bench":
+            from .loadtest.command import bench_main
+
+            return bench_main(args)
     except ConfigError as exc:
         parser.error(str(exc))
     except KeyboardInterrupt:

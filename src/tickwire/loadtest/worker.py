@@ -1,0 +1,308 @@
+"""One load-generator process: picows connections on uvloop feeding a Tally (I/O).
+
+The parent (:mod:`tickwire.loadtest.runner`) starts one of these per ``--procs`` and
+talks to it over a duplex pipe:
+
+1. the worker opens its connections (bounded concurrency, each attempt bounded by the
+   connect timeout), subscribes each to its channels, and sends a ``ready`` report;
+2. the parent answers ``("go", window_start, window_end)`` in ``time.monotonic()``
+   seconds, a clock shared by every process on the host, so all workers measure the
+   same window; ``("stop",)`` ends the run at once (Ctrl-C);
+3. the worker sends a ``progress`` report every ``progress_interval`` seconds, and at
+   ``window_end`` (or when its last connection closes) closes everything and sends its
+   ``final`` report, histogram included, then exits.
+
+Everything per message is in :class:`tickwire.loadtest.tally.Tally`; this module only
+receives frames and keeps time. ``on_ws_frame`` reads the payload as a memoryview (no
+copy): the view is valid only during the callback, and the tally does not keep it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection as Pipe
+from typing import Any
+
+import msgspec
+from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+from .report import WorkerReport
+from .tally import Counters, Tally
+
+__all__ = ["WorkerConfig", "worker_main"]
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What one worker does; built by the parent, pickled to the child.
+
+    Attributes:
+        worker: this worker's number.
+        url: the feed's WebSocket URL.
+        subscriptions: for each connection of this worker, the channels it subscribes.
+        connect_timeout: seconds for TCP connect plus WebSocket handshake, per connection.
+        connect_concurrency: most handshakes in flight at once.
+        progress_interval: seconds between progress reports.
+        max_frame_bytes: largest server frame accepted.
+    """
+
+    worker: int
+    url: str
+    subscriptions: list[list[str]]
+    connect_timeout: float = 10.0
+    connect_concurrency: int = 256
+    progress_interval: float = 0.5
+    max_frame_bytes: int = 64 << 20
+
+
+class _Client(WSListener):
+    """One connection: subscribes on connect, feeds every text message to the tally."""
+
+    def __init__(self, worker: _Worker, channels: list[str], request_id: int) -> None:
+        super().__init__()
+        self.worker = worker
+        self.chain: dict[str, int] = {}
+        self.subscribe = json.dumps(
+            {"op": "subscribe", "channels": channels, "id": request_id}
+        ).encode()
+        self.feed = worker.tally.feed
+        self.fragments: list[bytes] | None = None
+        self.close_code: int | None = None
+        self.close_reason = ""
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.worker.open += 1
+        transport.send(WSMsgType.TEXT, self.subscribe)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        msg_type = frame.msg_type
+        if msg_type == WSMsgType.TEXT and frame.fin:
+            try:
+                self.feed(self.chain, frame.get_payload_as_memoryview(), time.time_ns())
+            except msgspec.DecodeError as exc:
+                self.worker.protocol_error(f"undecodable message: {exc}")
+        elif msg_type == WSMsgType.TEXT or msg_type == WSMsgType.CONTINUATION:
+            # Fragmented messages are legal WebSocket; tickwire servers do not send them.
+            if msg_type == WSMsgType.TEXT:
+                self.fragments = []
+            if self.fragments is not None:
+                self.fragments.append(frame.get_payload_as_bytes())
+                if frame.fin:
+                    data = b"".join(self.fragments)
+                    self.fragments = None
+                    try:
+                        self.feed(self.chain, data, time.time_ns())
+                    except msgspec.DecodeError as exc:
+                        self.worker.protocol_error(f"undecodable message: {exc}")
+        elif msg_type == WSMsgType.CLOSE:
+            self.close_code = int(frame.get_close_code().value)
+            self.close_reason = frame.get_close_message().decode(errors="replace")
+            with contextlib.suppress(Exception):
+                transport.send_close(frame.get_close_code())
+            transport.disconnect()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.worker.closed(self)
+
+
+class _Worker:
+    def __init__(self, config: WorkerConfig, pipe: Pipe) -> None:
+        self.config = config
+        self.pipe = pipe
+        self.tally = Tally()
+        self.transports: list[WSTransport] = []
+        self.open = 0
+        self.connect_errors = 0
+        self.disconnects = 0
+        self.errors: list[str] = []
+        self.started = False  # "go" received
+        self.finishing = False
+        self.ended_early = False
+        self.window_open = False
+        self.window_counters = Counters()
+        self.window_t0 = 0.0
+        self.window_cpu0 = 0.0
+        self.window_s = 0.0
+        self.cpu_s = 0.0
+        self.done = asyncio.Event()
+        self.handles: list[asyncio.TimerHandle] = []
+
+    # -- bookkeeping -------------------------------------------------------------------
+
+    def error(self, text: str) -> None:
+        if len(self.errors) < 5 and text not in self.errors:
+            self.errors.append(text)
+
+    def protocol_error(self, text: str) -> None:
+        self.tally.errors += 1
+        self.error(text)
+
+    def closed(self, client: _Client) -> None:
+        self.open -= 1
+        if self.finishing:
+            return
+        self.disconnects += 1
+        if client.close_code is not None:
+            self.error(f"closed by server: {client.close_code} {client.close_reason}".strip())
+        else:
+            self.error("connection lost without a close frame")
+        if self.open == 0 and self.started:
+            self.finish(early=True)
+
+    def report(self, phase: str) -> WorkerReport:
+        return WorkerReport(
+            worker=self.config.worker,
+            phase=phase,
+            conns=len(self.config.subscriptions),
+            open=self.open,
+            connect_errors=self.connect_errors,
+            disconnects=self.disconnects,
+            totals=self.tally.counters(),
+            errors=list(self.errors) + self.tally.error_samples,
+        )
+
+    def send(self, report: WorkerReport) -> None:
+        with contextlib.suppress(OSError):
+            self.pipe.send(report)
+
+    # -- connecting --------------------------------------------------------------------
+
+    async def connect_all(self) -> None:
+        limit = asyncio.Semaphore(self.config.connect_concurrency)
+        timeout = self.config.connect_timeout
+
+        async def one(index: int, channels: list[str]) -> None:
+            async with limit:
+                if self.finishing:
+                    return
+                try:
+                    transport, _ = await asyncio.wait_for(
+                        ws_connect(
+                            lambda: _Client(self, channels, index),
+                            self.config.url,
+                            websocket_handshake_timeout=timeout,
+                            max_frame_size=self.config.max_frame_bytes,
+                            logger_name="tickwire.bench",
+                        ),
+                        timeout,
+                    )
+                except Exception as exc:  # refused, reset, timeout, handshake: all count
+                    self.connect_errors += 1
+                    self.error(f"connect failed: {type(exc).__name__}: {exc}".rstrip(": "))
+                    return
+                self.transports.append(transport)
+
+        await asyncio.gather(*(one(i, ch) for i, ch in enumerate(self.config.subscriptions)))
+
+    # -- schedule ----------------------------------------------------------------------
+
+    def on_pipe(self) -> None:
+        try:
+            msg: tuple[Any, ...] = self.pipe.recv()
+        except (EOFError, OSError):
+            msg = ("stop",)  # the parent is gone: stop rather than run on alone
+        if msg[0] == "go" and not self.started:
+            self.go(float(msg[1]), float(msg[2]))
+        elif msg[0] == "stop":
+            self.finish(early=False)
+
+    def go(self, window_start: float, window_end: float) -> None:
+        self.started = True
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        self.handles.append(loop.call_later(max(0.0, window_start - now), self.open_window))
+        self.handles.append(loop.call_later(max(0.0, window_end - now), self.finish, False))
+        self.handles.append(loop.call_later(self.config.progress_interval, self.progress))
+        if self.open == 0:
+            self.finish(early=True)
+
+    def progress(self) -> None:
+        if self.finishing:
+            return
+        self.send(self.report("progress"))
+        loop = asyncio.get_running_loop()
+        self.handles.append(loop.call_later(self.config.progress_interval, self.progress))
+
+    def open_window(self) -> None:
+        if self.finishing:
+            return
+        self.window_open = True
+        self.window_counters = self.tally.counters()
+        self.tally.clear_latency()
+        self.window_t0 = time.monotonic()
+        self.window_cpu0 = time.process_time()
+
+    def finish(self, early: bool) -> None:
+        if self.finishing:
+            return
+        self.finishing = True
+        self.ended_early = early
+        for h in self.handles:
+            h.cancel()
+        if self.window_open:
+            self.window_s = time.monotonic() - self.window_t0
+            self.cpu_s = time.process_time() - self.window_cpu0
+            self.window_counters = self.tally.counters() - self.window_counters
+        else:
+            self.window_counters = Counters()
+            self.tally.clear_latency()
+        self.done.set()
+
+    async def close_all(self) -> None:
+        for t in self.transports:
+            with contextlib.suppress(Exception):
+                t.send_close()
+                t.disconnect()
+        waits = [t.wait_disconnected() for t in self.transports if not t.is_disconnected]
+        if waits:
+            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*waits), 1.0)
+
+    def final_report(self) -> WorkerReport:
+        report = self.report("final")
+        hist = self.tally.hist
+        report.window = self.window_counters
+        report.window_s = self.window_s
+        report.cpu_s = self.cpu_s
+        report.hist = hist.to_sparse()
+        report.hist_total = hist.total
+        report.hist_sum = hist.sum
+        report.hist_max = hist.max
+        report.hist_negative = hist.negative
+        report.ended_early = self.ended_early
+        return report
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.pipe.fileno(), self.on_pipe)
+        try:
+            await self.connect_all()
+            self.send(self.report("ready"))
+            await self.done.wait()
+            await self.close_all()
+            self.send(self.final_report())
+        finally:
+            loop.remove_reader(self.pipe.fileno())
+
+
+def worker_main(config: WorkerConfig, pipe: Pipe) -> None:
+    """Entry point of a worker process (the target given to ``multiprocessing``).
+
+    Args:
+        config: this worker's share of the connections.
+        pipe: its end of the duplex pipe to the parent.
+    """
+    import uvloop
+
+    # Ctrl-C reaches the whole process group; the parent turns it into ("stop",) so
+    # that every worker still sends its final report.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        uvloop.run(_Worker(config, pipe).run())
+    finally:
+        pipe.close()

@@ -23,6 +23,19 @@ __all__ = ["Engine", "SymbolState", "new_epoch"]
 RECENT_TRADES = 50
 
 
+_decimals: dict[str, Decimal] = {}
+
+
+def _decimal(text: str) -> Decimal:
+    """``Decimal(text)``, cached: trade prices and sizes repeat constantly."""
+    value = _decimals.get(text)
+    if value is None:
+        if len(_decimals) > 100_000:
+            _decimals.clear()
+        value = _decimals[text] = Decimal(text)
+    return value
+
+
 def new_epoch() -> str:
     """Return a fresh epoch id: changes whenever engine state starts from scratch."""
     return f"{time.time_ns() // 1_000_000:x}-{os.urandom(3).hex()}"
@@ -91,14 +104,14 @@ class Engine:
             seq += 1
             trade = Trade(seq, price, qty, side, ts)  # type: ignore[arg-type]
             out.append(trade)
-            px = Decimal(price)
+            px = _decimal(price)
             if state.open is None:
                 state.open = price
             if state.high is None or px > state.high:
                 state.high = px
             if state.low is None or px < state.low:
                 state.low = px
-            state.volume += Decimal(qty)
+            state.volume += _decimal(qty)
             state.last = price
             state.last_ts = ts
         state.trade_count += len(out)

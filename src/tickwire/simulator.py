@@ -157,103 +157,99 @@ class SymbolFlow:
         return out
 
     def run(self, n: int, ts: int, updates: list[BookUpdate], trades: list[RawTrade]) -> None:
-        """Generate events until ``updates`` holds at least ``n`` level updates."""
+        """Generate events until ``updates`` holds at least ``n`` level updates.
+
+        Event mix: 50% limit orders resting around the fair price, 40% cancels near the
+        touch (75% partial), 10% market orders sweeping from the touch. One function
+        with locals rather than a method per event kind: this loop runs once per book
+        update and attribute lookups were half its cost.
+        """
         rnd = self.rng.random
+        bids, asks = self.bids, self.asks
+        best_bid, best_ask, fair = self.best_bid, self.best_ask, self.fair
+        sizes, step, max_levels = self.sizes, self.step, self.MAX_LEVELS
+        pstr, qstr, price, qty = self._pstr, self._qstr, self.price, self.qty
+        add_distance, cancel_distance = _ADD_DISTANCE, _CANCEL_DISTANCE
+        append = updates.append
         while len(updates) < n:
             r = rnd()
+            u = rnd()
+            is_bid = u < 0.5
+            if 0.5 <= r < 0.9:
+                # Cancel near the touch; where no order rests, it becomes a new order.
+                book = bids if is_bid else asks
+                d = cancel_distance[int(rnd() * _TABLE)]
+                px = best_bid - d if is_bid else best_ask + d
+                lots = book.get(px)
+                if lots is not None and len(book) > 5:
+                    side = "bid" if is_bid else "ask"
+                    left = (int(lots * rnd()) // step) * step if u % 0.5 < 0.375 else 0
+                    if left <= 0:
+                        del book[px]
+                        append(BookUpdate(side, pstr.get(px) or price(px), "0", ts))
+                        if px == best_bid and is_bid:
+                            best_bid = max(bids)
+                        elif px == best_ask and not is_bid:
+                            best_ask = min(asks)
+                    else:
+                        book[px] = left
+                        q = qstr.get(left) or qty(left)
+                        append(BookUpdate(side, pstr.get(px) or price(px), q, ts))  # type: ignore[arg-type]
+                    continue
+                r = 0.0  # fall through to a new limit order
             if r < 0.5:
-                self._add(ts, rnd, updates)
-            elif r < 0.9:
-                self._cancel(ts, rnd, updates)
-            else:
-                self._market(ts, rnd, updates, trades)
-
-    def _add(self, ts: int, rnd: Callable[[], float], updates: list[BookUpdate]) -> None:
-        u = rnd()
-        # The latent fair price random-walks a tick now and then; limit orders rest around
-        # it, so a spread opened by a sweep refills from the inside.
-        if u < 0.02:
-            self.fair += 1 if u < 0.01 else -1
-        is_bid = u < 0.5
-        d = _ADD_DISTANCE[int(rnd() * _TABLE)]
-        lots = self.sizes[int(rnd() * _TABLE)]
-        if is_bid:
-            book = self.bids
-            px = min(self.fair - 1 - d, self.best_ask - 1)
-            if px > self.best_bid:
-                self.best_bid = px
-            side = "bid"
-        else:
-            book = self.asks
-            px = max(self.fair + 1 + d, self.best_bid + 1)
-            if px < self.best_ask:
-                self.best_ask = px
-            side = "ask"
-        lots += book.get(px, 0)
-        book[px] = lots
-        updates.append(self._level(side, px, lots, ts))
-        if len(book) > self.MAX_LEVELS:
-            worst = min(book) if is_bid else max(book)
-            del book[worst]
-            updates.append(self._level(side, worst, 0, ts))
-
-    def _cancel(self, ts: int, rnd: Callable[[], float], updates: list[BookUpdate]) -> None:
-        u = rnd()
-        is_bid = u < 0.5
-        book = self.bids if is_bid else self.asks
-        if len(book) <= 5:
-            self._add(ts, rnd, updates)
-            return
-        d = _CANCEL_DISTANCE[int(rnd() * _TABLE)]
-        px = self.best_bid - d if is_bid else self.best_ask + d
-        lots = book.get(px)
-        if lots is None:
-            # No order rests there: the trader sends a new order instead.
-            self._add(ts, rnd, updates)
-            return
-        side = "bid" if is_bid else "ask"
-        # 75% of cancels are partial (leave a multiple of the size step), 25% remove all.
-        left = (int(lots * rnd()) // self.step) * self.step if u % 0.5 < 0.375 else 0
-        if left <= 0 or left >= lots:
-            del book[px]
-            updates.append(self._level(side, px, 0, ts))
-            if is_bid:
-                if px == self.best_bid:
-                    self.best_bid = max(book)
-            elif px == self.best_ask:
-                self.best_ask = min(book)
-        else:
-            book[px] = left
-            updates.append(self._level(side, px, left, ts))
-
-    def _market(
-        self,
-        ts: int,
-        rnd: Callable[[], float],
-        updates: list[BookUpdate],
-        trades: list[RawTrade],
-    ) -> None:
-        buy = rnd() < 0.5
-        book = self.asks if buy else self.bids
-        want = self.sizes[int(rnd() * _TABLE)] * (5 if rnd() < 0.1 else 1)
-        side = "ask" if buy else "bid"
-        taker = "buy" if buy else "sell"
-        while want > 0 and len(book) > 5:
-            px = self.best_ask if buy else self.best_bid
-            lots = book[px]
-            fill = min(lots, want)
-            want -= fill
-            trades.append((self.price(px), self.qty(fill), taker, ts))
-            if fill == lots:
-                del book[px]
-                updates.append(self._level(side, px, 0, ts))
-                if buy:
-                    self.best_ask = min(book)
+                # Limit order around the latent fair price, which random-walks a tick now
+                # and then, so a spread opened by a sweep refills from the inside.
+                if u < 0.02:
+                    fair += 1 if u < 0.01 else -1
+                d = add_distance[int(rnd() * _TABLE)]
+                lots = sizes[int(rnd() * _TABLE)]
+                if is_bid:
+                    book = bids
+                    px = min(fair - 1 - d, best_ask - 1)
+                    if px > best_bid:
+                        best_bid = px
+                    side = "bid"
                 else:
-                    self.best_bid = max(book)
-            else:
-                book[px] = lots - fill
-                updates.append(self._level(side, px, lots - fill, ts))
+                    book = asks
+                    px = max(fair + 1 + d, best_bid + 1)
+                    if px < best_ask:
+                        best_ask = px
+                    side = "ask"
+                lots += book.get(px, 0)
+                book[px] = lots
+                q = qstr.get(lots) or qty(lots)
+                append(BookUpdate(side, pstr.get(px) or price(px), q, ts))  # type: ignore[arg-type]
+                if len(book) > max_levels:
+                    worst = min(book) if is_bid else max(book)
+                    del book[worst]
+                    append(BookUpdate(side, pstr.get(worst) or price(worst), "0", ts))  # type: ignore[arg-type]
+                continue
+            # Market order: sweep from the touch, one trade per level consumed.
+            buy = is_bid
+            book = asks if buy else bids
+            want = sizes[int(rnd() * _TABLE)] * (5 if u % 0.5 < 0.05 else 1)
+            side = "ask" if buy else "bid"
+            taker = "buy" if buy else "sell"
+            while want > 0 and len(book) > 5:
+                px = best_ask if buy else best_bid
+                lots = book[px]
+                fill = min(lots, want)
+                want -= fill
+                p = pstr.get(px) or price(px)
+                trades.append((p, qstr.get(fill) or qty(fill), taker, ts))
+                if fill == lots:
+                    del book[px]
+                    append(BookUpdate(side, p, "0", ts))  # type: ignore[arg-type]
+                    if buy:
+                        best_ask = min(asks)
+                    else:
+                        best_bid = max(bids)
+                else:
+                    book[px] = lots - fill
+                    q = qstr.get(lots - fill) or qty(lots - fill)
+                    append(BookUpdate(side, p, q, ts))  # type: ignore[arg-type]
+        self.best_bid, self.best_ask, self.fair = best_bid, best_ask, fair
 
 
 class Burst:

@@ -40,6 +40,7 @@ __all__ = [
     "Message",
     "Pong",
     "Request",
+    "Side",
     "Snapshot",
     "Ticker",
     "Trade",
@@ -191,13 +192,17 @@ def parse_channel(name: str, request_id: int | str | None = None) -> tuple[str, 
 # -- server messages -----------------------------------------------------------------
 
 
+#: A book side.
+Side = Literal["bid", "ask"]
+
+
 class BookUpdate(msgspec.Struct, frozen=True, gc=False):
     """One price level's new absolute quantity; ``qty`` "0" deletes the level.
 
     ``ts`` is the engine's event time in integer nanoseconds since the Unix epoch.
     """
 
-    side: Literal["bid", "ask"]
+    side: Side
     price: str
     qty: str
     ts: int

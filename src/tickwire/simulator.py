@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Callable
 
 from .exceptions import ConfigError
-from .protocol import BookUpdate
+from .protocol import BookUpdate, Side
 
 __all__ = ["Burst", "MarketSimulator", "SymbolFlow", "parse_symbols"]
 
@@ -135,10 +135,10 @@ class SymbolFlow:
             s = self._qstr[lots] = f"{q}.{r:0{self.qdec}d}"
         return s
 
-    def _level(self, side: str, px: int, lots: int, ts: int) -> BookUpdate:
+    def _level(self, side: Side, px: int, lots: int, ts: int) -> BookUpdate:
         p = self._pstr.get(px) or self.price(px)
         q = self._qstr.get(lots) or self.qty(lots)
-        return BookUpdate(side, p, q, ts)  # type: ignore[arg-type]
+        return BookUpdate(side, p, q, ts)
 
     # -- events ------------------------------------------------------------------------
 
@@ -147,10 +147,11 @@ class SymbolFlow:
         out: list[BookUpdate] = []
         rnd = self.rng.random
         for i in range(self.START_LEVELS):
-            for side, book, px in (
+            sides: tuple[tuple[Side, dict[int, int], int], ...] = (
                 ("bid", self.bids, self.best_bid - i),
                 ("ask", self.asks, self.best_ask + i),
-            ):
+            )
+            for side, book, px in sides:
                 lots = self.sizes[int(rnd() * _TABLE)] * (1 + i // 5)
                 book[px] = lots
                 out.append(self._level(side, px, lots, ts))
@@ -171,6 +172,7 @@ class SymbolFlow:
         pstr, qstr, price, qty = self._pstr, self._qstr, self.price, self.qty
         add_distance, cancel_distance = _ADD_DISTANCE, _CANCEL_DISTANCE
         append = updates.append
+        side: Side
         while len(updates) < n:
             r = rnd()
             u = rnd()
@@ -194,7 +196,7 @@ class SymbolFlow:
                     else:
                         book[px] = left
                         q = qstr.get(left) or qty(left)
-                        append(BookUpdate(side, pstr.get(px) or price(px), q, ts))  # type: ignore[arg-type]
+                        append(BookUpdate(side, pstr.get(px) or price(px), q, ts))
                     continue
                 r = 0.0  # fall through to a new limit order
             if r < 0.5:
@@ -219,11 +221,11 @@ class SymbolFlow:
                 lots += book.get(px, 0)
                 book[px] = lots
                 q = qstr.get(lots) or qty(lots)
-                append(BookUpdate(side, pstr.get(px) or price(px), q, ts))  # type: ignore[arg-type]
+                append(BookUpdate(side, pstr.get(px) or price(px), q, ts))
                 if len(book) > max_levels:
                     worst = min(book) if is_bid else max(book)
                     del book[worst]
-                    append(BookUpdate(side, pstr.get(worst) or price(worst), "0", ts))  # type: ignore[arg-type]
+                    append(BookUpdate(side, pstr.get(worst) or price(worst), "0", ts))
                 continue
             # Market order: sweep from the touch, one trade per level consumed.
             buy = is_bid
@@ -240,7 +242,7 @@ class SymbolFlow:
                 trades.append((p, qstr.get(fill) or qty(fill), taker, ts))
                 if fill == lots:
                     del book[px]
-                    append(BookUpdate(side, p, "0", ts))  # type: ignore[arg-type]
+                    append(BookUpdate(side, p, "0", ts))
                     if buy:
                         best_ask = min(asks)
                     else:
@@ -248,7 +250,7 @@ class SymbolFlow:
                 else:
                     book[px] = lots - fill
                     q = qstr.get(lots - fill) or qty(lots - fill)
-                    append(BookUpdate(side, p, q, ts))  # type: ignore[arg-type]
+                    append(BookUpdate(side, p, q, ts))
         self.best_bid, self.best_ask, self.fair = best_bid, best_ask, fair
 
 

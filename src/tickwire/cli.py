@@ -109,6 +109,12 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=30.0,
         help="seconds a connection may stay over the high watermark before close 4001",
     )
+    slow.add_argument(
+        "--sndbuf-kb",
+        type=float,
+        default=256.0,
+        help="kernel send buffer per connection, in KiB (0: kernel autotuning, up to MiBs)",
+    )
     p.add_argument(
         "--test-faults",
         action="store_true",
@@ -146,6 +152,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_buffer_bytes=int(args.max_buffer_kb * 1024),
         max_total_buffer_bytes=int(args.max_total_buffer_mb * (1 << 20)),
         stall_timeout_s=args.stall_timeout,
+        sndbuf_bytes=int(args.sndbuf_kb * 1024),
     )
 
     async def run() -> None:

@@ -18,6 +18,24 @@ Channel state::
     pending    updates applied to the engine but not yet sent
     history    ring of (prev_seq, seq, frame), bounded in bytes, for resume
 
+Slow consumers (see ``docs/slow-consumers.md``)
+-----------------------------------------------
+The I/O layer calls :meth:`Hub.pause` when a connection's write buffer crosses its high
+watermark and :meth:`Hub.resume` when it drains below the low one. A paused
+subscriber's book and ticker subscriptions leave the channel's shared ``subscribers``
+set for its ``lagging`` map (subscriber -> :class:`Lag`, the last ``seq`` it was sent):
+the shared frames are no longer queued to it, so healthy subscribers still cost one
+list append per frame and share the same ``bytes``. While a book channel has lagging
+subscribers it records, per price level, the latest update and its seq (``touched``,
+one dict store per update, shared by all of its lagging subscribers; bounded by the
+book's size, past which the laggards get a snapshot). At the first flush after a
+resume each lagging subscription gets **one** catch-up message -- a merged delta
+``(lag.seq, ch.seq]`` holding the current quantity of every level touched since, with
+the current checksum, or a snapshot when that is smaller; a ticker gets the latest
+ticker -- and rejoins the shared set. Trades never lag: they keep flowing into the
+transport buffer, and the I/O layer closes the connection (close code 4001) past its
+hard byte budget; the client resumes from the history ring.
+
 A subscription flushes its channel first, so the snapshot's ``seq`` is exactly the
 ``prev_seq`` of the next delta: there is no window in which an update can fall between
 the snapshot and the stream. A resume (epoch, since) replays the history frames that
@@ -50,20 +68,66 @@ from .protocol import (
     parse_channel,
 )
 
-__all__ = ["Channel", "Hub", "Subscriber"]
+__all__ = ["CONFLATED_KINDS", "Channel", "Hub", "Lag", "Subscriber", "SubscriptionStats"]
 
 RawTrade = tuple[str, str, str, int]
+
+#: Channel kinds whose paused subscribers are conflated rather than queued: a book
+#: delta or a ticker can be merged into a newer one without losing information.
+#: Trades cannot, so ``trades.*`` subscriptions never lag.
+CONFLATED_KINDS = frozenset(("book", "ticker"))
+
+#: A merged delta update costs about this many times the bytes of a snapshot level
+#: (``{"side":"bid","price":"..","qty":"..","ts":..}`` vs ``["..",".."]``); past it a
+#: snapshot is the smaller catch-up.
+_UPDATE_VS_LEVEL = 3.3
+
+
+class Lag:
+    """A paused subscription: not sent frames since ``seq`` (at monotonic ``since``)."""
+
+    __slots__ = ("seq", "since")
+
+    def __init__(self, seq: int, since: float) -> None:
+        self.seq = seq
+        self.since = since
+
+
+class SubscriptionStats:
+    """Slow-consumer telemetry of one subscription (created the first time it lags).
+
+    Attributes:
+        lags: times the subscription was paused (its connection over the high mark).
+        conflated: merged deltas (or latest tickers) sent on catch-up.
+        snapshots: catch-ups sent as a snapshot because it was smaller.
+        skipped: updates the subscriber never received one by one (seq span of the
+            catch-ups minus the updates they carried).
+        max_lag_seq: largest seq distance behind the channel seen at a catch-up.
+        max_lag_s: longest time spent lagging, in seconds.
+    """
+
+    __slots__ = ("lags", "conflated", "snapshots", "skipped", "max_lag_seq", "max_lag_s")
+
+    def __init__(self) -> None:
+        self.lags = 0
+        self.conflated = 0
+        self.snapshots = 0
+        self.skipped = 0
+        self.max_lag_seq = 0
+        self.max_lag_s = 0.0
 
 
 class Subscriber(Protocol):
     """What the hub needs from a connection.
 
     ``outbox`` collects the frames to write at the end of the tick; ``channels`` is
-    owned by the hub (the channels this subscriber is in).
+    owned by the hub (the channels this subscriber is in); ``slow`` holds the
+    slow-consumer telemetry of its subscriptions that ever lagged (hub-owned too).
     """
 
     outbox: list[bytes]
     channels: dict[str, Channel]
+    slow: dict[str, SubscriptionStats]
 
 
 class Channel:
@@ -81,6 +145,9 @@ class Channel:
         "last_sent",
         "ticker_due",
         "fault",
+        "lagging",
+        "touched",
+        "touched_from",
     )
 
     def __init__(self, name: str, kind: str, state: SymbolState) -> None:
@@ -96,6 +163,12 @@ class Channel:
         self.ticker_due = False
         # Test-only fault for the next message (see Hub.inject_fault); None in production.
         self.fault: str | None = None
+        # Paused subscribers, out of ``subscribers`` until they catch up.
+        self.lagging: dict[Subscriber, Lag] = {}
+        # Book only, while ``lagging``: (side, price) -> (seq, latest update) of every
+        # level changed after ``touched_from``.
+        self.touched: dict[tuple[str, str], tuple[int, BookUpdate]] | None = None
+        self.touched_from = 0
 
 
 class Hub:
@@ -149,6 +222,14 @@ class Hub:
         self.bytes_out = 0
         self.updates_out = 0
         self.messages_built = 0
+        # Slow consumers: paused subscribers (-> monotonic time of the pause), those due
+        # a catch-up at the next flush, and counters.
+        self.paused: dict[Subscriber, float] = {}
+        self.catching_up: list[Subscriber] = []
+        self.pauses = 0
+        self.conflated = 0
+        self.conflated_snapshots = 0
+        self.updates_skipped = 0
 
     # -- sources -----------------------------------------------------------------------
 
@@ -193,6 +274,8 @@ class Hub:
                 ch.last_sent = now
                 ch.ticker_due = False
                 self._send(ch, ch.seq, ch.seq + 1, self._ticker(ch, ch.seq + 1), 0)
+        if self.catching_up:
+            self._catch_up_all(now)
 
     def heartbeats(self, now: float) -> None:
         """Queue a heartbeat on every subscribed channel silent for the interval."""
@@ -208,6 +291,8 @@ class Hub:
         ch.pending = []
         state = ch.state
         seq = ch.seq + len(updates)
+        if ch.touched is not None:
+            self._track(ch, updates, seq)
         msg = Delta(ch.name, seq, ch.seq, state.book.checksum(), updates)
         self._send(ch, ch.seq, seq, encode(msg), len(updates))
 
@@ -334,8 +419,7 @@ class Hub:
         """
         if ch.name in sub.channels:
             # Already subscribed: a repeated subscribe is a request for a fresh start.
-            del ch.subscribers[sub]
-            del sub.channels[ch.name]
+            self.unsubscribe(sub, ch.name)
         elif len(sub.channels) >= self.max_subscriptions:
             raise RequestError(
                 ErrorCode.TOO_MANY_CHANNELS,
@@ -359,8 +443,12 @@ class Hub:
         if not sub.outbox and frames:
             self.dirty.append(sub)
         sub.outbox.extend(frames)
-        ch.subscribers[sub] = None
         sub.channels[ch.name] = ch
+        since_paused = self.paused.get(sub)
+        if since_paused is not None and ch.kind in CONFLATED_KINDS:
+            self._lag(sub, ch, since_paused)
+        else:
+            ch.subscribers[sub] = None
         return resumed
 
     def unsubscribe(self, sub: Subscriber, name: str) -> bool:
@@ -369,13 +457,16 @@ class Hub:
         if ch is None:
             return False
         ch.subscribers.pop(sub, None)
+        self._unlag(sub, ch)
         return True
 
     def drop(self, sub: Subscriber) -> None:
         """Forget a subscriber entirely (its connection closed)."""
         for ch in sub.channels.values():
             ch.subscribers.pop(sub, None)
+            self._unlag(sub, ch)
         sub.channels.clear()
+        self.paused.pop(sub, None)
 
     def replay(self, ch: Channel, since: int) -> list[bytes] | None:
         """Return the history frames after ``since``, or None if any of them is gone."""
@@ -413,3 +504,155 @@ class Hub:
             )
         ticker = self.ticker_message(state, ch.seq, ch.seq, ch.name)
         return Snapshot(ch.name, ch.seq, epoch, ticker=ticker, resumed=resumed)
+
+    # -- slow consumers ----------------------------------------------------------------
+
+    def pause(self, sub: Subscriber, now: float) -> None:
+        """Stop queueing book and ticker frames to ``sub``: its connection is backed up.
+
+        Called when the connection's write buffer crosses the high watermark. Its book
+        and ticker subscriptions start lagging (they will get one catch-up message after
+        :meth:`resume`); its trades keep flowing, since trades are never merged.
+
+        Args:
+            sub: the subscriber whose transport paused writing.
+            now: monotonic seconds, for the lag telemetry.
+        """
+        if sub in self.paused:
+            return
+        self.paused[sub] = now
+        self.pauses += 1
+        for ch in sub.channels.values():
+            if ch.kind in CONFLATED_KINDS and sub in ch.subscribers:
+                del ch.subscribers[sub]
+                self._lag(sub, ch, now)
+
+    def resume(self, sub: Subscriber) -> None:
+        """Let ``sub`` catch up at the next :meth:`flush`: its buffer drained.
+
+        Called when the connection's write buffer falls below the low watermark. The
+        catch-up waits for the flush so that it is built with no update pending.
+        """
+        if self.paused.pop(sub, None) is not None:
+            self.catching_up.append(sub)
+
+    def _lag(self, sub: Subscriber, ch: Channel, now: float) -> None:
+        ch.lagging[sub] = Lag(ch.seq, now)
+        if ch.kind == "book" and ch.touched is None:
+            ch.touched = {}
+            ch.touched_from = ch.seq
+        stats = sub.slow.get(ch.name)
+        if stats is None:
+            stats = sub.slow[ch.name] = SubscriptionStats()
+        stats.lags += 1
+
+    def _unlag(self, sub: Subscriber, ch: Channel) -> Lag | None:
+        lag = ch.lagging.pop(sub, None)
+        if lag is not None and not ch.lagging:
+            ch.touched = None
+        return lag
+
+    @staticmethod
+    def _track(ch: Channel, updates: list[BookUpdate], seq: int) -> None:
+        """Record the levels of one batch ``(seq - len(updates), seq]`` for the laggards."""
+        touched = ch.touched
+        assert touched is not None
+        n = seq - len(updates)
+        for u in updates:
+            n += 1
+            touched[(u.side, u.price)] = (n, u)
+        bids, asks = ch.state.book.depth()
+        if len(touched) > max(64, bids + asks):
+            # More levels changed than the book holds: a snapshot is the smaller
+            # catch-up for everyone lagging now; start over for later laggards.
+            touched.clear()
+            ch.touched_from = seq
+
+    def _catch_up_all(self, now: float) -> None:
+        subs, self.catching_up = self.catching_up, []
+        for sub in subs:
+            if sub not in self.paused:  # paused again before its catch-up: keep lagging
+                self._catch_up(sub, now)
+
+    def _catch_up(self, sub: Subscriber, now: float) -> None:
+        """Send each lagging subscription of ``sub`` one message and rejoin it."""
+        frames: list[bytes] = []
+        for ch in sub.channels.values():
+            # Read the level map before _unlag, which drops it with the last laggard.
+            touched = ch.touched
+            lag = self._unlag(sub, ch)
+            if lag is None:
+                continue
+            stats = sub.slow[ch.name]
+            stats.max_lag_s = max(stats.max_lag_s, now - lag.since)
+            payload = self._catch_up_message(sub, ch, lag, touched)
+            if payload is not None:
+                frames.append(text_frame(payload))
+            ch.subscribers[sub] = None
+        if frames:
+            if not sub.outbox:
+                self.dirty.append(sub)
+            sub.outbox.extend(frames)
+            self.frames_out += len(frames)
+            self.bytes_out += sum(map(len, frames))
+
+    def _catch_up_message(
+        self,
+        sub: Subscriber,
+        ch: Channel,
+        lag: Lag,
+        touched: dict[tuple[str, str], tuple[int, BookUpdate]] | None,
+    ) -> bytes | None:
+        """Build the one message taking ``sub`` from ``lag.seq`` to ``ch.seq`` on ``ch``.
+
+        ``touched`` is the channel's level map as it was while ``sub`` lagged (None
+        for tickers).
+        """
+        if lag.seq == ch.seq:
+            return None
+        stats = sub.slow[ch.name]
+        stats.max_lag_seq = max(stats.max_lag_seq, ch.seq - lag.seq)
+        if ch.kind == "ticker":
+            stats.conflated += 1
+            stats.skipped += ch.seq - lag.seq - 1
+            self.conflated += 1
+            self.updates_skipped += ch.seq - lag.seq - 1
+            return encode(self.ticker_message(ch.state, ch.seq, lag.seq, ch.name))
+        book = ch.state.book
+        merged: list[BookUpdate] | None = None
+        if touched is not None and lag.seq >= ch.touched_from:
+            since = lag.seq
+            merged = [u for n, u in touched.values() if n > since]
+            bids, asks = book.depth()
+            if len(merged) * _UPDATE_VS_LEVEL > bids + asks:
+                merged = None
+        skipped = ch.seq - lag.seq - (len(merged) if merged is not None else 0)
+        stats.skipped += skipped
+        self.updates_skipped += skipped
+        if merged is None:
+            stats.snapshots += 1
+            self.conflated_snapshots += 1
+            return encode(self.snapshot(ch))
+        stats.conflated += 1
+        self.conflated += 1
+        self.updates_out += len(merged)
+        return encode(Delta(ch.name, ch.seq, lag.seq, book.checksum(), merged))
+
+    def lagging_subscriptions(self, now: float, limit: int = 20) -> list[dict[str, object]]:
+        """Return the ``limit`` subscriptions lagging the most, for telemetry.
+
+        Each entry: ``ch``, ``lag_seq`` (channel seq minus the subscriber's), ``lag_ms``
+        (time since it stopped receiving frames) and the subscriber itself (``sub``).
+        """
+        rows: list[tuple[float, int, Subscriber, Channel]] = []
+        for ch in self.books:
+            for sub, lag in ch.lagging.items():
+                rows.append((now - lag.since, ch.seq - lag.seq, sub, ch))
+        for ch in self.tickers:
+            for sub, lag in ch.lagging.items():
+                rows.append((now - lag.since, ch.seq - lag.seq, sub, ch))
+        rows.sort(key=lambda r: (r[0], r[1]), reverse=True)
+        return [
+            {"ch": ch.name, "lag_seq": lag_seq, "lag_ms": round(age * 1000, 1), "sub": sub}
+            for age, lag_seq, sub, ch in rows[:limit]
+        ]

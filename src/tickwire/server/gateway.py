@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -95,6 +96,9 @@ class GatewayConfig:
     max_total_buffer_bytes: int = 512 << 20
     stall_timeout_s: float = 30.0
     slow_close_grace_s: float = 5.0
+    # SO_SNDBUF of accepted sockets (0: kernel autotuning, up to tcp_wmem's 4 MiB, which
+    # would hide a slow reader from the watermarks for seconds of stale data).
+    sndbuf_bytes: int = 256 << 10
 
     def __post_init__(self) -> None:
         if not 0 <= self.low_watermark_bytes <= self.high_watermark_bytes:
@@ -105,6 +109,8 @@ class GatewayConfig:
             raise ConfigError("--max-total-buffer-mb must be at least --max-buffer-kb")
         if self.stall_timeout_s <= 0:
             raise ConfigError("--stall-timeout must be positive")
+        if self.sndbuf_bytes < 0:
+            raise ConfigError("--sndbuf-kb must be >= 0")
 
 
 class Connection(WSListener):
@@ -139,6 +145,10 @@ class Connection(WSListener):
         underlying.set_write_buffer_limits(
             high=cfg.high_watermark_bytes, low=cfg.low_watermark_bytes
         )
+        if cfg.sndbuf_bytes:
+            sock = underlying.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, cfg.sndbuf_bytes)
         peer = underlying.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.gateway.connections[self.id] = self

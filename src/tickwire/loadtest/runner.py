@@ -11,7 +11,9 @@ that does not report in time is terminated and its share is missing from the res
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection as Pipe
@@ -141,6 +143,17 @@ def _send_all(pipes: dict[int, Pipe], message: tuple[Any, ...]) -> None:
             pass
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _catch_sigterm() -> Any:
+    """Turn SIGTERM into KeyboardInterrupt; return the old handler (None: not installed)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _interrupt)
+
+
 def run_bench(config: BenchConfig, err: TextIO | None = None) -> BenchResult:
     """Run a bench and return the merged result.
 
@@ -171,6 +184,8 @@ def run_bench(config: BenchConfig, err: TextIO | None = None) -> BenchResult:
     latest: dict[int, WorkerReport] = {}
     finals: dict[int, WorkerReport] = {}
     progress = _Progress(err, config.progress, config.conns)
+    # SIGTERM, like Ctrl-C, ends the run early but still merges and prints the results.
+    old_term = _catch_sigterm()
     try:
         try:
             # Phase 1: every worker connects (each attempt is bounded by connect_timeout).
@@ -200,6 +215,8 @@ def run_bench(config: BenchConfig, err: TextIO | None = None) -> BenchResult:
         while pipes and time.monotonic() < end:
             _collect(pipes, latest, finals, min(0.2, max(0.0, end - time.monotonic())))
     finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
         progress.close()
         for k, p in procs.items():
             p.join(timeout=1.0 if k in finals else 0.1)

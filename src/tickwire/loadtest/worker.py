@@ -205,7 +205,10 @@ class _Worker:
         try:
             msg: tuple[Any, ...] = self.pipe.recv()
         except (EOFError, OSError):
-            msg = ("stop",)  # the parent is gone: stop rather than run on alone
+            # The parent is gone: stop rather than run on alone (and stop polling the
+            # pipe, which would otherwise stay readable at EOF).
+            asyncio.get_running_loop().remove_reader(self.pipe.fileno())
+            msg = ("stop",)
         if msg[0] == "go" and not self.started:
             self.go(float(msg[1]), float(msg[2]))
         elif msg[0] == "stop":

@@ -179,12 +179,40 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     add_bench_arguments(p)
 
 
+def _watch_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("watch", help="live terminal view of one verified book (the SDK)")
+    p.add_argument("symbol", help="symbol to watch, e.g. BTC-USD")
+    p.add_argument("--url", default="ws://127.0.0.1:8765/ws", help="gateway WebSocket URL")
+    p.add_argument(
+        "--duration", type=float, default=0.0, help="exit after this many seconds (0: Ctrl-C)"
+    )
+    p.add_argument("--refresh", type=float, default=4.0, help="screen refreshes per second")
+
+
+def _watch(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from .client.watch import watch
+    from .exceptions import RequestError
+
+    if args.refresh <= 0 or args.duration < 0:
+        raise ConfigError("--refresh must be positive and --duration >= 0")
+    try:
+        return uvloop.run(
+            watch(args.symbol, args.url, duration=args.duration, refresh=args.refresh)
+        )
+    except (OSError, RequestError) as exc:
+        sys.stderr.write(f"tickwire watch: cannot watch {args.symbol} at {args.url}: {exc}\n")
+        return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tickwire`` command."""
     parser = argparse.ArgumentParser(prog="tickwire", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     _bench_parser(sub)
+    _watch_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(args, "log_level", "WARNING").upper(),
@@ -197,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .loadtest.command import bench_main
 
             return bench_main(args)
+        if args.command == "watch":
+            return _watch(args)
     except ConfigError as exc:
         parser.error(str(exc))
     except KeyboardInterrupt:

@@ -402,3 +402,44 @@ def test_readme_client_runs_and_prints_what_the_readme_says(server: ServerProces
     pattern = re.sub(r"\d+", r"\\d+", pattern)
     pattern = re.sub(r"buy|sell", "(buy|sell)", pattern)
     assert re.fullmatch(pattern, out.strip()), (out, shown)
+
+
+def test_docs_client_example_runs(server: ServerProcess) -> None:
+    text = (ROOT / "docs" / "client.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S)
+    assert code and "ws://127.0.0.1:8765/ws" in code.group(1)
+    out = subprocess.run(
+        [sys.executable, "-c", code.group(1).replace("ws://127.0.0.1:8765/ws", server.url)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    for channel in ("book.BTC-USD", "trades.BTC-USD", "ticker.BTC-USD"):
+        assert f"{channel} is live: snapshot at seq" in out
+    assert re.search(r"best bid \('\d+\.\d+', '\d+\.\d+'\) best ask", out)
+    assert re.search(r"lag p50 \d+\.\d+ ms, p99 \d+\.\d+ ms", out)
+    assert "'state': 'live'" in out and "'gaps': 0" in out and "'resyncs': 0" in out
+
+
+def test_examples_run(server: ServerProcess) -> None:
+    top = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "top_of_book.py"), "BTC-USD"]
+        + ["--url", server.url, "--seconds", "2"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.splitlines()
+    assert len(top) == 2 and all(line.startswith("live") for line in top)
+    tape = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "trade_tape.py"), "BTC-USD"]
+        + ["--url", server.url, "--count", "5"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.splitlines()
+    ids = [int(line.split()[0][1:]) for line in tape if line.startswith("#")]
+    assert len(ids) >= 5 and ids == list(range(ids[0], ids[0] + len(ids)))
+    assert tape[-1] == "-- missed: 0"

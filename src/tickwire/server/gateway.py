@@ -164,7 +164,10 @@ class Connection(WSListener):
         elif msg_type == WSMsgType.CONTINUATION:
             self._continuation(frame)
         elif msg_type == WSMsgType.BINARY:
-            self.fail(CloseCode.UNSUPPORTED_DATA, "binary frames are not accepted; send JSON text")
+            # Say why in a message the client can read, then close (fail flushes it first).
+            reason = "binary frames are not accepted; send JSON text"
+            self.send(encode(Error(ErrorCode.UNSUPPORTED_DATA, reason)))
+            self.fail(CloseCode.UNSUPPORTED_DATA, reason)
         elif msg_type == WSMsgType.CLOSE:
             transport.send_close(frame.get_close_code(), frame.get_close_message())
             transport.disconnect()

@@ -27,6 +27,8 @@ class ServerProcess:
     proc: subprocess.Popen[str] | None = None
     epoch: str = ""
     stats: dict[str, Any] | None = None
+    #: Everything the server wrote to stderr, once :meth:`stop` returned.
+    stderr: str = ""
 
     @property
     def url(self) -> str:
@@ -81,6 +83,7 @@ class ServerProcess:
             self.kill()
             raise
         self.proc = None
+        self.stderr = err
         for line in reversed(err.splitlines()):
             if line.startswith("{"):
                 self.stats = json.loads(line)
@@ -216,7 +219,7 @@ class RawClient:
             if frame[0] == OP_TEXT:
                 msg: dict[str, Any] = json.loads(frame[2])
                 return msg
-            assert frame[0] == OP_PING, f"unexpected frame {frame!r}"
+            assert frame[0] in (OP_PING, OP_PONG), f"unexpected frame {frame!r}"
 
     def wait_close(self, timeout: float = 5.0) -> tuple[int | None, bytes, bool]:
         """Read until the server's close frame; return ``(code, reason, tcp_closed)``.

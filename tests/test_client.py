@@ -443,3 +443,25 @@ def test_examples_run(server: ServerProcess) -> None:
     ids = [int(line.split()[0][1:]) for line in tape if line.startswith("#")]
     assert len(ids) >= 5 and ids == list(range(ids[0], ids[0] + len(ids)))
     assert tape[-1] == "-- missed: 0"
+
+
+def test_without_reconnect_iteration_raises_connection_closed(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    srv = server_factory("--symbols", "BTC-USD", "--rate", "200")
+
+    async def run() -> None:
+        from tickwire.exceptions import ConnectionClosed
+
+        client = Client(srv.url, ["book.BTC-USD"], reconnect=False, events=True)
+        await client.start()
+        await client.wait_live()
+        await asyncio.to_thread(srv.stop)
+        with pytest.raises(ConnectionClosed) as info:
+            async with asyncio.timeout(TIMEOUT):
+                async for _ in client:
+                    pass
+        assert info.value.code == 1001 and client.stats.reconnects == 0
+        await client.close()
+
+    asyncio.run(run())

@@ -188,6 +188,8 @@ class Client:
         self._waiters: dict[int, asyncio.Future[Ack]] = {}
         self._connect_id: int | None = None
         self._last_rx = 0.0
+        # One event per pending wait_until(); all are set whenever something happened.
+        self._progress: set[asyncio.Event] = set()
 
     # -- life --------------------------------------------------------------------------
 
@@ -338,14 +340,14 @@ class Client:
 
         Bound the wait with ``asyncio.timeout(...)``: the condition may never hold.
         """
-        assert self._wake is not None, "start the client first"
-        progress = self._progress = asyncio.Event()
+        progress = asyncio.Event()
+        self._progress.add(progress)
         try:
             while not predicate():
                 progress.clear()
                 await progress.wait()
         finally:
-            self._progress = None
+            self._progress.discard(progress)
 
     async def wait_live(self, channels: Iterable[str] | None = None) -> None:
         """Wait until every given channel (default: all) is LIVE (bound it with
@@ -355,8 +357,6 @@ class Client:
         await self.wait_until(
             lambda: all(n in chans and chans[n].state is SyncState.LIVE for n in names)
         )
-
-    _progress: asyncio.Event | None = None
 
     # -- iteration ---------------------------------------------------------------------
 
@@ -380,6 +380,7 @@ class Client:
             self._error = error
         if self._wake is not None:
             self._wake.set()
+        self._notify()
 
     def _emit(self, events: list[Event]) -> None:
         on_event = self.on_event
@@ -398,6 +399,7 @@ class Client:
             queue.extend(events)
             if self._wake is not None:
                 self._wake.set()
+        self._notify()
 
     # -- I/O callbacks -----------------------------------------------------------------
 
@@ -415,8 +417,12 @@ class Client:
         events = proto.events_received()
         if events:
             self._emit(events)
-        if self._progress is not None:
-            self._progress.set()
+        else:
+            self._notify()
+
+    def _notify(self) -> None:
+        for progress in self._progress:
+            progress.set()
 
     def _resolve(self, replies: list[Ack | Error]) -> None:
         for reply in replies:

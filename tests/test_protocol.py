@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import zlib
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -392,3 +394,27 @@ def test_request_encodes_and_decodes_back() -> None:
 def test_decode_message_rejects_invalid(data: bytes) -> None:
     with pytest.raises(msgspec.DecodeError):
         decode_message(data)
+
+
+# -- docs/protocol.md stays in step with this module --------------------------------------
+
+DOC = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
+
+
+def test_doc_lists_every_error_code() -> None:
+    for code in ErrorCode:
+        assert f"| `{code.value}`" in DOC, code
+
+
+def test_doc_lists_every_close_code() -> None:
+    for code in CloseCode:
+        assert f"| {code.value} | `{code.name}`" in DOC, code
+
+
+def test_doc_quotes_the_version_limits_and_checksum_example() -> None:
+    assert f"version {PROTOCOL_VERSION}" in DOC.splitlines()[0]
+    assert f"At most {MAX_CHANNELS_PER_REQUEST} names per request" in DOC
+    assert '`zlib.crc32(b"1005100100020000") = 3881386666`' in DOC
+    assert zlib.crc32(b"1005100100020000") == 3881386666
+    # The ack example in the doc is the exact wire form.
+    assert encode(Ack("subscribe", 1, ["book.BTC-USD"], "1a2107237ff-6c2da3")).decode() in DOC

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
 from .exceptions import ConfigError
+from .logs import configure_logging
 from .simulator import parse_symbols
 
 __all__ = ["main"]
@@ -121,6 +121,21 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="accept {'op':'fault'} requests that corrupt the stream (tests only)",
     )
     p.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING or ERROR")
+    p.add_argument(
+        "--log-json",
+        action="store_true",
+        help="log one JSON object per line (ts, level, logger, msg, conn, peer)",
+    )
+    ops = p.add_argument_group("operations (see docs/operations.md)")
+    ops.add_argument(
+        "--admin-port",
+        default="auto",
+        help="admin HTTP port: dashboard, /metrics, /healthz, /readyz, /api/v1/book/SYM "
+        "(auto: --port + 1, off when --port is 0; 0: any free port; off: none)",
+    )
+    ops.add_argument(
+        "--admin-host", default=None, help="address of the admin listener (default: --host)"
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -128,6 +143,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from .server import Gateway, GatewayConfig
 
+    admin_port, admin_optional = _admin_port(args.admin_port, args.port)
     config = GatewayConfig(
         host=args.host,
         port=args.port,
@@ -153,6 +169,9 @@ def _serve(args: argparse.Namespace) -> int:
         max_total_buffer_bytes=int(args.max_total_buffer_mb * (1 << 20)),
         stall_timeout_s=args.stall_timeout,
         sndbuf_bytes=int(args.sndbuf_kb * 1024),
+        admin_host=args.admin_host,
+        admin_port=admin_port,
+        admin_optional=admin_optional,
     )
 
     async def run() -> None:
@@ -163,10 +182,37 @@ def _serve(args: argparse.Namespace) -> int:
             f"each on ws://{config.host}:{gateway.port}/ws (epoch {gateway.engine.epoch})",
             flush=True,
         )
+        if gateway.admin is not None:
+            print(
+                f"tickwire: dashboard on {gateway.admin.url} "
+                "(also /metrics /healthz /readyz /api/v1/book/SYMBOL)",
+                flush=True,
+            )
         await gateway.run()
 
     uvloop.run(run())
     return 0
+
+
+def _admin_port(spec: str, ws_port: int) -> tuple[int | None, bool]:
+    """Resolve ``--admin-port`` to ``(port or None for off, bind failure tolerated)``.
+
+    ``auto`` puts the admin listener next to a fixed WebSocket port (8765 -> 8766) and
+    tolerates that port being taken; with ``--port 0`` (tests, ad-hoc servers) it is
+    off, so parallel servers never fight over one admin port.
+    """
+    value = spec.strip().lower()
+    if value == "off":
+        return None, False
+    if value == "auto":
+        return (ws_port + 1, True) if 0 < ws_port < 65535 else (None, False)
+    try:
+        port = int(value)
+    except ValueError:
+        raise ConfigError(f"--admin-port must be a port, 'auto' or 'off', not {spec!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError("--admin-port must be 0..65535")
+    return port, False
 
 
 def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -214,10 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _bench_parser(sub)
     _watch_parser(sub)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(args, "log_level", "WARNING").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(getattr(args, "log_level", "WARNING"), getattr(args, "log_json", False))
     try:
         if args.command == "serve":
             return _serve(args)

@@ -30,7 +30,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_create_server
 
@@ -49,6 +49,10 @@ from ..protocol import (
     encode,
 )
 from ..simulator import MarketSimulator
+from .metrics import TickStats
+
+if TYPE_CHECKING:
+    from .admin import AdminServer
 
 __all__ = ["Connection", "Gateway", "GatewayConfig"]
 
@@ -99,6 +103,11 @@ class GatewayConfig:
     # SO_SNDBUF of accepted sockets (0: kernel autotuning, up to tcp_wmem's 4 MiB, which
     # would hide a slow reader from the watermarks for seconds of stale data).
     sndbuf_bytes: int = 256 << 10
+    # Admin HTTP listener (metrics, health, REST snapshots, dashboard): None is off, 0
+    # any free port; with admin_optional a port already taken only logs a warning.
+    admin_host: str | None = None
+    admin_port: int | None = None
+    admin_optional: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.low_watermark_bytes <= self.high_watermark_bytes:
@@ -152,6 +161,9 @@ class Connection(WSListener):
         peer = underlying.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.gateway.connections[self.id] = self
+        log.debug(
+            "conn %d %s: connected", self.id, self.peer, extra={"conn": self.id, "peer": self.peer}
+        )
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type
@@ -183,6 +195,12 @@ class Connection(WSListener):
             self.gateway.hub.resume(self)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
+        log.debug(
+            "conn %d %s: disconnected",
+            self.id,
+            self.peer,
+            extra={"conn": self.id, "peer": self.peer},
+        )
         self.closed = True
         self.outbox.clear()
         self.gateway.hub.drop(self)
@@ -238,11 +256,18 @@ class Connection(WSListener):
     def reject(self, exc: RequestError, channel: str | None = None) -> None:
         """Answer a bad request with an error message; close after too many of them."""
         self.send(encode(Error(exc.code, exc.message, exc.request_id, channel)))
-        self.gateway.rejected += 1
+        gateway = self.gateway
+        gateway.rejected += 1
+        gateway.rejected_by_code[exc.code] = gateway.rejected_by_code.get(exc.code, 0) + 1
         if exc.code not in self._logged_codes:
             self._logged_codes.add(exc.code)
             log.info(
-                "conn %d %s: rejected request: %s: %s", self.id, self.peer, exc.code, exc.message
+                "conn %d %s: rejected request: %s: %s",
+                self.id,
+                self.peer,
+                exc.code,
+                exc.message,
+                extra={"conn": self.id, "peer": self.peer, "code": str(exc.code)},
             )
         self.bad_requests += 1
         if self.bad_requests > self.gateway.config.max_bad_requests:
@@ -253,7 +278,16 @@ class Connection(WSListener):
         """Close this connection with ``code``, flushing what is queued first."""
         if self.closed or self.transport is None:
             return
-        log.info("conn %d %s: closing with %d: %s", self.id, self.peer, code, reason)
+        log.info(
+            "conn %d %s: closing with %d: %s",
+            self.id,
+            self.peer,
+            code,
+            reason,
+            extra={"conn": self.id, "peer": self.peer, "close_code": int(code)},
+        )
+        closes = self.gateway.closes_by_code
+        closes[int(code)] = closes.get(int(code), 0) + 1
         self.flush()
         self.closed = True
         self.gateway.hub.drop(self)
@@ -322,7 +356,16 @@ class Gateway:
         )
         self.connections: dict[int, Connection] = {}
         self._ids = itertools.count(1)
+        self.accepted = 0
         self.rejected = 0
+        self.rejected_by_code: dict[str, int] = {}
+        self.closes_by_code: dict[int, int] = {}
+        # Measured once per tick by the tick loop (latency, batch size, loop lag).
+        self.tick_stats = TickStats()
+        # Symbols whose book is not complete yet (/readyz): the simulator seeds all of
+        # them in start(); a bus source would clear each on its first full snapshot.
+        self.incomplete_books: set[str] = set(config.symbols)
+        self.admin: AdminServer | None = None
         # Slow consumers: closes by cause, and the buffered bytes seen by the sweeps.
         self.slow_closes = {"budget": 0, "stall": 0, "total": 0}
         self.buffered_total = 0
@@ -389,12 +432,27 @@ class Gateway:
     # -- lifecycle ---------------------------------------------------------------------
 
     def _listener(self, _request: Any) -> Connection:
+        self.accepted += 1
         return Connection(self, next(self._ids))
+
+    def books_complete(self) -> bool:
+        """True once every served book holds a complete state (``/readyz``).
+
+        With the embedded simulator that is as soon as :meth:`start` seeded them; a
+        source that joins a running market (NATS) reports a book complete only after
+        its first full snapshot, by discarding it from :attr:`incomplete_books`.
+        """
+        return self._server is not None and not self.incomplete_books
+
+    def uptime(self) -> float:
+        """Seconds since this gateway was created."""
+        return time.monotonic() - self.started
 
     async def start(self) -> None:
         """Seed the books and start listening; returns once the port is bound."""
         for symbol, updates, trades in self.simulator.seed_books():
             self.hub.publish(symbol, updates, trades)
+            self.incomplete_books.discard(symbol)
         self.hub.flush(time.monotonic())
         # The hot path allocates many short-lived containers and builds no reference
         # cycles; the default gen-0 threshold (700) spent ~20% of the core in the
@@ -418,6 +476,22 @@ class Gateway:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._stopping = asyncio.Event()
+        if cfg.admin_port is not None:
+            await self._start_admin(cfg.admin_host or cfg.host, cfg.admin_port)
+
+    async def _start_admin(self, host: str, port: int) -> None:
+        """Start the admin HTTP listener (see :mod:`tickwire.server.admin`)."""
+        from .admin import AdminServer
+
+        admin = AdminServer(self)
+        try:
+            await admin.start(host, port)
+        except OSError as exc:
+            if not self.config.admin_optional:
+                raise ConfigError(f"admin port {host}:{port}: {exc.strerror or exc}") from None
+            log.warning("admin listener off: cannot bind %s:%d: %s", host, port, exc)
+            return
+        self.admin = admin
 
     async def run(self) -> None:
         """Serve until :meth:`stop` (SIGTERM/SIGINT) or ``max_seconds``."""
@@ -523,11 +597,15 @@ class Gateway:
         next_sweep = next_heartbeat
         paused = hub.paused
         sleep = asyncio.sleep
+        time_ns = time.time_ns
+        record = self.tick_stats.tick
+        batched = hub.batch
         while True:
             # Sleep to a deadline, not for a fixed time: the period stays one tick however
             # long the work took, so batches (and latency) do not stretch under load. A
             # tick that is late by more than one period is not made up.
             deadline += tick
+            target = deadline
             now = monotonic()
             if deadline > now:
                 await sleep(deadline - now)
@@ -536,18 +614,28 @@ class Gateway:
                 if now - deadline > tick:
                     deadline = now
             now = monotonic()
+            # Telemetry is per tick, never per delivery: the first book batch of the
+            # tick gives the oldest event time and one delta message's size.
+            first = None
             for symbol, updates, trades in sim.generate(sim.due(now)):
+                if first is None and updates:
+                    first = updates
                 publish(symbol, updates, trades)
             hub.flush(now)
             if now >= next_heartbeat:
                 hub.heartbeats(now)
                 next_heartbeat = now + min(0.25, self.config.heartbeat_s)
+            wrote = bool(dirty)
             for conn in dirty:
                 outbox = conn.outbox
                 if outbox:
                     conn.write(b"".join(outbox) if len(outbox) > 1 else outbox[0])
                     outbox.clear()
             dirty.clear()
+            if first is not None and wrote:
+                record(now - target, time_ns() - first[0].ts, len(first) if batched else 1)
+            else:
+                record(now - target, -1, 0)
             if paused:
                 self._check_paused(now)
             if now >= next_sweep:
@@ -563,6 +651,8 @@ class Gateway:
         if self.connections:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.draining.wait(), 2.0)
+        if self.admin is not None:
+            await self.admin.stop()
         self.write_stats()
 
     def stats(self) -> dict[str, Any]:
@@ -584,6 +674,7 @@ class Gateway:
             "updates_out": hub.updates_out,
             "connections": len(self.connections),
             "rejected": self.rejected,
+            "rejected_by_code": dict(self.rejected_by_code),
             "slow": self.slow_stats(),
         }
 

@@ -255,10 +255,14 @@ class StreamChecker:
     ``seq``. Ticker: chained. Heartbeat: ``seq`` equals the last applied seq.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, allow_conflation: bool = False) -> None:
         from tickwire.book import Book
 
         self._book_cls = Book
+        # A conflated (merged) delta spans more seqs than it has updates; a conflated
+        # ticker skips seqs. Both still chain by prev_seq.
+        self.allow_conflation = allow_conflation
+        self.conflated = 0
         self.seq: dict[str, int] = {}
         self.books: dict[str, Book] = {}
         self.snapshots: dict[str, dict[str, Any]] = {}
@@ -288,7 +292,12 @@ class StreamChecker:
             return
         assert msg["prev_seq"] == self.seq[ch], f"{ch}: gap {self.seq[ch]} -> {msg}"
         if kind == "delta":
-            assert msg["seq"] - msg["prev_seq"] == len(msg["updates"]) > 0
+            span = msg["seq"] - msg["prev_seq"]
+            if span != len(msg["updates"]) and self.allow_conflation:
+                assert span > len(msg["updates"]), msg
+                self.conflated += 1
+            else:
+                assert span == len(msg["updates"]) > 0, msg
             book = self.books[ch]
             for u in msg["updates"]:
                 assert isinstance(u["ts"], int) and u["ts"] > 10**18
@@ -301,5 +310,8 @@ class StreamChecker:
             assert ids == list(range(msg["prev_seq"] + 1, msg["seq"] + 1)), msg
             self.trades += len(ids)
         else:
-            assert kind == "ticker" and msg["seq"] == msg["prev_seq"] + 1, msg
+            assert kind == "ticker", msg
+            assert msg["seq"] == msg["prev_seq"] + 1 or (
+                self.allow_conflation and msg["seq"] > msg["prev_seq"]
+            ), msg
         self.seq[ch] = msg["seq"]

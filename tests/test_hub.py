@@ -11,7 +11,7 @@ from helpers import StreamChecker, frame_payload
 from tickwire.book import Book
 from tickwire.engine import Engine
 from tickwire.exceptions import RequestError
-from tickwire.hub import Channel, Hub
+from tickwire.hub import Channel, Hub, SubscriptionStats
 from tickwire.protocol import (
     BookUpdate,
     Delta,
@@ -31,11 +31,12 @@ TS = 1_700_000_000_000_000_000
 
 
 class Recorder:
-    """A subscriber as the hub sees it: an outbox and the channels it is in."""
+    """A subscriber as the hub sees it: an outbox, its channels and lag telemetry."""
 
     def __init__(self) -> None:
         self.outbox: list[bytes] = []
         self.channels: dict[str, Channel] = {}
+        self.slow: dict[str, SubscriptionStats] = {}
         self.frames: list[bytes] = []
 
     def drain(self) -> list[Message]:
@@ -593,3 +594,189 @@ def test_unknown_fault_rejected() -> None:
     with pytest.raises(ValueError, match="unknown fault"):
         hub.inject_fault(hub.channel("book.AAA"), "explode")
     assert hub.channel("book.AAA").fault is None
+
+
+# -- slow consumers (pause / resume / conflation) -------------------------------------------
+
+
+def _follow(checker: StreamChecker, sub: Recorder) -> None:
+    for m in sub.drain_dicts():
+        checker.apply(m)
+
+
+def test_paused_book_conflates_into_one_merged_delta() -> None:
+    hub = make_hub(ticker_interval=1e9)
+    seed(hub)
+    # A deep book, so that the merged delta is smaller than a snapshot.
+    hub.publish("AAA", [u("bid", f"{50 + i}.00", "1.0000") for i in range(40)], [])
+    hub.flush(0.5)
+    slow, fast = Recorder(), Recorder()
+    for s in (slow, fast):
+        hub.subscribe(s, hub.channel("book.AAA"))
+        hub.subscribe(s, hub.channel("trades.AAA"))
+    checker = StreamChecker(allow_conflation=True)
+    _follow(checker, slow)
+    fast.drain()
+    hub.pause(slow, 1.0)
+    hub.pause(slow, 1.5)  # already paused: no-op
+    assert hub.pauses == 1 and slow.slow["book.AAA"].lags == 1
+    lag_seq = hub.channel("book.AAA").seq
+    for i in range(5):  # the same level changes again and again, plus a new one
+        hub.publish("AAA", [u("bid", "99.00", f"{i + 2}.0000"), u("ask", f"10{i}.00", "1")], [])
+        hub.publish("AAA", [], [("99.00", "1", "sell", TS + i)])
+        hub.flush(2.0 + i)
+    # Trades keep flowing to the paused subscriber; book deltas do not.
+    assert {type(m) for m in slow.drain()} == {Trades}
+    assert len([m for m in fast.drain() if isinstance(m, Delta)]) == 5
+    [row] = [r for r in hub.lagging_subscriptions(8.0) if r["sub"] is slow]
+    assert row["ch"] == "book.AAA" and row["lag_seq"] == 10 and row["lag_ms"] == 7000.0
+    hub.resume(slow)
+    hub.resume(slow)  # not paused any more: no-op
+    assert slow.outbox == []  # the catch-up waits for the flush
+    hub.flush(9.0)
+    [merged] = slow.drain()
+    assert isinstance(merged, Delta)
+    assert (merged.prev_seq, merged.seq) == (lag_seq, lag_seq + 10)
+    # Each changed level once, with its latest quantity: 99.00 and five asks.
+    assert len(merged.updates) == 6
+    assert ("bid", "99.00", "6.0000") in [(x.side, x.price, x.qty) for x in merged.updates]
+    checker.apply(msgspec.to_builtins(merged))
+    assert checker.conflated == 1
+    assert checker.books["book.AAA"] == hub.engine.symbols["AAA"].book
+    stats = slow.slow["book.AAA"]
+    assert stats.conflated == 1 and stats.skipped == 4 and stats.max_lag_seq == 10
+    assert stats.max_lag_s == 8.0 and hub.conflated == 1
+    # Rejoined: the next delta is shared with everyone again.
+    hub.publish("AAA", [u("bid", "98.00", "1")], [])
+    hub.flush(10.0)
+    assert slow.outbox[0] is fast.outbox[0]
+    assert hub.lagging_subscriptions(11.0) == []
+
+
+def test_catch_up_is_a_snapshot_when_more_levels_changed_than_the_book_holds() -> None:
+    hub = make_hub()
+    seed(hub)
+    sub = Recorder()
+    hub.subscribe(sub, hub.channel("book.AAA"))
+    checker = StreamChecker(allow_conflation=True)
+    _follow(checker, sub)
+    hub.pause(sub, 1.0)
+    for i in range(100):  # 100 levels added then deleted: nothing left, much touched
+        hub.publish("AAA", [u("ask", f"{200 + i}.00", "1")], [])
+        hub.flush(1.0)
+        hub.publish("AAA", [u("ask", f"{200 + i}.00", "0")], [])
+        hub.flush(1.0)
+    hub.resume(sub)
+    hub.flush(2.0)
+    [snap] = sub.drain()
+    assert isinstance(snap, Snapshot) and snap.seq == hub.channel("book.AAA").seq
+    assert snap.resumed is None
+    assert sub.slow["book.AAA"].snapshots == 1 and hub.conflated_snapshots == 1
+
+
+def test_catch_up_with_nothing_new_sends_nothing() -> None:
+    hub = make_hub()
+    seed(hub)
+    sub = Recorder()
+    hub.subscribe(sub, hub.channel("book.AAA"))
+    sub.drain()
+    hub.pause(sub, 1.0)
+    hub.resume(sub)
+    hub.flush(1.0)
+    assert sub.drain() == [] and sub in hub.channel("book.AAA").subscribers
+
+
+def test_paused_again_before_catch_up_keeps_lagging() -> None:
+    hub = make_hub()
+    seed(hub)
+    sub = Recorder()
+    ch = hub.channel("book.AAA")
+    hub.subscribe(sub, ch)
+    sub.drain()
+    hub.pause(sub, 1.0)
+    hub.publish("AAA", [u("bid", "1.00", "1")], [])
+    hub.resume(sub)
+    hub.pause(sub, 1.1)
+    hub.flush(1.2)
+    assert sub.drain() == [] and sub in ch.lagging and sub not in ch.subscribers
+
+
+def test_ticker_conflates_to_the_latest() -> None:
+    hub = make_hub(ticker_interval=0.0)
+    seed(hub)
+    sub = Recorder()
+    hub.subscribe(sub, hub.channel("ticker.AAA"))
+    checker = StreamChecker(allow_conflation=True)
+    _follow(checker, sub)
+    hub.pause(sub, 1.0)
+    for i in range(3):
+        hub.publish("AAA", [u("bid", f"99.{i + 10}", "1")], [])
+        hub.flush(1.0 + i)
+    assert sub.drain() == []
+    hub.resume(sub)
+    hub.flush(5.0)
+    [tick] = sub.drain()
+    assert isinstance(tick, Ticker) and tick.bid == "99.12"
+    assert tick.seq - tick.prev_seq == 3
+    checker.apply(msgspec.to_builtins(tick))
+
+
+def test_subscribe_while_paused_starts_lagging() -> None:
+    hub = make_hub()
+    seed(hub)
+    sub = Recorder()
+    hub.subscribe(sub, hub.channel("trades.AAA"))
+    hub.pause(sub, 1.0)
+    ch = hub.channel("book.AAA")
+    hub.subscribe(sub, ch)
+    [_, snap] = sub.drain()
+    assert isinstance(snap, Snapshot) and sub in ch.lagging and sub not in ch.subscribers
+    hub.publish("AAA", [u("bid", "1.00", "1")], [])
+    hub.flush(2.0)
+    assert sub.drain() == []
+    hub.resume(sub)
+    hub.flush(3.0)
+    [d] = sub.drain()
+    assert isinstance(d, Delta) and d.prev_seq == snap.seq
+
+
+def test_unsubscribe_and_drop_while_lagging() -> None:
+    hub = make_hub()
+    seed(hub)
+    a, b = Recorder(), Recorder()
+    ch = hub.channel("book.AAA")
+    for s in (a, b):
+        hub.subscribe(s, ch)
+        hub.pause(s, 1.0)
+    assert ch.touched is not None
+    hub.publish("AAA", [u("bid", "1.00", "1")], [])
+    hub.flush(1.0)
+    assert hub.unsubscribe(a, "book.AAA") is True
+    assert a not in ch.lagging and ch.touched is not None  # b still lags
+    hub.drop(b)
+    assert ch.lagging == {} and ch.touched is None and b not in hub.paused
+
+
+def test_second_lag_small_book_snapshot_and_ticker_telemetry() -> None:
+    hub = make_hub(ticker_interval=0.0)
+    seed(hub)  # a small book: 3 levels
+    sub = Recorder()
+    hub.subscribe(sub, hub.channel("book.AAA"))
+    hub.subscribe(sub, hub.channel("ticker.AAA"))
+    hub.subscribe(sub, hub.channel("trades.AAA"))
+    sub.drain()
+    for round_ in range(2):  # the second lag reuses the subscription's stats
+        hub.pause(sub, 1.0)
+        hub.publish("AAA", [u("ask", "120.00", f"{round_ + 1}"), u("ask", "121.00", "1")], [])
+        hub.publish("AAA", [], [("99.00", "1", "sell", TS)])
+        hub.flush(2.0)
+        rows = hub.lagging_subscriptions(3.0)
+        assert {r["ch"] for r in rows} == {"book.AAA", "ticker.AAA"}
+        assert [type(m) for m in sub.drain()] == [Trades]
+        hub.resume(sub)
+        hub.publish("AAA", [], [("99.00", "1", "sell", TS)])  # outbox not empty at catch-up
+        hub.flush(4.0)
+        msgs = sub.drain()
+        # 2 merged updates x 3.3 > 5 levels: the snapshot is the smaller catch-up.
+        assert [type(m) for m in msgs] == [Trades, Snapshot, Ticker]
+    assert sub.slow["book.AAA"].lags == 2 and sub.slow["book.AAA"].snapshots == 2

@@ -335,7 +335,6 @@ def test_resume_trades_replays() -> None:
         pytest.param("other-epoch", 3, id="stale-epoch"),
         pytest.param(None, 3, id="no-epoch"),
         pytest.param(EPOCH, 10_000, id="since-in-future"),
-        pytest.param(EPOCH, 4, id="since-inside-a-frame"),
         pytest.param(EPOCH, -1, id="since-before-history"),
     ],
 )

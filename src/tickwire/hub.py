@@ -42,6 +42,21 @@ the snapshot and the stream. A resume (epoch, since) replays the history frames 
 chain from ``since`` when they are all still there; otherwise the client gets a fresh
 snapshot marked ``resumed: false`` -- never a silent hole.
 
+Following another engine (NATS, replay; see ``docs/scaling.md``)
+------------------------------------------------------------------
+A source that follows a leading engine calls :meth:`Hub.invalidate` when it knows a
+symbol's book has a hole (a missed bus message): its three channels go *stale* -- they
+send nothing, not even heartbeats, and new subscriptions wait -- until
+:meth:`Hub.restore` loads the leader's :class:`~tickwire.engine.StateSnapshot`. Restore
+clears the channels' history (no resume may chain across the hole) and sends every
+current subscriber an explicit snapshot (``resumed: false``). :meth:`Hub.reset` does the
+same for all symbols when the leader's epoch changes. Because the leader's numbering is
+adopted, two gateways emit the same ``seq`` for the same update but batch them
+differently; :meth:`Hub.replay` therefore resumes a client whose ``since`` falls inside
+one of this hub's batched messages by re-encoding the tail of that message, and with
+``resume_wait`` a client ahead of this hub (it came from a faster gateway) waits for the
+bus to catch up instead of getting a snapshot.
+
 The hub never reads a clock: ``now`` (monotonic seconds) is passed in.
 """
 
@@ -51,7 +66,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Protocol
 
-from .engine import Engine, SymbolState
+from .engine import Engine, StateSnapshot, SymbolState
 from .exceptions import RequestError
 from .framing import text_frame
 from .protocol import (
@@ -148,6 +163,8 @@ class Channel:
         "lagging",
         "touched",
         "touched_from",
+        "stale",
+        "waiting",
     )
 
     def __init__(self, name: str, kind: str, state: SymbolState) -> None:
@@ -169,6 +186,10 @@ class Channel:
         # level changed after ``touched_from``.
         self.touched: dict[tuple[str, str], tuple[int, BookUpdate]] | None = None
         self.touched_from = 0
+        # True while the source knows this channel's state has a hole (Hub.invalidate).
+        self.stale = False
+        # Subscriptions not served yet: subscriber -> (epoch, since, deadline or None).
+        self.waiting: dict[Subscriber, tuple[str | None, int | None, float | None]] = {}
 
 
 class Hub:
@@ -182,6 +203,9 @@ class Hub:
         max_subscriptions: channels one connection may hold.
         heartbeat_interval: seconds of silence after which a channel sends a heartbeat.
         ticker_interval: minimum seconds between two ticker messages of a symbol.
+        resume_wait: seconds a resume whose ``since`` is ahead of this hub waits for the
+            source to catch up before it gets a snapshot (0: at once). Only a follower
+            of a shared feed (NATS) can be behind the client's previous gateway.
     """
 
     def __init__(
@@ -193,8 +217,10 @@ class Hub:
         max_subscriptions: int = 1024,
         heartbeat_interval: float = 1.0,
         ticker_interval: float = 0.1,
+        resume_wait: float = 0.0,
     ) -> None:
         self.engine = engine
+        self.resume_wait = resume_wait
         self.history_limit = history_bytes
         self.batch = batch
         self.max_subscriptions = max_subscriptions
@@ -217,6 +243,12 @@ class Hub:
         self._trades_of = {ch.state.symbol: ch for ch in self.trades}
         self._ticker_of = {ch.state.symbol: ch for ch in self.tickers}
         self.dirty: list[Subscriber] = []
+        # Symbols whose state is not known complete (never loaded, or a hole): a new
+        # engine has no books yet; the source empties this (Gateway.books_complete).
+        self.incomplete: set[str] = set(engine.symbols)
+        # Channels with subscriptions waiting to be served (stale, or resume ahead).
+        self.waiting: dict[Channel, None] = {}
+        self.restores = 0
         # Counters: frames and bytes queued to subscribers, updates they carried.
         self.frames_out = 0
         self.bytes_out = 0
@@ -276,12 +308,16 @@ class Hub:
                 self._send(ch, ch.seq, ch.seq + 1, self._ticker(ch, ch.seq + 1), 0)
         if self.catching_up:
             self._catch_up_all(now)
+        if self.waiting:
+            self._serve_waiting(now)
 
     def heartbeats(self, now: float) -> None:
         """Queue a heartbeat on every subscribed channel silent for the interval."""
         limit = now - self.heartbeat_interval
         for ch in self.channels.values():
-            if ch.subscribers and ch.last_sent <= limit:
+            # A stale channel stays silent: a heartbeat would vouch for a seq it knows
+            # is behind.
+            if ch.subscribers and ch.last_sent <= limit and not ch.stale:
                 ch.last_sent = now
                 frame = text_frame(encode(Heartbeat(ch.name, ch.seq)))
                 self._deliver(ch, frame)
@@ -432,6 +468,22 @@ class Hub:
                 self._flush_book(ch)
             else:
                 self._flush_trades(ch)
+        sub.channels[ch.name] = ch
+        if ch.stale or (
+            self.resume_wait > 0
+            and since is not None
+            and since > ch.seq
+            and epoch == self.engine.epoch
+        ):
+            # Not servable now: the book has a known hole, or the client comes from a
+            # gateway ahead of this one on the same feed. Served by flush().
+            ch.waiting[sub] = (epoch, since, None)
+            self.waiting[ch] = None
+            return False
+        return self._attach(sub, ch, epoch, since)
+
+    def _attach(self, sub: Subscriber, ch: Channel, epoch: str | None, since: int | None) -> bool:
+        """Queue the replay or snapshot that starts ``sub`` on ``ch`` and add it."""
         resumed = False
         frames: list[bytes] | None = None
         if since is not None and epoch == self.engine.epoch:
@@ -443,7 +495,6 @@ class Hub:
         if not sub.outbox and frames:
             self.dirty.append(sub)
         sub.outbox.extend(frames)
-        sub.channels[ch.name] = ch
         since_paused = self.paused.get(sub)
         if since_paused is not None and ch.kind in CONFLATED_KINDS:
             self._lag(sub, ch, since_paused)
@@ -457,6 +508,7 @@ class Hub:
         if ch is None:
             return False
         ch.subscribers.pop(sub, None)
+        ch.waiting.pop(sub, None)
         self._unlag(sub, ch)
         return True
 
@@ -464,24 +516,141 @@ class Hub:
         """Forget a subscriber entirely (its connection closed)."""
         for ch in sub.channels.values():
             ch.subscribers.pop(sub, None)
+            ch.waiting.pop(sub, None)
             self._unlag(sub, ch)
         sub.channels.clear()
         self.paused.pop(sub, None)
 
     def replay(self, ch: Channel, since: int) -> list[bytes] | None:
-        """Return the history frames after ``since``, or None if any of them is gone."""
+        """Return the history frames after ``since``, or None if any of them is gone.
+
+        ``since`` may fall inside one of this hub's messages: another gateway on the
+        same feed batched the updates differently. That message's tail is re-encoded
+        (see :meth:`_split`); the rest of the history follows as stored.
+        """
         if since == ch.seq:
             return []
         if since > ch.seq:
             return None
         history = ch.history
         for i in range(len(history) - 1, -1, -1):
-            prev_seq = history[i][0]
+            prev_seq, seq, frame = history[i]
             if prev_seq == since:
                 return [history[j][2] for j in range(i, len(history))]
             if prev_seq < since:
-                return None
+                tail = self._split(frame, since) if since < seq else None
+                if tail is None:
+                    return None
+                return [tail] + [history[j][2] for j in range(i + 1, len(history))]
         return None
+
+    @staticmethod
+    def _split(frame: bytes, since: int) -> bytes | None:
+        """Re-encode the part of a history message after ``since``, or None if it cannot.
+
+        A delta's update ``i`` has seq ``prev_seq + 1 + i`` (history deltas are never
+        conflated); its checksum is the state after its last update, which the tail
+        shares. A trade carries its own seq as ``id``. Tickers are whole states with one
+        seq each, so ``since`` never falls inside one.
+        """
+        n = frame[1] & 0x7F
+        msg = decode_message(frame[2 if n < 126 else 4 if n == 126 else 10 :])
+        if isinstance(msg, Delta):
+            if msg.seq - msg.prev_seq != len(msg.updates):
+                return None
+            tail = msg.updates[since - msg.prev_seq :]
+            return text_frame(encode(Delta(msg.ch, msg.seq, since, msg.checksum, tail)))
+        if isinstance(msg, Trades):
+            trades = [t for t in msg.trades if t.id > since]
+            if not trades or trades[0].id != since + 1:
+                return None
+            return text_frame(encode(Trades(msg.ch, msg.seq, since, trades)))
+        return None
+
+    # -- following a leading engine ----------------------------------------------------
+
+    def invalidate(self, symbol: str) -> None:
+        """Stop serving ``symbol``: the source knows its state has a hole.
+
+        Its channels go silent (no deltas, no heartbeats) and new subscriptions wait,
+        until :meth:`restore` loads a complete state.
+        """
+        for ch in self._channels_of(symbol):
+            ch.stale = True
+        self.incomplete.add(symbol)
+
+    def restore(self, snap: StateSnapshot) -> None:
+        """Load the leader's complete state of one symbol and resnapshot its subscribers.
+
+        The engine adopts ``snap`` (book, both seqs, recent trades, ticker statistics);
+        the book and trades channels jump to the snapshot's seqs with their history
+        cleared, so no resume can chain across the hole; every current subscriber of
+        the three channels gets an explicit snapshot marked ``resumed: false``.
+        """
+        symbol = snap.symbol
+        self.engine.restore(snap)
+        self.incomplete.discard(symbol)
+        self.restores += 1
+        for ch in self._channels_of(symbol):
+            ch.stale = False
+            ch.pending = []
+            if ch.kind == "book":
+                ch.seq = snap.book_seq
+            elif ch.kind == "trades":
+                ch.seq = snap.trade_seq
+            else:
+                ch.ticker_due = True
+            if ch.kind != "ticker":
+                ch.history.clear()
+                ch.history_bytes = 0
+            # Laggards must catch up with a snapshot: their seq is from before the hole.
+            for sub, lag in ch.lagging.items():
+                lag.seq = -1
+                if sub not in self.paused and sub not in self.catching_up:
+                    self.catching_up.append(sub)
+            if ch.touched is not None:
+                ch.touched.clear()
+                ch.touched_from = ch.seq
+            if ch.subscribers:
+                frame = text_frame(encode(self.snapshot(ch, False)))
+                self._deliver(ch, frame)
+
+    def reset(self, epoch: str) -> None:
+        """Start the leader's new epoch ``epoch``: every symbol is empty and stale.
+
+        Each symbol is served again after its :meth:`restore`; subscribers then get a
+        snapshot in the new epoch (the SDK resets a channel on an epoch change).
+        """
+        self.engine.reset(epoch)
+        for ch in self.channels.values():
+            ch.stale = True
+            ch.seq = 0
+            ch.pending = []
+            ch.history.clear()
+            ch.history_bytes = 0
+        self.incomplete.update(self.engine.symbols)
+
+    def _channels_of(self, symbol: str) -> tuple[Channel, Channel, Channel]:
+        return self._book_of[symbol], self._trades_of[symbol], self._ticker_of[symbol]
+
+    def _serve_waiting(self, now: float) -> None:
+        """Serve the waiting subscriptions whose channel can serve them now."""
+        epoch_now = self.engine.epoch
+        for ch in list(self.waiting):
+            if ch.stale:
+                continue
+            waiting = ch.waiting
+            for sub, (epoch, since, deadline) in list(waiting.items()):
+                if since is not None and since > ch.seq and epoch == epoch_now:
+                    if deadline is None:
+                        waiting[sub] = (epoch, since, now + self.resume_wait)
+                        continue
+                    if now < deadline:
+                        continue
+                del waiting[sub]
+                self._attach(sub, ch, epoch, since)
+            if not waiting:
+                del self.waiting[ch]
 
     def snapshot(self, ch: Channel, resumed: bool | None = None) -> Snapshot:
         """Build the snapshot of ``ch`` at its current ``seq`` (nothing may be pending)."""
@@ -578,6 +747,8 @@ class Hub:
         """Send each lagging subscription of ``sub`` one message and rejoin it."""
         frames: list[bytes] = []
         for ch in sub.channels.values():
+            if ch.stale:
+                continue  # keeps lagging: restore() queues its catch-up (a snapshot)
             # Read the level map before _unlag, which drops it with the last laggard.
             touched = ch.touched
             lag = self._unlag(sub, ch)

@@ -377,3 +377,92 @@ def test_burst_grows_batches_not_queues(server_factory: Server) -> None:
     # Queues did not grow: the connection never crossed its high watermark.
     assert stats["slow"]["pauses"] == 0
     assert stats["slow"]["max_buffered_total"] < 256 << 10
+
+
+# -- the hub's conflation, Sans-I/O ----------------------------------------------------
+
+
+class Sub:
+    """A hub subscriber that keeps what it is sent."""
+
+    def __init__(self) -> None:
+        self.outbox: list[bytes] = []
+        self.channels: dict[str, Any] = {}
+        self.slow: dict[str, Any] = {}
+        self.messages: list[dict[str, Any]] = []
+
+    def take(self) -> list[dict[str, Any]]:
+        for frame in self.outbox:
+            self.messages.append(_decode(frame[frame.index(b"{") :]))
+        self.outbox.clear()
+        return self.messages
+
+
+def _market(batches: int, per_batch: int) -> tuple[Any, Any, Sub, Sub]:
+    from tickwire.engine import Engine
+    from tickwire.hub import Hub
+    from tickwire.simulator import MarketSimulator
+
+    sim = MarketSimulator(["SYM0"], rate=1000, seed=7)
+    hub = Hub(Engine(["SYM0"]))
+    for symbol, updates, trades in sim.seed_books():
+        hub.publish(symbol, updates, trades)
+    hub.flush(0.0)
+    fast, slow = Sub(), Sub()
+    for sub in (fast, slow):
+        hub.subscribe(sub, hub.channels["book.SYM0"])
+        hub.subscribe(sub, hub.channels["ticker.SYM0"])
+        hub.subscribe(sub, hub.channels["trades.SYM0"])
+    hub.flush(0.0)
+    hub.pause(slow, 0.0)
+    for i in range(batches):
+        for symbol, updates, trades in sim.generate(per_batch):
+            hub.publish(symbol, updates, trades)
+        hub.flush(1.0 + i)
+    return hub, sim, fast, slow
+
+
+@pytest.mark.parametrize(("batches", "per_batch"), [(3, 4), (40, 50)])
+def test_hub_catch_up_rebuilds_the_exact_book(batches: int, per_batch: int) -> None:
+    """Short lag: one merged delta; long lag (more levels than the book): a snapshot."""
+    hub, _, fast, slow = _market(batches, per_batch)
+    book = hub.channels["book.SYM0"]
+    lagged = BookCheck("book.SYM0").feed_all(slow.take())
+    assert book.lagging and slow not in book.subscribers
+    hub.resume(slow)
+    hub.flush(100.0)
+    assert not book.lagging and slow in book.subscribers and book.touched is None
+    check = BookCheck("book.SYM0")
+    check.feed_all(slow.take())
+    full = BookCheck("book.SYM0").feed_all(fast.take())
+    assert check.seq == full.seq == book.seq
+    assert check.book == full.book == book.state.book
+    catch_up = slow.messages[len(slow.messages) - 3 :]  # ticker and book catch-ups
+    kinds = {m["type"] for m in catch_up if m.get("ch") != "trades.SYM0"}
+    stats = slow.slow["book.SYM0"]
+    if batches == 3:
+        assert check.conflated == 1 and check.snapshots == 1 and kinds == {"delta", "ticker"}
+        assert stats.conflated == 1 and stats.snapshots == 0
+    else:
+        assert check.conflated == 0 and check.snapshots == 2 and kinds == {"snapshot", "ticker"}
+        assert stats.snapshots == 1
+    assert stats.lags == 1 and stats.max_lag_seq == book.seq - lagged.seq
+    # Trades never lag: the slow subscriber got every trade, one by one.
+    fast_trades = [t["id"] for m in fast.messages if m["type"] == "trades" for t in m["trades"]]
+    slow_trades = [t["id"] for m in slow.messages if m["type"] == "trades" for t in m["trades"]]
+    assert slow_trades == fast_trades
+    assert fast_trades or batches == 3
+    # Tickers: the latest one, chained to the last the slow subscriber had.
+    tickers = [m for m in slow.messages if m["type"] == "ticker"]
+    assert tickers[-1]["seq"] == hub.channels["ticker.SYM0"].seq
+
+
+def test_hub_heartbeats_skip_lagging_subscriptions() -> None:
+    hub, _, fast, slow = _market(2, 3)
+    n_fast, n_slow = len(fast.take()), len(slow.take())
+    hub.heartbeats(1000.0)
+    beats = [m["ch"] for m in fast.take()[n_fast:]]
+    assert sorted(beats) == ["book.SYM0", "ticker.SYM0", "trades.SYM0"]
+    assert [m["ch"] for m in slow.take()[n_slow:]] == ["trades.SYM0"]
+    hub.drop(slow)
+    assert not hub.paused and not hub.channels["book.SYM0"].lagging

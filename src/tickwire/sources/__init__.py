@@ -1,0 +1,125 @@
+"""Market sources: what feeds a gateway's (or a publisher's) engine.
+
+A source produces ``(symbol, updates, trades)`` batches. The I/O layer drives it the same
+way whatever it is (``docs/scaling.md``):
+
+* :meth:`Source.start` seeds or loads the books through a :class:`Sink` (the hub, or the
+  publisher's bus sink) and returns once every book it can serve is complete;
+* :meth:`Source.poll` is called once per tick with the monotonic clock and returns the
+  batches due now, which the tick loop publishes -- one call per tick, so the embedded
+  simulator costs the hot loop what it always did;
+* control events -- a book known to have a hole, a complete state to load, a new epoch
+  of the leading engine -- go straight to the sink (:meth:`Sink.invalidate`,
+  :meth:`Sink.restore`, :meth:`Sink.reset`).
+
+Sources: :class:`~tickwire.sources.simulated.SimulatorSource` (the embedded market, the
+default), :class:`~tickwire.sources.replay.ReplaySource` (an NDJSON recording at recorded
+or scaled speed) and :class:`~tickwire.sources.nats.NatsSource` (a publisher's engine
+followed over NATS). :func:`make_source` picks one from ``--source``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..engine import Engine, StateSnapshot
+from ..protocol import BookUpdate
+
+if TYPE_CHECKING:
+    from ..server.gateway import GatewayConfig
+
+__all__ = ["Batch", "RawTrade", "Sink", "Source", "make_source"]
+
+#: A trade before the engine numbers it: ``(price, qty, taker side, ts)``.
+RawTrade = tuple[str, str, str, int]
+
+#: One symbol's events of one instant: book updates in order, then trades.
+Batch = tuple[str, list[BookUpdate], list[RawTrade]]
+
+
+class Sink(Protocol):
+    """Where a source's events go: :class:`~tickwire.hub.Hub` in a gateway."""
+
+    engine: Engine
+    #: Symbols whose state is not known complete; a source discards what it loaded.
+    incomplete: set[str]
+
+    def publish(self, symbol: str, updates: list[BookUpdate], trades: Iterable[RawTrade]) -> None:
+        """Apply one batch (numbered by the engine) and queue it."""
+
+    def restore(self, snap: StateSnapshot) -> None:
+        """Load a complete state of one symbol (a hole or a new epoch is healed)."""
+
+    def invalidate(self, symbol: str) -> None:
+        """Stop serving ``symbol``: its state is known to have a hole."""
+
+    def revalidate(self, symbol: str) -> None:
+        """Serve ``symbol`` again without a snapshot: its chain proved intact."""
+
+    def reset(self, epoch: str) -> None:
+        """Adopt the leading engine's new epoch: every symbol is empty until restored."""
+
+
+class Source(Protocol):
+    """A market source driven by the tick loop (see the module docstring)."""
+
+    @property
+    def generated(self) -> int:
+        """Book updates produced so far (exported as a metric)."""
+
+    @property
+    def skipped(self) -> int:
+        """Updates dropped because the process fell behind (the simulator's backlog)."""
+
+    async def start(self, sink: Sink) -> None:
+        """Seed or load the books into ``sink``; return when they are complete."""
+
+    def poll(self, now: float) -> Sequence[Batch]:
+        """Return the batches due at monotonic time ``now`` (called once per tick)."""
+
+    def burst(self, now: float) -> None:
+        """Spike the flow now (SIGUSR1); sources that do not generate flow ignore it."""
+
+    async def stop(self) -> None:
+        """Release connections and files."""
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for the exit stats and the admin API."""
+
+
+def make_source(config: GatewayConfig) -> Source:
+    """Build the source ``config.source`` names.
+
+    ``sim`` (default) is the embedded simulator; ``nats://HOST:PORT`` (comma-separated
+    for a cluster) follows a ``tickwire publish`` over NATS; anything else is the path
+    of an NDJSON recording (``replay:PATH`` also works) played at ``replay_speed``.
+
+    Raises:
+        ConfigError: a replay file cannot be read or a speed is malformed.
+    """
+    spec = config.source
+    if spec == "sim":
+        from ..simulator import MarketSimulator
+        from .simulated import SimulatorSource
+
+        return SimulatorSource(
+            MarketSimulator(
+                config.symbols,
+                config.rate,
+                config.seed,
+                burst_every=config.burst_every_s,
+                burst_factor=config.burst_factor,
+                burst_seconds=config.burst_seconds,
+            )
+        )
+    if spec.startswith(("nats://", "tls://")):
+        from .nats import NatsSource
+
+        return NatsSource(
+            spec, config.symbols, prefix=config.bus_prefix, timeout=config.source_timeout_s
+        )
+    from .replay import ReplaySource, parse_speed
+
+    path = spec.removeprefix("replay:")
+    return ReplaySource(path, parse_speed(config.replay_speed))

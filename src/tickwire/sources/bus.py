@@ -1,0 +1,287 @@
+"""The NATS bus: subjects, message schemas, and the follower state machine (Sans-I/O).
+
+Subjects (``PREFIX`` is ``tickwire`` unless ``--bus-prefix`` says otherwise)::
+
+    PREFIX.md.<SYMBOL>      one BusBatch per engine batch of that symbol
+    PREFIX.md._hb           BusHeartbeat every 250 ms: epoch and both seqs per symbol
+                            (no symbol can start with "_", so it never collides)
+    PREFIX.snapshot.<SYM>   request/reply: the publisher answers with its StateSnapshot
+
+Payloads are msgpack (msgspec): a batch is an array ``["b", epoch, symbol, prev_book,
+book, prev_trade, trade, updates, trades]``. It carries the publisher engine's own
+sequence numbers and event times, so a follower that applies only batches chaining from
+its own seqs numbers every update exactly as the publisher did.
+
+The follower (:class:`BusFollower`) keeps, per symbol, one of three states::
+
+    state       on a batch that chains     on a hole (gap, heartbeat ahead)
+    LIVE        apply                      -> RECOVERING (invalidate, ask a snapshot)
+    SUSPECT     revalidate, apply, LIVE    -> RECOVERING
+    RECOVERING  buffer                     buffer; a snapshot restores, then the buffer
+                                           is applied from the snapshot's seqs on
+
+SUSPECT is entered on a lost bus connection: the book may be missing updates, so it
+is not served (no heartbeats either), but if the first batch or heartbeat after the
+reconnect chains, nothing was lost and clients simply continue. Duplicates (batches at
+or below the local seqs, e.g. in flight while a snapshot was taken) are dropped. A batch
+or heartbeat in another epoch means the publisher restarted: every symbol recovers from
+a new snapshot in that epoch. Snapshot replies in another epoch are ignored (asked again):
+only the stream itself may change the epoch.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import deque
+
+import msgspec
+
+from ..engine import StateSnapshot
+from ..protocol import BookUpdate
+from . import Batch, RawTrade, Sink
+
+__all__ = [
+    "HEARTBEAT_SYMBOL",
+    "BusBatch",
+    "BusFollower",
+    "BusHeartbeat",
+    "FollowState",
+    "decode_bus",
+    "decode_snapshot",
+    "encode_bus",
+    "md_subject",
+    "snapshot_subject",
+]
+
+log = logging.getLogger("tickwire.bus")
+
+#: The pseudo-symbol of heartbeats on ``PREFIX.md.*``.
+HEARTBEAT_SYMBOL = "_hb"
+
+#: Batches buffered per recovering symbol; older ones are dropped (the snapshot that
+#: ends the recovery is newer than any of them anyway).
+MAX_BUFFERED = 10_000
+
+
+class BusBatch(msgspec.Struct, array_like=True, tag="b", frozen=True, gc=False):
+    """One engine batch of one symbol: updates ``(prev_book, book]``, trades
+    ``(prev_trade, trade]`` (trade ``i`` has id ``prev_trade + 1 + i``)."""
+
+    epoch: str
+    symbol: str
+    prev_book: int
+    book: int
+    prev_trade: int
+    trade: int
+    updates: list[BookUpdate]
+    trades: list[RawTrade]
+
+
+class BusHeartbeat(msgspec.Struct, array_like=True, tag="h", frozen=True):
+    """The publisher's epoch and ``(book_seq, trade_seq)`` of every symbol."""
+
+    epoch: str
+    seqs: dict[str, tuple[int, int]]
+
+
+_encoder = msgspec.msgpack.Encoder()
+_bus_decoder = msgspec.msgpack.Decoder(BusBatch | BusHeartbeat)
+_snapshot_decoder = msgspec.msgpack.Decoder(StateSnapshot)
+
+
+def encode_bus(message: BusBatch | BusHeartbeat | StateSnapshot) -> bytes:
+    """Encode one bus payload (msgpack)."""
+    return _encoder.encode(message)
+
+
+def decode_bus(data: bytes) -> BusBatch | BusHeartbeat:
+    """Decode one ``PREFIX.md.*`` payload.
+
+    Raises:
+        msgspec.DecodeError: not a tickwire bus message.
+    """
+    message: BusBatch | BusHeartbeat = _bus_decoder.decode(data)
+    return message
+
+
+def decode_snapshot(data: bytes) -> StateSnapshot:
+    """Decode a snapshot reply.
+
+    Raises:
+        msgspec.DecodeError: not a snapshot (an empty reply: unknown symbol).
+    """
+    snap: StateSnapshot = _snapshot_decoder.decode(data)
+    return snap
+
+
+def md_subject(prefix: str, symbol: str) -> str:
+    """Return the market-data subject of ``symbol``."""
+    return f"{prefix}.md.{symbol}"
+
+
+def snapshot_subject(prefix: str, symbol: str) -> str:
+    """Return the snapshot-service subject of ``symbol``."""
+    return f"{prefix}.snapshot.{symbol}"
+
+
+class FollowState(enum.Enum):
+    """Where a followed symbol stands (see the module docstring)."""
+
+    LIVE = "live"
+    SUSPECT = "suspect"
+    RECOVERING = "recovering"
+
+
+class BusFollower:
+    """Follows a publisher's engine over the bus, feeding a :class:`~tickwire.sources.Sink`.
+
+    Sans-I/O: the I/O layer hands it decoded bus messages and snapshot replies in
+    arrival order, collects :attr:`out` (batches to publish this tick) and sends a
+    snapshot request for every symbol in :attr:`requests`.
+
+    Args:
+        sink: the hub (or any sink); its engine's symbols are the ones followed.
+    """
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.epoch: str | None = None
+        symbols = list(sink.engine.symbols)
+        self.state = dict.fromkeys(symbols, FollowState.RECOVERING)
+        # Next expected (book, trade) seqs per symbol, once it is loaded.
+        self.expected: dict[str, tuple[int, int]] = {}
+        self.buffers: dict[str, deque[BusBatch]] = {s: deque() for s in symbols}
+        #: Symbols whose snapshot the I/O layer should request (and then discard here).
+        self.requests: set[str] = set(symbols)
+        #: Batches to publish, in order; the I/O layer takes and clears it.
+        self.out: list[Batch] = []
+        self.gaps = 0
+        self.duplicates = 0
+        self.restores = 0
+        self.revalidated = 0
+        self.epoch_changes = 0
+        self.ignored_snapshots = 0
+
+    # -- input ---------------------------------------------------------------------------
+
+    def message(self, msg: BusBatch | BusHeartbeat) -> None:
+        """Take one ``PREFIX.md.*`` message, in bus order."""
+        if msg.epoch != self.epoch:
+            self._new_epoch(msg.epoch)
+        if isinstance(msg, BusHeartbeat):
+            for symbol, seqs in msg.seqs.items():
+                if symbol in self.state:
+                    self._heartbeat(symbol, seqs)
+            return
+        symbol = msg.symbol
+        state = self.state.get(symbol)
+        if state is None:
+            return
+        if state is FollowState.RECOVERING:
+            self._buffer(msg)
+            return
+        book, trade = self.expected[symbol]
+        if msg.prev_book == book and msg.prev_trade == trade:
+            if state is FollowState.SUSPECT:
+                self._revalidate(symbol)
+            self._emit(msg)
+        elif msg.book <= book and msg.trade <= trade:
+            self.duplicates += 1
+        else:
+            log.warning(
+                "bus gap on %s: have (%d, %d), got (%d, %d]",
+                symbol,
+                book,
+                trade,
+                msg.prev_book,
+                msg.book,
+            )
+            self._recover(symbol)
+            self._buffer(msg)
+
+    def snapshot(self, snap: StateSnapshot) -> None:
+        """Take a snapshot reply (restores a recovering symbol)."""
+        symbol = snap.symbol
+        if self.epoch is None:
+            self._new_epoch(snap.epoch)
+        if snap.epoch != self.epoch or self.state.get(symbol) is not FollowState.RECOVERING:
+            # Another epoch (the stream decides epochs) or no longer needed.
+            if snap.epoch != self.epoch and symbol in self.state:
+                self.ignored_snapshots += 1
+                if self.state[symbol] is FollowState.RECOVERING:
+                    self.requests.add(symbol)
+            return
+        self.sink.restore(snap)
+        self.restores += 1
+        self.state[symbol] = FollowState.LIVE
+        self.expected[symbol] = (snap.book_seq, snap.trade_seq)
+        buffered = self.buffers[symbol]
+        self.buffers[symbol] = deque()
+        for msg in buffered:
+            if self.state[symbol] is FollowState.RECOVERING:
+                self._buffer(msg)
+            else:
+                self.message(msg)
+
+    def snapshot_failed(self, symbol: str) -> None:
+        """A request timed out or the publisher does not know ``symbol``: ask again."""
+        if self.state.get(symbol) is FollowState.RECOVERING:
+            self.requests.add(symbol)
+
+    def disconnected(self) -> None:
+        """The bus connection is lost: stop serving every live symbol until proven."""
+        for symbol, state in self.state.items():
+            if state is FollowState.LIVE:
+                self.state[symbol] = FollowState.SUSPECT
+                self.sink.invalidate(symbol)
+
+    # -- transitions -----------------------------------------------------------------------
+
+    def _heartbeat(self, symbol: str, seqs: tuple[int, int]) -> None:
+        state = self.state[symbol]
+        if state is FollowState.RECOVERING:
+            return
+        book, trade = self.expected[symbol]
+        if seqs[0] == book and seqs[1] == trade:
+            if state is FollowState.SUSPECT:
+                self._revalidate(symbol)
+        elif seqs[0] > book or seqs[1] > trade:
+            # Everything up to the heartbeat was sent before it: a batch was lost.
+            log.warning("bus gap on %s: heartbeat at %s, have (%d, %d)", symbol, seqs, book, trade)
+            self._recover(symbol)
+
+    def _emit(self, msg: BusBatch) -> None:
+        self.expected[msg.symbol] = (msg.book, msg.trade)
+        self.out.append((msg.symbol, msg.updates, msg.trades))
+
+    def _buffer(self, msg: BusBatch) -> None:
+        buf = self.buffers[msg.symbol]
+        buf.append(msg)
+        if len(buf) > MAX_BUFFERED:
+            buf.popleft()
+
+    def _recover(self, symbol: str) -> None:
+        self.gaps += 1
+        self.state[symbol] = FollowState.RECOVERING
+        self.requests.add(symbol)
+        self.sink.invalidate(symbol)
+
+    def _revalidate(self, symbol: str) -> None:
+        self.state[symbol] = FollowState.LIVE
+        self.revalidated += 1
+        self.sink.revalidate(symbol)
+
+    def _new_epoch(self, epoch: str) -> None:
+        if self.epoch is not None:
+            log.warning("publisher epoch changed: %s -> %s", self.epoch, epoch)
+            self.epoch_changes += 1
+        self.epoch = epoch
+        # Batches of the old epoch not yet published must not reach the new engine.
+        self.out.clear()
+        self.expected.clear()
+        for symbol in self.state:
+            self.state[symbol] = FollowState.RECOVERING
+            self.buffers[symbol].clear()
+        self.requests.update(self.state)
+        self.sink.reset(epoch)

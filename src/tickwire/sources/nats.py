@@ -1,0 +1,235 @@
+"""Follow a ``tickwire publish`` engine over NATS (the I/O half of :mod:`.bus`).
+
+nats-py delivers ``PREFIX.md.>`` messages to a callback that only queues their bytes;
+the tick loop's :meth:`NatsSource.poll` decodes them in arrival order, runs them through
+the :class:`~tickwire.sources.bus.BusFollower` and returns the batches to publish. All
+hub changes (publish, invalidate, restore) therefore happen inside the tick loop, as
+with the embedded simulator. Snapshot requests run as tasks; their replies queue and are
+handled by the next poll, before that poll's bus messages.
+
+One wildcard subscription carries batches and heartbeats alike, so the follower sees
+them in the order the publisher sent them (nats-py keeps order within a subscription);
+a heartbeat ahead of the local seqs is therefore a lost batch, never one in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from ..exceptions import ConfigError
+from . import Batch, Sink
+from .bus import BusFollower, decode_bus, decode_snapshot, snapshot_subject
+
+__all__ = ["NatsSource"]
+
+log = logging.getLogger("tickwire.nats")
+
+#: Seconds to wait for one snapshot reply, and before asking again after a failure.
+REQUEST_TIMEOUT = 2.0
+RETRY_DELAY = 0.5
+
+
+class NatsSource:
+    """A source fed by NATS subjects ``PREFIX.md.<SYMBOL>`` (see ``docs/scaling.md``).
+
+    Args:
+        url: ``nats://HOST:PORT``, or several comma-separated (a cluster).
+        symbols: the symbols to follow (the gateway's ``--symbols``: the publisher's
+            or a subset of them).
+        prefix: subject prefix (``--bus-prefix``).
+        timeout: seconds :meth:`start` waits for the bus and every book.
+    """
+
+    def __init__(
+        self, url: str, symbols: list[str], *, prefix: str = "tickwire", timeout: float = 30.0
+    ) -> None:
+        self.url = url
+        self.symbols = symbols
+        self.prefix = prefix
+        self.timeout = timeout
+        self.nc: NatsClient | None = None
+        self.follower: BusFollower | None = None
+        self._inbox: list[bytes] = []
+        self._replies: list[bytes] = []
+        self._failed: list[str] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.generated = 0
+        self.skipped = 0
+        self.messages = 0
+        self.bytes = 0
+        self.bad_messages = 0
+        self.disconnects = 0
+        self.reconnects = 0
+        self.snapshot_requests = 0
+
+    # -- life ----------------------------------------------------------------------------
+
+    async def start(self, sink: Sink) -> None:
+        """Connect, subscribe, and load every book from the publisher's snapshots.
+
+        Raises:
+            ConfigError: no bus or no complete books within ``timeout`` seconds.
+        """
+        self.follower = BusFollower(sink)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                self.nc = await nats.connect(
+                    self.url.split(","),
+                    name="tickwire-gateway",
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.25,
+                    connect_timeout=2,
+                    disconnected_cb=self._disconnected,
+                    reconnected_cb=self._reconnected,
+                    error_cb=self._error,
+                )
+                break
+            except Exception as exc:  # nats-py raises several unrelated types here
+                if time.monotonic() > deadline:
+                    raise ConfigError(f"cannot connect to NATS at {self.url}: {exc}") from None
+                log.warning("NATS at %s: %s; retrying", self.url, exc)
+                await asyncio.sleep(0.5)
+        await self.nc.subscribe(f"{self.prefix}.md.>", cb=self._on_md)
+        while sink.incomplete:
+            if time.monotonic() > deadline:
+                missing = ", ".join(sorted(sink.incomplete)[:10])
+                raise ConfigError(
+                    f"no complete books from {self.url} within {self.timeout:g}s (missing "
+                    f"{missing}); is `tickwire publish` running with these --symbols?"
+                )
+            for symbol, updates, trades in self.poll(time.monotonic()):
+                sink.publish(symbol, updates, trades)
+            await asyncio.sleep(0.005)
+        log.info("following %s: epoch %s", self.url, self.follower.epoch)
+
+    async def stop(self) -> None:
+        """Close the bus connection and cancel pending requests."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self.nc is not None and not self.nc.is_closed:
+            try:
+                await asyncio.wait_for(self.nc.close(), 2.0)
+            except Exception as exc:  # closing a broken link may fail in many ways
+                log.debug("NATS close: %s", exc)
+
+    # -- per tick ------------------------------------------------------------------------
+
+    def poll(self, now: float) -> Sequence[Batch]:
+        """Run queued replies and bus messages through the follower; return its batches."""
+        follower = self.follower
+        assert follower is not None
+        if self._replies or self._failed:
+            replies, self._replies = self._replies, []
+            for data in replies:
+                try:
+                    follower.snapshot(decode_snapshot(data))
+                except msgspec.DecodeError:
+                    self.bad_messages += 1
+            failed, self._failed = self._failed, []
+            for symbol in failed:
+                follower.snapshot_failed(symbol)
+        if self._inbox:
+            inbox, self._inbox = self._inbox, []
+            message = follower.message
+            for data in inbox:
+                try:
+                    msg = decode_bus(data)
+                except msgspec.DecodeError:
+                    self.bad_messages += 1
+                    continue
+                message(msg)
+        if follower.requests:
+            for symbol in follower.requests:
+                self._spawn(self._request(symbol))
+            follower.requests.clear()
+        out = follower.out
+        if not out:
+            return ()
+        follower.out = []
+        for batch in out:
+            self.generated += len(batch[1])
+        return out
+
+    def burst(self, now: float) -> None:
+        """Bursts belong to the publisher (``kill -USR1`` it)."""
+        log.info("burst ignored: the flow comes from the bus")
+
+    def stats(self) -> dict[str, Any]:
+        """Bus counters and the follower's gap/restore/epoch counters."""
+        f = self.follower
+        return {
+            "kind": "nats",
+            "url": self.url,
+            "epoch": f.epoch if f else None,
+            "messages": self.messages,
+            "bytes": self.bytes,
+            "updates": self.generated,
+            "bad_messages": self.bad_messages,
+            "disconnects": self.disconnects,
+            "reconnects": self.reconnects,
+            "snapshot_requests": self.snapshot_requests,
+            "gaps": f.gaps if f else 0,
+            "duplicates": f.duplicates if f else 0,
+            "restores": f.restores if f else 0,
+            "revalidated": f.revalidated if f else 0,
+            "epoch_changes": f.epoch_changes if f else 0,
+            "states": {s: st.value for s, st in f.state.items()} if f else {},
+        }
+
+    # -- callbacks and tasks -------------------------------------------------------------
+
+    async def _on_md(self, msg: Msg) -> None:
+        data = msg.data
+        self.messages += 1
+        self.bytes += len(data)
+        self._inbox.append(data)
+
+    async def _request(self, symbol: str) -> None:
+        nc = self.nc
+        assert nc is not None
+        self.snapshot_requests += 1
+        try:
+            reply = await nc.request(
+                snapshot_subject(self.prefix, symbol), b"", timeout=REQUEST_TIMEOUT
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # timeout, no responders, connection lost
+            log.info("snapshot of %s: %s; asking again", symbol, type(exc).__name__)
+            await asyncio.sleep(RETRY_DELAY)
+            self._failed.append(symbol)
+            return
+        if not reply.data:
+            log.error("the publisher does not serve %s", symbol)
+            await asyncio.sleep(RETRY_DELAY * 10)
+            self._failed.append(symbol)
+            return
+        self._replies.append(reply.data)
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _disconnected(self) -> None:
+        self.disconnects += 1
+        log.warning("NATS disconnected: books suspended until the stream proves intact")
+        if self.follower is not None:
+            self.follower.disconnected()
+
+    async def _reconnected(self) -> None:
+        self.reconnects += 1
+        log.warning("NATS reconnected to %s", self.nc.connected_url if self.nc else "?")
+
+    async def _error(self, exc: Exception) -> None:
+        log.debug("NATS error: %s", exc)

@@ -48,7 +48,7 @@ from ..protocol import (
     decode_request,
     encode,
 )
-from ..simulator import MarketSimulator
+from ..sources import make_source
 from .metrics import TickStats
 
 if TYPE_CHECKING:
@@ -103,6 +103,16 @@ class GatewayConfig:
     # SO_SNDBUF of accepted sockets (0: kernel autotuning, up to tcp_wmem's 4 MiB, which
     # would hide a slow reader from the watermarks for seconds of stale data).
     sndbuf_bytes: int = 256 << 10
+    # Market source (docs/scaling.md): "sim" (embedded), "nats://HOST:PORT" (follow a
+    # `tickwire publish`), or an NDJSON recording path played at replay_speed.
+    source: str = "sim"
+    replay_speed: str = "1"
+    bus_prefix: str = "tickwire"
+    source_timeout_s: float = 30.0
+    # A resume ahead of this gateway (from a faster one on the same bus) waits this long.
+    resume_wait_s: float = 1.0
+    # SO_REUSEPORT: several gateway processes share the port (tickwire serve --workers).
+    reuse_port: bool = False
     # Admin HTTP listener (metrics, health, REST snapshots, dashboard): None is off, 0
     # any free port; with admin_optional a port already taken only logs a warning.
     admin_host: str | None = None
@@ -345,15 +355,11 @@ class Gateway:
             batch=config.batch_ms > 0,
             max_subscriptions=config.max_subscriptions,
             heartbeat_interval=config.heartbeat_s,
+            resume_wait=config.resume_wait_s if config.source.startswith("nats") else 0.0,
         )
-        self.simulator = MarketSimulator(
-            config.symbols,
-            config.rate,
-            config.seed,
-            burst_every=config.burst_every_s,
-            burst_factor=config.burst_factor,
-            burst_seconds=config.burst_seconds,
-        )
+        self.source = make_source(config)
+        # Older name of the source, kept for readers of .generated / .skipped.
+        self.simulator = self.source
         self.connections: dict[int, Connection] = {}
         self._ids = itertools.count(1)
         self.accepted = 0
@@ -364,7 +370,7 @@ class Gateway:
         self.tick_stats = TickStats()
         # Symbols whose book is not complete yet (/readyz): the simulator seeds all of
         # them in start(); a bus source would clear each on its first full snapshot.
-        self.incomplete_books: set[str] = set(config.symbols)
+        self.incomplete_books: set[str] = self.hub.incomplete
         self.admin: AdminServer | None = None
         # Slow consumers: closes by cause, and the buffered bytes seen by the sweeps.
         self.slow_closes = {"budget": 0, "stall": 0, "total": 0}
@@ -450,9 +456,7 @@ class Gateway:
 
     async def start(self) -> None:
         """Seed the books and start listening; returns once the port is bound."""
-        for symbol, updates, trades in self.simulator.seed_books():
-            self.hub.publish(symbol, updates, trades)
-            self.incomplete_books.discard(symbol)
+        await self.source.start(self.hub)
         self.hub.flush(time.monotonic())
         # The hot path allocates many short-lived containers and builds no reference
         # cycles; the default gen-0 threshold (700) spent ~20% of the core in the
@@ -472,6 +476,7 @@ class Gateway:
             max_frame_size=cfg.max_message_bytes,
             websocket_handshake_timeout=5,
             backlog=4096,
+            reuse_port=cfg.reuse_port,
             logger_name="tickwire.picows",
         )
         self.port = self._server.sockets[0].getsockname()[1]
@@ -520,7 +525,7 @@ class Gateway:
         Bound to SIGUSR1, so an operator or a test can spike the feed on demand.
         """
         log.info("burst: x%g for %gs", self.config.burst_factor, self.config.burst_seconds)
-        self.simulator.start_burst(time.monotonic())
+        self.source.burst(time.monotonic())
 
     # -- slow consumers ----------------------------------------------------------------
 
@@ -588,7 +593,7 @@ class Gateway:
 
     async def _tick_loop(self) -> None:
         hub = self.hub
-        sim = self.simulator
+        poll = self.source.poll
         publish = hub.publish
         dirty = cast(list[Connection], hub.dirty)
         tick = self.config.batch_ms / 1000.0 if self.config.batch_ms > 0 else 0.001
@@ -617,7 +622,7 @@ class Gateway:
             # Telemetry is per tick, never per delivery: the first book batch of the
             # tick gives the oldest event time and one delta message's size.
             first = None
-            for symbol, updates, trades in sim.generate(sim.due(now)):
+            for symbol, updates, trades in poll(now):
                 if first is None and updates:
                     first = updates
                 publish(symbol, updates, trades)
@@ -653,6 +658,7 @@ class Gateway:
                 await asyncio.wait_for(self.draining.wait(), 2.0)
         if self.admin is not None:
             await self.admin.stop()
+        await self.source.stop()
         self.write_stats()
 
     def stats(self) -> dict[str, Any]:
@@ -668,6 +674,8 @@ class Gateway:
             "generated": self.simulator.generated,
             "skipped": self.simulator.skipped,
             "gen_per_s": round(self.simulator.generated / max(elapsed, 1e-9), 1),
+            "source": self.source.stats(),
+            "restores": hub.restores,
             "messages_built": hub.messages_built,
             "frames_out": hub.frames_out,
             "bytes_out": hub.bytes_out,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -37,6 +38,7 @@ class Recorder:
         self.outbox: list[bytes] = []
         self.channels: dict[str, Channel] = {}
         self.slow: dict[str, SubscriptionStats] = {}
+        self.deliver: Callable[[bytes], object] | None = None  # queued, like a multi-channel conn
         self.frames: list[bytes] = []
 
     def drain(self) -> list[Message]:

@@ -389,6 +389,7 @@ class Sub:
         self.outbox: list[bytes] = []
         self.channels: dict[str, Any] = {}
         self.slow: dict[str, Any] = {}
+        self.deliver = None
         self.messages: list[dict[str, Any]] = []
 
     def take(self) -> list[dict[str, Any]]:

@@ -63,7 +63,7 @@ The hub never reads a clock: ``now`` (monotonic seconds) is passed in.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from .engine import Engine, StateSnapshot, SymbolState
@@ -138,11 +138,20 @@ class Subscriber(Protocol):
     ``outbox`` collects the frames to write at the end of the tick; ``channels`` is
     owned by the hub (the channels this subscriber is in); ``slow`` holds the
     slow-consumer telemetry of its subscriptions that ever lagged (hub-owned too).
+
+    ``deliver`` is None (frames are queued in ``outbox`` and the subscriber listed in
+    :attr:`Hub.dirty`, so a connection on several channels gets one write per tick) or a
+    callable that writes a frame at once, in order. The gateway sets it to the
+    transport's ``write`` for a connection on exactly one channel: that is the common
+    market-data case, and it makes a delivery one C call, as in a bare fan-out loop.
+    Frames the hub leaves in ``outbox`` (subscribe answers) must be written before
+    anything else is delivered.
     """
 
     outbox: list[bytes]
     channels: dict[str, Channel]
     slow: dict[str, SubscriptionStats]
+    deliver: Callable[[bytes], object] | None
 
 
 class Channel:
@@ -407,12 +416,18 @@ class Hub:
         if not subs:
             return 0
         dirty = self.dirty
-        for sub in subs:
+        n = len(subs)
+        # A tuple: a direct write may cross the high watermark, and pause() then takes
+        # the subscriber out of ``subs`` while we iterate.
+        for sub in tuple(subs):
+            deliver = sub.deliver
+            if deliver is not None:
+                deliver(frame)
+                continue
             outbox = sub.outbox
             if not outbox:
                 dirty.append(sub)
             outbox.append(frame)
-        n = len(subs)
         self.frames_out += n
         self.bytes_out += n * len(frame)
         return n
@@ -761,9 +776,12 @@ class Hub:
                 frames.append(text_frame(payload))
             ch.subscribers[sub] = None
         if frames:
-            if not sub.outbox:
-                self.dirty.append(sub)
-            sub.outbox.extend(frames)
+            if sub.deliver is not None:
+                sub.deliver(b"".join(frames))
+            else:
+                if not sub.outbox:
+                    self.dirty.append(sub)
+                sub.outbox.extend(frames)
             self.frames_out += len(frames)
             self.bytes_out += sum(map(len, frames))
 

@@ -141,6 +141,8 @@ class Connection(WSListener):
         self.id = conn_id
         self.outbox: list[bytes] = []
         self.channels: dict[str, Channel] = {}
+        # Direct transport write while on exactly one channel (see Subscriber.deliver).
+        self.deliver: Callable[[bytes], object] | None = None
         self.slow: dict[str, SubscriptionStats] = {}
         self.transport: WSTransport | None = None
         self.write: Callable[[bytes], object] = _discard
@@ -170,6 +172,7 @@ class Connection(WSListener):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, cfg.sndbuf_bytes)
         peer = underlying.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.update_delivery()
         self.gateway.connections[self.id] = self
         log.debug(
             "conn %d %s: connected", self.id, self.peer, extra={"conn": self.id, "peer": self.peer}
@@ -194,6 +197,14 @@ class Connection(WSListener):
             transport.send_close(frame.get_close_code(), frame.get_close_message())
             transport.disconnect()
 
+    def update_delivery(self) -> None:
+        """Write frames directly while on one channel, else queue them for the tick.
+
+        Call after the channel set changed, with the outbox already flushed.
+        """
+        direct = len(self.channels) == 1 and self.transport is not None and not self.closed
+        self.deliver = self.write if direct else None
+
     def pause_writing(self) -> None:
         """The write buffer crossed the high watermark: conflate books and tickers."""
         if not self.closed:
@@ -212,6 +223,7 @@ class Connection(WSListener):
             extra={"conn": self.id, "peer": self.peer},
         )
         self.closed = True
+        self.deliver = None
         self.outbox.clear()
         self.gateway.hub.drop(self)
         gateway = self.gateway
@@ -247,6 +259,7 @@ class Connection(WSListener):
             return
         self.gateway.handle_request(self, data)
         self.flush()
+        self.update_delivery()
 
     # -- output ------------------------------------------------------------------------
 
@@ -300,6 +313,7 @@ class Connection(WSListener):
         closes[int(code)] = closes.get(int(code), 0) + 1
         self.flush()
         self.closed = True
+        self.deliver = None
         self.gateway.hub.drop(self)
         self.transport.send_close(WSCloseCode(code), reason.encode())
         self.transport.disconnect()

@@ -6,8 +6,10 @@ PY     := $(VENV)/bin/python
 PORT   ?= 8765
 SYMBOLS ?= BTC-USD,ETH-USD,SOL-USD
 RATE   ?= 200
+ADMIN_PORT ?= 8766
+CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install run test lint typecheck format bench coverage clean
+.PHONY: install run test lint typecheck format bench coverage clean browser
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,9 +20,10 @@ install: $(VENV)/.installed
 
 run: install
 	@echo "tickwire gateway on ws://127.0.0.1:$(PORT)/ws  (Ctrl-C stops it)"
+	@echo "  dashboard:          http://127.0.0.1:$(ADMIN_PORT)/  (metrics: http://127.0.0.1:$(ADMIN_PORT)/metrics)"
 	@echo "  watch a live book:  $(VENV)/bin/tickwire watch BTC-USD --url ws://127.0.0.1:$(PORT)/ws"
 	@echo "  measure the feed:   $(VENV)/bin/tickwire bench ws://127.0.0.1:$(PORT)/ws"
-	$(VENV)/bin/tickwire serve --port $(PORT) --symbols $(SYMBOLS) --rate $(RATE) --burst-every 30 --log-level INFO
+	$(VENV)/bin/tickwire serve --port $(PORT) --admin-port $(ADMIN_PORT) --symbols $(SYMBOLS) --rate $(RATE) --burst-every 30 --log-level INFO
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench examples
@@ -33,8 +36,23 @@ format: install
 	$(VENV)/bin/ruff format src tests bench examples
 	$(VENV)/bin/ruff check --fix src tests bench examples
 
-test: lint typecheck
+test: lint typecheck browser
 	$(PY) -m pytest -q -ra
+
+# The dashboard tests drive Debian's chromium through Playwright (installed by pip with
+# the test extra; Playwright never downloads a browser here). Install it when missing.
+browser: install
+	@$(PY) -c "import playwright" 2>/dev/null || \
+		$(PY) -m pip install -q --disable-pip-version-check 'playwright>=1.40,<2'
+	@if [ ! -x $(CHROMIUM) ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+		elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
+			sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+		else \
+			echo "make: cannot install chromium (not root): the dashboard tests will skip"; \
+		fi; \
+	fi
 
 # Branch coverage of the Sans-I/O core (100% at the time of writing; not enforced).
 coverage: install

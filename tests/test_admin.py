@@ -27,7 +27,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import MS, ServerProcess
+from helpers import MS, RawClient, ServerProcess
 from tickwire.book import Book
 from tickwire.server.metrics import FixedHistogram, Sampler, TickStats
 
@@ -358,12 +358,14 @@ def test_rest_snapshot_equals_websocket_snapshot(
     admin_server: Callable[..., tuple[ServerProcess, str]],
 ) -> None:
     """With --rate 0 the book stands still: both snapshots are the same message."""
-    srv, base = admin_server("--symbols", "BTC-USD,ETH-USD", "--rate", "0")
+    srv, base = admin_server("--symbols", "BTC-USD,ETH-USD,XBT/EUR", "--rate", "0")
 
     async def run() -> tuple[Any, Any, Any, list[tuple[int, Any]]]:
         async with aiohttp.ClientSession() as session:
             _, rest = await get_json(session, base + "api/v1/book/ETH-USD")
             _, top = await get_json(session, base + "api/v1/book/ETH-USD?depth=3")
+            _, slashed = await get_json(session, base + "api/v1/book/XBT/EUR?depth=1")
+            assert slashed["ch"] == "book.XBT/EUR" and len(slashed["bids"]) == 1
             errors = [
                 await get_json(session, base + "api/v1/book/DOGE-USD"),
                 await get_json(session, base + "api/v1/book/ETH-USD?depth=0"),
@@ -491,7 +493,13 @@ def test_admin_port_taken_fails_explicit_and_tolerated_when_auto() -> None:
         assert f"admin port 127.0.0.1:{taken}" in explicit.stderr
         srv = ServerProcess(["--rate", "10"], port=port).start()
         try:
+            # It serves without its admin port (no dashboard line) ...
             assert srv.proc is not None and srv.proc.stdout is not None
+            client = RawClient(srv.port)
+            client.send_text('{"op":"ping","id":1}')
+            assert client.recv_json() == {"type": "pong", "id": 1}
+            client.close()
+            # ... and its signal handlers are in place once it answered: it exits cleanly.
             stats = srv.stop()
             assert stats is not None and stats["epoch"] == srv.epoch
         finally:
@@ -613,6 +621,8 @@ def test_tick_stats_and_sampler_rates() -> None:
         gw.tick_stats.tick(0.0001, 200_000, 4)
     gw.tick_stats.tick(0.003, 9_000_000, 0)  # one slow tick: 9 ms, no batch sample
     gw.tick_stats.tick(0.0001, -1, 0)  # a tick that wrote nothing
+    gw.tick_stats.tick(-0.00001, -1, 0)  # a timer that fired early: no negative lag
+    assert gw.tick_stats.loop_lag.sum > 0 and gw.tick_stats.loop_lag.counts[0] == 1
     point = sampler.sample(gw, 102.0, 1e9 + 2)
     assert point is not None and sampler.last is point
     assert point.t == 1e9 + 2
@@ -622,7 +632,7 @@ def test_tick_stats_and_sampler_rates() -> None:
     assert point.p99_ms is not None and point.p99_ms <= 0.2
     assert point.loop_lag_ms == pytest.approx(3.0)
     assert point.batch_mean == 4
-    assert gw.tick_stats.latency.count == 100 and gw.tick_stats.ticks == 101
+    assert gw.tick_stats.latency.count == 100 and gw.tick_stats.ticks == 102
     # The next second saw no ticks: no latency, lag reset.
     quiet = sampler.sample(gw, 103.0, 1e9 + 3)
     assert quiet is not None and quiet.p50_ms is None and quiet.loop_lag_ms == 0

@@ -36,6 +36,7 @@ import contextlib
 import json
 import logging
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -185,7 +186,7 @@ class AdminServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/api/v1/book/{symbol}", self._book)
+        app.router.add_get("/api/v1/book/{symbol:.+}", self._book)
         app.router.add_get("/api/v1/stats", self._stats)
         app.router.add_get("/api/v1/stream", self._stream)
         app.router.add_static("/static/", STATIC_DIR, append_version=False)
@@ -262,7 +263,7 @@ class AdminServer:
             "slow_closes": dict(gw.slow_closes),
             "rejected": gw.rejected,
             "accepted": gw.accepted,
-            "ready": gw.books_complete(),
+            "ready": gw.books_complete() and gw.draining is None,
             "uptime_s": round(gw.uptime(), 1),
         }
         return point
@@ -277,8 +278,6 @@ class AdminServer:
         spread = mid = None
         if best_bid and best_ask:
             # Decimal-exact, then shown as text: prices are never floats on the wire.
-            from decimal import Decimal
-
             bid_px, ask_px = Decimal(best_bid[0]), Decimal(best_ask[0])
             spread = str(ask_px - bid_px)
             mid = str((ask_px + bid_px) / 2)
@@ -418,7 +417,9 @@ class AdminServer:
         symbols = gw.config.symbols
         symbol = request.query.get("symbol") or symbols[0]
         if symbol not in gw.engine.symbols:
-            return _error(404, "unknown_channel", f"no such symbol {symbol[:48]!r}")
+            # A stale link or bookmark: show the first book (``hello`` names it) rather
+            # than an error EventSource would retry forever.
+            symbol = symbols[0]
         depth = self._depth(request) or 50
         response = web.StreamResponse(
             headers={
@@ -435,6 +436,7 @@ class AdminServer:
             "symbol": symbol,
             "depth": depth,
             "ws_port": gw.port,
+            "ready": gw.books_complete() and gw.draining is None,
             "samples": [p.as_dict() for p in self.sampler.points],
         }
         try:

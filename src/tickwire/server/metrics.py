@@ -172,6 +172,9 @@ class TickStats:
             batch: updates in the sampled delta message; 0 when there was none.
         """
         self.ticks += 1
+        if lag < 0.0:
+            # The loop's timers may fire a hair early (its clock resolution).
+            lag = 0.0
         self.loop_lag.observe(lag)
         if lag > self.max_loop_lag:
             self.max_loop_lag = lag

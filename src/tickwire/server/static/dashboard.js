@@ -10,7 +10,7 @@
   const DEPTH = 50; // book levels a side on the depth chart
   const COLORS = {
     deliveries: "#4c9be8",
-    bytes: "#b48ead",
+    bytes: "#c678dd",
     p50: "#26a269",
     p99: "#f0b429",
     connections: "#e8914c",
@@ -47,7 +47,7 @@
       [1e3, "k"],
     ];
     for (const [size, prefix] of steps) {
-      if (abs >= size) return (value / size).toFixed(abs >= size * 100 ? 0 : 1) + " " + prefix + (unit || "");
+      if (abs >= size) return (value / size).toFixed(abs >= size * 10 ? 0 : 1) + " " + prefix + (unit || "");
     }
     return (abs >= 100 || value === Math.round(value) ? value.toFixed(0) : value.toFixed(1)) + (unit ? " " + unit : "");
   }
@@ -71,7 +71,7 @@
     const common = { stroke: COLORS.axis, grid: { stroke: COLORS.grid, width: 1 }, ticks: { stroke: COLORS.grid, width: 1 } };
     return [
       Object.assign({}, common),
-      Object.assign({}, common, { size: 60, values: (u, vals) => vals.map(format) }),
+      Object.assign({}, common, { size: 70, values: (u, vals) => vals.map(format) }),
     ];
   }
 
@@ -102,7 +102,13 @@
       cursor: { drag: { x: false, y: false } },
       legend: { show: true },
       scales: { x: { time: false }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.05 : 1] } },
-      axes: axes((v) => si(v)),
+      axes: (() => {
+        const [x, y] = axes((v) => si(v));
+        // Prices: plain decimals (no thousands separators), spaced so they never overlap.
+        x.space = 90;
+        x.values = (u, vals) => vals.map((v) => String(+v.toFixed(8)));
+        return [x, y];
+      })(),
       series: [
         { label: "price" },
         { label: "bids", stroke: COLORS.bid, fill: COLORS.bid + "33", width: 2, paths: uPlot.paths.stepped({ align: -1 }) },
@@ -165,10 +171,14 @@
     const totals = point.totals;
     if (totals) {
       $("uptime").textContent = duration(totals.uptime_s);
-      const ready = $("ready");
-      ready.textContent = totals.ready ? "ready" : "not ready";
-      ready.className = "pill " + (totals.ready ? "on" : "off");
+      showReady(totals.ready);
     }
+  }
+
+  function showReady(ready) {
+    const pill = $("ready");
+    pill.textContent = ready ? "ready" : "not ready";
+    pill.className = "pill " + (ready ? "on" : "off");
   }
 
   function onBook(book) {
@@ -196,6 +206,9 @@
 
     // Depth: cumulative quantity away from the touch, bids left, asks right, on one
     // shared price axis (uPlot wants one x array; each side is null on the other's).
+    // Between two levels a bid step shows the quantity at or above the price (the
+    // right-hand level's total: align -1), an ask step the quantity at or below it
+    // (the left-hand level's: align 1).
     const bids = book.bids.map(([p, q]) => [parseFloat(p), parseFloat(q)]);
     const asks = book.asks.map(([p, q]) => [parseFloat(p), parseFloat(q)]);
     const x = [];
@@ -242,6 +255,7 @@
     state.symbols = hello.symbols;
     state.samples = hello.samples.slice(-KEEP);
     $("epoch").textContent = hello.epoch;
+    showReady(hello.ready);
     const select = $("symbol");
     if (select.options.length !== hello.symbols.length) {
       select.innerHTML = hello.symbols.map((s) => "<option>" + s.replace(/[<&]/g, "") + "</option>").join("");

@@ -211,6 +211,29 @@ def test_metrics_move_as_clients_stream(
     assert value(during, "process_resident_memory_bytes") > 0
 
 
+def test_latency_sampled_for_single_channel_clients(
+    admin_server: Callable[..., tuple[ServerProcess, str]],
+) -> None:
+    """A client on one channel is written directly, not through the tick's dirty list."""
+    srv, base = admin_server("--symbols", "1", "--rate", "300")
+
+    async def run() -> tuple[Metrics, Metrics]:
+        async with aiohttp.ClientSession() as session:
+            before = await scrape(session, base)
+            client = await connect(srv.url)
+            client.send({"op": "subscribe", "channels": ["book.SYM0"]})
+            await client.wait_for(lambda: sum(m["type"] == "delta" for m in client.messages) > 20)
+            after = await scrape(session, base)
+            client.close()
+            return before, after
+
+    before, after = asyncio.run(run())
+    name = "tickwire_publish_to_write_seconds_count"
+    assert value(before, name) == 0
+    assert value(after, name) >= 10
+    assert value(after, "tickwire_batch_updates_count") >= 10
+
+
 def test_slow_consumer_events_in_metrics_and_dashboard_table(
     admin_server: Callable[..., tuple[ServerProcess, str]],
 ) -> None:

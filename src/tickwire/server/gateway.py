@@ -634,8 +634,10 @@ class Gateway:
                     deadline = now
             now = monotonic()
             # Telemetry is per tick, never per delivery: the first book batch of the
-            # tick gives the oldest event time and one delta message's size.
+            # tick gives the oldest event time and one delta message's size; frames_out
+            # tells whether anything was sent (direct writes bypass ``dirty``).
             first = None
+            frames = hub.frames_out
             for symbol, updates, trades in poll(now):
                 if first is None and updates:
                     first = updates
@@ -644,14 +646,13 @@ class Gateway:
             if now >= next_heartbeat:
                 hub.heartbeats(now)
                 next_heartbeat = now + min(0.25, self.config.heartbeat_s)
-            wrote = bool(dirty)
             for conn in dirty:
                 outbox = conn.outbox
                 if outbox:
                     conn.write(b"".join(outbox) if len(outbox) > 1 else outbox[0])
                     outbox.clear()
             dirty.clear()
-            if first is not None and wrote:
+            if first is not None and hub.frames_out != frames:
                 record(now - target, time_ns() - first[0].ts, len(first) if batched else 1)
             else:
                 record(now - target, -1, 0)

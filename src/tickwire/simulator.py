@@ -235,7 +235,10 @@ class SymbolFlow:
             taker = "buy" if buy else "sell"
             while want > 0 and len(book) > 5:
                 px = best_ask if buy else best_bid
-                lots = book[px]
+                lots = book.get(px)
+                if lots is None:  # unseeded start: the touch was never filled
+                    px = min(book) if buy else max(book)
+                    lots = book[px]
                 fill = min(lots, want)
                 want -= fill
                 p = pstr.get(px) or price(px)

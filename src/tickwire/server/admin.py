@@ -36,12 +36,15 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import CollectorRegistry
 
 from ..protocol import Snapshot, encode
 from .metrics import Sampler, make_registry
@@ -116,6 +119,17 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 def _error(status: int, code: str, message: str) -> web.Response:
     return _json({"error": code, "message": message}, status)
+
+
+class _Scraped(CollectorRegistry):
+    """Metrics already collected, for an encoder to format off the event loop."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        super().__init__(auto_describe=False)
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._metrics
 
 
 class _Viewer:
@@ -368,7 +382,11 @@ class AdminServer:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        body = encoder(self.registry)
+        # Read the live counters here, in the loop (consistent, ~5 ms for 1000 symbols);
+        # format the text in a thread (~20 ms for 1000 symbols), which would otherwise
+        # delay that many ticks.
+        scraped = _Scraped(list(self.registry.collect()))
+        body = await asyncio.get_running_loop().run_in_executor(None, encoder, scraped)
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _healthz(self, request: web.Request) -> web.Response:

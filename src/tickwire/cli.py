@@ -1,4 +1,5 @@
-"""The ``tickwire`` command: ``serve`` (and, from the SDK, ``watch`` and ``bench``)."""
+"""The ``tickwire`` command: ``serve``, ``publish``, ``record`` (and, from the SDK,
+``watch`` and ``bench``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from .simulator import parse_symbols
 
 __all__ = ["main"]
 
+#: Symbols served and published when ``--symbols`` is not given.
+DEFAULT_SYMBOLS = "BTC-USD,ETH-USD,SOL-USD"
+
 
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="run the gateway with its embedded market simulator")
@@ -19,11 +23,44 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--port", type=int, default=8765, help="WebSocket port (0: any free)")
     p.add_argument(
         "--symbols",
-        default="BTC-USD,ETH-USD,SOL-USD",
-        help="comma-separated symbols, or a count N for SYM0..SYM{N-1}",
+        default=None,
+        help="comma-separated symbols, or a count N for SYM0..SYM{N-1} "
+        f"(default {DEFAULT_SYMBOLS}; a replay: the recording's)",
     )
     p.add_argument("--rate", type=float, default=200.0, help="book updates per second per symbol")
     p.add_argument("--seed", type=int, default=1, help="simulator seed (deterministic flow)")
+    scale = p.add_argument_group("sources and scaling out (see docs/scaling.md)")
+    scale.add_argument(
+        "--source",
+        default="sim",
+        help="sim (embedded simulator), nats://HOST:PORT (follow `tickwire publish`), "
+        "or an NDJSON recording to replay",
+    )
+    _replay_speed_argument(scale)
+    scale.add_argument("--bus-prefix", default="tickwire", help="NATS subject prefix")
+    scale.add_argument(
+        "--source-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait at start for the bus and every book",
+    )
+    scale.add_argument(
+        "--resume-wait",
+        type=float,
+        default=1.0,
+        help="with a bus: seconds a resume ahead of this gateway waits for it to catch up",
+    )
+    scale.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway processes sharing the port (SO_REUSEPORT), supervised",
+    )
+    scale.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="listen with SO_REUSEPORT (set on each worker by --workers)",
+    )
     p.add_argument(
         "--batch-ms",
         type=float,
@@ -138,16 +175,42 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
 
 
+def _replay_speed_argument(group: argparse._ActionsContainer) -> None:
+    group.add_argument(
+        "--replay-speed",
+        default="1",
+        help="replay pace: 1 = as recorded, x10 = ten times faster, max = as fast as possible",
+    )
+
+
+def _symbols(spec: str | None, source: str) -> list[str]:
+    """Resolve ``--symbols``: given, else a recording's own, else the default three."""
+    if spec is not None:
+        return parse_symbols(spec)
+    if source != "sim" and not source.startswith(("nats://", "tls://")):
+        from .sources.replay import read_recording
+
+        header, _ = read_recording(source.removeprefix("replay:"))
+        names = [str(s) for s in header.get("symbols", [])]
+        if names:
+            return names
+    return parse_symbols(DEFAULT_SYMBOLS)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvloop
 
     from .server import Gateway, GatewayConfig
 
+    if args.workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    if args.workers > 1:
+        return _supervise(args)
     admin_port, admin_optional = _admin_port(args.admin_port, args.port)
     config = GatewayConfig(
         host=args.host,
         port=args.port,
-        symbols=parse_symbols(args.symbols),
+        symbols=_symbols(args.symbols, args.source),
         rate=args.rate,
         seed=args.seed,
         batch_ms=args.batch_ms,
@@ -172,14 +235,21 @@ def _serve(args: argparse.Namespace) -> int:
         admin_host=args.admin_host,
         admin_port=admin_port,
         admin_optional=admin_optional,
+        source=args.source,
+        replay_speed=args.replay_speed,
+        bus_prefix=args.bus_prefix,
+        source_timeout_s=args.source_timeout,
+        resume_wait_s=args.resume_wait,
+        reuse_port=args.reuse_port,
     )
 
     async def run() -> None:
         gateway = Gateway(config)
         await gateway.start()
+        feed = f"at {config.rate:g} updates/s each" if config.source == "sim" else config.source
         print(
-            f"tickwire: serving {len(config.symbols)} symbols at {config.rate:g} updates/s "
-            f"each on ws://{config.host}:{gateway.port}/ws (epoch {gateway.engine.epoch})",
+            f"tickwire: serving {len(config.symbols)} symbols {feed} "
+            f"on ws://{config.host}:{gateway.port}/ws (epoch {gateway.engine.epoch})",
             flush=True,
         )
         if gateway.admin is not None:
@@ -191,6 +261,136 @@ def _serve(args: argparse.Namespace) -> int:
         await gateway.run()
 
     uvloop.run(run())
+    return 0
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    """``serve --workers N``: run N gateway processes on one port (supervisor.py)."""
+    import asyncio
+
+    from .server.supervisor import Supervisor
+
+    admin_port, _ = _admin_port(args.admin_port, args.port)
+    if admin_port == 0:
+        raise ConfigError("--admin-port 0 cannot be shared by workers; give a port or off")
+    raw = list(args.raw_argv)
+    argv = raw[raw.index("serve") + 1 :]
+    if args.source == "sim":
+        print(
+            "tickwire: note: with the embedded simulator every worker runs its own market "
+            "and epoch; use --source nats://... for one feed (docs/scaling.md)",
+            file=sys.stderr,
+        )
+
+    def announce(port: int, epochs: list[str], pids: list[int]) -> None:
+        epoch = epochs[0] if len(set(epochs)) == 1 else "per-worker"
+        print(
+            f"tickwire: {len(pids)} workers (pids {' '.join(map(str, pids))}) serving "
+            f"on ws://{args.host}:{port}/ws (epoch {epoch})",
+            flush=True,
+        )
+
+    supervisor = Supervisor(
+        argv, args.workers, args.host, args.port, admin_port=admin_port, announce=announce
+    )
+    asyncio.run(supervisor.run())
+    return 0
+
+
+def _publish_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "publish", help="run a market (simulator or recording) and publish it to NATS"
+    )
+    p.add_argument("--nats", required=True, help="NATS URL, e.g. nats://127.0.0.1:4222")
+    p.add_argument(
+        "--symbols",
+        default=None,
+        help=f"symbols or a count (default {DEFAULT_SYMBOLS}; a replay: the recording's)",
+    )
+    p.add_argument("--rate", type=float, default=200.0, help="book updates per second per symbol")
+    p.add_argument("--seed", type=int, default=1, help="simulator seed")
+    p.add_argument("--replay", default=None, help="publish this NDJSON recording instead")
+    _replay_speed_argument(p)
+    p.add_argument("--bus-prefix", default="tickwire", help="NATS subject prefix")
+    p.add_argument("--tick-ms", type=float, default=1.0, help="batching period per symbol")
+    p.add_argument("--burst-every", type=float, default=0.0, help="seconds between bursts")
+    p.add_argument("--burst-factor", type=float, default=10.0, help="rate multiplier in a burst")
+    p.add_argument("--burst-seconds", type=float, default=2.0, help="length of a burst")
+    p.add_argument("--max-seconds", type=float, default=0.0, help="exit after this long")
+    p.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING or ERROR")
+
+
+def _publish(args: argparse.Namespace) -> int:
+    import json
+
+    import uvloop
+
+    from .publisher import Publisher
+    from .server.gateway import GatewayConfig
+    from .sources import make_source
+
+    source_spec = "sim" if args.replay is None else args.replay
+    symbols = _symbols(args.symbols, source_spec)
+    source = make_source(
+        GatewayConfig(
+            symbols=symbols,
+            rate=args.rate,
+            seed=args.seed,
+            burst_every_s=args.burst_every,
+            burst_factor=args.burst_factor,
+            burst_seconds=args.burst_seconds,
+            source=source_spec,
+            replay_speed=args.replay_speed,
+        )
+    )
+    publisher = Publisher(
+        args.nats,
+        symbols,
+        source,
+        prefix=args.bus_prefix,
+        tick_ms=args.tick_ms,
+        max_seconds=args.max_seconds,
+    )
+
+    def ready(pub: Publisher) -> None:
+        print(
+            f"tickwire: publishing {len(symbols)} symbols to {args.nats} "
+            f"as {args.bus_prefix}.md.<SYMBOL> (epoch {pub.engine.epoch})",
+            flush=True,
+        )
+
+    uvloop.run(publisher.run(ready))
+    sys.stderr.write(json.dumps(publisher.stats()) + "\n")
+    return 0
+
+
+def _record_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("record", help="write what a gateway streams as NDJSON (for replay)")
+    p.add_argument("url", help="gateway WebSocket URL, e.g. ws://127.0.0.1:8765/ws")
+    p.add_argument("--out", required=True, help="NDJSON file to write")
+    p.add_argument("--symbols", default=DEFAULT_SYMBOLS, help="symbols to record")
+    p.add_argument(
+        "--kinds", default="book,trades,ticker", help="channel kinds to record, comma-separated"
+    )
+    p.add_argument(
+        "--duration", type=float, default=0.0, help="seconds to record (0: until Ctrl-C)"
+    )
+
+
+def _record(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from .protocol import CHANNEL_KINDS
+    from .record import record
+
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    if not kinds or any(k not in CHANNEL_KINDS for k in kinds):
+        raise ConfigError(f"--kinds must name some of {','.join(CHANNEL_KINDS)}")
+    if args.duration < 0:
+        raise ConfigError("--duration must be >= 0")
+    uvloop.run(
+        record(args.url, args.out, parse_symbols(args.symbols), kinds=kinds, duration=args.duration)
+    )
     return 0
 
 
@@ -257,13 +457,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tickwire", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
+    _publish_parser(sub)
+    _record_parser(sub)
     _bench_parser(sub)
     _watch_parser(sub)
-    args = parser.parse_args(argv)
+    raw_argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(raw_argv)
+    args.raw_argv = raw_argv
     configure_logging(getattr(args, "log_level", "WARNING"), getattr(args, "log_json", False))
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "publish":
+            return _publish(args)
+        if args.command == "record":
+            return _record(args)
         if args.command == "bench":
             from .loadtest.command import bench_main
 

@@ -70,6 +70,7 @@ class NatsSource:
         self.disconnects = 0
         self.reconnects = 0
         self.snapshot_requests = 0
+        self._closing = False
 
     # -- life ----------------------------------------------------------------------------
 
@@ -114,6 +115,7 @@ class NatsSource:
 
     async def stop(self) -> None:
         """Close the bus connection and cancel pending requests."""
+        self._closing = True
         for task in list(self._tasks):
             task.cancel()
         if self.nc is not None and not self.nc.is_closed:
@@ -222,6 +224,8 @@ class NatsSource:
         task.add_done_callback(self._tasks.discard)
 
     async def _disconnected(self) -> None:
+        if self._closing:
+            return
         self.disconnects += 1
         log.warning("NATS disconnected: books suspended until the stream proves intact")
         if self.follower is not None:

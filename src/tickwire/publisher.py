@@ -1,0 +1,243 @@
+"""``tickwire publish``: run a market source and publish its engine's events to NATS.
+
+The publisher is the leading engine of a scaled-out deployment (``docs/scaling.md``). It
+runs the same sources a gateway can run embedded -- the simulator or a recording --
+through its own :class:`~tickwire.engine.Engine`, which numbers every book update and
+trade, and publishes, per tick and per symbol, one
+:class:`~tickwire.sources.bus.BusBatch` on ``PREFIX.md.<SYMBOL>`` carrying those numbers,
+the event times and the engine's epoch. Every 250 ms a heartbeat on ``PREFIX.md._hb``
+carries the epoch and both seqs of every symbol, so a follower notices a lost batch even
+on a quiet symbol. A request on ``PREFIX.snapshot.<SYMBOL>`` is answered with the
+engine's :class:`~tickwire.engine.StateSnapshot`: that is how a gateway that joins late
+or detects a gap recovers.
+
+Why core NATS request/reply and not JetStream: followers need the live stream plus the
+current state, and the publisher holds that state; a snapshot is bounded by the book's
+size, while replaying a stream is bounded by how long it ran. Core NATS has no per-message
+acks or storage on the hot path, and a publisher restart starts a new epoch anyway, so a
+durable log of the old epoch would serve no client. JetStream becomes the right tool when
+the source must survive its own restart *without* a new epoch (a persistent matching
+engine), see ``docs/scaling.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import nats
+from nats.aio.msg import Msg
+
+from .engine import Engine, StateSnapshot
+from .exceptions import ConfigError
+from .protocol import BookUpdate
+from .sources import RawTrade, Source
+from .sources.bus import HEARTBEAT_SYMBOL, BusBatch, BusHeartbeat, encode_bus, md_subject
+
+__all__ = ["BusSink", "Publisher"]
+
+log = logging.getLogger("tickwire.publisher")
+
+#: Seconds between two bus heartbeats.
+HEARTBEAT_INTERVAL = 0.25
+
+
+class BusSink:
+    """The publisher's :class:`~tickwire.sources.Sink`: numbers batches, queues payloads.
+
+    Args:
+        engine: the leading engine.
+        prefix: subject prefix.
+    """
+
+    def __init__(self, engine: Engine, prefix: str) -> None:
+        self.engine = engine
+        self.prefix = prefix
+        self.incomplete: set[str] = set(engine.symbols)
+        self._subjects = {s: md_subject(prefix, s) for s in engine.symbols}
+        #: ``(subject, payload)`` to publish, in order; the I/O loop takes them.
+        self.out: list[tuple[str, bytes]] = []
+        self.updates = 0
+        self.trades = 0
+
+    def publish(self, symbol: str, updates: list[BookUpdate], trades: Iterable[RawTrade]) -> None:
+        """Number one batch in the engine and queue it as a bus message."""
+        engine = self.engine
+        st = engine.symbols[symbol]
+        prev_book, prev_trade = st.book_seq, st.trade_seq
+        book = engine.apply_book(symbol, updates)
+        raw = list(trades)
+        engine.apply_trades(symbol, raw)
+        batch = BusBatch(
+            engine.epoch, symbol, prev_book, book, prev_trade, st.trade_seq, updates, raw
+        )
+        self.out.append((self._subjects[symbol], encode_bus(batch)))
+        self.updates += len(updates)
+        self.trades += len(raw)
+
+    def restore(self, snap: StateSnapshot) -> None:
+        """Load a state (a recording's snapshot): followers see the jump as a gap and
+        fetch this state from the snapshot service."""
+        self.engine.restore(snap)
+        self.incomplete.discard(snap.symbol)
+
+    def invalidate(self, symbol: str) -> None:
+        """Not used by the publisher's sources."""
+
+    def revalidate(self, symbol: str) -> None:
+        """Not used by the publisher's sources."""
+
+    def reset(self, epoch: str) -> None:
+        """Not used by the publisher's sources."""
+
+    def heartbeat(self) -> bytes:
+        """Return the heartbeat payload: the epoch and both seqs of every symbol."""
+        seqs = {s: (st.book_seq, st.trade_seq) for s, st in self.engine.symbols.items()}
+        return encode_bus(BusHeartbeat(self.engine.epoch, seqs))
+
+
+class Publisher:
+    """Runs ``source`` and publishes to NATS until stopped (SIGTERM/SIGINT).
+
+    Args:
+        url: NATS server URL(s), comma-separated.
+        symbols: the symbols of the engine.
+        source: the market source (simulator or replay).
+        prefix: subject prefix.
+        tick_ms: batching period; one bus message per symbol per tick at most.
+        max_seconds: exit by itself after this long (0: never).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        symbols: list[str],
+        source: Source,
+        *,
+        prefix: str = "tickwire",
+        tick_ms: float = 1.0,
+        max_seconds: float = 0.0,
+    ) -> None:
+        self.url = url
+        self.source = source
+        self.prefix = prefix
+        self.tick = max(tick_ms, 0.1) / 1000.0
+        self.max_seconds = max_seconds
+        self.engine = Engine(symbols)
+        self.sink = BusSink(self.engine, prefix)
+        self.snapshots_served = 0
+        self.messages = 0
+        self.bytes = 0
+        self._stopping = asyncio.Event()
+
+    async def run(self, ready: Any = None) -> None:
+        """Connect, serve snapshots, and publish until :meth:`stop`.
+
+        Args:
+            ready: called with the publisher once it is publishing (the CLI prints).
+
+        Raises:
+            ConfigError: the NATS server cannot be reached.
+        """
+        try:
+            nc = await nats.connect(
+                self.url.split(","),
+                name="tickwire-publisher",
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+                connect_timeout=2,
+                # Keep publishing into the client's buffer across a server restart; what
+                # is lost, followers notice by seq and recover from a snapshot.
+                pending_size=64 << 20,
+            )
+        except Exception as exc:  # nats-py raises several unrelated types here
+            raise ConfigError(f"cannot connect to NATS at {self.url}: {exc}") from None
+        await nc.subscribe(f"{self.prefix}.snapshot.*", cb=self._on_snapshot(nc))
+        await self.source.start(self.sink)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        loop.add_signal_handler(signal.SIGUSR1, lambda: self.source.burst(time.monotonic()))
+        if self.max_seconds > 0:
+            loop.call_later(self.max_seconds, self._stopping.set)
+        if ready is not None:
+            ready(self)
+        task = asyncio.create_task(self._loop(nc))
+        await self._stopping.wait()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.drain(), 2.0)
+        await self.source.stop()
+
+    def stop(self) -> None:
+        """End :meth:`run`."""
+        self._stopping.set()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since start (printed as one JSON line on stderr at exit)."""
+        return {
+            "publisher": "tickwire",
+            "epoch": self.engine.epoch,
+            "messages": self.messages,
+            "bytes": self.bytes,
+            "updates": self.sink.updates,
+            "trades": self.sink.trades,
+            "snapshots_served": self.snapshots_served,
+            "source": self.source.stats(),
+        }
+
+    def _on_snapshot(self, nc: Any) -> Any:
+        engine = self.engine
+
+        async def on_snapshot(msg: Msg) -> None:
+            symbol = msg.subject.rpartition(".")[2]
+            if symbol in engine.symbols:
+                self.snapshots_served += 1
+                payload = encode_bus(engine.export(symbol))
+            else:
+                payload = b""
+            with contextlib.suppress(Exception):
+                await msg.respond(payload)
+
+        return on_snapshot
+
+    async def _loop(self, nc: Any) -> None:
+        sink = self.sink
+        poll = self.source.poll
+        publish = sink.publish
+        monotonic = time.monotonic
+        tick = self.tick
+        hb_subject = md_subject(self.prefix, HEARTBEAT_SYMBOL)
+        deadline = next_hb = monotonic()
+        while True:
+            deadline += tick
+            now = monotonic()
+            if deadline > now:
+                await asyncio.sleep(deadline - now)
+            else:
+                await asyncio.sleep(0)
+                if now - deadline > tick:
+                    deadline = now
+            now = monotonic()
+            for symbol, updates, trades in poll(now):
+                publish(symbol, updates, trades)
+            if now >= next_hb:
+                next_hb = now + HEARTBEAT_INTERVAL
+                sink.out.append((hb_subject, sink.heartbeat()))
+            if sink.out:
+                out, sink.out = sink.out, []
+                for subject, payload in out:
+                    try:
+                        await nc.publish(subject, payload)
+                    except Exception as exc:  # disconnected with a full buffer, closed
+                        log.warning("publish to %s failed: %s", subject, exc)
+                        break
+                    self.messages += 1
+                    self.bytes += len(payload)

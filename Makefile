@@ -9,7 +9,7 @@ RATE   ?= 200
 ADMIN_PORT ?= 8766
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install run test lint typecheck format bench coverage clean browser
+.PHONY: install run test lint typecheck format bench coverage clean browser nats
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,8 +36,21 @@ format: install
 	$(VENV)/bin/ruff format src tests bench examples
 	$(VENV)/bin/ruff check --fix src tests bench examples
 
-test: lint typecheck browser
+test: lint typecheck browser nats
 	$(PY) -m pytest -q -ra
+
+# The scale-out tests (tests/test_nats.py, test_workers.py) start and stop a real
+# nats-server themselves, on a free port; install Debian's nats-server when missing.
+nats:
+	@if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y nats-server; \
+		elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
+			sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y nats-server; \
+		else \
+			echo "make: cannot install nats-server (not root): the NATS tests will fail"; \
+		fi; \
+	fi
 
 # The dashboard tests drive Debian's chromium through Playwright (installed by pip with
 # the test extra; Playwright never downloads a browser here). Install it when missing.

@@ -495,6 +495,11 @@ class Gateway:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._stopping = asyncio.Event()
+        # Before anyone can learn the port: a SIGTERM right after start must drain.
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGUSR1, self.burst)
         if cfg.admin_port is not None:
             await self._start_admin(cfg.admin_host or cfg.host, cfg.admin_port)
 
@@ -518,9 +523,6 @@ class Gateway:
             await self.start()
         assert self._stopping is not None
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop)
-        loop.add_signal_handler(signal.SIGUSR1, self.burst)
         if self.config.max_seconds > 0:
             loop.call_later(self.config.max_seconds, self.stop)
         ticker = asyncio.create_task(self._tick_loop())

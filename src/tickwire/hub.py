@@ -594,6 +594,15 @@ class Hub:
             ch.stale = True
         self.incomplete.add(symbol)
 
+    def revalidate(self, symbol: str) -> None:
+        """Serve ``symbol`` again as it was: its chain proved intact (no snapshot sent).
+
+        Subscriptions that waited meanwhile are served at the next flush.
+        """
+        for ch in self._channels_of(symbol):
+            ch.stale = False
+        self.incomplete.discard(symbol)
+
     def restore(self, snap: StateSnapshot) -> None:
         """Load the leader's complete state of one symbol and resnapshot its subscribers.
 

@@ -235,6 +235,7 @@ def test_error_codes_are_stable() -> None:
     # docs/protocol.md lists exactly these; clients match on the strings.
     assert {c.value for c in ErrorCode} == {
         "bad_json",
+        "bad_msgpack",
         "bad_request",
         "unknown_op",
         "bad_channel",

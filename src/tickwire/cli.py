@@ -152,6 +152,21 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=256.0,
         help="kernel send buffer per connection, in KiB (0: kernel autotuning, up to MiBs)",
     )
+    enc = p.add_argument_group("encodings (see docs/protocol.md, Encodings)")
+    enc.add_argument(
+        "--deflate",
+        action="store_true",
+        help="accept permessage-deflate from clients that offer it (off: market data is "
+        "CPU-bound; JSON and msgpack are always available by subprotocol)",
+    )
+    enc.add_argument(
+        "--deflate-level",
+        type=int,
+        default=1,
+        choices=range(1, 10),
+        metavar="1..9",
+        help="zlib level of compressed frames (default 1, the fastest)",
+    )
     p.add_argument(
         "--test-faults",
         action="store_true",
@@ -241,6 +256,8 @@ def _serve(args: argparse.Namespace) -> int:
         source_timeout_s=args.source_timeout,
         resume_wait_s=args.resume_wait,
         reuse_port=args.reuse_port,
+        deflate=args.deflate,
+        deflate_level=args.deflate_level,
     )
 
     async def run() -> None:
@@ -433,6 +450,13 @@ def _watch_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--duration", type=float, default=0.0, help="exit after this many seconds (0: Ctrl-C)"
     )
     p.add_argument("--refresh", type=float, default=4.0, help="screen refreshes per second")
+    p.add_argument(
+        "--encoding",
+        choices=("json", "msgpack"),
+        default="json",
+        help="wire encoding to negotiate (default json)",
+    )
+    p.add_argument("--deflate", action="store_true", help="offer permessage-deflate")
 
 
 def _watch(args: argparse.Namespace) -> int:
@@ -445,7 +469,14 @@ def _watch(args: argparse.Namespace) -> int:
         raise ConfigError("--refresh must be positive and --duration >= 0")
     try:
         return uvloop.run(
-            watch(args.symbol, args.url, duration=args.duration, refresh=args.refresh)
+            watch(
+                args.symbol,
+                args.url,
+                duration=args.duration,
+                refresh=args.refresh,
+                encoding=args.encoding,
+                compression="deflate" if args.deflate else None,
+            )
         )
     except (OSError, RequestError) as exc:
         sys.stderr.write(f"tickwire watch: cannot watch {args.symbol} at {args.url}: {exc}\n")

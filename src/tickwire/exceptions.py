@@ -4,9 +4,11 @@ The tree::
 
     TickwireError
     ├── ProtocolError (Sans-I/O)            a peer sent something the protocol forbids
-    │   └── RequestError (Sans-I/O)         one client request is invalid; carries an
-    │                                        error ``code`` and the request ``id``; the
-    │                                        connection stays open
+    │   ├── RequestError (Sans-I/O)         one client request is invalid; carries an
+    │   │                                    error ``code`` and the request ``id``; the
+    │   │                                    connection stays open
+    │   └── MessageTooBig (Sans-I/O)        a message is over the size limit, also
+    │                                        once decompressed (a deflate bomb)
     ├── BookError (Sans-I/O, ValueError)    a book update or snapshot is malformed
     ├── IntegrityError (Sans-I/O)           a client's local view diverged from the feed
     │   ├── SequenceGap                     ``prev_seq`` did not chain to the local ``seq``
@@ -27,6 +29,7 @@ __all__ = [
     "ConfigError",
     "ConnectionClosed",
     "IntegrityError",
+    "MessageTooBig",
     "ProtocolError",
     "RequestError",
     "SequenceGap",
@@ -55,6 +58,19 @@ class RequestError(ProtocolError):
         self.code = code
         self.message = message
         self.request_id = request_id
+
+
+class MessageTooBig(ProtocolError):
+    """A message is larger than the receiver accepts (Sans-I/O).
+
+    Raised while inflating a permessage-deflate message as soon as its output passes
+    the limit, so a small compressed frame cannot make the receiver allocate a large
+    buffer. The server closes the connection with ``MESSAGE_TOO_BIG`` (1009).
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"message over {limit} bytes once decompressed")
+        self.limit = limit
 
 
 class BookError(TickwireError, ValueError):

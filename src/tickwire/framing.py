@@ -2,11 +2,13 @@
 
 Server frames are unmasked, so the bytes of one frame are valid for every subscriber:
 the hub frames each batch once and writes the same ``bytes`` object to all of them.
+A compressed frame (permessage-deflate, RFC 7692 §6) only adds the RSV1 bit to the
+first byte, so it is shared the same way.
 """
 
 from __future__ import annotations
 
-__all__ = ["binary_frame", "text_frame"]
+__all__ = ["binary_frame", "compressed_frame", "frame_payload", "text_frame"]
 
 
 def _frame(first: int, payload: bytes) -> bytes:
@@ -26,3 +28,24 @@ def text_frame(payload: bytes) -> bytes:
 def binary_frame(payload: bytes) -> bytes:
     """Return a complete, unmasked, final binary frame carrying ``payload``."""
     return _frame(0x82, payload)
+
+
+def compressed_frame(payload: bytes, binary: bool) -> bytes:
+    """Return a final frame with RSV1 set: ``payload`` is a deflated message.
+
+    Args:
+        payload: the message compressed per RFC 7692 §7.2.1 (trailing
+            ``00 00 ff ff`` already removed).
+        binary: the opcode of the uncompressed message (binary or text).
+    """
+    return _frame(0xC2 if binary else 0xC1, payload)
+
+
+def frame_payload(frame: bytes) -> bytes:
+    """Return the payload of one unmasked frame built by this module.
+
+    The header length is read from the length field: a length byte may itself look
+    like payload (``0x7B`` is ``{``), so never search for the payload's start.
+    """
+    n = frame[1] & 0x7F
+    return frame[2 if n < 126 else 4 if n == 126 else 10 :]

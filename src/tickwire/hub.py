@@ -57,6 +57,17 @@ one of this hub's batched messages by re-encoding the tail of that message, and 
 ``resume_wait`` a client ahead of this hub (it came from a faster gateway) waits for the
 bus to catch up instead of getting a snapshot.
 
+Encodings (see :mod:`tickwire.codec` and ``docs/protocol.md``)
+--------------------------------------------------------------
+A connection's *wire* is JSON (the default), msgpack, or either one deflated. A channel
+keeps its JSON subscribers in ``subscribers`` and the others in ``groups``, one dict per
+wire, created only when a subscriber of that wire joins. The JSON frame of a batch is
+built as before; other frames are built only for non-empty groups, once per batch per
+wire, and shared by the group. A JSON-only channel pays one truthiness test of
+``groups`` per batch. History keeps the JSON frames only: a resume on another wire
+re-encodes the replayed frames (rare, and it keeps history memory what it was).
+Subscribers default to JSON; :meth:`Hub.set_wire` registers another wire.
+
 The hub never reads a clock: ``now`` (monotonic seconds) is passed in.
 """
 
@@ -66,14 +77,25 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from .codec import (
+    JSON_WIRE,
+    Deflater,
+    Encoding,
+    Wire,
+    encode_msgpack,
+    frame_as,
+    frame_message,
+    transcode_frame,
+)
 from .engine import Engine, StateSnapshot, SymbolState
 from .exceptions import RequestError
-from .framing import text_frame
+from .framing import frame_payload, text_frame
 from .protocol import (
     BookUpdate,
     Delta,
     ErrorCode,
     Heartbeat,
+    Message,
     Snapshot,
     Ticker,
     Trade,
@@ -164,6 +186,7 @@ class Channel:
         "seq",
         "pending",
         "subscribers",
+        "groups",
         "history",
         "history_bytes",
         "last_sent",
@@ -182,7 +205,10 @@ class Channel:
         self.state = state
         self.seq = 0
         self.pending: list[BookUpdate] | list[Trade] = []
+        # JSON subscribers; those on other wires (msgpack, deflate) are grouped by wire
+        # in ``groups``, which holds no empty group (see "Encodings" above).
         self.subscribers: dict[Subscriber, None] = {}
+        self.groups: dict[Wire, dict[Subscriber, None]] = {}
         self.history: deque[tuple[int, int, bytes]] = deque()
         self.history_bytes = 0
         self.last_sent = 0.0
@@ -215,6 +241,7 @@ class Hub:
         resume_wait: seconds a resume whose ``since`` is ahead of this hub waits for the
             source to catch up before it gets a snapshot (0: at once). Only a follower
             of a shared feed (NATS) can be behind the client's previous gateway.
+        deflate_level: zlib level of permessage-deflate frames (1 fastest .. 9).
     """
 
     def __init__(
@@ -227,8 +254,12 @@ class Hub:
         heartbeat_interval: float = 1.0,
         ticker_interval: float = 0.1,
         resume_wait: float = 0.0,
+        deflate_level: int = 1,
     ) -> None:
         self.engine = engine
+        self.deflater = Deflater(deflate_level)
+        # Subscribers on a wire other than JSON (Hub.set_wire); absent means JSON.
+        self.wire_of: dict[Subscriber, Wire] = {}
         self.resume_wait = resume_wait
         self.history_limit = history_bytes
         self.batch = batch
@@ -314,7 +345,8 @@ class Hub:
             if ch.ticker_due and now - ch.last_sent >= self.ticker_interval:
                 ch.last_sent = now
                 ch.ticker_due = False
-                self._send(ch, ch.seq, ch.seq + 1, self._ticker(ch, ch.seq + 1), 0)
+                msg = self.ticker_message(ch.state, ch.seq + 1, ch.seq, ch.name)
+                self._send(ch, ch.seq, ch.seq + 1, encode(msg), 0, msg)
         if self.catching_up:
             self._catch_up_all(now)
         if self.waiting:
@@ -326,10 +358,10 @@ class Hub:
         for ch in self.channels.values():
             # A stale channel stays silent: a heartbeat would vouch for a seq it knows
             # is behind.
-            if ch.subscribers and ch.last_sent <= limit and not ch.stale:
+            if (ch.subscribers or ch.groups) and ch.last_sent <= limit and not ch.stale:
                 ch.last_sent = now
-                frame = text_frame(encode(Heartbeat(ch.name, ch.seq)))
-                self._deliver(ch, frame)
+                beat = Heartbeat(ch.name, ch.seq)
+                self._deliver(ch, text_frame(encode(beat)), beat)
 
     def _flush_book(self, ch: Channel) -> None:
         updates: list[BookUpdate] = ch.pending  # type: ignore[assignment]
@@ -339,16 +371,14 @@ class Hub:
         if ch.touched is not None:
             self._track(ch, updates, seq)
         msg = Delta(ch.name, seq, ch.seq, state.book.checksum(), updates)
-        self._send(ch, ch.seq, seq, encode(msg), len(updates))
+        self._send(ch, ch.seq, seq, encode(msg), len(updates), msg)
 
     def _flush_trades(self, ch: Channel) -> None:
         trades: list[Trade] = ch.pending  # type: ignore[assignment]
         ch.pending = []
         seq = trades[-1].id
-        self._send(ch, ch.seq, seq, encode(Trades(ch.name, seq, ch.seq, trades)), len(trades))
-
-    def _ticker(self, ch: Channel, seq: int) -> bytes:
-        return encode(self.ticker_message(ch.state, seq, ch.seq, ch.name))
+        msg = Trades(ch.name, seq, ch.seq, trades)
+        self._send(ch, ch.seq, seq, encode(msg), len(trades), msg)
 
     @staticmethod
     def ticker_message(state: SymbolState, seq: int, prev_seq: int, name: str) -> Ticker:
@@ -372,7 +402,17 @@ class Hub:
             trades=state.trade_count,
         )
 
-    def _send(self, ch: Channel, prev_seq: int, seq: int, payload: bytes, updates: int) -> None:
+    def _send(
+        self,
+        ch: Channel,
+        prev_seq: int,
+        seq: int,
+        payload: bytes,
+        updates: int,
+        msg: Message | None = None,
+    ) -> None:
+        """Record and deliver one message; ``payload`` is its JSON, ``msg`` the object
+        (for the other encodings; decoded from ``payload`` when not given)."""
         frame = text_frame(payload)
         ch.seq = seq
         self.messages_built += 1
@@ -385,8 +425,8 @@ class Hub:
             faulty = self._faulty(ch, frame)
             if faulty is None:
                 return
-            frame = faulty
-        n = self._deliver(ch, frame)
+            frame, msg = faulty, None
+        n = self._deliver(ch, frame, msg)
         self.updates_out += updates * n
 
     def inject_fault(self, ch: Channel, kind: str) -> None:
@@ -404,21 +444,66 @@ class Hub:
         kind, ch.fault = ch.fault, None
         if kind == "drop":
             return None
-        # Skip the header by its length field: a length byte may itself be b"{" (0x7B).
-        n = frame[1] & 0x7F
-        msg = decode_message(frame[2 if n < 126 else 4 if n == 126 else 10 :])
+        msg = decode_message(frame_payload(frame))
         if isinstance(msg, Delta):
             msg.checksum ^= 0x5A5A5A5A
         return text_frame(encode(msg))
 
-    def _deliver(self, ch: Channel, frame: bytes) -> int:
+    def _deliver(self, ch: Channel, frame: bytes, msg: Message | None = None) -> int:
+        """Queue or write ``frame`` (JSON) to every subscriber; return how many got it.
+
+        Subscribers on other wires get ``msg`` (decoded from ``frame`` if None) in
+        their encoding, built once per wire (:meth:`_deliver_groups`).
+        """
         subs = ch.subscribers
-        if not subs:
-            return 0
-        dirty = self.dirty
         n = len(subs)
-        # A tuple: a direct write may cross the high watermark, and pause() then takes
-        # the subscriber out of ``subs`` while we iterate.
+        if n:
+            dirty = self.dirty
+            # A tuple: a direct write may cross the high watermark, and pause() then
+            # takes the subscriber out of ``subs`` while we iterate.
+            for sub in tuple(subs):
+                deliver = sub.deliver
+                if deliver is not None:
+                    deliver(frame)
+                    continue
+                outbox = sub.outbox
+                if not outbox:
+                    dirty.append(sub)
+                outbox.append(frame)
+            self.frames_out += n
+            self.bytes_out += n * len(frame)
+        if ch.groups:
+            n += self._deliver_groups(ch, frame, msg)
+        return n
+
+    def _deliver_groups(self, ch: Channel, frame: bytes, msg: Message | None) -> int:
+        """Deliver one message to the non-JSON groups: one frame per wire, shared.
+
+        The msgpack body is encoded once for both msgpack wires; each deflated wire
+        compresses once for its whole group (no context takeover: the compressed bytes
+        do not depend on the connection).
+        """
+        n = 0
+        packed: bytes | None = None
+        payload: bytes | None = None
+        for wire, subs in tuple(ch.groups.items()):
+            if wire.encoding is Encoding.MSGPACK:
+                if packed is None:
+                    if msg is None:
+                        msg = decode_message(frame_payload(frame))
+                    packed = encode_msgpack(msg)
+                body = packed
+            else:
+                if payload is None:
+                    payload = frame_payload(frame)
+                body = payload
+            n += self._fan_out(subs, frame_as(wire, body, self.deflater))
+        return n
+
+    def _fan_out(self, subs: dict[Subscriber, None], frame: bytes) -> int:
+        """Write or queue ``frame`` to each of ``subs`` (the loop of :meth:`_deliver`)."""
+        n = len(subs)
+        dirty = self.dirty
         for sub in tuple(subs):
             deliver = sub.deliver
             if deliver is not None:
@@ -431,6 +516,51 @@ class Hub:
         self.frames_out += n
         self.bytes_out += n * len(frame)
         return n
+
+    # -- wires -------------------------------------------------------------------------
+
+    def set_wire(self, sub: Subscriber, wire: Wire) -> None:
+        """Send ``sub`` its frames in ``wire`` (call before it subscribes).
+
+        The gateway calls it for each connection that negotiated msgpack or
+        permessage-deflate; every other subscriber gets JSON text frames.
+        """
+        if wire == JSON_WIRE:
+            self.wire_of.pop(sub, None)
+        else:
+            self.wire_of[sub] = wire
+
+    def _join(self, ch: Channel, sub: Subscriber) -> None:
+        """Add ``sub`` to the subscriber set of its wire on ``ch``."""
+        wire = self.wire_of.get(sub) if self.wire_of else None
+        if wire is None:
+            ch.subscribers[sub] = None
+            return
+        group = ch.groups.get(wire)
+        if group is None:
+            group = ch.groups[wire] = {}
+        group[sub] = None
+
+    def _leave(self, ch: Channel, sub: Subscriber) -> bool:
+        """Take ``sub`` out of the subscribers of ``ch``; False if it was not in."""
+        if sub in ch.subscribers:
+            del ch.subscribers[sub]
+            return True
+        wire = self.wire_of.get(sub) if self.wire_of else None
+        group = ch.groups.get(wire) if wire is not None else None
+        if group is None or sub not in group:
+            return False
+        del group[sub]
+        if not group:
+            del ch.groups[wire]  # type: ignore[arg-type]
+        return True
+
+    def _frame(self, sub: Subscriber, msg: Message) -> bytes:
+        """Frame one message for ``sub`` alone (snapshots, catch-ups)."""
+        wire = self.wire_of.get(sub) if self.wire_of else None
+        if wire is None:
+            return text_frame(encode(msg))
+        return frame_message(wire, msg, self.deflater)
 
     # -- subscriptions -----------------------------------------------------------------
 
@@ -505,8 +635,12 @@ class Hub:
             frames = self.replay(ch, since)
         if frames is not None:
             resumed = True
+            wire = self.wire_of.get(sub) if self.wire_of else None
+            if wire is not None:
+                # History holds JSON frames: re-encode the replay for this wire.
+                frames = [transcode_frame(f, wire, self.deflater) for f in frames]
         else:
-            frames = [text_frame(encode(self.snapshot(ch, None if since is None else False)))]
+            frames = [self._frame(sub, self.snapshot(ch, None if since is None else False))]
         if not sub.outbox and frames:
             self.dirty.append(sub)
         sub.outbox.extend(frames)
@@ -514,7 +648,7 @@ class Hub:
         if since_paused is not None and ch.kind in CONFLATED_KINDS:
             self._lag(sub, ch, since_paused)
         else:
-            ch.subscribers[sub] = None
+            self._join(ch, sub)
         return resumed
 
     def unsubscribe(self, sub: Subscriber, name: str) -> bool:
@@ -522,7 +656,7 @@ class Hub:
         ch = sub.channels.pop(name, None)
         if ch is None:
             return False
-        ch.subscribers.pop(sub, None)
+        self._leave(ch, sub)
         ch.waiting.pop(sub, None)
         self._unlag(sub, ch)
         return True
@@ -530,11 +664,12 @@ class Hub:
     def drop(self, sub: Subscriber) -> None:
         """Forget a subscriber entirely (its connection closed)."""
         for ch in sub.channels.values():
-            ch.subscribers.pop(sub, None)
+            self._leave(ch, sub)
             ch.waiting.pop(sub, None)
             self._unlag(sub, ch)
         sub.channels.clear()
         self.paused.pop(sub, None)
+        self.wire_of.pop(sub, None)
 
     def replay(self, ch: Channel, since: int) -> list[bytes] | None:
         """Return the history frames after ``since``, or None if any of them is gone.
@@ -568,8 +703,7 @@ class Hub:
         shares. A trade carries its own seq as ``id``. Tickers are whole states with one
         seq each, so ``since`` never falls inside one.
         """
-        n = frame[1] & 0x7F
-        msg = decode_message(frame[2 if n < 126 else 4 if n == 126 else 10 :])
+        msg = decode_message(frame_payload(frame))
         if isinstance(msg, Delta):
             if msg.seq - msg.prev_seq != len(msg.updates):
                 return None
@@ -635,9 +769,9 @@ class Hub:
             if ch.touched is not None:
                 ch.touched.clear()
                 ch.touched_from = ch.seq
-            if ch.subscribers:
-                frame = text_frame(encode(self.snapshot(ch, False)))
-                self._deliver(ch, frame)
+            if ch.subscribers or ch.groups:
+                fresh = self.snapshot(ch, False)
+                self._deliver(ch, text_frame(encode(fresh)), fresh)
 
     def reset(self, epoch: str) -> None:
         """Start the leader's new epoch ``epoch``: every symbol is empty and stale.
@@ -716,8 +850,7 @@ class Hub:
         self.paused[sub] = now
         self.pauses += 1
         for ch in sub.channels.values():
-            if ch.kind in CONFLATED_KINDS and sub in ch.subscribers:
-                del ch.subscribers[sub]
+            if ch.kind in CONFLATED_KINDS and self._leave(ch, sub):
                 self._lag(sub, ch, now)
 
     def resume(self, sub: Subscriber) -> None:
@@ -780,10 +913,10 @@ class Hub:
                 continue
             stats = sub.slow[ch.name]
             stats.max_lag_s = max(stats.max_lag_s, now - lag.since)
-            payload = self._catch_up_message(sub, ch, lag, touched)
-            if payload is not None:
-                frames.append(text_frame(payload))
-            ch.subscribers[sub] = None
+            msg = self._catch_up_message(sub, ch, lag, touched)
+            if msg is not None:
+                frames.append(self._frame(sub, msg))
+            self._join(ch, sub)
         if frames:
             if sub.deliver is not None:
                 sub.deliver(b"".join(frames))
@@ -800,7 +933,7 @@ class Hub:
         ch: Channel,
         lag: Lag,
         touched: dict[tuple[str, str], tuple[int, BookUpdate]] | None,
-    ) -> bytes | None:
+    ) -> Message | None:
         """Build the one message taking ``sub`` from ``lag.seq`` to ``ch.seq`` on ``ch``.
 
         ``touched`` is the channel's level map as it was while ``sub`` lagged (None
@@ -815,7 +948,7 @@ class Hub:
             stats.skipped += ch.seq - lag.seq - 1
             self.conflated += 1
             self.updates_skipped += ch.seq - lag.seq - 1
-            return encode(self.ticker_message(ch.state, ch.seq, lag.seq, ch.name))
+            return self.ticker_message(ch.state, ch.seq, lag.seq, ch.name)
         book = ch.state.book
         merged: list[BookUpdate] | None = None
         if touched is not None and lag.seq >= ch.touched_from:
@@ -830,11 +963,11 @@ class Hub:
         if merged is None:
             stats.snapshots += 1
             self.conflated_snapshots += 1
-            return encode(self.snapshot(ch))
+            return self.snapshot(ch)
         stats.conflated += 1
         self.conflated += 1
         self.updates_out += len(merged)
-        return encode(Delta(ch.name, ch.seq, lag.seq, book.checksum(), merged))
+        return Delta(ch.name, ch.seq, lag.seq, book.checksum(), merged)
 
     def lagging_subscriptions(self, now: float, limit: int = 20) -> list[dict[str, object]]:
         """Return the ``limit`` subscriptions lagging the most, for telemetry.

@@ -67,6 +67,7 @@ class ErrorCode(enum.StrEnum):
     """Machine-readable codes carried by ``error`` messages."""
 
     BAD_JSON = "bad_json"  #: the frame is not a JSON object
+    BAD_MSGPACK = "bad_msgpack"  #: a binary frame (msgpack connection) is not a msgpack map
     BAD_REQUEST = "bad_request"  #: a field is missing or has the wrong type
     UNKNOWN_OP = "unknown_op"  #: ``op`` is not one of subscribe / unsubscribe / ping
     BAD_CHANNEL = "bad_channel"  #: a channel name is malformed (not ``kind.SYMBOL``)
@@ -113,6 +114,7 @@ class Request(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
 
 
 _request_decoder = msgspec.json.Decoder(dict[str, Any])
+_msgpack_request_decoder = msgspec.msgpack.Decoder(dict[str, Any])
 _OPS = frozenset(("subscribe", "unsubscribe", "ping", "fault"))
 
 
@@ -125,11 +127,13 @@ def _request_id(raw: dict[str, Any]) -> int | str | None:
     return rid
 
 
-def decode_request(data: bytes | str) -> Request:
+def decode_request(data: bytes | str, binary: bool = False) -> Request:
     """Decode and validate one client request.
 
     Args:
-        data: the payload of a text frame.
+        data: the payload of a text frame (JSON).
+        binary: ``data`` is the payload of a binary frame on a msgpack connection: the
+            same object as a msgpack map (see ``docs/protocol.md``, "Encodings").
 
     Returns:
         The request, with channel names checked for syntax (not for existence).
@@ -138,10 +142,16 @@ def decode_request(data: bytes | str) -> Request:
         RequestError: with the code the server sends back; the request ``id`` is set
             whenever the JSON object could be read.
     """
-    try:
-        raw = _request_decoder.decode(data)
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        raise RequestError(ErrorCode.BAD_JSON, "request must be a JSON object") from None
+    if binary:
+        try:
+            raw = _msgpack_request_decoder.decode(data.encode() if isinstance(data, str) else data)
+        except msgspec.DecodeError:
+            raise RequestError(ErrorCode.BAD_MSGPACK, "request must be a msgpack map") from None
+    else:
+        try:
+            raw = _request_decoder.decode(data)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            raise RequestError(ErrorCode.BAD_JSON, "request must be a JSON object") from None
     rid = _request_id(raw)
     if "id" in raw and rid is None and raw["id"] is not None:
         raise RequestError(ErrorCode.BAD_REQUEST, "id must be an integer or a short string")

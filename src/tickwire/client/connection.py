@@ -15,6 +15,13 @@ to the application, and keeps the link alive:
   the server's answer, then ends the iteration.
 
 The server's WebSocket pings are answered by picows (auto-pong).
+
+Encodings (``docs/protocol.md``, "Encodings"): ``encoding="msgpack"`` asks for the
+``tickwire.v1.msgpack`` subprotocol and ``compression="deflate"`` offers
+permessage-deflate. Frames are decoded by what they are, not by what was asked: a text
+frame is JSON, a binary frame msgpack, RSV1 means deflated. So a server that declines
+an offer (an older one, or one without ``--deflate``) still works; :attr:`Client.wire`
+tells what was negotiated.
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ from typing import Any
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from ..book import Book
-from ..exceptions import ConfigError, ConnectionClosed, RequestError
+from ..codec import DEFLATE_OFFER, JSON_WIRE, SUBPROTOCOLS, Encoding, Inflater, Wire
+from ..exceptions import ConfigError, ConnectionClosed, MessageTooBig, ProtocolError, RequestError
 from ..protocol import Ack, Error
 from .backoff import Backoff
 from .events import Connected, Disconnected, Event, SyncState
@@ -89,24 +97,36 @@ class _Link(WSListener):
         self.code: int | None = None
         self.reason = ""
         self._fragments: list[bytes] | None = None
+        # (binary, compressed) of the fragmented message being reassembled.
+        self._kind = (False, False)
+        # Created at the first compressed frame; one zlib stream for the connection.
+        self._inflater: Inflater | None = None
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type
-        if msg_type == WSMsgType.TEXT:
-            if frame.fin:
-                # A borrowed view, valid during this call only: the core decodes it now.
-                self.client._on_message(self, frame.get_payload_as_memoryview())
-            else:
+        if msg_type == WSMsgType.TEXT or msg_type == WSMsgType.BINARY:
+            binary = msg_type == WSMsgType.BINARY
+            if not frame.fin:
                 self._fragments = [frame.get_payload_as_bytes()]
+                self._kind = (binary, frame.rsv1)
+            elif frame.rsv1:
+                self._inflate(transport, frame.get_payload_as_memoryview(), binary)
+            else:
+                # A borrowed view, valid during this call only: the core decodes it now.
+                self.client._on_message(self, frame.get_payload_as_memoryview(), binary)
         elif msg_type == WSMsgType.CONTINUATION and self._fragments is not None:
             self._fragments.append(frame.get_payload_as_bytes())
             if frame.fin:
                 data = b"".join(self._fragments)
                 self._fragments = None
-                self.client._on_message(self, data)
+                binary, compressed = self._kind
+                if compressed:
+                    self._inflate(transport, data, binary)
+                else:
+                    self.client._on_message(self, data, binary)
         elif msg_type == WSMsgType.CLOSE:
             code = frame.get_close_code()
             self.code = int(code.value) or None  # NO_INFO (0): a close frame without code
@@ -117,6 +137,27 @@ class _Link(WSListener):
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         if not self.done.done():
             self.done.set_result(None)
+
+    def _inflate(self, transport: WSTransport, data: bytes | memoryview, binary: bool) -> None:
+        """Inflate one permessage-deflate message and hand it to the client."""
+        inflater = self._inflater
+        if inflater is None:
+            inflater = self._inflater = Inflater(MAX_FRAME)
+        try:
+            message = inflater.inflate(data)
+        except MessageTooBig:
+            self._fail(transport, WSCloseCode.MESSAGE_TOO_BIG, "message too big")
+            return
+        except ProtocolError:
+            self._fail(transport, WSCloseCode.PROTOCOL_ERROR, "bad permessage-deflate data")
+            return
+        self.client._on_message(self, message, binary)
+
+    def _fail(self, transport: WSTransport, code: WSCloseCode, reason: str) -> None:
+        log.warning("tickwire client: %s; closing", reason)
+        self.reason = reason
+        transport.send_close(code, reason.encode())
+        transport.disconnect()
 
 
 class Client:
@@ -146,9 +187,13 @@ class Client:
             heartbeat interval (1 s by default).
         backoff: reconnect delays; default 0.1 s doubling up to 5 s, fully jittered.
         connect_timeout: seconds allowed for the TCP connect plus WebSocket handshake.
+        encoding: ``"json"`` (default) or ``"msgpack"``: the wire encoding to ask for
+            (subprotocol ``tickwire.v1.<encoding>``).
+        compression: None (default) or ``"deflate"``: offer permessage-deflate (the
+            server accepts it only when started with ``--deflate``).
 
     Raises:
-        ConfigError: a timeout is negative.
+        ConfigError: a timeout is negative, or an unknown encoding or compression.
         RequestError: a channel name is malformed (``bad_channel``).
     """
 
@@ -164,10 +209,23 @@ class Client:
         watchdog: float = 5.0,
         backoff: Backoff | None = None,
         connect_timeout: float = 5.0,
+        encoding: str = "json",
+        compression: str | None = None,
     ) -> None:
         if watchdog < 0 or connect_timeout <= 0 or max_queue < 1:
             raise ConfigError("watchdog must be >= 0, connect_timeout and max_queue > 0")
+        if encoding not in SUBPROTOCOLS or compression not in (None, "deflate"):
+            raise ConfigError("encoding must be json or msgpack, compression None or deflate")
         self.url = url
+        self.encoding = Encoding(encoding)
+        self.compression = compression
+        #: What the server agreed to on the current (or last) connection.
+        self.wire: Wire = JSON_WIRE
+        self._headers: list[tuple[str, str]] = []
+        if self.encoding is not Encoding.JSON:
+            self._headers.append(("Sec-WebSocket-Protocol", SUBPROTOCOLS[self.encoding]))
+        if compression == "deflate":
+            self._headers.append(("Sec-WebSocket-Extensions", DEFLATE_OFFER))
         self.protocol = ClientProtocol()
         self.protocol.add_channels(channels)
         self.on_event = on_event
@@ -403,10 +461,10 @@ class Client:
 
     # -- I/O callbacks -----------------------------------------------------------------
 
-    def _on_message(self, link: _Link, data: bytes | memoryview) -> None:
+    def _on_message(self, link: _Link, data: bytes | memoryview, binary: bool = False) -> None:
         self._last_rx = time.monotonic()
         proto = self.protocol
-        proto.receive_data(data, time.time_ns())
+        proto.receive_data(data, time.time_ns(), binary)
         transport = link.transport
         if transport is not None:
             for payload in proto.data_to_send():
@@ -473,6 +531,7 @@ class Client:
                             websocket_handshake_timeout=self.connect_timeout,
                             max_frame_size=MAX_FRAME,
                             logger_name="tickwire.client.picows",
+                            extra_headers=self._headers or None,
                         ),
                         self.connect_timeout,
                     )
@@ -485,6 +544,7 @@ class Client:
                     await self._pause(self.backoff.next_delay())
                     continue
                 assert isinstance(listener, _Link)
+                self.wire = _negotiated(transport)
                 await self._serve(transport, listener, attempt)
                 if not self.reconnect or self._closing.is_set():
                     break
@@ -550,3 +610,14 @@ class Client:
         assert self._closing is not None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._closing.wait(), delay)
+
+
+def _negotiated(transport: WSTransport) -> Wire:
+    """Read the wire the server agreed to from its 101 response headers."""
+    headers = transport.response.headers
+    encoding = Encoding.JSON
+    for enc, name in SUBPROTOCOLS.items():
+        if headers.get("Sec-WebSocket-Protocol", "").strip() == name:
+            encoding = enc
+    deflate = "permessage-deflate" in headers.get("Sec-WebSocket-Extensions", "").lower()
+    return Wire(encoding, deflate)

@@ -272,8 +272,10 @@ class ChannelSync:
 
 _ChannelMessage = Snapshot | Delta | Trades | Ticker | Heartbeat
 
-# The protocol's decoder, taking any buffer: picows hands frames over as memoryviews.
+# The protocol's decoders, taking any buffer: picows hands frames over as memoryviews.
+# Binary frames carry the same messages as msgpack maps (tickwire.codec).
 _decoder = msgspec.json.Decoder(Message)
+_msgpack_decoder = msgspec.msgpack.Decoder(Message)
 
 
 class ClientProtocol:
@@ -364,15 +366,18 @@ class ClientProtocol:
 
     # -- input -------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes | memoryview, now_ns: int) -> None:
-        """Process one server message (the payload of one text frame).
+    def receive_data(self, data: bytes | memoryview, now_ns: int, binary: bool = False) -> None:
+        """Process one server message (the payload of one text or binary frame).
 
         Args:
-            data: the JSON payload.
+            data: the JSON payload (text frame), or the msgpack payload (binary frame,
+                on a connection that negotiated ``tickwire.v1.msgpack``); already
+                inflated when the frame was compressed.
             now_ns: the current wall-clock time in ns (``time.time_ns()``), for lag.
+            binary: ``data`` came in a binary frame (msgpack).
         """
         try:
-            msg: Message = _decoder.decode(data)
+            msg: Message = (_msgpack_decoder if binary else _decoder).decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError):
             self.malformed += 1
             return

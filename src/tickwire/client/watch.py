@@ -147,6 +147,8 @@ async def watch(
     duration: float = 0.0,
     refresh: float = 4.0,
     console: Console | None = None,
+    encoding: str = "json",
+    compression: str | None = None,
 ) -> int:
     """Show the live book of ``symbol`` until interrupted or ``duration`` seconds pass.
 
@@ -156,6 +158,7 @@ async def watch(
         duration: stop after this many seconds; 0 runs until Ctrl-C.
         refresh: screen refreshes per second.
         console: where to draw (default: the terminal).
+        encoding, compression: the wire to ask for (see :class:`Client`).
 
     Returns:
         The exit status: 0.
@@ -168,7 +171,7 @@ async def watch(
 
     console = console or Console()
     channels = [f"book.{symbol}", f"trades.{symbol}", f"ticker.{symbol}"]
-    client = Client(url, channels, events=False)
+    client = Client(url, channels, events=False, encoding=encoding, compression=compression)
     view = WatchView(client, symbol)
     client.on_event = view.on_event
     await client.start()

@@ -32,10 +32,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_create_server
+from picows import (
+    WSCloseCode,
+    WSFrame,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+    ws_create_server,
+)
 
+from ..codec import JSON_WIRE, Encoding, Wire, inflate, negotiate, transcode
 from ..engine import Engine
-from ..exceptions import ConfigError, RequestError
+from ..exceptions import ConfigError, MessageTooBig, ProtocolError, RequestError
 from ..framing import text_frame
 from ..hub import Channel, Hub, SubscriptionStats
 from ..protocol import (
@@ -118,6 +129,10 @@ class GatewayConfig:
     admin_host: str | None = None
     admin_port: int | None = None
     admin_optional: bool = False
+    # permessage-deflate (RFC 7692) for clients that offer it; off by default (market
+    # data is CPU-bound, docs/benchmarks.md "Encodings"), and its zlib level.
+    deflate: bool = False
+    deflate_level: int = 1
 
     def __post_init__(self) -> None:
         if not 0 <= self.low_watermark_bytes <= self.high_watermark_bytes:
@@ -135,10 +150,12 @@ class GatewayConfig:
 class Connection(WSListener):
     """One client connection: a hub subscriber backed by a picows transport."""
 
-    def __init__(self, gateway: Gateway, conn_id: int) -> None:
+    def __init__(self, gateway: Gateway, conn_id: int, wire: Wire = JSON_WIRE) -> None:
         super().__init__()
         self.gateway = gateway
         self.id = conn_id
+        # Encoding and compression negotiated at the handshake (tickwire.codec).
+        self.wire = wire
         self.outbox: list[bytes] = []
         self.channels: dict[str, Channel] = {}
         # Direct transport write while on exactly one channel (see Subscriber.deliver).
@@ -154,6 +171,8 @@ class Connection(WSListener):
         self._logged_codes: set[str] = set()
         self._fragments: list[bytes] | None = None
         self._fragments_size = 0
+        # (binary, compressed) of the message being reassembled from fragments.
+        self._fragments_kind = (False, False)
 
     # -- picows callbacks --------------------------------------------------------------
 
@@ -173,6 +192,8 @@ class Connection(WSListener):
         peer = underlying.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.update_delivery()
+        if self.wire != JSON_WIRE:
+            self.gateway.hub.set_wire(self, self.wire)
         self.gateway.connections[self.id] = self
         log.debug(
             "conn %d %s: connected", self.id, self.peer, extra={"conn": self.id, "peer": self.peer}
@@ -180,12 +201,23 @@ class Connection(WSListener):
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type
-        if msg_type == WSMsgType.TEXT:
-            if frame.fin:
-                self._text(frame.get_payload_as_bytes())
+        if msg_type == WSMsgType.TEXT or (
+            msg_type == WSMsgType.BINARY and self.wire.encoding is Encoding.MSGPACK
+        ):
+            binary = msg_type == WSMsgType.BINARY
+            compressed = frame.rsv1
+            if compressed and not self.wire.deflate:
+                # RFC 6455 §5.2: RSV1 without a negotiated extension fails the connection.
+                self.fail(CloseCode.PROTOCOL_ERROR, "RSV1 set without permessage-deflate")
+            elif frame.fin:
+                if binary or compressed:
+                    self._message(frame.get_payload_as_bytes(), binary, compressed)
+                else:
+                    self._text(frame.get_payload_as_bytes())
             else:
                 self._fragments = [frame.get_payload_as_bytes()]
                 self._fragments_size = frame.payload_size
+                self._fragments_kind = (binary, compressed)
         elif msg_type == WSMsgType.CONTINUATION:
             self._continuation(frame)
         elif msg_type == WSMsgType.BINARY:
@@ -246,7 +278,28 @@ class Connection(WSListener):
         if frame.fin:
             data = b"".join(self._fragments)
             self._fragments = None
+            self._message(data, *self._fragments_kind)
+
+    def _message(self, data: bytes, binary: bool, compressed: bool) -> None:
+        """Handle one whole client message: inflate it if compressed, then decode it."""
+        if compressed:
+            try:
+                data = inflate(data, self.gateway.config.max_message_bytes)
+            except MessageTooBig:
+                self.fail(CloseCode.MESSAGE_TOO_BIG, "message too big once decompressed")
+                return
+            except ProtocolError:
+                self.fail(CloseCode.PROTOCOL_ERROR, "invalid permessage-deflate data")
+                return
+        if not binary:
             self._text(data)
+            return
+        if len(data) > self.gateway.config.max_message_bytes:
+            self.fail(CloseCode.MESSAGE_TOO_BIG, "message too big")
+            return
+        self.gateway.handle_request(self, data, binary=True)
+        self.flush()
+        self.update_delivery()
 
     def _text(self, data: bytes) -> None:
         try:
@@ -264,10 +317,18 @@ class Connection(WSListener):
     # -- output ------------------------------------------------------------------------
 
     def send(self, payload: bytes) -> None:
-        """Queue one message frame; it is written at the next flush."""
+        """Queue one message (its JSON ``payload``); it is written at the next flush.
+
+        On a msgpack or deflate connection it is re-encoded for the connection's wire
+        (acks and errors are rare; the feed itself is encoded once per wire by the hub).
+        """
         if not self.outbox:
             self.gateway.hub.dirty.append(self)
-        self.outbox.append(text_frame(payload))
+        wire = self.wire
+        if wire == JSON_WIRE:
+            self.outbox.append(text_frame(payload))
+        else:
+            self.outbox.append(transcode(payload, wire, self.gateway.hub.deflater))
 
     def flush(self) -> None:
         """Write everything queued in one ``write`` call."""
@@ -370,6 +431,7 @@ class Gateway:
             max_subscriptions=config.max_subscriptions,
             heartbeat_interval=config.heartbeat_s,
             resume_wait=config.resume_wait_s if config.source.startswith("nats") else 0.0,
+            deflate_level=config.deflate_level,
         )
         self.source = make_source(config)
         # Older name of the source, kept for readers of .generated / .skipped.
@@ -386,6 +448,8 @@ class Gateway:
         # them in start(); a bus source would clear each on its first full snapshot.
         self.incomplete_books: set[str] = self.hub.incomplete
         self.admin: AdminServer | None = None
+        # Connections accepted per non-default wire (encoding, deflate).
+        self.wires: dict[Wire, int] = {}
         # Slow consumers: closes by cause, and the buffered bytes seen by the sweeps.
         self.slow_closes = {"budget": 0, "stall": 0, "total": 0}
         self.buffered_total = 0
@@ -400,10 +464,13 @@ class Gateway:
 
     # -- requests ----------------------------------------------------------------------
 
-    def handle_request(self, conn: Connection, data: bytes) -> None:
-        """Decode one client request and act on it, answering with an ack or error."""
+    def handle_request(self, conn: Connection, data: bytes, binary: bool = False) -> None:
+        """Decode one client request and act on it, answering with an ack or error.
+
+        ``binary``: ``data`` is a msgpack map (a binary frame on a msgpack connection).
+        """
         try:
-            req = decode_request(data)
+            req = decode_request(data, binary)
             if req.op == "ping":
                 conn.send(encode(Pong(req.id)))
             elif req.op == "subscribe":
@@ -451,9 +518,30 @@ class Gateway:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def _listener(self, _request: Any) -> Connection:
+    def _listener(self, request: WSUpgradeRequest) -> Connection | WSUpgradeResponseWithListener:
         self.accepted += 1
-        return Connection(self, next(self._ids))
+        return self._negotiate(request, next(self._ids))
+
+    def _negotiate(
+        self, request: WSUpgradeRequest, conn_id: int
+    ) -> Connection | WSUpgradeResponseWithListener:
+        """Choose the connection's encoding and compression from its handshake.
+
+        A client that offers neither gets the plain 101 response and JSON, as before
+        encodings existed (see :func:`tickwire.codec.negotiate`).
+        """
+        headers = request.headers
+        wire, extra = negotiate(
+            headers.getall("Sec-WebSocket-Protocol", ()),
+            headers.getall("Sec-WebSocket-Extensions", ()),
+            self.config.deflate,
+        )
+        conn = Connection(self, conn_id, wire)
+        if not extra:
+            return conn
+        self.wires[wire] = self.wires.get(wire, 0) + 1
+        response = WSUpgradeResponse.create_101_response(extra_headers=extra)
+        return WSUpgradeResponseWithListener(response, conn)
 
     def books_complete(self) -> bool:
         """True once every served book holds a complete state (``/readyz``).
@@ -698,6 +786,9 @@ class Gateway:
             "bytes_out": hub.bytes_out,
             "updates_out": hub.updates_out,
             "connections": len(self.connections),
+            "wires": {
+                f"{w.encoding}{'+deflate' if w.deflate else ''}": n for w, n in self.wires.items()
+            },
             "rejected": self.rejected,
             "rejected_by_code": dict(self.rejected_by_code),
             "slow": self.slow_stats(),

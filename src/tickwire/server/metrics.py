@@ -238,7 +238,9 @@ class GatewayCollector(Collector):
             "tickwire_channel_seq", "Last seq sent on each channel.", labels=["channel", "kind"]
         )
         for ch in hub.channels.values():
-            subs.add_metric([ch.name, ch.kind], float(len(ch.subscribers) + len(ch.lagging)))
+            grouped = sum(map(len, ch.groups.values())) if ch.groups else 0
+            count = len(ch.subscribers) + grouped + len(ch.lagging)
+            subs.add_metric([ch.name, ch.kind], float(count))
             seqs.add_metric([ch.name, ch.kind], float(ch.seq))
         yield subs
         yield seqs

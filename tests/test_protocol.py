@@ -139,7 +139,7 @@ def test_missing_or_non_string_op(extra: dict[str, Any]) -> None:
     assert "op" in err.message
 
 
-@pytest.mark.parametrize("op", ["", "Subscribe", "sub", "login", "x" * 100])
+@pytest.mark.parametrize("op", ["", "Subscribe", "sub", "logon", "x" * 100])
 def test_unknown_op(op: str) -> None:
     err = _error(json.dumps({"op": op, "id": "q"}))
     assert err.code == ErrorCode.UNKNOWN_OP and err.request_id == "q"
@@ -185,7 +185,9 @@ def test_too_many_channels_per_request() -> None:
         "book.",
         ".BTC",
         "bookBTC",
-        "orders.BTC",
+        "quotes.BTC",
+        "orders.-alice",
+        "orders.a b",
         "BOOK.BTC",
         "book.-BTC",
         "book._X",
@@ -220,7 +222,7 @@ def test_good_channel_syntax(name: str, parsed: tuple[str, str]) -> None:
 
 
 def test_channel_kinds() -> None:
-    assert CHANNEL_KINDS == ("book", "trades", "ticker")
+    assert CHANNEL_KINDS == ("book", "trades", "ticker", "orders")
 
 
 def test_long_channel_name_is_truncated_in_message() -> None:
@@ -243,6 +245,11 @@ def test_error_codes_are_stable() -> None:
         "too_many_channels",
         "not_subscribed",
         "unsupported_data",
+        "auth_required",
+        "auth_failed",
+        "token_expired",
+        "forbidden",
+        "rate_limited",
     }
 
 
@@ -257,6 +264,9 @@ def test_close_codes_are_stable() -> None:
         "MESSAGE_TOO_BIG": 1009,
         "INTERNAL_ERROR": 1011,
         "SLOW_CONSUMER": 4001,
+        "IDLE_TIMEOUT": 4002,
+        "AUTH_EXPIRED": 4003,
+        "RATE_LIMITED": 4008,
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .book import Book, checksum_string
 from .exceptions import (
+    AuthError,
     BookError,
     ChecksumMismatch,
     ConfigError,
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "AuthError",
     "Book",
     "BookError",
     "ChecksumMismatch",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from .exceptions import ConfigError
 from .logs import configure_logging
@@ -188,6 +189,132 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     ops.add_argument(
         "--admin-host", default=None, help="address of the admin listener (default: --host)"
     )
+    _security_arguments(p)
+
+
+def _security_arguments(p: argparse.ArgumentParser) -> None:
+    """``serve`` options of docs/security.md: TLS, tokens, limits, proxies."""
+    from .limits import Limits
+
+    d = Limits()
+    sec = p.add_argument_group("security and limits (see docs/security.md)")
+    sec.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve wss://")
+    sec.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    sec.add_argument(
+        "--jwt-secret",
+        default=None,
+        help="HS256 shared secret for private channels (>= 32 bytes; visible in ps: "
+        "prefer --jwt-secret-file)",
+    )
+    sec.add_argument("--jwt-secret-file", default=None, help="file holding the HS256 secret")
+    sec.add_argument(
+        "--jwt-public-key", default=None, help="PEM EC P-256 public key: accept ES256 tokens"
+    )
+    sec.add_argument(
+        "--jwt-leeway", type=float, default=0.0, help="seconds of clock skew allowed on exp"
+    )
+    sec.add_argument(
+        "--sim-users",
+        default="alice,bob,carol",
+        help="simulator users with orders on orders.<user> (only with JWT keys; '' none)",
+    )
+    sec.add_argument(
+        "--sim-order-fraction",
+        type=float,
+        default=0.01,
+        help="share of size-adding book updates that become a simulated user's order",
+    )
+    sec.add_argument(
+        "--max-connections-per-ip",
+        type=int,
+        default=d.max_connections_per_ip,
+        help="open connections per client address, past it HTTP 429 (0: unlimited)",
+    )
+    sec.add_argument(
+        "--handshakes-per-ip",
+        type=float,
+        default=d.handshakes_per_s,
+        help="WebSocket handshakes per second per client address, past it HTTP 429",
+    )
+    sec.add_argument(
+        "--handshake-burst",
+        type=int,
+        default=d.handshake_burst,
+        help="handshakes one address may make at once",
+    )
+    sec.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=d.handshake_timeout_s,
+        help="seconds a connection may take to send its upgrade request",
+    )
+    sec.add_argument(
+        "--max-messages-per-s",
+        type=float,
+        default=d.max_messages_per_s,
+        help="inbound messages per second per connection: error rate_limited, then "
+        "close 4008 (0: unlimited)",
+    )
+    sec.add_argument(
+        "--message-burst",
+        type=int,
+        default=d.message_burst,
+        help="inbound messages a connection may send at once",
+    )
+    sec.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=d.idle_timeout_s,
+        help="close 4002 a connection without subscription silent this long (0: never)",
+    )
+    sec.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        help="accept browser Origin (fnmatch pattern; repeat); others get HTTP 403",
+    )
+    sec.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        help="address or CIDR of a load balancer whose X-Forwarded-For is believed (repeat)",
+    )
+    sec.add_argument(
+        "--per-ip-exempt",
+        default=",".join(d.exempt),
+        help="comma-separated networks the per-IP limits skip (default loopback; '' none)",
+    )
+
+
+def _security_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The GatewayConfig fields of :func:`_security_arguments`."""
+    from .auth import TokenVerifier
+    from .limits import Limits
+
+    return {
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "verifier": TokenVerifier.from_options(
+            secret=args.jwt_secret,
+            secret_file=args.jwt_secret_file,
+            public_key_file=args.jwt_public_key,
+            leeway=args.jwt_leeway,
+        ),
+        "sim_users": [u.strip() for u in args.sim_users.split(",") if u.strip()],
+        "sim_order_fraction": args.sim_order_fraction,
+        "limits": Limits(
+            max_connections_per_ip=args.max_connections_per_ip,
+            handshakes_per_s=args.handshakes_per_ip,
+            handshake_burst=args.handshake_burst,
+            handshake_timeout_s=args.handshake_timeout,
+            max_messages_per_s=args.max_messages_per_s,
+            message_burst=args.message_burst,
+            idle_timeout_s=args.idle_timeout,
+            allowed_origins=args.allowed_origin,
+            trusted_proxies=args.trusted_proxy,
+            exempt=[n.strip() for n in args.per_ip_exempt.split(",") if n.strip()],
+        ),
+    }
 
 
 def _replay_speed_argument(group: argparse._ActionsContainer) -> None:
@@ -258,6 +385,7 @@ def _serve(args: argparse.Namespace) -> int:
         reuse_port=args.reuse_port,
         deflate=args.deflate,
         deflate_level=args.deflate_level,
+        **_security_config(args),
     )
 
     async def run() -> None:
@@ -266,7 +394,8 @@ def _serve(args: argparse.Namespace) -> int:
         feed = f"at {config.rate:g} updates/s each" if config.source == "sim" else config.source
         print(
             f"tickwire: serving {len(config.symbols)} symbols {feed} "
-            f"on ws://{config.host}:{gateway.port}/ws (epoch {gateway.engine.epoch})",
+            f"on {'wss' if config.tls_cert else 'ws'}://{config.host}:{gateway.port}/ws "
+            f"(epoch {gateway.engine.epoch})",
             flush=True,
         )
         if gateway.admin is not None:

@@ -5,8 +5,10 @@ The tree::
     TickwireError
     ├── ProtocolError (Sans-I/O)            a peer sent something the protocol forbids
     │   ├── RequestError (Sans-I/O)         one client request is invalid; carries an
-    │   │                                    error ``code`` and the request ``id``; the
-    │   │                                    connection stays open
+    │   │   │                                error ``code`` and the request ``id``; the
+    │   │   │                                connection stays open
+    │   │   └── AuthError (Sans-I/O)        a token is missing, malformed, badly signed,
+    │   │                                    expired, or names another user
     │   └── MessageTooBig (Sans-I/O)        a message is over the size limit, also
     │                                        once decompressed (a deflate bomb)
     ├── BookError (Sans-I/O, ValueError)    a book update or snapshot is malformed
@@ -24,6 +26,7 @@ local integrity failures of the SDK are ``IntegrityError``.
 from __future__ import annotations
 
 __all__ = [
+    "AuthError",
     "BookError",
     "ChecksumMismatch",
     "ConfigError",
@@ -71,6 +74,16 @@ class MessageTooBig(ProtocolError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"message over {limit} bytes once decompressed")
         self.limit = limit
+
+
+class AuthError(RequestError):
+    """A token cannot authenticate this client (Sans-I/O, raised by :mod:`tickwire.auth`).
+
+    :attr:`code` is ``auth_failed`` (malformed, bad signature, wrong algorithm, missing
+    claims), ``token_expired`` or ``forbidden``. The message never contains the token.
+    At connect the gateway refuses the handshake (HTTP 401); in a ``login`` request it
+    answers an ``error`` and keeps the connection.
+    """
 
 
 class BookError(TickwireError, ValueError):

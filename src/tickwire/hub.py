@@ -68,6 +68,17 @@ wire, and shared by the group. A JSON-only channel pays one truthiness test of
 re-encodes the replayed frames (rare, and it keeps history memory what it was).
 Subscribers default to JSON; :meth:`Hub.set_wire` registers another wire.
 
+Private channels (see ``docs/security.md``)
+-------------------------------------------
+``orders.<USER>`` carries one user's order events. Such channels live in
+:attr:`Hub.private`, apart from the market channels (they are not per symbol, are not
+reset with the market's epoch, and stay out of per-channel metrics, which would name
+users). A source calls :meth:`Hub.publish_orders` with a user's events of one tick; they
+are numbered (``id == seq``, like trades), kept in the history ring and a short recent
+list for snapshots, and sent at once as one ``orders`` message. The hub does not check
+who subscribes: the gateway authorizes the subscription before it calls
+:meth:`Hub.private_channel`.
+
 The hub never reads a clock: ``now`` (monotonic seconds) is passed in.
 """
 
@@ -75,7 +86,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Protocol, cast
 
 from .codec import (
     JSON_WIRE,
@@ -96,6 +107,8 @@ from .protocol import (
     ErrorCode,
     Heartbeat,
     Message,
+    Orders,
+    OrderUpdate,
     Snapshot,
     Ticker,
     Trade,
@@ -105,9 +118,26 @@ from .protocol import (
     parse_channel,
 )
 
-__all__ = ["CONFLATED_KINDS", "Channel", "Hub", "Lag", "Subscriber", "SubscriptionStats"]
+__all__ = [
+    "CONFLATED_KINDS",
+    "RECENT_ORDERS",
+    "Channel",
+    "Hub",
+    "Lag",
+    "PrivateChannel",
+    "RawOrder",
+    "Subscriber",
+    "SubscriptionStats",
+]
 
 RawTrade = tuple[str, str, str, int]
+
+#: An order event before the hub numbers it:
+#: ``(order id, symbol, event, side, price, qty, left, ts)`` (see ``OrderUpdate``).
+RawOrder = tuple[str, str, str, str, str, str, str, int]
+
+#: Recent order events kept per private channel for its snapshots.
+RECENT_ORDERS = 50
 
 #: Channel kinds whose paused subscribers are conflated rather than queued: a book
 #: delta or a ticker can be merged into a newer one without losing information.
@@ -227,6 +257,20 @@ class Channel:
         self.waiting: dict[Subscriber, tuple[str | None, int | None, float | None]] = {}
 
 
+class PrivateChannel(Channel):
+    """One user's ``orders.<USER>`` channel: seq, history and subscribers like trades.
+
+    It has no market state (``state`` is None); snapshots carry :attr:`recent`.
+    """
+
+    __slots__ = ("user", "recent")
+
+    def __init__(self, user: str) -> None:
+        super().__init__(f"orders.{user}", "orders", cast(SymbolState, None))
+        self.user = user
+        self.recent: deque[OrderUpdate] = deque(maxlen=RECENT_ORDERS)
+
+
 class Hub:
     """Channels and fan-out for one engine.
 
@@ -283,6 +327,8 @@ class Hub:
         self._trades_of = {ch.state.symbol: ch for ch in self.trades}
         self._ticker_of = {ch.state.symbol: ch for ch in self.tickers}
         self.dirty: list[Subscriber] = []
+        # Private channels by user (created on first publish or authorized subscribe).
+        self.private: dict[str, PrivateChannel] = {}
         # Symbols whose state is not known complete (never loaded, or a hole): a new
         # engine has no books yet; the source empties this (Gateway.books_complete).
         self.incomplete: set[str] = set(engine.symbols)
@@ -355,7 +401,7 @@ class Hub:
     def heartbeats(self, now: float) -> None:
         """Queue a heartbeat on every subscribed channel silent for the interval."""
         limit = now - self.heartbeat_interval
-        for ch in self.channels.values():
+        for ch in (*self.channels.values(), *self.private.values()):
             # A stale channel stays silent: a heartbeat would vouch for a seq it knows
             # is behind.
             if (ch.subscribers or ch.groups) and ch.last_sent <= limit and not ch.stale:
@@ -561,6 +607,38 @@ class Hub:
         if wire is None:
             return text_frame(encode(msg))
         return frame_message(wire, msg, self.deflater)
+
+    # -- private channels --------------------------------------------------------------
+
+    def private_channel(self, user: str) -> PrivateChannel:
+        """Return ``orders.<user>``, created empty at seq 0 if it does not exist.
+
+        The caller has authorized the user (the hub has no notion of identity).
+        """
+        ch = self.private.get(user)
+        if ch is None:
+            ch = self.private[user] = PrivateChannel(user)
+        return ch
+
+    def publish_orders(self, user: str, orders: Iterable[RawOrder]) -> None:
+        """Number ``user``'s order events and send them as one ``orders`` message.
+
+        Called by a source once per tick per user with events (the simulator's
+        synthetic accounts; an ingest source). Private traffic is light and per user,
+        so it is not held for the tick's flush.
+        """
+        ch = self.private_channel(user)
+        seq = ch.seq
+        out: list[OrderUpdate] = []
+        for order, symbol, event, side, price, qty, left, ts in orders:
+            seq += 1
+            out.append(
+                OrderUpdate(seq, order, symbol, event, side, price, qty, left, ts)  # type: ignore[arg-type]
+            )
+        if not out:
+            return
+        ch.recent.extend(out)
+        self._send(ch, ch.seq, seq, encode(Orders(ch.name, seq, ch.seq, out)), len(out))
 
     # -- subscriptions -----------------------------------------------------------------
 
@@ -829,6 +907,8 @@ class Hub:
             return Snapshot(
                 ch.name, ch.seq, epoch, trades=list(state.recent_trades), resumed=resumed
             )
+        if isinstance(ch, PrivateChannel):
+            return Snapshot(ch.name, ch.seq, epoch, orders=list(ch.recent), resumed=resumed)
         ticker = self.ticker_message(state, ch.seq, ch.seq, ch.name)
         return Snapshot(ch.name, ch.seq, epoch, ticker=ticker, resumed=resumed)
 

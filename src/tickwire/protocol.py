@@ -10,10 +10,11 @@ Client → server (text frames, JSON objects)::
     {"op": "subscribe",   "channels": [...], "epoch": "...", "since": {"book.BTC-USD": 42}}
     {"op": "unsubscribe", "channels": [...], "id": 2}
     {"op": "ping", "id": 3}
+    {"op": "login", "token": "<JWT>", "id": 4}                  (private channels)
     {"op": "fault", "channels": ["book.X"], "fault": "drop"}   (only with --test-faults)
 
 Server → client: one JSON object per text frame, tagged by ``type``: ``ack``, ``error``,
-``snapshot``, ``delta``, ``trades``, ``ticker``, ``heartbeat``, ``pong``.
+``snapshot``, ``delta``, ``trades``, ``ticker``, ``orders``, ``heartbeat``, ``pong``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ from .exceptions import RequestError
 __all__ = [
     "CHANNEL_KINDS",
     "MAX_CHANNELS_PER_REQUEST",
+    "MAX_TOKEN_CHARS",
+    "PRIVATE_KINDS",
     "PROTOCOL_VERSION",
+    "PUBLIC_KINDS",
     "Ack",
     "BookUpdate",
     "CloseCode",
@@ -38,6 +42,8 @@ __all__ = [
     "ErrorCode",
     "Heartbeat",
     "Message",
+    "OrderUpdate",
+    "Orders",
     "Pong",
     "Request",
     "Side",
@@ -49,18 +55,32 @@ __all__ = [
     "decode_request",
     "encode",
     "parse_channel",
+    "valid_user",
 ]
 
 #: Bumped on any incompatible change of a schema below.
 PROTOCOL_VERSION = 1
 
+#: Market-data channel families: anyone may subscribe (``kind.SYMBOL``).
+PUBLIC_KINDS = ("book", "trades", "ticker")
+
+#: Private channel families (``kind.USER``): only the connection logged in as USER may
+#: subscribe (docs/security.md).
+PRIVATE_KINDS = ("orders",)
+
 #: Channel families a client may subscribe to.
-CHANNEL_KINDS = ("book", "trades", "ticker")
+CHANNEL_KINDS = PUBLIC_KINDS + PRIVATE_KINDS
+
+#: Longest token accepted in a ``login`` request or at connect; longer ones are refused
+#: unparsed (a JWT of a few claims is a few hundred characters).
+MAX_TOKEN_CHARS = 4096
 
 #: Most channels one subscribe or unsubscribe request may name.
 MAX_CHANNELS_PER_REQUEST = 256
 
 _SYMBOL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-/:]{0,31}\Z")
+#: A user id (the token's ``sub``) as it appears in ``orders.<USER>``.
+_USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-.@:]{0,63}\Z")
 
 
 class ErrorCode(enum.StrEnum):
@@ -75,6 +95,11 @@ class ErrorCode(enum.StrEnum):
     TOO_MANY_CHANNELS = "too_many_channels"  #: over the per-request or per-connection cap
     NOT_SUBSCRIBED = "not_subscribed"  #: unsubscribe from a channel never subscribed
     UNSUPPORTED_DATA = "unsupported_data"  #: a binary frame on a JSON connection
+    AUTH_REQUIRED = "auth_required"  #: a private channel without a login (or no auth)
+    AUTH_FAILED = "auth_failed"  #: a login token is malformed or badly signed
+    TOKEN_EXPIRED = "token_expired"  #: a login token's ``exp`` has passed
+    FORBIDDEN = "forbidden"  #: another user's private channel, or a second identity
+    RATE_LIMITED = "rate_limited"  #: over the inbound messages-per-second limit; dropped
 
 
 class CloseCode(enum.IntEnum):
@@ -89,6 +114,9 @@ class CloseCode(enum.IntEnum):
     MESSAGE_TOO_BIG = 1009  #: a frame or message over the maximum size
     INTERNAL_ERROR = 1011  #: a server bug; the feed itself is unaffected
     SLOW_CONSUMER = 4001  #: the client read too slowly for a channel that never conflates
+    IDLE_TIMEOUT = 4002  #: no subscription and no request for the idle timeout
+    AUTH_EXPIRED = 4003  #: the login token expired and no new ``login`` refreshed it
+    RATE_LIMITED = 4008  #: kept sending past the messages-per-second limit
 
 
 # -- client requests -----------------------------------------------------------------
@@ -98,11 +126,12 @@ class Request(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     """A decoded client request.
 
     Attributes:
-        op: ``"subscribe"``, ``"unsubscribe"`` or ``"ping"``.
+        op: ``"subscribe"``, ``"unsubscribe"``, ``"ping"`` or ``"login"``.
         channels: channel names, in the order given, without duplicates.
         id: the client's correlation id, echoed in the ack or error.
         epoch: the server epoch the ``since`` positions belong to (resume).
         since: per channel, the last ``seq`` the client applied (resume).
+        token: ``login`` only: a signed JWT (never logged, never echoed).
     """
 
     op: str
@@ -111,11 +140,21 @@ class Request(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     epoch: str | None = None
     since: dict[str, int] = {}
     fault: str | None = None
+    token: str | None = None
+
+    def __repr__(self) -> str:
+        # A request may carry a bearer token: keep it out of logs and tracebacks.
+        token = None if self.token is None else "<redacted>"
+        return (
+            f"Request(op={self.op!r}, channels={self.channels!r}, id={self.id!r}, "
+            f"epoch={self.epoch!r}, since={self.since!r}, fault={self.fault!r}, "
+            f"token={token})"
+        )
 
 
 _request_decoder = msgspec.json.Decoder(dict[str, Any])
 _msgpack_request_decoder = msgspec.msgpack.Decoder(dict[str, Any])
-_OPS = frozenset(("subscribe", "unsubscribe", "ping", "fault"))
+_OPS = frozenset(("subscribe", "unsubscribe", "ping", "fault", "login"))
 
 
 def _request_id(raw: dict[str, Any]) -> int | str | None:
@@ -166,6 +205,14 @@ def decode_request(data: bytes | str, binary: bool = False) -> Request:
         raise RequestError(ErrorCode.BAD_REQUEST, str(exc), rid) from None
     if op == "ping":
         return req
+    if op == "login":
+        if not req.token or len(req.token) > MAX_TOKEN_CHARS:
+            raise RequestError(
+                ErrorCode.BAD_REQUEST,
+                f"'token' must be a non-empty string of at most {MAX_TOKEN_CHARS} characters",
+                rid,
+            )
+        return req
     if not req.channels:
         raise RequestError(ErrorCode.BAD_REQUEST, "'channels' must be a non-empty list", rid)
     if len(req.channels) > MAX_CHANNELS_PER_REQUEST:
@@ -182,15 +229,30 @@ def decode_request(data: bytes | str, binary: bool = False) -> Request:
     return req
 
 
+def valid_user(user: str) -> bool:
+    """True when ``user`` can name a private channel (``orders.<user>``).
+
+    1-64 characters from ``[A-Za-z0-9_-.@:]``, starting with a letter or digit.
+    """
+    return _USER.match(user) is not None
+
+
 def parse_channel(name: str, request_id: int | str | None = None) -> tuple[str, str]:
     """Split ``"book.BTC-USD"`` into ``("book", "BTC-USD")``.
 
+    A private channel splits the same way: ``"orders.alice"`` is ``("orders", "alice")``.
+
     Raises:
         RequestError: ``bad_channel`` when the name is not ``kind.SYMBOL`` with a known
-            kind and a symbol of 1-32 characters from ``[A-Za-z0-9_-/:]``.
+            kind and a symbol of 1-32 characters from ``[A-Za-z0-9_-/:]`` (for a private
+            kind: a user id, see :func:`valid_user`).
     """
     kind, dot, symbol = name.partition(".")
-    if not dot or kind not in CHANNEL_KINDS or not _SYMBOL.match(symbol):
+    if kind in PRIVATE_KINDS:
+        ok = bool(dot) and _USER.match(symbol) is not None
+    else:
+        ok = bool(dot) and kind in CHANNEL_KINDS and _SYMBOL.match(symbol) is not None
+    if not ok:
         raise RequestError(
             ErrorCode.BAD_CHANNEL,
             f"bad channel {name[:48]!r}: expected one of {'/'.join(CHANNEL_KINDS)}.SYMBOL",
@@ -229,6 +291,26 @@ class Trade(msgspec.Struct, frozen=True, gc=False):
     ts: int
 
 
+class OrderUpdate(msgspec.Struct, frozen=True, gc=False):
+    """One event of a user's order, on the private ``orders.<USER>`` channel.
+
+    ``id`` equals the event's ``seq`` on that channel (as a trade's on ``trades``).
+    ``event``: ``new`` (the order rests in the book: ``qty`` its size), ``fill`` (``qty``
+    traded at ``price``) or ``cancel`` (``qty`` withdrawn). ``left`` is what stays open
+    after the event ("0": the order is done).
+    """
+
+    id: int
+    order: str
+    symbol: str
+    event: Literal["new", "fill", "cancel"]
+    side: Literal["buy", "sell"]
+    price: str
+    qty: str
+    left: str
+    ts: int
+
+
 class Ack(msgspec.Struct, tag="ack", tag_field="type"):
     """A request succeeded. ``epoch`` identifies the server's engine state."""
 
@@ -252,7 +334,8 @@ class Snapshot(msgspec.Struct, tag="snapshot", tag_field="type", omit_defaults=T
     """The full state of a channel at ``seq``; the stream continues with ``prev_seq == seq``.
 
     Book: ``bids`` (best first), ``asks`` (best first), ``checksum``. Trades: the most
-    recent ``trades``. Ticker: ``ticker``. ``resumed`` is False when the client asked to
+    recent ``trades``. Ticker: ``ticker``. Orders: the user's recent order events
+    (``orders``). ``resumed`` is False when the client asked to
     resume and could not be (history gone or epoch changed): for trades this is an
     explicit hole.
     """
@@ -265,6 +348,7 @@ class Snapshot(msgspec.Struct, tag="snapshot", tag_field="type", omit_defaults=T
     checksum: int | None = None
     trades: list[Trade] | None = None
     ticker: Ticker | None = None
+    orders: list[OrderUpdate] | None = None
     resumed: bool | None = None
 
 
@@ -289,6 +373,15 @@ class Trades(msgspec.Struct, tag="trades", tag_field="type"):
     seq: int
     prev_seq: int
     trades: list[Trade]
+
+
+class Orders(msgspec.Struct, tag="orders", tag_field="type"):
+    """A user's order events ``(prev_seq, seq]`` in order; never merged, never dropped."""
+
+    ch: str
+    seq: int
+    prev_seq: int
+    orders: list[OrderUpdate]
 
 
 class Ticker(msgspec.Struct, tag="ticker", tag_field="type", omit_defaults=True):
@@ -323,7 +416,7 @@ class Pong(msgspec.Struct, tag="pong", tag_field="type"):
     id: int | str | None = None
 
 
-Message = Ack | Error | Snapshot | Delta | Trades | Ticker | Heartbeat | Pong
+Message = Ack | Error | Snapshot | Delta | Trades | Orders | Ticker | Heartbeat | Pong
 
 _encoder = msgspec.json.Encoder()
 _message_decoder = msgspec.json.Decoder(Message)

@@ -7,6 +7,11 @@ sweep one or more levels and print trades (10%). The touch moves because it is c
 and refilled, and because the fair price drifts. The book is held to a bounded depth by
 deleting the levels that fall furthest from the touch.
 
+Synthetic accounts (:class:`SyntheticAccounts`) give a few users orders that rest in and
+trade against this book, for the private ``orders.<USER>`` channels. They look at each
+generated batch after the fact, outside the event loop of :meth:`SymbolFlow.run`, so the
+public flow costs and produces exactly what it did without them.
+
 Time is passed in: :meth:`MarketSimulator.due` turns a monotonic clock reading into the
 number of book updates to generate, so the offered rate is exact however late the
 caller's ticks are, and the same seed always yields the same sequence of events.
@@ -22,9 +27,11 @@ from collections.abc import Callable
 from .exceptions import ConfigError
 from .protocol import BookUpdate, Side
 
-__all__ = ["Burst", "MarketSimulator", "SymbolFlow", "parse_symbols"]
+__all__ = ["Burst", "MarketSimulator", "SymbolFlow", "SyntheticAccounts", "parse_symbols"]
 
 RawTrade = tuple[str, str, str, int]
+#: ``(order id, symbol, event, side, price, qty, left, ts)``: see ``hub.RawOrder``.
+RawOrder = tuple[str, str, str, str, str, str, str, int]
 
 
 def parse_symbols(spec: str) -> list[str]:
@@ -257,6 +264,165 @@ class SymbolFlow:
         self.best_bid, self.best_ask, self.fair = best_bid, best_ask, fair
 
 
+class _Order:
+    """A synthetic user's open order: resting at ``px`` ticks with ``left`` lots."""
+
+    __slots__ = ("oid", "user", "buy", "px", "price", "left")
+
+    def __init__(self, oid: str, user: str, buy: bool, px: int, price: str, left: int) -> None:
+        self.oid = oid
+        self.user = user
+        self.buy = buy
+        self.px = px
+        self.price = price
+        self.left = left
+
+
+class SyntheticAccounts:
+    """A few users trading in the simulated market, for the private ``orders`` channels.
+
+    Per generated batch, a ``fraction`` of the book updates that add size become a
+    user's limit order resting at that level (``new``); the batch's trades at a price
+    where a user's order rests on the maker side fill it (``fill``); an order whose level
+    is gone from the book was withdrawn (``cancel``), as is a user's oldest order past
+    ``max_open``. The work is per sampled update, per trade, and per open order of the
+    batch's symbol -- not per book update -- so the public flow is not slowed down.
+
+    Args:
+        users: user ids (each gets ``orders.<user>``).
+        seed: makes the attribution reproducible (its own RNG: the public flow is the
+            same with or without accounts).
+        fraction: share of size-adding book updates that become a user order.
+        max_open: open orders per user at most.
+        emit: called with ``(user, events)`` once per batch per user with events
+            (the gateway passes :meth:`tickwire.hub.Hub.publish_orders`).
+    """
+
+    def __init__(
+        self,
+        users: list[str],
+        seed: int = 1,
+        *,
+        fraction: float = 0.01,
+        max_open: int = 8,
+        emit: Callable[[str, list[RawOrder]], None] | None = None,
+    ) -> None:
+        if not users:
+            raise ConfigError("synthetic accounts need at least one user")
+        if not 0 <= fraction <= 1:
+            raise ConfigError("--sim-order-fraction must be within [0, 1]")
+        self.users = users
+        self.rng = random.Random(seed * 7_919 + 17)
+        self.fraction = fraction
+        self.max_open = max_open
+        self.emit = emit
+        self._credit = 0.0
+        self._ids = 0
+        # Open orders per symbol, and per user (oldest first) for the max_open cap.
+        self.open: dict[str, dict[str, _Order]] = {}
+        self._of_user: dict[str, dict[str, str]] = {u: {} for u in users}
+        self.events = 0
+
+    def observe(self, flow: SymbolFlow, updates: list[BookUpdate], trades: list[RawTrade]) -> None:
+        """Attribute part of one generated batch of ``flow`` to the users."""
+        symbol = flow.symbol
+        book = self.open.get(symbol)
+        self._credit += len(updates) * self.fraction
+        if self._credit < 1.0 and not book:
+            return
+        out: dict[str, list[RawOrder]] = {}
+        ts = updates[0].ts if updates else trades[0][3] if trades else 0
+        if book is None:
+            book = self.open[symbol] = {}
+        rnd = self.rng.random
+        while self._credit >= 1.0 and updates:
+            self._credit -= 1.0
+            u = updates[int(rnd() * len(updates))]
+            if u.qty == "0":
+                continue
+            self._new(flow, book, u, out)
+        if book and trades:
+            self._fills(flow, book, trades, out)
+        if book:
+            self._cancels(flow, book, ts, out)
+        emit = self.emit
+        for user, events in out.items():
+            self.events += len(events)
+            if emit is not None:
+                emit(user, events)
+
+    def _new(
+        self,
+        flow: SymbolFlow,
+        book: dict[str, _Order],
+        u: BookUpdate,
+        out: dict[str, list[RawOrder]],
+    ) -> None:
+        user = self.users[int(self.rng.random() * len(self.users))]
+        px = int(u.price.replace(".", ""))
+        lots = flow.sizes[int(self.rng.random() * _TABLE)]
+        buy = u.side == "bid"
+        self._ids += 1
+        order = _Order(f"{user}-{self._ids}", user, buy, px, u.price, lots)
+        book[order.oid] = order
+        mine = self._of_user[user]
+        mine[order.oid] = flow.symbol
+        q = flow.qty(lots)
+        side = "buy" if buy else "sell"
+        events = out.setdefault(user, [])
+        events.append((order.oid, flow.symbol, "new", side, u.price, q, q, u.ts))
+        if len(mine) > self.max_open:
+            oldest, symbol = next(iter(mine.items()))
+            old = self.open[symbol].pop(oldest)
+            del mine[oldest]
+            # Every flow formats quantities alike (same decimals): any flow's cache does.
+            left = flow.qty(old.left)
+            side = "buy" if old.buy else "sell"
+            events.append((old.oid, symbol, "cancel", side, old.price, left, "0", u.ts))
+
+    def _fills(
+        self,
+        flow: SymbolFlow,
+        book: dict[str, _Order],
+        trades: list[RawTrade],
+        out: dict[str, list[RawOrder]],
+    ) -> None:
+        for price, qty, taker, ts in trades:
+            maker_buy = taker == "sell"
+            lots = int(qty.replace(".", ""))
+            for order in list(book.values()):
+                if lots <= 0:
+                    break
+                if order.price != price or order.buy != maker_buy:
+                    continue
+                fill = min(order.left, lots)
+                lots -= fill
+                order.left -= fill
+                side = "buy" if order.buy else "sell"
+                left = flow.qty(order.left) if order.left else "0"
+                out.setdefault(order.user, []).append(
+                    (order.oid, flow.symbol, "fill", side, price, flow.qty(fill), left, ts)
+                )
+                if not order.left:
+                    del book[order.oid]
+                    del self._of_user[order.user][order.oid]
+
+    def _cancels(
+        self, flow: SymbolFlow, book: dict[str, _Order], ts: int, out: dict[str, list[RawOrder]]
+    ) -> None:
+        for order in list(book.values()):
+            if order.px in (flow.bids if order.buy else flow.asks):
+                continue
+            # The level is gone: the book deleted it, so our order was withdrawn with it.
+            del book[order.oid]
+            del self._of_user[order.user][order.oid]
+            side = "buy" if order.buy else "sell"
+            q = flow.qty(order.left)
+            out.setdefault(order.user, []).append(
+                (order.oid, flow.symbol, "cancel", side, order.price, q, "0", ts)
+            )
+
+
 class Burst:
     """A temporary rate multiplier: ``factor`` times the rate for ``seconds``."""
 
@@ -307,6 +473,8 @@ class MarketSimulator:
         self.generated = 0
         self.skipped = 0
         self.clock: Callable[[], int] = time.time_ns
+        #: Synthetic users' orders, attributed after each batch (None: off).
+        self.accounts: SyntheticAccounts | None = None
 
     def start_burst(
         self, now: float, factor: float | None = None, seconds: float | None = None
@@ -368,5 +536,7 @@ class MarketSimulator:
             flow.excess = len(updates) - target
             total += len(updates)
             out.append((flow.symbol, updates, trades))
+            if self.accounts is not None:
+                self.accounts.observe(flow, updates, trades)
         self.generated += total
         return out

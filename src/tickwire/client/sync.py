@@ -72,6 +72,7 @@ from ..protocol import (
     Error,
     Heartbeat,
     Message,
+    Orders,
     Pong,
     Snapshot,
     Ticker,
@@ -383,7 +384,8 @@ class ClientProtocol:
             return
         if isinstance(msg, Ack | Error):
             self._reply(msg)
-        elif not isinstance(msg, Pong):
+        elif not isinstance(msg, Pong | Orders):
+            # Private ``orders`` channels are not followed by this SDK (no login yet).
             ch = self.channels.get(msg.ch)
             if ch is not None:  # else: a leftover of an unsubscribed channel
                 self._receive(ch, msg, now_ns)

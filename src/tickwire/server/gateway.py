@@ -13,6 +13,13 @@ which tell the hub to conflate that connection's books and tickers (see
 server-wide cap (``max_total_buffer_bytes``); past any of them the connection is closed
 with :attr:`~tickwire.protocol.CloseCode.SLOW_CONSUMER` after what it was sent so far,
 and aborted if it does not drain within ``slow_close_grace_s``.
+
+Hostile clients (``docs/security.md``): connections are accepted through
+:mod:`tickwire.server.guard` (per-IP connection and handshake limits, allowed origins,
+tokens at connect, TLS); inbound messages are charged to a per-connection token bucket
+(:mod:`tickwire.limits`) in :meth:`Connection.admit`, and the periodic sweep closes
+connections whose token expired or that stay idle without a subscription. None of it
+runs per delivered update.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -41,15 +49,17 @@ from picows import (
     WSUpgradeRequest,
     WSUpgradeResponse,
     WSUpgradeResponseWithListener,
-    ws_create_server,
 )
 
+from ..auth import Claims, TokenVerifier
 from ..codec import JSON_WIRE, Encoding, Wire, inflate, negotiate, transcode
 from ..engine import Engine
-from ..exceptions import ConfigError, MessageTooBig, ProtocolError, RequestError
+from ..exceptions import AuthError, ConfigError, MessageTooBig, ProtocolError, RequestError
 from ..framing import text_frame
 from ..hub import Channel, Hub, SubscriptionStats
+from ..limits import Limits, TokenBucket
 from ..protocol import (
+    PRIVATE_KINDS,
     Ack,
     CloseCode,
     Error,
@@ -58,8 +68,10 @@ from ..protocol import (
     Request,
     decode_request,
     encode,
+    parse_channel,
 )
 from ..sources import make_source
+from .guard import Guard, create_ws_server
 from .metrics import TickStats
 
 if TYPE_CHECKING:
@@ -129,6 +141,16 @@ class GatewayConfig:
     admin_host: str | None = None
     admin_port: int | None = None
     admin_optional: bool = False
+    # Hostile clients (docs/security.md): per-IP, per-connection and handshake limits;
+    # the token verifier of private channels (None: no login possible); TLS files
+    # (both or neither: wss://); the simulator's synthetic users (orders.<user>, fed
+    # only when a verifier exists) and the share of book updates that become theirs.
+    limits: Limits = field(default_factory=Limits)
+    verifier: TokenVerifier | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    sim_users: list[str] = field(default_factory=lambda: ["alice", "bob", "carol"])
+    sim_order_fraction: float = 0.01
     # permessage-deflate (RFC 7692) for clients that offer it; off by default (market
     # data is CPU-bound, docs/benchmarks.md "Encodings"), and its zlib level.
     deflate: bool = False
@@ -145,6 +167,24 @@ class GatewayConfig:
             raise ConfigError("--stall-timeout must be positive")
         if self.sndbuf_bytes < 0:
             raise ConfigError("--sndbuf-kb must be >= 0")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server TLS context of ``tls_cert``/``tls_key``, or None for plain ws://.
+
+        Raises:
+            ConfigError: the files cannot be read or do not hold a matching pair.
+        """
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"--tls-cert/--tls-key: {exc}") from None
+        return ctx
 
 
 class Connection(WSListener):
@@ -171,6 +211,16 @@ class Connection(WSListener):
         self._logged_codes: set[str] = set()
         self._fragments: list[bytes] | None = None
         self._fragments_size = 0
+        # Security (docs/security.md): the address per-IP limits count (set by the
+        # guard), the logged-in user and its token's expiry (wall clock, 0: none), the
+        # inbound message bucket (made at the first message) and consecutive messages
+        # refused by it, and the monotonic time of the last request (idle timeout).
+        self.client_ip = "?"
+        self.user: str | None = None
+        self.expires = 0.0
+        self.bucket: TokenBucket | None = None
+        self.strikes = 0
+        self.last_seen = time.monotonic()
         # (binary, compressed) of the message being reassembled from fragments.
         self._fragments_kind = (False, False)
 
@@ -297,11 +347,60 @@ class Connection(WSListener):
         if len(data) > self.gateway.config.max_message_bytes:
             self.fail(CloseCode.MESSAGE_TOO_BIG, "message too big")
             return
+        if not self.admit():
+            return
         self.gateway.handle_request(self, data, binary=True)
         self.flush()
         self.update_delivery()
 
+    def authenticate(self, claims: Claims) -> None:
+        """Log this connection in as ``claims.user`` until ``claims.expires``.
+
+        A later login of the same user moves the expiry (refresh); the gateway checks
+        that it is the same user.
+        """
+        self.user = claims.user
+        self.expires = claims.expires
+        log.info(
+            "conn %d %s: logged in as %s",
+            self.id,
+            self.peer,
+            claims.user,
+            extra={"conn": self.id, "peer": self.peer, "user": claims.user},
+        )
+
+    def admit(self) -> bool:
+        """Charge one inbound message to the rate limit; False: it must be dropped.
+
+        A message over the limit is answered with a ``rate_limited`` error and not
+        processed; after ``message_burst`` of them in a row the connection is closed
+        with :attr:`~tickwire.protocol.CloseCode.RATE_LIMITED`.
+        """
+        now = time.monotonic()
+        self.last_seen = now
+        limits = self.gateway.config.limits
+        if limits.max_messages_per_s <= 0:
+            return True
+        bucket = self.bucket
+        if bucket is None:
+            bucket = self.bucket = TokenBucket(limits.max_messages_per_s, limits.message_burst, now)
+        if bucket.take(now):
+            self.strikes = 0
+            return True
+        self.strikes += 1
+        gateway = self.gateway
+        gateway.rate_limited += 1
+        if self.strikes > limits.message_burst:
+            self.fail(CloseCode.RATE_LIMITED, "rate limited: too many messages per second")
+            return False
+        reason = f"over {limits.max_messages_per_s:g} messages/s: request dropped"
+        self.send(encode(Error(ErrorCode.RATE_LIMITED, reason)))
+        self.flush()
+        return False
+
     def _text(self, data: bytes) -> None:
+        if not self.admit():
+            return
         try:
             data.decode("utf-8")
         except UnicodeDecodeError:
@@ -434,6 +533,12 @@ class Gateway:
             deflate_level=config.deflate_level,
         )
         self.source = make_source(config)
+        # Private channels: tokens, and the simulator's synthetic users' orders.
+        self.verifier = config.verifier
+        self.guard = Guard(self._listener, config.limits, config.verifier)
+        self.rate_limited = 0
+        self.logins = 0
+        self._attach_accounts()
         # Older name of the source, kept for readers of .generated / .skipped.
         self.simulator = self.source
         self.connections: dict[int, Connection] = {}
@@ -477,6 +582,8 @@ class Gateway:
                 self._subscribe(conn, req)
             elif req.op == "unsubscribe":
                 self._unsubscribe(conn, req)
+            elif req.op == "login":
+                self._login(conn, req)
             else:
                 self._fault(conn, req)
         except RequestError as exc:
@@ -484,7 +591,7 @@ class Gateway:
 
     def _subscribe(self, conn: Connection, req: Request) -> None:
         hub = self.hub
-        channels = [hub.channel(name, req.id) for name in req.channels]
+        channels = [self._channel(conn, name, req.id) for name in req.channels]
         new = sum(1 for ch in channels if ch.name not in conn.channels)
         if len(conn.channels) + new > hub.max_subscriptions:
             raise RequestError(
@@ -495,6 +602,68 @@ class Gateway:
         conn.send(encode(Ack("subscribe", req.id, req.channels, self.engine.epoch)))
         for ch in channels:
             hub.subscribe(conn, ch, req.epoch, req.since.get(ch.name), req.id)
+
+    def _channel(self, conn: Connection, name: str, request_id: int | str | None) -> Channel:
+        """Resolve a channel name for ``conn``, authorizing private channels.
+
+        Raises:
+            RequestError: as :meth:`Hub.channel`; ``auth_required`` for a private
+                channel without a login, ``forbidden`` for another user's.
+        """
+        if name.partition(".")[0] not in PRIVATE_KINDS:
+            return self.hub.channel(name, request_id)
+        _, user = parse_channel(name, request_id)
+        if conn.user is None:
+            raise AuthError(
+                ErrorCode.AUTH_REQUIRED, "log in (op 'login') for private channels", request_id
+            )
+        if user != conn.user:
+            raise AuthError(ErrorCode.FORBIDDEN, "not your private channel", request_id)
+        return self.hub.private_channel(user)
+
+    def _login(self, conn: Connection, req: Request) -> None:
+        """Verify a ``login`` token; authenticate ``conn`` or refresh its expiry."""
+        if self.verifier is None:
+            raise AuthError(
+                ErrorCode.AUTH_REQUIRED, "this server accepts no tokens (no keys set)", req.id
+            )
+        claims = self.verifier.verify(req.token or "", time.time(), req.id)
+        if conn.user is not None and conn.user != claims.user:
+            raise AuthError(
+                ErrorCode.FORBIDDEN, "already logged in as another user; reconnect", req.id
+            )
+        conn.authenticate(claims)
+        self.logins += 1
+        channels = [f"{kind}.{claims.user}" for kind in PRIVATE_KINDS]
+        conn.send(encode(Ack("login", req.id, channels, self.engine.epoch)))
+
+    def _police(self) -> None:
+        """Close connections whose token expired, and idle ones (every sweep)."""
+        wall = time.time()
+        now = time.monotonic()
+        idle = self.config.limits.idle_timeout_s
+        for conn in list(self.connections.values()):
+            if conn.expires and conn.expires <= wall:
+                conn.fail(CloseCode.AUTH_EXPIRED, "token expired; log in again with a new one")
+            elif idle and not conn.channels and now - conn.last_seen > idle:
+                conn.fail(CloseCode.IDLE_TIMEOUT, f"idle for {idle:g}s without a subscription")
+
+    def _attach_accounts(self) -> None:
+        """Feed ``orders.<user>`` from the simulator's synthetic users (auth on only)."""
+        cfg = self.config
+        if self.verifier is None or not cfg.sim_users or cfg.sim_order_fraction <= 0:
+            return
+        simulator = getattr(self.source, "simulator", None)
+        if simulator is None:
+            return  # not the embedded simulator: private data comes from the source
+        from ..simulator import SyntheticAccounts
+
+        simulator.accounts = SyntheticAccounts(
+            cfg.sim_users,
+            cfg.seed,
+            fraction=cfg.sim_order_fraction,
+            emit=self.hub.publish_orders,
+        )
 
     def _unsubscribe(self, conn: Connection, req: Request) -> None:
         missing = [name for name in req.channels if name not in conn.channels]
@@ -568,15 +737,16 @@ class Gateway:
         gc.freeze()
         gc.set_threshold(100_000, 50, 100)
         cfg = self.config
-        self._server = await ws_create_server(
-            self._listener,
+        self._server = await create_ws_server(
+            self.guard,
             cfg.host,
             cfg.port,
             enable_auto_ping=cfg.ping_interval_s > 0,
             auto_ping_idle_timeout=max(cfg.ping_interval_s, cfg.ping_timeout_s, 0.001),
             auto_ping_reply_timeout=max(cfg.ping_timeout_s, 0.001),
             max_frame_size=cfg.max_message_bytes,
-            websocket_handshake_timeout=5,
+            websocket_handshake_timeout=cfg.limits.handshake_timeout_s,
+            ssl=cfg.ssl_context(),
             backlog=4096,
             reuse_port=cfg.reuse_port,
             logger_name="tickwire.picows",
@@ -750,6 +920,7 @@ class Gateway:
                 self._check_paused(now)
             if now >= next_sweep:
                 self._sweep()
+                self._police()
                 next_sweep = now + 0.5
 
     async def _shutdown(self) -> None:
@@ -792,6 +963,12 @@ class Gateway:
             "rejected": self.rejected,
             "rejected_by_code": dict(self.rejected_by_code),
             "slow": self.slow_stats(),
+            "security": {
+                **self.guard.stats(),
+                "logins": self.logins,
+                "rate_limited": self.rate_limited,
+                "closes_by_code": {str(k): v for k, v in self.closes_by_code.items()},
+            },
         }
 
     def slow_stats(self, limit: int = 20) -> dict[str, Any]:

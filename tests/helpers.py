@@ -15,7 +15,7 @@ from typing import Any
 #: Scalable time unit for test timeouts (set TICKWIRE_TEST_MS to slow everything down).
 MS = float(os.environ.get("TICKWIRE_TEST_MS", "1")) / 1000
 
-_SERVING = re.compile(r"ws://([\d.]+):(\d+)/ws \(epoch (\S+)\)")
+_SERVING = re.compile(r"(wss?)://([\d.]+):(\d+)/ws \(epoch (\S+)\)")
 
 
 @dataclass
@@ -29,10 +29,12 @@ class ServerProcess:
     stats: dict[str, Any] | None = None
     #: Everything the server wrote to stderr, once :meth:`stop` returned.
     stderr: str = ""
+    #: "wss" when the server was started with --tls-cert.
+    scheme: str = "ws"
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
+        return f"{self.scheme}://127.0.0.1:{self.port}/ws"
 
     def start(self, timeout: float = 15.0) -> ServerProcess:
         cmd = [
@@ -64,8 +66,9 @@ class ServerProcess:
                 break
             m = _SERVING.search(line)
             if m:
-                self.port = int(m.group(2))
-                self.epoch = m.group(3)
+                self.scheme = m.group(1)
+                self.port = int(m.group(3))
+                self.epoch = m.group(4)
                 return self
         err = self.proc.stderr.read() if self.proc.stderr else ""
         self.kill()
@@ -151,6 +154,15 @@ def frame_payload(frame: bytes) -> bytes:
     return frames[0][2]
 
 
+class HandshakeRefused(ConnectionError):
+    """The server answered the upgrade request with ``status`` instead of 101."""
+
+    def __init__(self, status: int, head: str) -> None:
+        super().__init__(f"handshake failed: {head!r}")
+        self.status = status
+        self.head = head
+
+
 class RawClient:
     """A WebSocket client on a plain socket: sends hand-built frames, reads raw frames.
 
@@ -158,17 +170,28 @@ class RawClient:
     peer.
     """
 
-    def __init__(self, port: int, path: str = "/ws", timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        port: int,
+        path: str = "/ws",
+        timeout: float = 5.0,
+        *,
+        headers: dict[str, str] | None = None,
+        source: str | None = None,
+    ) -> None:
         import base64
         import socket
 
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock = socket.create_connection(
+            ("127.0.0.1", port), timeout=timeout, source_address=(source, 0) if source else None
+        )
         key = base64.b64encode(os.urandom(16)).decode()
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self.sock.sendall(
             (
                 f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                "Sec-WebSocket-Version: 13\r\n\r\n"
+                f"Sec-WebSocket-Version: 13\r\n{extra}\r\n"
             ).encode()
         )
         head = b""
@@ -178,8 +201,10 @@ class RawClient:
                 raise ConnectionError(f"handshake failed: {head!r}")
             head += chunk
         status, _, rest = head.partition(b"\r\n\r\n")
-        if b" 101 " not in status.split(b"\r\n", 1)[0]:
-            raise ConnectionError(f"handshake failed: {status!r}")
+        self.status = int(status.split(b" ", 2)[1]) if status.startswith(b"HTTP/") else 0
+        if self.status != 101:
+            self.sock.close()
+            raise HandshakeRefused(self.status, status.decode("latin-1"))
         self.buf = bytearray(rest)
         self.frames: list[tuple[int, bool, bytes]] = []
 

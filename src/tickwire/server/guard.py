@@ -245,6 +245,9 @@ async def create_ws_server(
     """
     loop = asyncio.get_running_loop()
     logger = logging.getLogger(f"picows.{logger_name}")
+    if logger.getEffectiveLevel() < logging.DEBUG:
+        # Below DEBUG picows logs raw request bytes, which carry bearer tokens.
+        logger.setLevel(logging.DEBUG)
 
     def protocol_factory() -> _GuardedProtocol:
         return _GuardedProtocol(

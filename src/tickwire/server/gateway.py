@@ -259,6 +259,10 @@ class Connection(WSListener):
             if compressed and not self.wire.deflate:
                 # RFC 6455 §5.2: RSV1 without a negotiated extension fails the connection.
                 self.fail(CloseCode.PROTOCOL_ERROR, "RSV1 set without permessage-deflate")
+            elif self._fragments is not None:
+                # RFC 6455 §5.4: a new message may not start inside a fragmented one.
+                self._fragments = None
+                self.fail(CloseCode.PROTOCOL_ERROR, "new message inside a fragmented one")
             elif frame.fin:
                 if binary or compressed:
                     self._message(frame.get_payload_as_bytes(), binary, compressed)

@@ -46,12 +46,13 @@ from ..limits import (
     Limits,
     OriginPolicy,
     Refusal,
+    TokenBucket,
     client_address,
     is_trusted,
     parse_networks,
 )
 
-__all__ = ["Admitted", "Guard", "create_ws_server"]
+__all__ = ["Admitted", "Guard", "LogBudget", "create_ws_server"]
 
 log = logging.getLogger("tickwire.server")
 
@@ -91,6 +92,8 @@ class Guard:
         self.proxies = parse_networks(limits.trusted_proxies)
         #: Refusals by HTTP status (exported in the stats).
         self.refused: dict[int, int] = {}
+        #: Bounds picows' per-connection log lines (one ERROR per framing violation).
+        self.log_budget = LogBudget()
         self.dropped_at_accept = 0
 
     # -- TCP ------------------------------------------------------------------------------
@@ -178,7 +181,28 @@ class Guard:
             "refused_connections": self.ips.refused_connections,
             "refused_handshakes": self.ips.refused_handshakes,
             "tracked_ips": len(self.ips.connections),
+            "log_lines_suppressed": self.log_budget.suppressed,
         }
+
+
+class LogBudget(logging.Filter):
+    """Let at most ``rate`` picows records per second through (burst ``burst``).
+
+    picows logs every framing violation of a peer at ERROR: without a budget, a client
+    sending bad frames in a loop would turn into a log flood. Records of other loggers
+    pass untouched; suppressed ones are counted.
+    """
+
+    def __init__(self, rate: float = 10.0, burst: int = 50) -> None:
+        super().__init__()
+        self.bucket = TokenBucket(rate, burst, time.monotonic())
+        self.suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("picows.") or self.bucket.take(time.monotonic()):
+            return True
+        self.suppressed += 1
+        return False
 
 
 class _Peer:
@@ -248,6 +272,11 @@ async def create_ws_server(
     if logger.getEffectiveLevel() < logging.DEBUG:
         # Below DEBUG picows logs raw request bytes, which carry bearer tokens.
         logger.setLevel(logging.DEBUG)
+    # picows logs through a child logger per connection, whose records skip the parent
+    # loggers' filters: budget them at the handlers.
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, LogBudget) for f in handler.filters):
+            handler.addFilter(guard.log_budget)
 
     def protocol_factory() -> _GuardedProtocol:
         return _GuardedProtocol(

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Flame graph of the gateway under peerbench-like load: the server pinned to CPU 0,
+# peerbench's C load client on CPU 1, py-spy sampling the server.
+#
+#   bash bench/profile_gateway.sh S1 20000 docs/flame-s1.svg   # 100 conns, 10 symbols
+#   bash bench/profile_gateway.sh S2 1000  docs/flame-s2.svg   # 1000 conns, 10 symbols
+#
+# Needs `make install`, py-spy (`pip install '.[bench]'`) and `bash ../shared/peerbench/setup.sh`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SCEN="${1:-S1}"; RATE="${2:-20000}"; OUT="${3:-/tmp/flame-$SCEN.svg}"
+PORT="${PORT:-9390}"; SECONDS_="${SECONDS_:-8}"
+CONNS=100; [[ "$SCEN" == S2 ]] && CONNS=1000
+LOADCLIENT="${LOADCLIENT:-../shared/peerbench/loadclient}"
+taskset -c 0 .venv/bin/tickwire serve --port "$PORT" --symbols 10 --rate "$RATE" \
+  --max-seconds $((SECONDS_ + 20)) >/dev/null 2>/tmp/profile-gateway.err &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+sleep 1.5
+taskset -c 1 "$LOADCLIENT" -p "$PORT" -P /ws -n "$CONNS" -k 10 \
+  -m '{"op":"subscribe","channels":["book.SYM{i}"]}' -d $((SECONDS_ + 2)) -w 1 \
+  > /tmp/profile-loadclient.json 2>&1 &
+CLIENT=$!
+sleep 2
+.venv/bin/py-spy record -p "$SERVER" -d "$SECONDS_" -r 250 --idle -o "$OUT" >/dev/null
+wait $CLIENT || true
+tail -1 /tmp/profile-loadclient.json
+echo "wrote $OUT"

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import socket
 import time
 import zlib
@@ -43,6 +44,7 @@ from tickwire.codec import (
     Inflater,
     Wire,
     decode_msgpack,
+    encode_msgpack,
     inflate,
     negotiate,
 )
@@ -618,3 +620,56 @@ def test_compressed_requests_and_a_bomb(server_factory: Callable[..., ServerProc
         plain.close()
     stats = srv.stop()
     assert stats is not None and stats["connections"] == 0
+
+
+# -- tickwire bench and tickwire watch speak every wire -----------------------------------
+
+
+def test_tally_counts_msgpack_and_compressed_like_json() -> None:
+    from tickwire.loadtest.tally import Tally
+
+    msgs: list[Message] = [
+        Snapshot("book.A", 5, "e", bids=[("1", "2")], asks=[], checksum=1),
+        Delta("book.A", 8, 5, 7, [BookUpdate("bid", "1", "3", TS + i) for i in range(3)]),
+        Delta("book.A", 10, 9, 7, [BookUpdate("ask", "2", "1", TS)]),  # a gap
+    ]
+    deflater = Deflater()
+    tallies = {"json": Tally(), "msgpack": Tally(), "deflate": Tally()}
+    chains: dict[str, dict[str, int]] = {k: {} for k in tallies}
+    for m in msgs:
+        tallies["json"].feed(chains["json"], encode(m), TS + 10)
+        tallies["msgpack"].feed(chains["msgpack"], encode_msgpack(m), TS + 10, True)
+        packed = deflater.compress(encode_msgpack(m))
+        tallies["deflate"].feed(chains["deflate"], encode_msgpack(m), TS + 10, True, len(packed))
+    counters = {k: t.counters() for k, t in tallies.items()}
+    for k in ("msgpack", "deflate"):
+        assert counters[k].deliveries == counters["json"].deliveries == 4
+        assert counters[k].gaps == counters["json"].gaps == 1
+        assert chains[k] == chains["json"] == {"book.A": 10}
+    # Bytes as on the wire: compressed < msgpack < JSON.
+    assert counters["deflate"].bytes < counters["msgpack"].bytes < counters["json"].bytes
+
+
+def test_bench_and_watch_speak_msgpack_and_deflate(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    import subprocess
+    import sys
+
+    srv = server_factory("--symbols", "AAA,BBB", "--rate", "1000", "--deflate")
+    bench = [sys.executable, "-m", "tickwire", "bench", srv.url, "--json", "--no-progress"]
+    bench += ["--channels", "book.AAA,trades.BBB", "--conns", "2", "--procs", "1"]
+    bench += ["--duration", "1", "--warmup", "0.3", "--encoding", "msgpack", "--deflate"]
+    proc = subprocess.run(bench, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["connected"] == 2 and doc["deliveries"] > 100, doc
+    assert doc["gaps"] == 0 and doc["totals"]["errors"] == 0 and doc["errors"] == []
+    watch = [sys.executable, "-m", "tickwire", "watch", "AAA", "--url", srv.url]
+    watch += ["--duration", "1.5", "--encoding", "msgpack", "--deflate"]
+    out = subprocess.run(watch, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    summary = re.search(r"watched AAA for [\d.]+ s: (\d+) updates, gaps (\d+)", out.stdout)
+    assert summary and int(summary.group(1)) > 50 and summary.group(2) == "0", out.stdout
+    stats = srv.stop()
+    assert stats is not None and stats["wires"] == {"msgpack+deflate": 3}

@@ -74,6 +74,17 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
         default=10.0,
         help="seconds for each connection's TCP connect and WebSocket handshake",
     )
+    p.add_argument(
+        "--encoding",
+        choices=("json", "msgpack"),
+        default="json",
+        help="wire encoding each connection asks for (default json; docs/protocol.md)",
+    )
+    p.add_argument(
+        "--deflate",
+        action="store_true",
+        help="offer permessage-deflate (bytes are counted compressed, as on the wire)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.add_argument("--no-progress", action="store_true", help="no live progress line on stderr")
 
@@ -106,6 +117,8 @@ def bench_main(
         per_conn=args.channels_per_conn,
         connect_timeout=args.connect_timeout,
         progress=not args.no_progress,
+        encoding=args.encoding,
+        deflate=args.deflate,
     )
     result = run_bench(config, err)
     if args.json:

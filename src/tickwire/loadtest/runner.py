@@ -47,6 +47,8 @@ class BenchConfig:
         per_conn: channels each connection subscribes.
         connect_timeout: per connection: TCP connect plus WebSocket handshake.
         progress: draw the live progress line on ``err``.
+        encoding: ``"json"`` or ``"msgpack"`` (subprotocol ``tickwire.v1.<encoding>``).
+        deflate: offer permessage-deflate (the server needs ``--deflate``).
     """
 
     url: str
@@ -58,6 +60,8 @@ class BenchConfig:
     per_conn: int = 1
     connect_timeout: float = 10.0
     progress: bool = True
+    encoding: str = "json"
+    deflate: bool = False
 
 
 class _Progress:
@@ -173,7 +177,12 @@ def run_bench(config: BenchConfig, err: TextIO | None = None) -> BenchResult:
     for k, subs in enumerate(shares):
         parent_end, child_end = ctx.Pipe(duplex=True)
         wc = WorkerConfig(
-            worker=k, url=config.url, subscriptions=subs, connect_timeout=config.connect_timeout
+            worker=k,
+            url=config.url,
+            subscriptions=subs,
+            connect_timeout=config.connect_timeout,
+            encoding=config.encoding,
+            deflate=config.deflate,
         )
         p = ctx.Process(target=worker_main, args=(wc, child_end), name=f"tickwire-bench-{k}")
         p.daemon = True

@@ -16,7 +16,12 @@ Counting rules (they are what ``docs/bench-tool.md`` documents):
   after a gap the chain continues from the new ``seq``;
 - *latency* is receive time minus the update's ``ts`` (nanoseconds since the epoch, wall
   clock), one value per delivery;
-- *bytes* are WebSocket bytes: payload plus the 2/4/10-byte server frame header.
+- *bytes* are WebSocket bytes: payload plus the 2/4/10-byte server frame header; for a
+  compressed (permessage-deflate) frame, the compressed payload as it came off the wire.
+
+Every encoding is counted the same way: a binary frame (``tickwire.v1.msgpack``) is
+decoded with msgpack into the same fields, an inflated payload is passed in with the
+size its frame had on the wire.
 
 Speed matters here more than anywhere else in tickwire: a load generator that is
 slower than the server measures itself. Decoding goes through a msgspec Struct that
@@ -85,6 +90,7 @@ class _Wire(msgspec.Struct, gc=False):
 
 
 _decode = msgspec.json.Decoder(_Wire).decode
+_decode_msgpack = msgspec.msgpack.Decoder(_Wire).decode
 _SHIFT_BASE = SUB_BITS + 1
 _get_ts = operator.attrgetter("ts")
 # Up to this many distinct ``ts`` in a batch, count each with list.count (C) rather
@@ -146,23 +152,33 @@ class Tally:
         """Forget recorded latencies: called when the warm-up ends."""
         self.hist.clear()
 
-    def feed(self, chain: dict[str, int], data: bytes | memoryview, now_ns: int) -> None:
+    def feed(
+        self,
+        chain: dict[str, int],
+        data: bytes | memoryview,
+        now_ns: int,
+        binary: bool = False,
+        size: int = -1,
+    ) -> None:
         """Account for one server message.
 
         Args:
             chain: the receiving connection's last ``seq`` per channel; updated here.
             data: the message payload (a text frame's bytes; a view is fine, it is not
-                kept).
+                kept), inflated if it was compressed.
             now_ns: when it was received, in nanoseconds since the epoch.
+            binary: ``data`` is msgpack (a binary frame), not JSON.
+            size: the payload's size on the wire when it differs from ``len(data)``
+                (a compressed frame); -1 means ``len(data)``.
 
         Raises:
-            msgspec.DecodeError: the payload is not a JSON object; the caller counts it
-                as a protocol failure of the feed.
+            msgspec.DecodeError: the payload is not a JSON object (msgpack map); the
+                caller counts it as a protocol failure of the feed.
         """
-        n = len(data)
+        n = len(data) if size < 0 else size
         self.messages += 1
         self.bytes += n + (2 if n < 126 else 4 if n < 65536 else 10)
-        msg = _decode(data)
+        msg = _decode_msgpack(data) if binary else _decode(data)
         kind = msg.type
         if kind == "delta":
             entries = msg.updates

@@ -31,6 +31,8 @@ from typing import Any
 import msgspec
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
+from ..codec import DEFLATE_OFFER, SUBPROTOCOLS, Encoding, Inflater
+from ..exceptions import ProtocolError
 from .report import WorkerReport
 from .tally import Counters, Tally
 
@@ -49,6 +51,8 @@ class WorkerConfig:
         connect_concurrency: most handshakes in flight at once.
         progress_interval: seconds between progress reports.
         max_frame_bytes: largest server frame accepted.
+        encoding: ``"json"`` or ``"msgpack"``, asked for by subprotocol.
+        deflate: offer permessage-deflate.
     """
 
     worker: int
@@ -58,6 +62,17 @@ class WorkerConfig:
     connect_concurrency: int = 256
     progress_interval: float = 0.5
     max_frame_bytes: int = 64 << 20
+    encoding: str = "json"
+    deflate: bool = False
+
+    def headers(self) -> list[tuple[str, str]]:
+        """The handshake headers that ask for this run's encoding and compression."""
+        out = []
+        if self.encoding != "json":
+            out.append(("Sec-WebSocket-Protocol", SUBPROTOCOLS[Encoding(self.encoding)]))
+        if self.deflate:
+            out.append(("Sec-WebSocket-Extensions", DEFLATE_OFFER))
+        return out
 
 
 class _Client(WSListener):
@@ -72,6 +87,9 @@ class _Client(WSListener):
         ).encode()
         self.feed = worker.tally.feed
         self.fragments: list[bytes] | None = None
+        self.fragments_kind = (False, False)
+        # One zlib stream per connection, created at the first compressed frame.
+        self.inflater: Inflater | None = None
         self.close_code: int | None = None
         self.close_reason = ""
 
@@ -81,24 +99,27 @@ class _Client(WSListener):
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type
-        if msg_type == WSMsgType.TEXT and frame.fin:
+        if msg_type == WSMsgType.TEXT and frame.fin and not frame.rsv1:
             try:
                 self.feed(self.chain, frame.get_payload_as_memoryview(), time.time_ns())
             except msgspec.DecodeError as exc:
                 self.worker.protocol_error(f"undecodable message: {exc}")
-        elif msg_type == WSMsgType.TEXT or msg_type == WSMsgType.CONTINUATION:
-            # Fragmented messages are legal WebSocket; tickwire servers do not send them.
-            if msg_type == WSMsgType.TEXT:
+        elif msg_type == WSMsgType.BINARY and frame.fin and not frame.rsv1:
+            try:
+                self.feed(self.chain, frame.get_payload_as_memoryview(), time.time_ns(), True)
+            except msgspec.DecodeError as exc:
+                self.worker.protocol_error(f"undecodable message: {exc}")
+        elif msg_type in (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION):
+            # Compressed (RSV1) or fragmented messages; tickwire servers do not fragment.
+            if msg_type != WSMsgType.CONTINUATION:
                 self.fragments = []
+                self.fragments_kind = (msg_type == WSMsgType.BINARY, frame.rsv1)
             if self.fragments is not None:
                 self.fragments.append(frame.get_payload_as_bytes())
                 if frame.fin:
                     data = b"".join(self.fragments)
                     self.fragments = None
-                    try:
-                        self.feed(self.chain, data, time.time_ns())
-                    except msgspec.DecodeError as exc:
-                        self.worker.protocol_error(f"undecodable message: {exc}")
+                    self.whole(data, *self.fragments_kind)
         elif msg_type == WSMsgType.CLOSE:
             self.close_code = int(frame.get_close_code().value)
             self.close_reason = frame.get_close_message().decode(errors="replace")
@@ -108,6 +129,18 @@ class _Client(WSListener):
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.worker.closed(self)
+
+    def whole(self, data: bytes, binary: bool, compressed: bool) -> None:
+        """Count one reassembled or compressed message (``data`` as on the wire)."""
+        size = len(data)
+        try:
+            if compressed:
+                if self.inflater is None:
+                    self.inflater = Inflater(self.worker.config.max_frame_bytes)
+                data = self.inflater.inflate(data)
+            self.feed(self.chain, data, time.time_ns(), binary, size)
+        except (msgspec.DecodeError, ProtocolError) as exc:
+            self.worker.protocol_error(f"undecodable message: {exc}")
 
 
 class _Worker:
@@ -175,6 +208,7 @@ class _Worker:
     async def connect_all(self) -> None:
         limit = asyncio.Semaphore(self.config.connect_concurrency)
         timeout = self.config.connect_timeout
+        headers = self.config.headers()
 
         async def one(index: int, channels: list[str]) -> None:
             async with limit:
@@ -188,6 +222,7 @@ class _Worker:
                             websocket_handshake_timeout=timeout,
                             max_frame_size=self.config.max_frame_bytes,
                             logger_name="tickwire.bench",
+                            extra_headers=headers or None,
                         ),
                         timeout,
                     )

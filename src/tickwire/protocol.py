@@ -184,7 +184,9 @@ def decode_request(data: bytes | str, binary: bool = False) -> Request:
     if binary:
         try:
             raw = _msgpack_request_decoder.decode(data.encode() if isinstance(data, str) else data)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            # A msgpack str holding invalid UTF-8 raises UnicodeDecodeError (found by
+            # tests/test_fuzz.py).
             raise RequestError(ErrorCode.BAD_MSGPACK, "request must be a msgpack map") from None
     else:
         try:

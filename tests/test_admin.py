@@ -573,7 +573,8 @@ def test_json_log_lines(json_log_server: subprocess.Popen[str]) -> None:
         client = await connect(f"ws://127.0.0.1:{port}/ws")
         client.send({"op": "subscribe", "channels": ["book.NOPE"], "token": secret, "id": 1})
         client.send({"op": "login", "api_key": secret, "signature": secret, "id": 2})
-        await client.wait_for(lambda: len(client.messages) >= 2)
+        client.send({"op": "frobnicate", "token": secret, "id": 3})
+        await client.wait_for(lambda: len(client.messages) >= 3)
         client.close()
         await asyncio.sleep(0.3)
 

@@ -377,6 +377,22 @@ class Hub:
 
     # -- per tick ----------------------------------------------------------------------
 
+    def flush_symbol(self, symbol: str, now: float) -> None:
+        """Send ``symbol``'s pending book and trades batches now.
+
+        The tick loop calls it right after publishing a symbol's batch, so its
+        subscribers are written before the next symbol is generated; :meth:`flush` then
+        sends the rest (tickers, catch-ups, anything a push source queued).
+        """
+        ch = self._book_of[symbol]
+        if ch.pending:
+            ch.last_sent = now
+            self._flush_book(ch)
+        ch = self._trades_of[symbol]
+        if ch.pending:
+            ch.last_sent = now
+            self._flush_trades(ch)
+
     def flush(self, now: float) -> None:
         """Turn every pending batch into one message and queue it to subscribers."""
         for ch in self.books:

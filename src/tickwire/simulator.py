@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from .exceptions import ConfigError
 from .protocol import BookUpdate, Side
@@ -514,16 +514,22 @@ class MarketSimulator:
         return n
 
     def generate(self, n: int) -> list[tuple[str, list[BookUpdate], list[RawTrade]]]:
-        """Generate about ``n`` book updates per symbol.
+        """Generate about ``n`` book updates per symbol (all symbols, as a list)."""
+        return list(self.batches(n))
 
-        Events are never split, so a call may overshoot; the excess is taken off the next
-        call, which keeps the long-run rate exact.
+    def batches(self, n: int) -> Iterator[tuple[str, list[BookUpdate], list[RawTrade]]]:
+        """Yield about ``n`` book updates per symbol, one symbol at a time.
+
+        Lazily: a symbol's batch is produced (and its event time stamped) only when the
+        caller asks for it, so the gateway can send one symbol's batch before the next
+        one is generated, and ``ts`` is not older than the work in between. Events are
+        never split, so a batch may overshoot; the excess is taken off the next call,
+        which keeps the long-run rate exact.
         """
         if n <= 0:
-            return []
-        out = []
+            return
         clock = self.clock
-        total = 0
+        accounts = self.accounts
         for flow in self.flows:
             target = n - flow.excess
             if target <= 0:
@@ -534,9 +540,7 @@ class MarketSimulator:
             # One event time per symbol batch: the whole batch is produced at this instant.
             flow.run(target, clock(), updates, trades)
             flow.excess = len(updates) - target
-            total += len(updates)
-            out.append((flow.symbol, updates, trades))
-            if self.accounts is not None:
-                self.accounts.observe(flow, updates, trades)
-        self.generated += total
-        return out
+            self.generated += len(updates)
+            if accounts is not None:
+                accounts.observe(flow, updates, trades)
+            yield flow.symbol, updates, trades

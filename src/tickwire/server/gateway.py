@@ -873,6 +873,7 @@ class Gateway:
         hub = self.hub
         poll = self.source.poll
         publish = hub.publish
+        flush_symbol = hub.flush_symbol
         dirty = cast(list[Connection], hub.dirty)
         tick = self.config.batch_ms / 1000.0 if self.config.batch_ms > 0 else 0.001
         monotonic = time.monotonic
@@ -906,6 +907,7 @@ class Gateway:
                 if first is None and updates:
                     first = updates
                 publish(symbol, updates, trades)
+                flush_symbol(symbol, now)
             hub.flush(now)
             if now >= next_heartbeat:
                 hub.heartbeats(now)

@@ -20,7 +20,7 @@ followed over NATS). :func:`make_source` picks one from ``--source``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..engine import Engine, StateSnapshot
@@ -75,8 +75,11 @@ class Source(Protocol):
     async def start(self, sink: Sink) -> None:
         """Seed or load the books into ``sink``; return when they are complete."""
 
-    def poll(self, now: float) -> Sequence[Batch]:
-        """Return the batches due at monotonic time ``now`` (called once per tick)."""
+    def poll(self, now: float) -> Iterable[Batch]:
+        """Return the batches due at monotonic time ``now`` (called once per tick).
+
+        May be lazy (a generator): the tick loop sends each batch before taking the next.
+        """
 
     def burst(self, now: float) -> None:
         """Spike the flow now (SIGUSR1); sources that do not generate flow ignore it."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from ..simulator import MarketSimulator
@@ -21,7 +21,7 @@ class SimulatorSource:
     def __init__(self, simulator: MarketSimulator) -> None:
         self.simulator = simulator
         self._due = simulator.due
-        self._generate = simulator.generate
+        self._batches = simulator.batches
 
     @property
     def generated(self) -> int:
@@ -39,9 +39,9 @@ class SimulatorSource:
             sink.publish(symbol, updates, trades)
         sink.incomplete.difference_update(f.symbol for f in self.simulator.flows)
 
-    def poll(self, now: float) -> Sequence[Batch]:
-        """Generate the updates due at ``now`` (exact long-run rate)."""
-        return self._generate(self._due(now))
+    def poll(self, now: float) -> Iterable[Batch]:
+        """Generate the updates due at ``now`` (exact long-run rate), one symbol at a time."""
+        return self._batches(self._due(now))
 
     def burst(self, now: float) -> None:
         """Multiply the rate for ``burst_seconds`` (SIGUSR1)."""

@@ -5,6 +5,7 @@
 #   bash bench/run_peerbench.sh                       # S1+S2, tickwire vs picows_preframed
 #   SERVERS=picows_preframed,socketify_pubsub,rawfanout_rate RATES=1000,5000,20000,40000 \
 #     SCENARIOS=S1 OUT=/tmp/sweep.jsonl bash bench/run_peerbench.sh
+#   APPEND=1 ... adds to OUT instead of starting it afresh (S2 and an S1 sweep in one file)
 #
 # Needs: `make install` (the .venv) and `bash ../shared/peerbench/setup.sh`.
 set -euo pipefail
@@ -17,9 +18,11 @@ DURATION="${DURATION:-10}"
 WARMUP="${WARMUP:-2}"
 rates=()
 [[ -n "${RATES:-}" ]] && rates=(--rates "$RATES")
+fresh=(--fresh)
+[[ -n "${APPEND:-}" ]] && fresh=()   # APPEND=1: add to OUT (e.g. a sweep after S1+S2)
 python3 "$PEERBENCH/run.py" --server-name tickwire --servers "$SERVERS" \
   --scenarios "$SCENARIOS" "${rates[@]}" --duration "$DURATION" --warmup "$WARMUP" \
-  --no-ceiling --out "$OUT" --fresh --server-cwd "$PWD" \
+  --no-ceiling --out "$OUT" "${fresh[@]}" --server-cwd "$PWD" \
   --server-cmd '.venv/bin/tickwire serve --port {port} --symbols {channels} --rate {rate} --max-seconds {max_seconds}' \
   --path /ws --sub-msg '{"op":"subscribe","channels":["book.SYM{i}"]}'
 .venv/bin/python bench/peerbench_chart.py "$OUT" --png "${PNG:-docs/peerbench.png}"

@@ -1,4 +1,4 @@
-"""Chart a peerbench JSONL run: delivered rate and p99 latency against offered rate.
+"""Chart a peerbench JSONL run: delivered rate, p99 latency and server CPU vs offered rate.
 
 ``python bench/peerbench_chart.py /tmp/tickwire-peers.jsonl --png docs/peerbench.png``
 also prints a markdown table (delivered, p50/p99, server CPU, CPU per million deliveries,
@@ -50,7 +50,7 @@ def chart(rows: list[dict[str, Any]], png: str) -> None:
     import matplotlib.pyplot as plt
 
     scenarios = sorted({r["scenario"] for r in rows})
-    fig, axes = plt.subplots(2, len(scenarios), figsize=(6 * len(scenarios), 7), squeeze=False)
+    fig, axes = plt.subplots(3, len(scenarios), figsize=(6 * len(scenarios), 10), squeeze=False)
     for col, scen in enumerate(scenarios):
         series: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in rows:
@@ -64,10 +64,15 @@ def chart(rows: list[dict[str, Any]], png: str) -> None:
                 x, [r["delivered_updates_per_s"] for r in pts], "o-", label=server, **style
             )
             axes[1][col].plot(x, [r["p99_us"] / 1000 for r in pts], "o-", label=server, **style)
-        for row, ylabel in enumerate(("delivered updates/s", "p99 latency (ms)")):
+            axes[2][col].plot(x, [r["server_cpu_pct"] for r in pts], "o-", label=server, **style)
+        labels = ("delivered updates/s", "p99 latency (ms)", "server CPU % (one core = 100)")
+        for row, ylabel in enumerate(labels):
             ax = axes[row][col]
             ax.set_xscale("log")
-            ax.set_yscale("log")
+            if row < 2:
+                ax.set_yscale("log")
+            else:
+                ax.set_ylim(0, 105)
             ax.set_xlabel("offered updates/s")
             ax.set_ylabel(ylabel)
             ax.grid(True, which="both", alpha=0.3)

@@ -69,7 +69,7 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="tick: a channel's updates within it share one frame (0: one each)",
     )
     p.add_argument(
-        "--history-mb", type=float, default=4.0, help="resume history kept per channel, in MiB"
+        "--history-mb", type=float, default=2.0, help="resume history kept per channel, in MiB"
     )
     p.add_argument(
         "--heartbeat",

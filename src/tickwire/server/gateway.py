@@ -749,6 +749,10 @@ class Gateway:
             auto_ping_idle_timeout=max(cfg.ping_interval_s, cfg.ping_timeout_s, 0.001),
             auto_ping_reply_timeout=max(cfg.ping_timeout_s, 0.001),
             max_frame_size=cfg.max_message_bytes,
+            # Clients send a few small requests; picows grows the buffer for a larger
+            # frame. Its 16 KiB default was most of a connection's memory (bench/
+            # memory_per_conn.sh).
+            read_buffer_init_size=2048,
             websocket_handshake_timeout=cfg.limits.handshake_timeout_s,
             ssl=cfg.ssl_context(),
             backlog=4096,

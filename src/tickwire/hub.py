@@ -517,23 +517,7 @@ class Hub:
         Subscribers on other wires get ``msg`` (decoded from ``frame`` if None) in
         their encoding, built once per wire (:meth:`_deliver_groups`).
         """
-        subs = ch.subscribers
-        n = len(subs)
-        if n:
-            dirty = self.dirty
-            # A tuple: a direct write may cross the high watermark, and pause() then
-            # takes the subscriber out of ``subs`` while we iterate.
-            for sub in tuple(subs):
-                deliver = sub.deliver
-                if deliver is not None:
-                    deliver(frame)
-                    continue
-                outbox = sub.outbox
-                if not outbox:
-                    dirty.append(sub)
-                outbox.append(frame)
-            self.frames_out += n
-            self.bytes_out += n * len(frame)
+        n = self._fan_out(ch.subscribers, frame) if ch.subscribers else 0
         if ch.groups:
             n += self._deliver_groups(ch, frame, msg)
         return n
@@ -563,7 +547,13 @@ class Hub:
         return n
 
     def _fan_out(self, subs: dict[Subscriber, None], frame: bytes) -> int:
-        """Write or queue ``frame`` to each of ``subs`` (the loop of :meth:`_deliver`)."""
+        """Write or queue ``frame`` to each of ``subs``: the per-delivery loop.
+
+        A direct ``deliver`` is one C call (the transport's write); otherwise the frame is
+        queued for the end of the tick. The loop runs over a tuple: a direct write may
+        cross the high watermark, and :meth:`pause` then takes the subscriber out of
+        ``subs`` while we iterate.
+        """
         n = len(subs)
         dirty = self.dirty
         for sub in tuple(subs):

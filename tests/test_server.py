@@ -262,7 +262,9 @@ def test_graceful_shutdown_sends_going_away_and_prints_stats(server: ServerProce
         conns = [await connect(server.url) for _ in range(5)]
         for ws in conns[:3]:
             await request(ws, "subscribe", ["book.BTC-USD"])
-            await recv(ws)
+            await recv(ws)  # the snapshot
+            while (await recv(ws))["type"] != "delta":  # a delta: frames_out has moved
+                pass
         stats_task = asyncio.create_task(asyncio.to_thread(server.stop))
         codes = []
         for ws in conns:

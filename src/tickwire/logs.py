@@ -66,3 +66,7 @@ def configure_logging(level: str, json_lines: bool) -> None:
     # Like logging.basicConfig (which this calls): a no-op when the root logger already
     # has handlers, e.g. when main() runs inside a test that captures logs.
     logging.basicConfig(level=level.upper(), handlers=[handler])
+    if logging.getLevelName(level.upper()) != logging.DEBUG:
+        # picows logs every connect and disconnect at INFO; tickwire's own connection
+        # records carry the same at DEBUG with ids, so keep picows to warnings.
+        logging.getLogger("picows").setLevel(logging.WARNING)

@@ -627,12 +627,12 @@ def test_tick_stats_and_sampler_rates() -> None:
         conflated_snapshots = 0
         paused: dict[object, float] = {}
 
-    class Simulator:
+    class Source:
         generated = 0
 
     class Gateway:
         hub = Hub()
-        simulator = Simulator()
+        source = Source()
         tick_stats = TickStats()
         connections = {1: None, 2: None}
         slow_closes = {"budget": 1, "stall": 0, "total": 0}
@@ -640,7 +640,7 @@ def test_tick_stats_and_sampler_rates() -> None:
     gw: Any = Gateway()
     sampler = Sampler(keep=3)
     assert sampler.sample(gw, 100.0, 1e9) is None
-    gw.hub.updates_out, gw.hub.bytes_out, gw.simulator.generated = 2000, 100_000, 500
+    gw.hub.updates_out, gw.hub.bytes_out, gw.source.generated = 2000, 100_000, 500
     for _ in range(99):
         gw.tick_stats.tick(0.0001, 200_000, 4)
     gw.tick_stats.tick(0.003, 9_000_000, 0)  # one slow tick: 9 ms, no batch sample

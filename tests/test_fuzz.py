@@ -120,14 +120,14 @@ def _gateway() -> tuple[Gateway, Connection]:
     gw = Gateway(GatewayConfig(symbols=["A", "B"], seed=5))
     # Both twins must share an epoch for their frames to be byte-identical.
     gw.engine.epoch = "fuzz-epoch"
-    gw.simulator.simulator.clock = itertools.count(10**18, 1000).__next__  # type: ignore[attr-defined]
+    gw.source.simulator.clock = itertools.count(10**18, 1000).__next__  # type: ignore[attr-defined]
     watcher = Connection(gw, 1)
     gw.handle_request(watcher, b'{"op":"subscribe","channels":["book.A","trades.A","ticker.A"]}')
     return gw, watcher
 
 
 def _tick(gw: Gateway, n: int, now: float) -> None:
-    flows = gw.simulator.simulator.generate(n)  # type: ignore[attr-defined]
+    flows = gw.source.simulator.generate(n)  # type: ignore[attr-defined]
     for symbol, updates, trades in flows:
         gw.hub.publish(symbol, updates, trades)
     gw.hub.flush(now)

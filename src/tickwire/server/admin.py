@@ -271,7 +271,7 @@ class AdminServer:
         point["totals"] = {
             "deliveries": hub.updates_out,
             "bytes": hub.bytes_out,
-            "source": gw.simulator.generated,
+            "source": gw.source.generated,
             "pauses": hub.pauses,
             "conflations": hub.conflated + hub.conflated_snapshots,
             "slow_closes": dict(gw.slow_closes),

@@ -543,8 +543,6 @@ class Gateway:
         self.rate_limited = 0
         self.logins = 0
         self._attach_accounts()
-        # Older name of the source, kept for readers of .generated / .skipped.
-        self.simulator = self.source
         self.connections: dict[int, Connection] = {}
         self._ids = itertools.count(1)
         self.accepted = 0
@@ -957,9 +955,9 @@ class Gateway:
             "elapsed_s": round(elapsed, 3),
             "epoch": self.engine.epoch,
             "symbols": len(self.config.symbols),
-            "generated": self.simulator.generated,
-            "skipped": self.simulator.skipped,
-            "gen_per_s": round(self.simulator.generated / max(elapsed, 1e-9), 1),
+            "generated": self.source.generated,
+            "skipped": self.source.skipped,
+            "gen_per_s": round(self.source.generated / max(elapsed, 1e-9), 1),
             "source": self.source.stats(),
             "restores": hub.restores,
             "messages_built": hub.messages_built,

@@ -264,12 +264,12 @@ class GatewayCollector(Collector):
         yield CounterMetricFamily(
             "tickwire_source_updates",
             "Book updates produced by the source.",
-            float(gw.simulator.generated),
+            float(gw.source.generated),
         )
         yield CounterMetricFamily(
             "tickwire_source_skipped",
             "Source updates dropped because the process fell behind (simulator backlog).",
-            float(gw.simulator.skipped),
+            float(gw.source.skipped),
         )
         rates = self.sampler.last if self.sampler is not None else None
         yield GaugeMetricFamily(
@@ -459,7 +459,7 @@ class Sampler:
             deliveries=hub.updates_out,
             bytes=hub.bytes_out,
             frames=hub.frames_out,
-            source=gateway.simulator.generated,
+            source=gateway.source.generated,
             conflations=hub.conflated + hub.conflated_snapshots,
             latency=tuple(ticks.latency.counts),
             batch_count=ticks.batch.count,

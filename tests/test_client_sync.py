@@ -38,7 +38,7 @@ from tickwire.protocol import (
     Trades,
     encode,
 )
-from tickwire.server.gateway import Connection, Gateway, GatewayConfig
+from tickwire.server import Connection, Gateway, GatewayConfig
 
 # -- helpers -------------------------------------------------------------------------
 

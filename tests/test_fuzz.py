@@ -30,7 +30,7 @@ from tickwire.protocol import (
     encode,
     parse_channel,
 )
-from tickwire.server.gateway import Connection, Gateway, GatewayConfig
+from tickwire.server import Connection, Gateway, GatewayConfig
 
 CODES = {c.value for c in ErrorCode}
 

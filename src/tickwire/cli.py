@@ -472,7 +472,7 @@ def _publish(args: argparse.Namespace) -> int:
     import uvloop
 
     from .publisher import Publisher
-    from .server.gateway import GatewayConfig
+    from .server.config import GatewayConfig
     from .sources import make_source
 
     source_spec = "sim" if args.replay is None else args.replay

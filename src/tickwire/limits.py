@@ -17,7 +17,7 @@ Every limit has a default, a ``tickwire serve`` flag and a documented answer
     idle (no subscription, silent)   60 s     --idle-timeout              close 4002
 
 The classes here hold the arithmetic; the I/O layer (:mod:`tickwire.server.guard`,
-:mod:`tickwire.server.gateway`) reads the clock and passes ``now`` (monotonic seconds)
+:mod:`tickwire.server.connection`) reads the clock and passes ``now`` (monotonic seconds)
 in. They cost nothing per delivered update: buckets are charged per inbound message and
 per handshake, counters per connection opened and closed.
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
-from .gateway import Connection, Gateway, GatewayConfig
+from .config import GatewayConfig
+from .connection import Connection
+from .gateway import Gateway
 
 __all__ = ["Connection", "Gateway", "GatewayConfig"]

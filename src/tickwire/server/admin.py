@@ -50,7 +50,8 @@ from ..protocol import Snapshot, encode
 from .metrics import Sampler, make_registry
 
 if TYPE_CHECKING:
-    from .gateway import Connection, Gateway
+    from .connection import Connection
+    from .gateway import Gateway
 
 __all__ = ["AdminServer", "book_snapshot"]
 

@@ -27,7 +27,7 @@ from ..engine import Engine, StateSnapshot
 from ..protocol import BookUpdate
 
 if TYPE_CHECKING:
-    from ..server.gateway import GatewayConfig
+    from ..server.config import GatewayConfig
 
 __all__ = ["Batch", "RawTrade", "Sink", "Source", "make_source"]
 

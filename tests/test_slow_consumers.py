@@ -374,10 +374,11 @@ def test_burst_grows_batches_not_queues(server_factory: Server) -> None:
     assert burst > 4 * calm, (calm, burst)
     for name in books:
         assert BookCheck(name).feed_all(client.messages).conflated == 0
-    # Queues did not grow: the server never held more than one high watermark of bytes
-    # for the client. (Whether the transport paused once depends on how fast this test
-    # process reads on a loaded machine, so it is not asserted.)
-    assert stats["slow"]["max_buffered_total"] < 256 << 10
+    # Queues did not grow: the server never held more than the high watermark (256 KiB,
+    # where writing pauses) plus the tick's frames that crossed it, far below the 4 MiB
+    # budget. (Whether the transport paused once depends on how fast this test process
+    # reads on a loaded machine, so it is not asserted.)
+    assert stats["slow"]["max_buffered_total"] < (256 + 64) << 10
 
 
 # -- the hub's conflation, Sans-I/O ----------------------------------------------------

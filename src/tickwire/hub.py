@@ -4,12 +4,14 @@ Theory of operation
 -------------------
 Sources call :meth:`Hub.publish` with a symbol's new book updates and trades. The hub
 applies them to the :class:`~tickwire.engine.Engine` at once (so snapshots are always
-current) and appends them to the channel's *pending* batch. Once per tick the I/O layer
-calls :meth:`Hub.flush`: each channel with pending data becomes **one** message, encoded
-**once** and framed **once**; the frame goes into the history ring and its very same
-``bytes`` object is appended to every subscriber's ``outbox``. Subscribers whose outbox
-became non-empty are listed in :attr:`Hub.dirty`; the I/O layer writes each outbox with a
-single ``write`` (all channels of a connection joined) and clears it.
+current) and appends them to the channel's *pending* batch. The I/O layer then calls
+:meth:`Hub.flush_symbol` for that symbol (and :meth:`Hub.flush` once per tick for the
+rest): each channel with pending data becomes **one** message, encoded **once** and
+framed **once**; the frame goes into the history ring and its very same ``bytes``
+object goes to every subscriber (:meth:`Hub._fan_out`). A subscriber whose ``deliver``
+is set (a connection on one channel) gets it by a direct transport write; the others
+get it appended to their ``outbox``, are listed in :attr:`Hub.dirty`, and the I/O layer
+writes each outbox with a single ``write`` (all channels of a connection joined).
 
 Channel state::
 
@@ -24,8 +26,8 @@ The I/O layer calls :meth:`Hub.pause` when a connection's write buffer crosses i
 watermark and :meth:`Hub.resume` when it drains below the low one. A paused
 subscriber's book and ticker subscriptions leave the channel's shared ``subscribers``
 set for its ``lagging`` map (subscriber -> :class:`Lag`, the last ``seq`` it was sent):
-the shared frames are no longer queued to it, so healthy subscribers still cost one
-list append per frame and share the same ``bytes``. While a book channel has lagging
+the shared frames are no longer sent to it, so healthy subscribers still cost one
+write (or list append) per frame and share the same ``bytes``. While a book channel has lagging
 subscribers it records, per price level, the latest update and its seq (``touched``,
 one dict store per update, shared by all of its lagging subscribers; bounded by the
 book's size, past which the laggards get a snapshot). At the first flush after a

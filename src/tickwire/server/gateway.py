@@ -2,7 +2,8 @@
 
 Everything protocol-shaped lives in the Sans-I/O core (:mod:`tickwire.protocol`,
 :mod:`tickwire.hub`); this module only moves bytes: it feeds client frames to the core,
-drives the tick (source → hub → one ``write`` per dirty connection), and handles
+drives the tick (source → hub → a direct write per single-channel connection, one
+joined ``write`` per multi-channel connection), and handles
 connection life (ping/pong through picows, going-away close on shutdown).
 
 Slow consumers: each transport gets the configured high/low write-buffer watermarks;

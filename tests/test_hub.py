@@ -433,6 +433,23 @@ def test_heartbeat_only_on_subscribed_channels_and_not_in_history() -> None:
 # -- unbatched mode -----------------------------------------------------------------------
 
 
+def test_unbatched_busy_channel_gets_no_heartbeat() -> None:
+    hub = make_hub(batch=False, heartbeat_interval=1.0)
+    sub = Recorder()
+    hub.subscribe(sub, hub.channel("book.AAA"))
+    sub.drain()
+    for tick in range(1, 31):  # 3 s of ticks, an update each, sent at publish time
+        now = tick * 0.1
+        hub.publish("AAA", [u("bid", "1.00", str(tick))], [])
+        hub.flush(now)
+        hub.heartbeats(now)
+    msgs = sub.drain()
+    assert len(msgs) == 30 and not any(isinstance(m, Heartbeat) for m in msgs)
+    hub.heartbeats(3.0 + 1.1)  # quiet for more than the interval: now it beats
+    assert sub.drain() == [Heartbeat("book.AAA", 30)]
+
+
+
 def test_unbatched_sends_one_message_per_update() -> None:
     hub = make_hub(batch=False)
     sub = Recorder()

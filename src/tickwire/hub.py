@@ -329,6 +329,9 @@ class Hub:
         self._trades_of = {ch.state.symbol: ch for ch in self.trades}
         self._ticker_of = {ch.state.symbol: ch for ch in self.tickers}
         self.dirty: list[Subscriber] = []
+        # Monotonic time of the last flush: unbatched sends (``batch=False``) happen in
+        # publish(), between flushes, and use it as their channel's last-sent time.
+        self.last_flush = 0.0
         # Private channels by user (created on first publish or authorized subscribe).
         self.private: dict[str, PrivateChannel] = {}
         # Symbols whose state is not known complete (never loaded, or a hole): a new
@@ -366,6 +369,7 @@ class Hub:
                     engine.apply_book(symbol, [u])
                     book_ch.pending.append(u)  # type: ignore[arg-type]
                     self._flush_book(book_ch)
+                book_ch.last_sent = self.last_flush  # busy: no heartbeat due
             self._ticker_of[symbol].ticker_due = True
         numbered = engine.apply_trades(symbol, trades)
         if numbered:
@@ -376,6 +380,7 @@ class Hub:
                 for t in numbered:
                     trades_ch.pending.append(t)  # type: ignore[arg-type]
                     self._flush_trades(trades_ch)
+                trades_ch.last_sent = self.last_flush
 
     # -- per tick ----------------------------------------------------------------------
 
@@ -397,6 +402,7 @@ class Hub:
 
     def flush(self, now: float) -> None:
         """Turn every pending batch into one message and queue it to subscribers."""
+        self.last_flush = now
         for ch in self.books:
             if ch.pending:
                 ch.last_sent = now

@@ -449,7 +449,6 @@ def test_unbatched_busy_channel_gets_no_heartbeat() -> None:
     assert sub.drain() == [Heartbeat("book.AAA", 30)]
 
 
-
 def test_unbatched_sends_one_message_per_update() -> None:
     hub = make_hub(batch=False)
     sub = Recorder()

@@ -297,9 +297,7 @@ def frame_message(wire: Wire, message: Message, deflater: Deflater) -> bytes:
     return frame_as(wire, encode(message), deflater)
 
 
-def transcode(
-    payload: bytes, wire: Wire, deflater: Deflater, message: Message | None = None
-) -> bytes:
+def transcode(payload: bytes, wire: Wire, deflater: Deflater) -> bytes:
     """Return the frame of the message whose JSON encoding is ``payload``, for ``wire``.
 
     For control messages (acks, errors) and history replays, which are kept as JSON
@@ -309,12 +307,9 @@ def transcode(
         payload: the message as JSON.
         wire: the connection's wire.
         deflater: the compressor, used when ``wire.deflate``.
-        message: the decoded message, when the caller has it (saves a decode).
     """
     if wire.encoding is Encoding.MSGPACK:
-        if message is None:
-            message = decode_message(payload)
-        payload = encode_msgpack(message)
+        payload = encode_msgpack(decode_message(payload))
     return frame_as(wire, payload, deflater)
 
 

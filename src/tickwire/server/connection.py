@@ -37,9 +37,6 @@ from ..protocol import (
 )
 
 if TYPE_CHECKING:
-    pass
-
-if TYPE_CHECKING:
     from .gateway import Gateway
 
 __all__ = ["Connection"]
@@ -310,9 +307,9 @@ class Connection(WSListener):
             self.write(b"".join(outbox) if len(outbox) > 1 else outbox[0])
         outbox.clear()
 
-    def reject(self, exc: RequestError, channel: str | None = None) -> None:
+    def reject(self, exc: RequestError) -> None:
         """Answer a bad request with an error message; close after too many of them."""
-        self.send(encode(Error(exc.code, exc.message, exc.request_id, channel)))
+        self.send(encode(Error(exc.code, exc.message, exc.request_id)))
         gateway = self.gateway
         gateway.rejected += 1
         gateway.rejected_by_code[exc.code] = gateway.rejected_by_code.get(exc.code, 0) + 1

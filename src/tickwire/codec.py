@@ -234,14 +234,7 @@ def inflate(data: bytes, limit: int) -> bytes:
             after ``limit + 1`` bytes of output, whatever the ratio).
         ProtocolError: ``data`` is not a valid DEFLATE stream.
     """
-    stream = zlib.decompressobj(-zlib.MAX_WBITS)
-    try:
-        out = stream.decompress(data + _TAIL, limit + 1)
-    except zlib.error as exc:
-        raise ProtocolError(f"invalid permessage-deflate data: {exc}") from None
-    if len(out) > limit or stream.unconsumed_tail:
-        raise MessageTooBig(limit)
-    return out
+    return Inflater(limit).inflate(data)
 
 
 class Inflater:

@@ -24,7 +24,10 @@ import msgspec
 from .book import Book
 from .protocol import BookUpdate, Trade
 
-__all__ = ["Engine", "StateSnapshot", "SymbolState", "new_epoch"]
+__all__ = ["Engine", "RawTrade", "StateSnapshot", "SymbolState", "new_epoch"]
+
+#: A trade before the engine numbers it: ``(price, qty, taker side, ts)``.
+RawTrade = tuple[str, str, str, int]
 
 #: Recent trades kept per symbol for trade-channel snapshots.
 RECENT_TRADES = 50
@@ -176,7 +179,7 @@ class Engine:
             state.last_ts = updates[-1].ts
         return state.book_seq
 
-    def apply_trades(self, symbol: str, trades: Iterable[tuple[str, str, str, int]]) -> list[Trade]:
+    def apply_trades(self, symbol: str, trades: Iterable[RawTrade]) -> list[Trade]:
         """Number raw ``(price, qty, side, ts)`` trades and update the ticker statistics."""
         state = self.symbols[symbol]
         out: list[Trade] = []

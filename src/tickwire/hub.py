@@ -100,7 +100,7 @@ from .codec import (
     frame_message,
     transcode_frame,
 )
-from .engine import Engine, StateSnapshot, SymbolState
+from .engine import Engine, RawTrade, StateSnapshot, SymbolState
 from .exceptions import RequestError
 from .framing import frame_payload, text_frame
 from .protocol import (
@@ -131,8 +131,6 @@ __all__ = [
     "Subscriber",
     "SubscriptionStats",
 ]
-
-RawTrade = tuple[str, str, str, int]
 
 #: An order event before the hub numbers it:
 #: ``(order id, symbol, event, side, price, qty, left, ts)`` (see ``OrderUpdate``).

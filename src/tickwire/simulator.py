@@ -23,15 +23,17 @@ import random
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from .exceptions import ConfigError
 from .protocol import BookUpdate, Side
 
-__all__ = ["Burst", "MarketSimulator", "SymbolFlow", "SyntheticAccounts", "parse_symbols"]
+if TYPE_CHECKING:
+    from .engine import RawTrade
+    from .hub import RawOrder
+    from .sources import Batch
 
-RawTrade = tuple[str, str, str, int]
-#: ``(order id, symbol, event, side, price, qty, left, ts)``: see ``hub.RawOrder``.
-RawOrder = tuple[str, str, str, str, str, str, str, int]
+__all__ = ["Burst", "MarketSimulator", "SymbolFlow", "SyntheticAccounts", "parse_symbols"]
 
 
 def parse_symbols(spec: str) -> list[str]:
@@ -482,7 +484,7 @@ class MarketSimulator:
         """Multiply the rate by ``factor`` for ``seconds`` from ``now`` (monotonic)."""
         self.burst = Burst(factor or self.burst_factor, now + (seconds or self.burst_seconds))
 
-    def seed_books(self) -> list[tuple[str, list[BookUpdate], list[RawTrade]]]:
+    def seed_books(self) -> list[Batch]:
         """Return the initial book of every symbol as updates."""
         ts = self.clock()
         return [(f.symbol, f.seed_book(ts), []) for f in self.flows]
@@ -513,11 +515,11 @@ class MarketSimulator:
         self._credit -= n
         return n
 
-    def generate(self, n: int) -> list[tuple[str, list[BookUpdate], list[RawTrade]]]:
+    def generate(self, n: int) -> list[Batch]:
         """Generate about ``n`` book updates per symbol (all symbols, as a list)."""
         return list(self.batches(n))
 
-    def batches(self, n: int) -> Iterator[tuple[str, list[BookUpdate], list[RawTrade]]]:
+    def batches(self, n: int) -> Iterator[Batch]:
         """Yield about ``n`` book updates per symbol, one symbol at a time.
 
         Lazily: a symbol's batch is produced (and its event time stamped) only when the

@@ -23,16 +23,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..engine import Engine, StateSnapshot
+from ..engine import Engine, RawTrade, StateSnapshot
 from ..protocol import BookUpdate
 
 if TYPE_CHECKING:
     from ..server.config import GatewayConfig
 
 __all__ = ["Batch", "RawTrade", "Sink", "Source", "make_source"]
-
-#: A trade before the engine numbers it: ``(price, qty, taker side, ts)``.
-RawTrade = tuple[str, str, str, int]
 
 #: One symbol's events of one instant: book updates in order, then trades.
 Batch = tuple[str, list[BookUpdate], list[RawTrade]]

@@ -1068,10 +1068,7 @@ class Hub:
         (time since it stopped receiving frames) and the subscriber itself (``sub``).
         """
         rows: list[tuple[float, int, Subscriber, Channel]] = []
-        for ch in self.books:
-            for sub, lag in ch.lagging.items():
-                rows.append((now - lag.since, ch.seq - lag.seq, sub, ch))
-        for ch in self.tickers:
+        for ch in (*self.books, *self.tickers):  # the CONFLATED_KINDS: only they lag
             for sub, lag in ch.lagging.items():
                 rows.append((now - lag.since, ch.seq - lag.seq, sub, ch))
         rows.sort(key=lambda r: (r[0], r[1]), reverse=True)

@@ -21,7 +21,7 @@ from tickwire.engine import Engine
 from tickwire.hub import Channel, Hub, SubscriptionStats
 from tickwire.protocol import BookUpdate, Delta, Message, Snapshot, Trades, decode_message
 from tickwire.simulator import MarketSimulator
-from tickwire.sources.bus import BusBatch, BusFollower, BusHeartbeat, FollowState
+from tickwire.sources.bus import BusBatch, BusFollower, BusHeartbeat, FollowState, leader_batch
 
 EPOCH = "leader-1"
 TS = 1_700_000_000_000_000_000
@@ -49,11 +49,7 @@ def market(n_ticks: int, symbols: tuple[str, ...] = ("AAA",)) -> list[BusBatch]:
     out: list[BusBatch] = []
 
     def number(symbol: str, updates: list[BookUpdate], trades: list[Any]) -> None:
-        st = leader.symbols[symbol]
-        pb, pt = st.book_seq, st.trade_seq
-        leader.apply_book(symbol, updates)
-        leader.apply_trades(symbol, trades)
-        out.append(BusBatch(EPOCH, symbol, pb, st.book_seq, pt, st.trade_seq, updates, trades))
+        out.append(leader_batch(leader, symbol, updates, trades))
 
     for batch in sim.seed_books():
         number(*batch)
@@ -72,8 +68,7 @@ def follow(symbols: tuple[str, ...] = ("AAA",)) -> tuple[Hub, BusFollower]:
 
 def pump(hub: Hub, follower: BusFollower, now: float = 1.0) -> None:
     """What NatsSource.poll and the tick loop do with the follower's output."""
-    out, follower.out = follower.out, []
-    for symbol, updates, trades in out:
+    for symbol, updates, trades in follower.hand_over(now):
         hub.publish(symbol, updates, trades)
     hub.flush(now)
 

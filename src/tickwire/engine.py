@@ -9,6 +9,14 @@ A gateway that follows another engine over a bus (:mod:`tickwire.sources.nats`) 
 that engine's numbering: it applies only batches that chain from its own ``seq``, and
 when it cannot (it joined late, or missed messages) it loads a :class:`StateSnapshot`
 exported by the leading engine with :meth:`Engine.restore`, epoch included.
+
+Such a follower relays the leader's encoded messages and does not need its own state
+for them, so it may *defer* batches (:meth:`Engine.defer`): their seqs take effect at
+once, but the book and trade statistics are brought up to date only when something
+reads them (:meth:`SymbolState.settle`, called by the ``book`` property and by every
+reader of the statistics). The leader's periodic states (:meth:`Engine.rebase`) let a
+follower drop what it deferred without ever applying it, so a relaying gateway pays
+per bus message, not per book update.
 """
 
 from __future__ import annotations
@@ -18,19 +26,54 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from decimal import Decimal
+from typing import Protocol
 
 import msgspec
 
 from .book import Book
-from .protocol import BookUpdate, Trade
+from .protocol import BookUpdate, Ticker, Trade
 
-__all__ = ["Engine", "RawTrade", "StateSnapshot", "SymbolState", "new_epoch"]
+__all__ = ["LeaderBatch", "Engine", "RawTrade", "StateSnapshot", "SymbolState", "new_epoch"]
 
 #: A trade before the engine numbers it: ``(price, qty, taker side, ts)``.
 RawTrade = tuple[str, str, str, int]
 
 #: Recent trades kept per symbol for trade-channel snapshots.
 RECENT_TRADES = 50
+
+#: Deferred batches per symbol at most; past it they are applied (bounded memory when
+#: the leader sends no states).
+MAX_DEFERRED = 4096
+
+
+class LeaderBatch(Protocol):
+    """A leading engine's numbered batch with its encoded messages (a ``BusBatch``).
+
+    ``book_json`` / ``trades_json`` are the ``delta`` and ``trades`` messages the
+    leader built for it (empty when it has no updates / trades); ``ticker`` is the
+    leader's ticker after it.
+    """
+
+    @property
+    def symbol(self) -> str: ...
+    @property
+    def prev_book(self) -> int: ...
+    @property
+    def book(self) -> int: ...
+    @property
+    def prev_trade(self) -> int: ...
+    @property
+    def trade(self) -> int: ...
+    @property
+    def updates(self) -> list[BookUpdate]: ...
+    @property
+    def trades(self) -> list[RawTrade]: ...
+    @property
+    def ticker(self) -> Ticker | None: ...
+    @property
+    def book_json(self) -> bytes: ...
+    @property
+    def trades_json(self) -> bytes: ...
 
 
 _decimals: dict[str, Decimal] = {}
@@ -76,11 +119,16 @@ class StateSnapshot(msgspec.Struct, frozen=True):
 
 
 class SymbolState:
-    """Everything the engine knows about one symbol."""
+    """Everything the engine knows about one symbol.
+
+    ``book_seq`` and ``trade_seq`` are always current. The book and the trade
+    statistics may lag behind them while batches are deferred (a relaying follower):
+    read them through :attr:`book` (which settles) or after :meth:`settle`.
+    """
 
     __slots__ = (
         "symbol",
-        "book",
+        "_book",
         "book_seq",
         "trade_seq",
         "recent_trades",
@@ -91,6 +139,9 @@ class SymbolState:
         "volume",
         "trade_count",
         "last_ts",
+        "base",
+        "deferred",
+        "leader_ticker",
     )
 
     def __init__(self, symbol: str) -> None:
@@ -99,7 +150,7 @@ class SymbolState:
 
     def clear(self) -> None:
         """Forget everything: an empty book at seq 0 (a new epoch starts from here)."""
-        self.book = Book()
+        self._book = Book()
         self.book_seq = 0
         self.trade_seq = 0
         self.recent_trades: deque[Trade] = deque(maxlen=RECENT_TRADES)
@@ -110,6 +161,106 @@ class SymbolState:
         self.volume = Decimal(0)
         self.trade_count = 0
         self.last_ts = 0
+        # Lazy state of a relaying follower: the leader's state to load first (None:
+        # the book is the base), then the batches deferred since, in order.
+        self.base: StateSnapshot | None = None
+        self.deferred: list[LeaderBatch] = []
+        # The leader's ticker after the last deferred batch (None: unknown).
+        self.leader_ticker: Ticker | None = None
+
+    @property
+    def book(self) -> Book:
+        """The book at ``book_seq`` (deferred batches are applied first)."""
+        if self.deferred or self.base is not None:
+            self.settle()
+        return self._book
+
+    def settle(self) -> None:
+        """Apply what was deferred, so the book and statistics match the seqs."""
+        base, deferred = self.base, self.deferred
+        if base is None and not deferred:
+            return
+        self.base, self.deferred = None, []
+        if base is not None:
+            self.load(base)
+        elif deferred:
+            # Number the deferred trades from where they started.
+            self.trade_seq = deferred[0].prev_trade
+        book = self._book
+        for batch in deferred:
+            book.apply_updates(batch.updates)
+            if batch.updates:
+                self.last_ts = batch.updates[-1].ts
+            self.number_trades(batch.trades)
+        if deferred:
+            self.book_seq, self.trade_seq = deferred[-1].book, deferred[-1].trade
+
+    def ticker(self, ch: str, seq: int, prev_seq: int) -> Ticker:
+        """Build this symbol's ticker as message ``seq`` of channel ``ch``.
+
+        While batches are deferred, the leader's ticker after the last of them (which
+        the settled state would reproduce) is used, so tickers cost no settling.
+        """
+        if (self.deferred or self.base is not None) and self.leader_ticker is not None:
+            return msgspec.structs.replace(self.leader_ticker, ch=ch, seq=seq, prev_seq=prev_seq)
+        book = self.book
+        bid = book.best_bid()
+        ask = book.best_ask()
+        return Ticker(
+            ch,
+            seq,
+            prev_seq,
+            self.last_ts,
+            bid=bid[0] if bid else None,
+            bid_qty=bid[1] if bid else None,
+            ask=ask[0] if ask else None,
+            ask_qty=ask[1] if ask else None,
+            last=self.last,
+            open=self.open,
+            high=str(self.high) if self.high is not None else None,
+            low=str(self.low) if self.low is not None else None,
+            volume=str(self.volume),
+            trades=self.trade_count,
+        )
+
+    def load(self, snap: StateSnapshot) -> None:
+        """Replace the content with ``snap`` (nothing stays deferred)."""
+        self.base, self.deferred = None, []
+        self._book.load(snap.bids, snap.asks)
+        self.book_seq = snap.book_seq
+        self.trade_seq = snap.trade_seq
+        self.recent_trades.clear()
+        self.recent_trades.extend(snap.trades)
+        self.last = snap.last
+        self.open = snap.open
+        self.high = None if snap.high is None else Decimal(snap.high)
+        self.low = None if snap.low is None else Decimal(snap.low)
+        self.volume = Decimal(snap.volume)
+        self.trade_count = snap.trade_count
+        self.last_ts = snap.last_ts
+
+    def number_trades(self, trades: Iterable[RawTrade]) -> list[Trade]:
+        """Number raw ``(price, qty, side, ts)`` trades and update the statistics."""
+        out: list[Trade] = []
+        seq = self.trade_seq
+        for price, qty, side, ts in trades:
+            seq += 1
+            trade = Trade(seq, price, qty, side, ts)  # type: ignore[arg-type]
+            out.append(trade)
+            px = _decimal(price)
+            if self.open is None:
+                self.open = price
+            if self.high is None or px > self.high:
+                self.high = px
+            if self.low is None or px < self.low:
+                self.low = px
+            self.volume += _decimal(qty)
+            self.last = price
+            self.last_ts = ts
+        self.trade_count += len(out)
+        self.trade_seq = seq
+        self.recent_trades.extend(out)
+        return out
 
 
 class Engine:
@@ -127,6 +278,7 @@ class Engine:
     def export(self, symbol: str) -> StateSnapshot:
         """Return the complete state of ``symbol`` (the snapshot service's answer)."""
         st = self.symbols[symbol]
+        st.settle()
         return StateSnapshot(
             self.epoch,
             symbol,
@@ -150,19 +302,7 @@ class Engine:
         The :class:`SymbolState` object is kept (channels hold it); only its content
         changes. The epoch is not touched: see :meth:`reset`.
         """
-        st = self.symbols[snap.symbol]
-        st.book.load(snap.bids, snap.asks)
-        st.book_seq = snap.book_seq
-        st.trade_seq = snap.trade_seq
-        st.recent_trades.clear()
-        st.recent_trades.extend(snap.trades)
-        st.last = snap.last
-        st.open = snap.open
-        st.high = None if snap.high is None else Decimal(snap.high)
-        st.low = None if snap.low is None else Decimal(snap.low)
-        st.volume = Decimal(snap.volume)
-        st.trade_count = snap.trade_count
-        st.last_ts = snap.last_ts
+        self.symbols[snap.symbol].load(snap)
 
     def reset(self, epoch: str) -> None:
         """Start epoch ``epoch`` from empty state (the leading engine restarted)."""
@@ -182,23 +322,32 @@ class Engine:
     def apply_trades(self, symbol: str, trades: Iterable[RawTrade]) -> list[Trade]:
         """Number raw ``(price, qty, side, ts)`` trades and update the ticker statistics."""
         state = self.symbols[symbol]
-        out: list[Trade] = []
-        seq = state.trade_seq
-        for price, qty, side, ts in trades:
-            seq += 1
-            trade = Trade(seq, price, qty, side, ts)  # type: ignore[arg-type]
-            out.append(trade)
-            px = _decimal(price)
-            if state.open is None:
-                state.open = price
-            if state.high is None or px > state.high:
-                state.high = px
-            if state.low is None or px < state.low:
-                state.low = px
-            state.volume += _decimal(qty)
-            state.last = price
-            state.last_ts = ts
-        state.trade_count += len(out)
-        state.trade_seq = seq
-        state.recent_trades.extend(out)
-        return out
+        state.settle()
+        return state.number_trades(trades)
+
+    def defer(self, symbol: str, batch: LeaderBatch) -> None:
+        """Take a leader's batch that chains from the current seqs, applying it later.
+
+        The seqs move to the batch's at once; the book and statistics catch up when
+        read, or when :data:`MAX_DEFERRED` batches are waiting.
+        """
+        state = self.symbols[symbol]
+        state.deferred.append(batch)
+        state.leader_ticker = batch.ticker
+        state.book_seq = batch.book
+        state.trade_seq = batch.trade
+        if len(state.deferred) > MAX_DEFERRED:
+            state.settle()
+
+    def rebase(self, snap: StateSnapshot) -> bool:
+        """Adopt the leader's state at the current seqs instead of what was deferred.
+
+        Nothing is applied now; a later read loads ``snap``. Returns False (and does
+        nothing) when ``snap`` is not at this engine's seqs of the symbol.
+        """
+        state = self.symbols[snap.symbol]
+        if (snap.book_seq, snap.trade_seq) != (state.book_seq, state.trade_seq):
+            return False
+        state.base = snap
+        state.deferred = []
+        return True

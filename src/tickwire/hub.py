@@ -100,7 +100,7 @@ from .codec import (
     frame_message,
     transcode_frame,
 )
-from .engine import Engine, RawTrade, StateSnapshot, SymbolState
+from .engine import Engine, LeaderBatch, RawTrade, StateSnapshot, SymbolState
 from .exceptions import RequestError
 from .framing import frame_payload, text_frame
 from .protocol import (
@@ -112,7 +112,6 @@ from .protocol import (
     Orders,
     OrderUpdate,
     Snapshot,
-    Ticker,
     Trade,
     Trades,
     decode_message,
@@ -343,6 +342,9 @@ class Hub:
         self.bytes_out = 0
         self.updates_out = 0
         self.messages_built = 0
+        # The updates of the first batch relayed since the tick loop last looked
+        # (its event-age telemetry), None if none.
+        self.first_relayed: list[BookUpdate] | None = None
         # Slow consumers: paused subscribers (-> monotonic time of the pause), those due
         # a catch-up at the next flush, and counters.
         self.paused: dict[Subscriber, float] = {}
@@ -380,6 +382,49 @@ class Hub:
                     self._flush_trades(trades_ch)
                 trades_ch.last_sent = self.last_flush
 
+    def relay(self, batch: LeaderBatch, now: float) -> bool:
+        """Send a leader's batch as the leader encoded it, deferring its application.
+
+        The follower's messages are byte for byte the ones it would build itself (same
+        seqs, updates, checksum), so it forwards the leader's JSON and leaves the book
+        to settle when read (:meth:`Engine.defer`): no decode-apply-encode per update.
+        Returns False, doing nothing, when the batch must go through :meth:`publish`
+        instead: unbatched sends, something pending on the symbol, a batch without
+        encoded messages, or one that does not chain.
+        """
+        symbol = batch.symbol
+        book_ch = self._book_of[symbol]
+        trades_ch = self._trades_of[symbol]
+        n_book = batch.book - batch.prev_book
+        n_trades = batch.trade - batch.prev_trade
+        if (
+            not self.batch
+            or book_ch.pending
+            or trades_ch.pending
+            or (n_book and not batch.book_json)
+            or (n_trades and not batch.trades_json)
+            or book_ch.seq != batch.prev_book
+            or trades_ch.seq != batch.prev_trade
+        ):
+            return False
+        self.engine.defer(symbol, batch)
+        if n_book:
+            if book_ch.touched is not None:
+                self._track(book_ch, batch.updates, batch.book)
+            book_ch.last_sent = now
+            self._send(book_ch, batch.prev_book, batch.book, batch.book_json, n_book)
+            self._ticker_of[symbol].ticker_due = True
+            if self.first_relayed is None:
+                self.first_relayed = batch.updates
+        if n_trades:
+            trades_ch.last_sent = now
+            self._send(trades_ch, batch.prev_trade, batch.trade, batch.trades_json, n_trades)
+        return True
+
+    def rebase(self, snap: StateSnapshot) -> None:
+        """Take the leader's state at this hub's seqs in place of what was deferred."""
+        self.engine.rebase(snap)
+
     # -- per tick ----------------------------------------------------------------------
 
     def flush_symbol(self, symbol: str, now: float) -> None:
@@ -413,7 +458,7 @@ class Hub:
             if ch.ticker_due and now - ch.last_sent >= self.ticker_interval:
                 ch.last_sent = now
                 ch.ticker_due = False
-                msg = self.ticker_message(ch.state, ch.seq + 1, ch.seq, ch.name)
+                msg = ch.state.ticker(ch.name, ch.seq + 1, ch.seq)
                 self._send(ch, ch.seq, ch.seq + 1, encode(msg), 0, msg)
         if self.catching_up:
             self._catch_up_all(now)
@@ -447,28 +492,6 @@ class Hub:
         seq = trades[-1].id
         msg = Trades(ch.name, seq, ch.seq, trades)
         self._send(ch, ch.seq, seq, encode(msg), len(trades), msg)
-
-    @staticmethod
-    def ticker_message(state: SymbolState, seq: int, prev_seq: int, name: str) -> Ticker:
-        """Build the ticker of ``state`` as message ``seq``."""
-        bid = state.book.best_bid()
-        ask = state.book.best_ask()
-        return Ticker(
-            name,
-            seq,
-            prev_seq,
-            state.last_ts,
-            bid=bid[0] if bid else None,
-            bid_qty=bid[1] if bid else None,
-            ask=ask[0] if ask else None,
-            ask_qty=ask[1] if ask else None,
-            last=state.last,
-            open=state.open,
-            high=str(state.high) if state.high is not None else None,
-            low=str(state.low) if state.low is not None else None,
-            volume=str(state.volume),
-            trades=state.trade_count,
-        )
 
     def _send(
         self,
@@ -916,12 +939,13 @@ class Hub:
                 resumed=resumed,
             )
         if ch.kind == "trades":
+            state.settle()
             return Snapshot(
                 ch.name, ch.seq, epoch, trades=list(state.recent_trades), resumed=resumed
             )
         if isinstance(ch, PrivateChannel):
             return Snapshot(ch.name, ch.seq, epoch, orders=list(ch.recent), resumed=resumed)
-        ticker = self.ticker_message(state, ch.seq, ch.seq, ch.name)
+        ticker = state.ticker(ch.name, ch.seq, ch.seq)
         return Snapshot(ch.name, ch.seq, epoch, ticker=ticker, resumed=resumed)
 
     # -- slow consumers ----------------------------------------------------------------
@@ -1040,7 +1064,7 @@ class Hub:
             stats.skipped += ch.seq - lag.seq - 1
             self.conflated += 1
             self.updates_skipped += ch.seq - lag.seq - 1
-            return self.ticker_message(ch.state, ch.seq, lag.seq, ch.name)
+            return ch.state.ticker(ch.name, ch.seq, lag.seq)
         book = ch.state.book
         merged: list[BookUpdate] | None = None
         if touched is not None and lag.seq >= ch.touched_from:

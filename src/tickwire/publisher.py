@@ -33,11 +33,18 @@ from typing import Any
 import nats
 from nats.aio.msg import Msg
 
-from .engine import Engine, StateSnapshot
+from .engine import Engine, LeaderBatch, StateSnapshot
 from .exceptions import ConfigError
 from .protocol import BookUpdate
 from .sources import RawTrade, Source
-from .sources.bus import HEARTBEAT_SYMBOL, BusBatch, BusHeartbeat, encode_bus, md_subject
+from .sources.bus import (
+    HEARTBEAT_SYMBOL,
+    BusHeartbeat,
+    BusState,
+    encode_bus,
+    leader_batch,
+    md_subject,
+)
 
 __all__ = ["BusSink", "Publisher"]
 
@@ -45,6 +52,10 @@ log = logging.getLogger("tickwire.publisher")
 
 #: Seconds between two bus heartbeats.
 HEARTBEAT_INTERVAL = 0.25
+#: Seconds between two in-stream states of one symbol (``BusState``): what a relaying
+#: gateway may have to apply at most when a snapshot is read, and how soon a follower
+#: with a hole heals without asking. The states of all symbols are spread over it.
+STATE_INTERVAL = 0.25
 
 
 class BusSink:
@@ -67,18 +78,23 @@ class BusSink:
 
     def publish(self, symbol: str, updates: list[BookUpdate], trades: Iterable[RawTrade]) -> None:
         """Number one batch in the engine and queue it as a bus message."""
-        engine = self.engine
-        st = engine.symbols[symbol]
-        prev_book, prev_trade = st.book_seq, st.trade_seq
-        book = engine.apply_book(symbol, updates)
         raw = list(trades)
-        engine.apply_trades(symbol, raw)
-        batch = BusBatch(
-            engine.epoch, symbol, prev_book, book, prev_trade, st.trade_seq, updates, raw
-        )
+        batch = leader_batch(self.engine, symbol, updates, raw)
         self.out.append((self._subjects[symbol], encode_bus(batch)))
         self.updates += len(updates)
         self.trades += len(raw)
+
+    def relay(self, batch: LeaderBatch, now: float) -> bool:
+        """Not used by the publisher's sources."""
+        return False
+
+    def rebase(self, snap: StateSnapshot) -> None:
+        """Not used by the publisher's sources."""
+
+    def queue_state(self, symbol: str) -> None:
+        """Queue the in-stream state of ``symbol`` (a ``BusState``) on its subject."""
+        payload = encode_bus(BusState(self.engine.export(symbol)))
+        self.out.append((self._subjects[symbol], payload))
 
     def restore(self, snap: StateSnapshot) -> None:
         """Load a state (a recording's snapshot): followers see the jump as a gap and
@@ -215,7 +231,10 @@ class Publisher:
         monotonic = time.monotonic
         tick = self.tick
         hb_subject = md_subject(self.prefix, HEARTBEAT_SYMBOL)
-        deadline = next_hb = monotonic()
+        deadline = next_hb = next_state = monotonic()
+        symbols = list(self.engine.symbols)
+        state_every = STATE_INTERVAL / len(symbols)
+        turn = 0
         while True:
             deadline += tick
             now = monotonic()
@@ -228,6 +247,12 @@ class Publisher:
             now = monotonic()
             for symbol, updates, trades in poll(now):
                 publish(symbol, updates, trades)
+            if now >= next_state:
+                # One symbol's state per turn, after its batches: it is at their seqs.
+                next_state = now + state_every
+                symbol = symbols[turn % len(symbols)]
+                turn += 1
+                sink.queue_state(symbol)
             if now >= next_hb:
                 next_hb = now + HEARTBEAT_INTERVAL
                 sink.out.append((hb_subject, sink.heartbeat()))

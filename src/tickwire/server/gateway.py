@@ -476,6 +476,9 @@ class Gateway:
                     conn.write(b"".join(outbox) if len(outbox) > 1 else outbox[0])
                     outbox.clear()
             dirty.clear()
+            if first is None and hub.first_relayed is not None:
+                first = hub.first_relayed
+            hub.first_relayed = None
             if first is not None and hub.frames_out != frames:
                 record(now - target, time_ns() - first[0].ts, len(first) if batched else 1)
             else:

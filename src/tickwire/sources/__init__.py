@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..engine import Engine, RawTrade, StateSnapshot
+from ..engine import Engine, LeaderBatch, RawTrade, StateSnapshot
 from ..protocol import BookUpdate
 
 if TYPE_CHECKING:
@@ -44,6 +44,12 @@ class Sink(Protocol):
 
     def publish(self, symbol: str, updates: list[BookUpdate], trades: Iterable[RawTrade]) -> None:
         """Apply one batch (numbered by the engine) and queue it."""
+
+    def relay(self, batch: LeaderBatch, now: float) -> bool:
+        """Send a leader's encoded batch as it is; False: :meth:`publish` it instead."""
+
+    def rebase(self, snap: StateSnapshot) -> None:
+        """Adopt the leader's state at the current seqs instead of what was deferred."""
 
     def restore(self, snap: StateSnapshot) -> None:
         """Load a complete state of one symbol (a hole or a new epoch is healed)."""

@@ -2,23 +2,32 @@
 
 Subjects (``PREFIX`` is ``tickwire`` unless ``--bus-prefix`` says otherwise)::
 
-    PREFIX.md.<SYMBOL>      one BusBatch per engine batch of that symbol
+    PREFIX.md.<SYMBOL>      one BusBatch per engine batch of that symbol, and a BusState
+                            of it every few hundred ms
     PREFIX.md._hb           BusHeartbeat every 250 ms: epoch and both seqs per symbol
                             (no symbol can start with "_", so it never collides)
     PREFIX.snapshot.<SYM>   request/reply: the publisher answers with its StateSnapshot
 
 Payloads are msgpack (msgspec): a batch is an array ``["b", epoch, symbol, prev_book,
-book, prev_trade, trade, updates, trades]``. It carries the publisher engine's own
-sequence numbers and event times, so a follower that applies only batches chaining from
-its own seqs numbers every update exactly as the publisher did.
+book, prev_trade, trade, updates, trades, book_json, trades_json, ticker]``. It carries
+the publisher engine's own sequence numbers and event times, so a follower that applies
+only batches chaining from its own seqs numbers every update exactly as the publisher
+did -- and the ``delta`` and ``trades`` messages the publisher encoded for it, which are
+byte for byte what the follower would build, so a gateway *relays* them
+(:meth:`~tickwire.hub.Hub.relay`) instead of decoding, applying and re-encoding every
+update. A ``BusState`` (``["s", StateSnapshot]``) is the publisher's complete state of
+one symbol between two batches: a follower whose chain is intact adopts it in place of
+the batches it deferred (so relayed updates are never applied at all unless a snapshot
+is read), and one with a hole restores from it without asking.
 
 The follower (:class:`BusFollower`) keeps, per symbol, one of three states::
 
-    state       on a batch that chains     on a hole (gap, heartbeat ahead)
+    state       on a batch that chains     on a hole (gap, heartbeat or state ahead)
     LIVE        apply                      -> RECOVERING (invalidate, ask a snapshot)
     SUSPECT     revalidate, apply, LIVE    -> RECOVERING
-    RECOVERING  buffer                     buffer; a snapshot restores, then the buffer
-                                           is applied from the snapshot's seqs on
+    RECOVERING  buffer                     buffer; a snapshot (reply or BusState)
+                                           restores, then the buffer is applied from
+                                           the snapshot's seqs on
 
 SUSPECT is entered on a lost bus connection: the book may be missing updates, so it
 is not served (no heartbeats either), but if the first batch or heartbeat after the
@@ -37,8 +46,8 @@ from collections import deque
 
 import msgspec
 
-from ..engine import StateSnapshot
-from ..protocol import BookUpdate
+from ..engine import Engine, StateSnapshot
+from ..protocol import BookUpdate, Delta, Ticker, Trades, encode
 from . import Batch, RawTrade, Sink
 
 __all__ = [
@@ -46,10 +55,12 @@ __all__ = [
     "BusBatch",
     "BusFollower",
     "BusHeartbeat",
+    "BusState",
     "FollowState",
     "decode_bus",
     "decode_snapshot",
     "encode_bus",
+    "leader_batch",
     "md_subject",
     "snapshot_subject",
 ]
@@ -66,7 +77,13 @@ MAX_BUFFERED = 10_000
 
 class BusBatch(msgspec.Struct, array_like=True, tag="b", frozen=True, gc=False):
     """One engine batch of one symbol: updates ``(prev_book, book]``, trades
-    ``(prev_trade, trade]`` (trade ``i`` has id ``prev_trade + 1 + i``)."""
+    ``(prev_trade, trade]`` (trade ``i`` has id ``prev_trade + 1 + i``).
+
+    ``book_json`` and ``trades_json`` are the ``delta`` and ``trades`` messages of the
+    batch as the publisher encoded them (empty: none, or a publisher that does not
+    encode; the follower then builds its own), ``ticker`` the publisher's ticker after
+    it (its ``seq`` fields are 0: a gateway numbers its own tickers).
+    """
 
     epoch: str
     symbol: str
@@ -76,6 +93,9 @@ class BusBatch(msgspec.Struct, array_like=True, tag="b", frozen=True, gc=False):
     trade: int
     updates: list[BookUpdate]
     trades: list[RawTrade]
+    book_json: bytes = b""
+    trades_json: bytes = b""
+    ticker: Ticker | None = None
 
 
 class BusHeartbeat(msgspec.Struct, array_like=True, tag="h", frozen=True):
@@ -85,24 +105,66 @@ class BusHeartbeat(msgspec.Struct, array_like=True, tag="h", frozen=True):
     seqs: dict[str, tuple[int, int]]
 
 
+class BusState(msgspec.Struct, array_like=True, tag="s", frozen=True):
+    """The publisher's complete state of one symbol, sent in stream between batches."""
+
+    state: StateSnapshot
+
+
 _encoder = msgspec.msgpack.Encoder()
-_bus_decoder = msgspec.msgpack.Decoder(BusBatch | BusHeartbeat)
+_bus_decoder = msgspec.msgpack.Decoder(BusBatch | BusHeartbeat | BusState)
 _snapshot_decoder = msgspec.msgpack.Decoder(StateSnapshot)
 
 
-def encode_bus(message: BusBatch | BusHeartbeat | StateSnapshot) -> bytes:
+def encode_bus(message: BusBatch | BusHeartbeat | BusState | StateSnapshot) -> bytes:
     """Encode one bus payload (msgpack)."""
     return _encoder.encode(message)
 
 
-def decode_bus(data: bytes) -> BusBatch | BusHeartbeat:
+def decode_bus(data: bytes) -> BusBatch | BusHeartbeat | BusState:
     """Decode one ``PREFIX.md.*`` payload.
 
     Raises:
         msgspec.DecodeError: not a tickwire bus message.
     """
-    message: BusBatch | BusHeartbeat = _bus_decoder.decode(data)
+    message: BusBatch | BusHeartbeat | BusState = _bus_decoder.decode(data)
     return message
+
+
+def leader_batch(
+    engine: Engine, symbol: str, updates: list[BookUpdate], trades: list[RawTrade]
+) -> BusBatch:
+    """Apply one batch to the leading ``engine`` and return it as a bus batch.
+
+    The ``delta`` and ``trades`` messages are built exactly as a gateway's hub builds
+    them for one batch (``Hub._flush_book`` / ``_flush_trades``), so followers can
+    relay them unchanged; tests hold the two to byte equality.
+    """
+    st = engine.symbols[symbol]
+    prev_book, prev_trade = st.book_seq, st.trade_seq
+    book = engine.apply_book(symbol, updates)
+    numbered = engine.apply_trades(symbol, trades)
+    book_json = (
+        encode(Delta(f"book.{symbol}", book, prev_book, st.book.checksum(), updates))
+        if updates
+        else b""
+    )
+    trades_json = (
+        encode(Trades(f"trades.{symbol}", st.trade_seq, prev_trade, numbered)) if numbered else b""
+    )
+    return BusBatch(
+        engine.epoch,
+        symbol,
+        prev_book,
+        book,
+        prev_trade,
+        st.trade_seq,
+        updates,
+        trades,
+        book_json,
+        trades_json,
+        st.ticker(f"ticker.{symbol}", 0, 0),
+    )
 
 
 def decode_snapshot(data: bytes) -> StateSnapshot:
@@ -154,8 +216,11 @@ class BusFollower:
         self.buffers: dict[str, deque[BusBatch]] = {s: deque() for s in symbols}
         #: Symbols whose snapshot the I/O layer should request (and then discard here).
         self.requests: set[str] = set(symbols)
-        #: Batches to publish, in order; the I/O layer takes and clears it.
-        self.out: list[Batch] = []
+        #: Batches to relay or publish and states to rebase on, in order; the I/O
+        #: layer takes and clears it.
+        self.out: list[BusBatch | StateSnapshot] = []
+        #: Book updates handed over (relayed or returned).
+        self.updates = 0
         self.gaps = 0
         self.duplicates = 0
         self.restores = 0
@@ -165,8 +230,11 @@ class BusFollower:
 
     # -- input ---------------------------------------------------------------------------
 
-    def message(self, msg: BusBatch | BusHeartbeat) -> None:
+    def message(self, msg: BusBatch | BusHeartbeat | BusState) -> None:
         """Take one ``PREFIX.md.*`` message, in bus order."""
+        if isinstance(msg, BusState):
+            self._state(msg.state)
+            return
         if msg.epoch != self.epoch:
             self._new_epoch(msg.epoch)
         if isinstance(msg, BusHeartbeat):
@@ -212,8 +280,11 @@ class BusFollower:
                 if self.state[symbol] is FollowState.RECOVERING:
                     self.requests.add(symbol)
             return
+        # Batches of the symbol not yet handed over predate the state: drop them.
+        self.out = [m for m in self.out if m.symbol != symbol]
         self.sink.restore(snap)
         self.restores += 1
+        self.requests.discard(symbol)
         self.state[symbol] = FollowState.LIVE
         self.expected[symbol] = (snap.book_seq, snap.trade_seq)
         buffered = self.buffers[symbol]
@@ -236,6 +307,28 @@ class BusFollower:
                 self.state[symbol] = FollowState.SUSPECT
                 self.sink.invalidate(symbol)
 
+    def hand_over(self, now: float) -> list[Batch]:
+        """Relay :attr:`out` to the sink (or rebase it); return what must be published.
+
+        A batch the sink cannot relay (:meth:`Sink.relay` False) is returned for the
+        tick loop to publish, and so is every later batch of its symbol, in order: a
+        relay must not overtake it.
+        """
+        out, self.out = self.out, []
+        sink = self.sink
+        batches: list[Batch] = []
+        held: set[str] = set()
+        for item in out:
+            if isinstance(item, BusBatch):
+                self.updates += item.book - item.prev_book
+                symbol = item.symbol
+                if symbol in held or not sink.relay(item, now):
+                    held.add(symbol)
+                    batches.append((symbol, item.updates, item.trades))
+            elif item.symbol not in held:
+                sink.rebase(item)
+        return batches
+
     # -- transitions -----------------------------------------------------------------------
 
     def _heartbeat(self, symbol: str, seqs: tuple[int, int]) -> None:
@@ -251,9 +344,31 @@ class BusFollower:
             log.warning("bus gap on %s: heartbeat at %s, have (%d, %d)", symbol, seqs, book, trade)
             self._recover(symbol)
 
+    def _state(self, snap: StateSnapshot) -> None:
+        """An in-stream state: rebase on it, or heal a hole with it."""
+        symbol = snap.symbol
+        if snap.epoch != self.epoch:
+            self._new_epoch(snap.epoch)
+        state = self.state.get(symbol)
+        if state is None:
+            return
+        if state is not FollowState.RECOVERING:
+            book, trade = self.expected[symbol]
+            seqs = (snap.book_seq, snap.trade_seq)
+            if seqs == (book, trade):
+                if state is FollowState.SUSPECT:
+                    self._revalidate(symbol)
+                self.out.append(snap)
+                return
+            if snap.book_seq <= book and snap.trade_seq <= trade:
+                return  # older than what we have
+            log.warning("bus gap on %s: state at %s, have (%d, %d)", symbol, seqs, book, trade)
+            self._recover(symbol)
+        self.snapshot(snap)
+
     def _emit(self, msg: BusBatch) -> None:
         self.expected[msg.symbol] = (msg.book, msg.trade)
-        self.out.append((msg.symbol, msg.updates, msg.trades))
+        self.out.append(msg)
 
     def _buffer(self, msg: BusBatch) -> None:
         buf = self.buffers[msg.symbol]

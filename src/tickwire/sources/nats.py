@@ -2,9 +2,10 @@
 
 nats-py delivers ``PREFIX.md.>`` messages to a callback that only queues their bytes;
 the tick loop's :meth:`NatsSource.poll` decodes them in arrival order, runs them through
-the :class:`~tickwire.sources.bus.BusFollower` and returns the batches to publish. All
-hub changes (publish, invalidate, restore) therefore happen inside the tick loop, as
-with the embedded simulator. Snapshot requests run as tasks; their replies queue and are
+the :class:`~tickwire.sources.bus.BusFollower`, relays the batches the publisher encoded
+(:meth:`~tickwire.hub.Hub.relay`) and returns the others to publish. All hub changes
+(relay, publish, invalidate, restore) therefore happen inside the tick loop, as with the
+embedded simulator. Snapshot requests run as tasks; their replies queue and are
 handled by the next poll, before that poll's bus messages.
 
 One wildcard subscription carries batches and heartbeats alike, so the follower sees
@@ -62,7 +63,6 @@ class NatsSource:
         self._replies: list[bytes] = []
         self._failed: list[str] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self.generated = 0
         self.skipped = 0
         self.messages = 0
         self.bytes = 0
@@ -71,6 +71,11 @@ class NatsSource:
         self.reconnects = 0
         self.snapshot_requests = 0
         self._closing = False
+
+    @property
+    def generated(self) -> int:
+        """Book updates received and handed to the hub."""
+        return self.follower.updates if self.follower is not None else 0
 
     # -- life ----------------------------------------------------------------------------
 
@@ -154,13 +159,9 @@ class NatsSource:
             for symbol in follower.requests:
                 self._spawn(self._request(symbol))
             follower.requests.clear()
-        out = follower.out
-        if not out:
+        if not follower.out:
             return ()
-        follower.out = []
-        for batch in out:
-            self.generated += len(batch[1])
-        return out
+        return follower.hand_over(now)
 
     def burst(self, now: float) -> None:
         """Bursts belong to the publisher (``kill -USR1`` it)."""

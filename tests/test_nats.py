@@ -21,7 +21,14 @@ from tickwire.engine import Engine
 from tickwire.hub import Channel, Hub, SubscriptionStats
 from tickwire.protocol import BookUpdate, Delta, Message, Snapshot, Trades, decode_message
 from tickwire.simulator import MarketSimulator
-from tickwire.sources.bus import BusBatch, BusFollower, BusHeartbeat, FollowState, leader_batch
+from tickwire.sources.bus import (
+    BusBatch,
+    BusFollower,
+    BusHeartbeat,
+    FollowState,
+    bus_batch,
+    leader_batch,
+)
 
 EPOCH = "leader-1"
 TS = 1_700_000_000_000_000_000
@@ -77,8 +84,8 @@ def leader_snapshot(batches: list[BusBatch], upto: int) -> Any:
     """The leader's StateSnapshot after ``batches[:upto]``."""
     leader = Engine(("AAA",), epoch=EPOCH)
     for b in batches[:upto]:
-        leader.apply_book(b.symbol, b.updates)
-        leader.apply_trades(b.symbol, b.trades)
+        leader.apply_book(b.symbol, b.book_updates())
+        leader.apply_trades(b.symbol, b.raw_trades())
     return leader.export("AAA")
 
 
@@ -204,7 +211,7 @@ def test_new_epoch_resets_and_resnapshots_in_that_epoch() -> None:
     sub = Recorder()
     hub.subscribe(sub, hub.channel("book.AAA"))
     sub.drain()
-    fresh = BusBatch("leader-2", "AAA", 0, 2, 0, 0, batches[0].updates[:2], [])
+    fresh = bus_batch("leader-2", "AAA", 0, 2, 0, 0, batches[0].book_updates()[:2], [])
     follower.message(fresh)
     assert hub.engine.epoch == "leader-2" and follower.epoch_changes == 1
     assert hub.channel("book.AAA").stale and "AAA" in follower.requests
@@ -213,7 +220,7 @@ def test_new_epoch_resets_and_resnapshots_in_that_epoch() -> None:
     follower.snapshot(leader_snapshot(batches, 1))
     assert follower.state["AAA"] is FollowState.RECOVERING and "AAA" in follower.requests
     new = Engine(("AAA",), epoch="leader-2")
-    new.apply_book("AAA", batches[0].updates[:2])
+    new.apply_book("AAA", batches[0].book_updates()[:2])
     follower.snapshot(new.export("AAA"))
     pump(hub, follower)
     [snap] = sub.drain()
@@ -225,10 +232,10 @@ def test_resume_inside_a_batched_message_splits_it() -> None:
     hub = Hub(Engine(("AAA",), epoch=EPOCH))
     batches = market(20)
     for b in batches[:6]:
-        hub.publish(b.symbol, b.updates, b.trades)
+        hub.publish(b.symbol, b.book_updates(), b.raw_trades())
     hub.flush(1.0)
     for b in batches[6:12]:
-        hub.publish(b.symbol, b.updates, b.trades)
+        hub.publish(b.symbol, b.book_updates(), b.raw_trades())
     hub.flush(2.0)
     book = hub.channel("book.AAA")
     trades = hub.channel("trades.AAA")
@@ -240,12 +247,12 @@ def test_resume_inside_a_batched_message_splits_it() -> None:
     leader = Engine(("AAA",), epoch=EPOCH)
     done = 0
     for b in batches:
-        if leader.symbols["AAA"].book_seq + len(b.updates) > since:
+        if leader.symbols["AAA"].book_seq + len(b.book_updates()) > since:
             break
-        leader.apply_book("AAA", b.updates)
+        leader.apply_book("AAA", b.book_updates())
         done += 1
     cut = since - leader.symbols["AAA"].book_seq
-    leader.apply_book("AAA", batches[done].updates[:cut])
+    leader.apply_book("AAA", batches[done].book_updates()[:cut])
     snap = leader.export("AAA")
     checker.apply(
         {
@@ -279,15 +286,15 @@ def test_resume_inside_a_batched_message_splits_it() -> None:
 def test_resume_ahead_waits_for_the_bus() -> None:
     hub = Hub(Engine(("AAA",), epoch=EPOCH), resume_wait=1.0)
     batches = market(10)
-    hub.publish("AAA", batches[0].updates, [])
+    hub.publish("AAA", batches[0].book_updates(), [])
     hub.flush(0.0)
-    ahead = hub.channel("book.AAA").seq + len(batches[1].updates)
+    ahead = hub.channel("book.AAA").seq + len(batches[1].book_updates())
     sub = Recorder()
     assert hub.subscribe(sub, hub.channel("book.AAA"), EPOCH, ahead) is False
     hub.flush(0.1)
     assert sub.drain() == []
-    hub.publish("AAA", batches[1].updates, [])
-    hub.publish("AAA", batches[2].updates, [])
+    hub.publish("AAA", batches[1].book_updates(), [])
+    hub.publish("AAA", batches[2].book_updates(), [])
     hub.flush(0.2)
     msgs = sub.drain()
     assert isinstance(msgs[0], Delta) and msgs[0].prev_seq == ahead

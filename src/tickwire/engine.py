@@ -50,8 +50,8 @@ class LeaderBatch(Protocol):
     """A leading engine's numbered batch with its encoded messages (a ``BusBatch``).
 
     ``book_json`` / ``trades_json`` are the ``delta`` and ``trades`` messages the
-    leader built for it (empty when it has no updates / trades); ``ticker`` is the
-    leader's ticker after it.
+    leader built for it (empty when it has no updates / trades); the rest is decoded
+    only on demand (the leader's ticker after it, too).
     """
 
     @property
@@ -64,12 +64,9 @@ class LeaderBatch(Protocol):
     def prev_trade(self) -> int: ...
     @property
     def trade(self) -> int: ...
-    @property
-    def updates(self) -> list[BookUpdate]: ...
-    @property
-    def trades(self) -> list[RawTrade]: ...
-    @property
-    def ticker(self) -> Ticker | None: ...
+    def book_updates(self) -> list[BookUpdate]: ...
+    def raw_trades(self) -> list[RawTrade]: ...
+    def leader_ticker(self) -> Ticker | None: ...
     @property
     def book_json(self) -> bytes: ...
     @property
@@ -141,7 +138,7 @@ class SymbolState:
         "last_ts",
         "base",
         "deferred",
-        "leader_ticker",
+        "leader",
     )
 
     def __init__(self, symbol: str) -> None:
@@ -165,8 +162,8 @@ class SymbolState:
         # the book is the base), then the batches deferred since, in order.
         self.base: StateSnapshot | None = None
         self.deferred: list[LeaderBatch] = []
-        # The leader's ticker after the last deferred batch (None: unknown).
-        self.leader_ticker: Ticker | None = None
+        # The last batch deferred (its leader ticker is the state's; None: none).
+        self.leader: LeaderBatch | None = None
 
     @property
     def book(self) -> Book:
@@ -188,10 +185,11 @@ class SymbolState:
             self.trade_seq = deferred[0].prev_trade
         book = self._book
         for batch in deferred:
-            book.apply_updates(batch.updates)
-            if batch.updates:
-                self.last_ts = batch.updates[-1].ts
-            self.number_trades(batch.trades)
+            updates = batch.book_updates()
+            book.apply_updates(updates)
+            if updates:
+                self.last_ts = updates[-1].ts
+            self.number_trades(batch.raw_trades())
         if deferred:
             self.book_seq, self.trade_seq = deferred[-1].book, deferred[-1].trade
 
@@ -201,8 +199,10 @@ class SymbolState:
         While batches are deferred, the leader's ticker after the last of them (which
         the settled state would reproduce) is used, so tickers cost no settling.
         """
-        if (self.deferred or self.base is not None) and self.leader_ticker is not None:
-            return msgspec.structs.replace(self.leader_ticker, ch=ch, seq=seq, prev_seq=prev_seq)
+        if (self.deferred or self.base is not None) and self.leader is not None:
+            ticker = self.leader.leader_ticker()
+            if ticker is not None:
+                return msgspec.structs.replace(ticker, ch=ch, seq=seq, prev_seq=prev_seq)
         book = self.book
         bid = book.best_bid()
         ask = book.best_ask()
@@ -225,7 +225,7 @@ class SymbolState:
 
     def load(self, snap: StateSnapshot) -> None:
         """Replace the content with ``snap`` (nothing stays deferred)."""
-        self.base, self.deferred = None, []
+        self.base, self.deferred, self.leader = None, [], None
         self._book.load(snap.bids, snap.asks)
         self.book_seq = snap.book_seq
         self.trade_seq = snap.trade_seq
@@ -333,7 +333,7 @@ class Engine:
         """
         state = self.symbols[symbol]
         state.deferred.append(batch)
-        state.leader_ticker = batch.ticker
+        state.leader = batch
         state.book_seq = batch.book
         state.trade_seq = batch.trade
         if len(state.deferred) > MAX_DEFERRED:

@@ -342,9 +342,9 @@ class Hub:
         self.bytes_out = 0
         self.updates_out = 0
         self.messages_built = 0
-        # The updates of the first batch relayed since the tick loop last looked
-        # (its event-age telemetry), None if none.
-        self.first_relayed: list[BookUpdate] | None = None
+        # The first batch relayed since the tick loop last looked (its event-age
+        # telemetry), None if none.
+        self.first_relayed: LeaderBatch | None = None
         # Slow consumers: paused subscribers (-> monotonic time of the pause), those due
         # a catch-up at the next flush, and counters.
         self.paused: dict[Subscriber, float] = {}
@@ -410,12 +410,12 @@ class Hub:
         self.engine.defer(symbol, batch)
         if n_book:
             if book_ch.touched is not None:
-                self._track(book_ch, batch.updates, batch.book)
+                self._track(book_ch, batch.book_updates(), batch.book)
             book_ch.last_sent = now
             self._send(book_ch, batch.prev_book, batch.book, batch.book_json, n_book)
             self._ticker_of[symbol].ticker_due = True
             if self.first_relayed is None:
-                self.first_relayed = batch.updates
+                self.first_relayed = batch
         if n_trades:
             trades_ch.last_sent = now
             self._send(trades_ch, batch.prev_trade, batch.trade, batch.trades_json, n_trades)

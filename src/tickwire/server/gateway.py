@@ -476,9 +476,10 @@ class Gateway:
                     conn.write(b"".join(outbox) if len(outbox) > 1 else outbox[0])
                     outbox.clear()
             dirty.clear()
-            if first is None and hub.first_relayed is not None:
-                first = hub.first_relayed
-            hub.first_relayed = None
+            if hub.first_relayed is not None:
+                if first is None:
+                    first = hub.first_relayed.book_updates()
+                hub.first_relayed = None
             if first is not None and hub.frames_out != frames:
                 record(now - target, time_ns() - first[0].ts, len(first) if batched else 1)
             else:

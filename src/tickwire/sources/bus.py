@@ -56,6 +56,7 @@ __all__ = [
     "BusFollower",
     "BusHeartbeat",
     "BusState",
+    "bus_batch",
     "FollowState",
     "decode_bus",
     "decode_snapshot",
@@ -75,14 +76,21 @@ HEARTBEAT_SYMBOL = "_hb"
 MAX_BUFFERED = 10_000
 
 
+#: msgpack nil: the ``ticker`` of a batch from a publisher that sends none.
+_NIL = msgspec.Raw(b"\xc0")
+
+
 class BusBatch(msgspec.Struct, array_like=True, tag="b", frozen=True, gc=False):
     """One engine batch of one symbol: updates ``(prev_book, book]``, trades
     ``(prev_trade, trade]`` (trade ``i`` has id ``prev_trade + 1 + i``).
 
     ``book_json`` and ``trades_json`` are the ``delta`` and ``trades`` messages of the
     batch as the publisher encoded them (empty: none, or a publisher that does not
-    encode; the follower then builds its own), ``ticker`` the publisher's ticker after
-    it (its ``seq`` fields are 0: a gateway numbers its own tickers).
+    encode; the follower then builds its own). The updates, the trades and the
+    publisher's ticker after the batch (its ``seq`` fields 0: a gateway numbers its own
+    tickers) stay msgpack until asked for (:meth:`book_updates`, :meth:`raw_trades`,
+    :meth:`leader_ticker`): a relaying gateway never decodes most of them. Build one
+    with :func:`bus_batch`.
     """
 
     epoch: str
@@ -91,11 +99,55 @@ class BusBatch(msgspec.Struct, array_like=True, tag="b", frozen=True, gc=False):
     book: int
     prev_trade: int
     trade: int
-    updates: list[BookUpdate]
-    trades: list[RawTrade]
+    updates: msgspec.Raw
+    trades: msgspec.Raw
     book_json: bytes = b""
     trades_json: bytes = b""
-    ticker: Ticker | None = None
+    ticker: msgspec.Raw = _NIL
+
+    def book_updates(self) -> list[BookUpdate]:
+        """Decode the book updates."""
+        updates: list[BookUpdate] = _updates_decoder.decode(self.updates)
+        return updates
+
+    def raw_trades(self) -> list[RawTrade]:
+        """Decode the (unnumbered) trades."""
+        trades: list[RawTrade] = _trades_decoder.decode(self.trades)
+        return trades
+
+    def leader_ticker(self) -> Ticker | None:
+        """Decode the publisher's ticker after this batch (None: it sent none)."""
+        ticker: Ticker | None = _ticker_decoder.decode(self.ticker)
+        return ticker
+
+
+def bus_batch(
+    epoch: str,
+    symbol: str,
+    prev_book: int,
+    book: int,
+    prev_trade: int,
+    trade: int,
+    updates: list[BookUpdate],
+    trades: list[RawTrade],
+    book_json: bytes = b"",
+    trades_json: bytes = b"",
+    ticker: Ticker | None = None,
+) -> BusBatch:
+    """Build a :class:`BusBatch` from decoded parts."""
+    return BusBatch(
+        epoch,
+        symbol,
+        prev_book,
+        book,
+        prev_trade,
+        trade,
+        msgspec.Raw(_encoder.encode(updates)),
+        msgspec.Raw(_encoder.encode(trades)),
+        book_json,
+        trades_json,
+        _NIL if ticker is None else msgspec.Raw(_encoder.encode(ticker)),
+    )
 
 
 class BusHeartbeat(msgspec.Struct, array_like=True, tag="h", frozen=True):
@@ -112,6 +164,9 @@ class BusState(msgspec.Struct, array_like=True, tag="s", frozen=True):
 
 
 _encoder = msgspec.msgpack.Encoder()
+_updates_decoder = msgspec.msgpack.Decoder(list[BookUpdate])
+_trades_decoder = msgspec.msgpack.Decoder(list[RawTrade])
+_ticker_decoder = msgspec.msgpack.Decoder(Ticker | None)
 _bus_decoder = msgspec.msgpack.Decoder(BusBatch | BusHeartbeat | BusState)
 _snapshot_decoder = msgspec.msgpack.Decoder(StateSnapshot)
 
@@ -152,7 +207,7 @@ def leader_batch(
     trades_json = (
         encode(Trades(f"trades.{symbol}", st.trade_seq, prev_trade, numbered)) if numbered else b""
     )
-    return BusBatch(
+    return bus_batch(
         engine.epoch,
         symbol,
         prev_book,
@@ -324,7 +379,7 @@ class BusFollower:
                 symbol = item.symbol
                 if symbol in held or not sink.relay(item, now):
                     held.add(symbol)
-                    batches.append((symbol, item.updates, item.trades))
+                    batches.append((symbol, item.book_updates(), item.raw_trades()))
             elif item.symbol not in held:
                 sink.rebase(item)
         return batches

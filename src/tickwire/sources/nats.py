@@ -1,7 +1,7 @@
 """Follow a ``tickwire publish`` engine over NATS (the I/O half of :mod:`.bus`).
 
-nats-py delivers ``PREFIX.md.>`` messages to a callback that only queues their bytes;
-the tick loop's :meth:`NatsSource.poll` decodes them in arrival order, runs them through
+``PREFIX.md.>`` messages wait in nats-py's subscription queue; the tick loop's
+:meth:`NatsSource.poll` takes them all at once, decodes them in arrival order, runs them through
 the :class:`~tickwire.sources.bus.BusFollower`, relays the batches the publisher encoded
 (:meth:`~tickwire.hub.Hub.relay`) and returns the others to publish. All hub changes
 (relay, publish, invalidate, restore) therefore happen inside the tick loop, as with the
@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 import nats
 from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from ..exceptions import ConfigError
 from . import Batch, Sink
@@ -59,7 +59,7 @@ class NatsSource:
         self.timeout = timeout
         self.nc: NatsClient | None = None
         self.follower: BusFollower | None = None
-        self._inbox: list[bytes] = []
+        self._sub: Subscription | None = None
         self._replies: list[bytes] = []
         self._failed: list[str] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -105,7 +105,9 @@ class NatsSource:
                     raise ConfigError(f"cannot connect to NATS at {self.url}: {exc}") from None
                 log.warning("NATS at %s: %s; retrying", self.url, exc)
                 await asyncio.sleep(0.5)
-        await self.nc.subscribe(f"{self.prefix}.md.>", cb=self._on_md)
+        # No callback: nats-py would wake a task per message (about 5 us each, the
+        # largest part of a relaying gateway's ingest); poll() drains the queue instead.
+        self._sub = await self.nc.subscribe(f"{self.prefix}.md.>")
         while sink.incomplete:
             if time.monotonic() > deadline:
                 missing = ", ".join(sorted(sink.incomplete)[:10])
@@ -145,10 +147,20 @@ class NatsSource:
             failed, self._failed = self._failed, []
             for symbol in failed:
                 follower.snapshot_failed(symbol)
-        if self._inbox:
-            inbox, self._inbox = self._inbox, []
+        sub = self._sub
+        if sub is not None:
+            # Once per tick, every queued message. The queue and its byte count are
+            # nats-py's (Subscription._wait_for_msgs keeps them the same way); nats-py
+            # is pinned <3 in pyproject.toml.
+            queue = sub._pending_queue
             message = follower.message
-            for data in inbox:
+            while not queue.empty():
+                data = queue.get_nowait().data
+                queue.task_done()
+                size = len(data)
+                sub._pending_size -= size
+                self.messages += 1
+                self.bytes += size
                 try:
                     msg = decode_bus(data)
                 except msgspec.DecodeError:
@@ -190,12 +202,6 @@ class NatsSource:
         }
 
     # -- callbacks and tasks -------------------------------------------------------------
-
-    async def _on_md(self, msg: Msg) -> None:
-        data = msg.data
-        self.messages += 1
-        self.bytes += len(data)
-        self._inbox.append(data)
 
     async def _request(self, symbol: str) -> None:
         nc = self.nc

@@ -3,13 +3,15 @@
 The publisher is the leading engine of a scaled-out deployment (``docs/scaling.md``). It
 runs the same sources a gateway can run embedded -- the simulator or a recording --
 through its own :class:`~tickwire.engine.Engine`, which numbers every book update and
-trade, and publishes, per tick and per symbol, one
-:class:`~tickwire.sources.bus.BusBatch` on ``PREFIX.md.<SYMBOL>`` carrying those numbers,
-the event times and the engine's epoch. Every 250 ms a heartbeat on ``PREFIX.md._hb``
-carries the epoch and both seqs of every symbol, so a follower notices a lost batch even
-on a quiet symbol. A request on ``PREFIX.snapshot.<SYMBOL>`` is answered with the
-engine's :class:`~tickwire.engine.StateSnapshot`: that is how a gateway that joins late
-or detects a gap recovers.
+trade, and publishes, per tick, one :class:`~tickwire.sources.bus.BusBundle` on
+``PREFIX.md._tick``: per symbol one :class:`~tickwire.sources.bus.BusBatch` carrying those
+numbers, the event times, the engine's epoch and the encoded client messages (gateways
+relay them); every 250 ms a heartbeat with the epoch and both seqs of every symbol, so a
+follower notices a lost batch even on a quiet symbol; and, in turn, the complete state
+of one symbol (``BusState``: a relaying gateway rebases on it). A request on
+``PREFIX.snapshot.<SYMBOL>`` is answered with the engine's
+:class:`~tickwire.engine.StateSnapshot`: that is how a gateway that joins late or detects
+a gap recovers.
 
 Why core NATS request/reply and not JetStream: followers need the live stream plus the
 current state, and the publisher holds that state; a snapshot is bounded by the book's
@@ -38,9 +40,10 @@ from .exceptions import ConfigError
 from .protocol import BookUpdate
 from .sources import RawTrade, Source
 from .sources.bus import (
-    HEARTBEAT_SYMBOL,
+    TICK_SUBJECT,
     BusHeartbeat,
     BusState,
+    bundles,
     encode_bus,
     leader_batch,
     md_subject,
@@ -70,9 +73,8 @@ class BusSink:
         self.engine = engine
         self.prefix = prefix
         self.incomplete: set[str] = set(engine.symbols)
-        self._subjects = {s: md_subject(prefix, s) for s in engine.symbols}
-        #: ``(subject, payload)`` to publish, in order; the I/O loop takes them.
-        self.out: list[tuple[str, bytes]] = []
+        #: Encoded bus messages of this tick, in order; the I/O loop bundles them.
+        self.out: list[bytes] = []
         self.updates = 0
         self.trades = 0
 
@@ -80,7 +82,7 @@ class BusSink:
         """Number one batch in the engine and queue it as a bus message."""
         raw = list(trades)
         batch = leader_batch(self.engine, symbol, updates, raw)
-        self.out.append((self._subjects[symbol], encode_bus(batch)))
+        self.out.append(encode_bus(batch))
         self.updates += len(updates)
         self.trades += len(raw)
 
@@ -92,9 +94,8 @@ class BusSink:
         """Not used by the publisher's sources."""
 
     def queue_state(self, symbol: str) -> None:
-        """Queue the in-stream state of ``symbol`` (a ``BusState``) on its subject."""
-        payload = encode_bus(BusState(self.engine.export(symbol)))
-        self.out.append((self._subjects[symbol], payload))
+        """Queue the in-stream state of ``symbol`` (a ``BusState``)."""
+        self.out.append(encode_bus(BusState(self.engine.export(symbol))))
 
     def restore(self, snap: StateSnapshot) -> None:
         """Load a state (a recording's snapshot): followers see the jump as a gap and
@@ -230,7 +231,7 @@ class Publisher:
         publish = sink.publish
         monotonic = time.monotonic
         tick = self.tick
-        hb_subject = md_subject(self.prefix, HEARTBEAT_SYMBOL)
+        subject = md_subject(self.prefix, TICK_SUBJECT)
         deadline = next_hb = next_state = monotonic()
         symbols = list(self.engine.symbols)
         state_every = STATE_INTERVAL / len(symbols)
@@ -255,10 +256,10 @@ class Publisher:
                 sink.queue_state(symbol)
             if now >= next_hb:
                 next_hb = now + HEARTBEAT_INTERVAL
-                sink.out.append((hb_subject, sink.heartbeat()))
+                sink.out.append(sink.heartbeat())
             if sink.out:
                 out, sink.out = sink.out, []
-                for subject, payload in out:
+                for payload in bundles(out):
                     try:
                         await nc.publish(subject, payload)
                     except Exception as exc:  # disconnected with a full buffer, closed

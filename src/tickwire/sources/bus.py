@@ -2,11 +2,15 @@
 
 Subjects (``PREFIX`` is ``tickwire`` unless ``--bus-prefix`` says otherwise)::
 
-    PREFIX.md.<SYMBOL>      one BusBatch per engine batch of that symbol, and a BusState
-                            of it every few hundred ms
-    PREFIX.md._hb           BusHeartbeat every 250 ms: epoch and both seqs per symbol
-                            (no symbol can start with "_", so it never collides)
+    PREFIX.md._tick         one BusBundle per publisher tick: the tick's BusBatch of each
+                            symbol, a BusState of one symbol now and then, and a
+                            BusHeartbeat every 250 ms, in the order they were made
     PREFIX.snapshot.<SYM>   request/reply: the publisher answers with its StateSnapshot
+
+One message per tick rather than one per symbol: a follower's cost is mostly per bus
+message (nats-py's parser, one decode), so bundling a tick's ten symbols cut a relaying
+gateway's ingest by about half (``docs/benchmarks.md``). A symbol can not start with
+"_", so ``_tick`` never collides with a symbol's name.
 
 Payloads are msgpack (msgspec): a batch is an array ``["b", epoch, symbol, prev_book,
 book, prev_trade, trade, updates, trades, book_json, trades_json, ticker]``. It carries
@@ -51,11 +55,14 @@ from ..protocol import BookUpdate, Delta, Ticker, Trades, encode
 from . import Batch, RawTrade, Sink
 
 __all__ = [
-    "HEARTBEAT_SYMBOL",
+    "MAX_BUNDLE_BYTES",
+    "TICK_SUBJECT",
     "BusBatch",
+    "BusBundle",
     "BusFollower",
     "BusHeartbeat",
     "BusState",
+    "bundles",
     "bus_batch",
     "FollowState",
     "decode_bus",
@@ -68,8 +75,8 @@ __all__ = [
 
 log = logging.getLogger("tickwire.bus")
 
-#: The pseudo-symbol of heartbeats on ``PREFIX.md.*``.
-HEARTBEAT_SYMBOL = "_hb"
+#: The pseudo-symbol of the per-tick bundles on ``PREFIX.md.*``.
+TICK_SUBJECT = "_tick"
 
 #: Batches buffered per recovering symbol; older ones are dropped (the snapshot that
 #: ends the recovery is newer than any of them anyway).
@@ -163,26 +170,53 @@ class BusState(msgspec.Struct, array_like=True, tag="s", frozen=True):
     state: StateSnapshot
 
 
+class BusBundle(msgspec.Struct, array_like=True, tag="t", frozen=True):
+    """Bus messages of one publisher tick, in order, each one encoded (:func:`bundles`)."""
+
+    messages: list[msgspec.Raw]
+
+
+#: Bundle payloads are cut at about this size (NATS refuses payloads over its
+#: ``max_payload``, 1 MiB by default); a message is never split.
+MAX_BUNDLE_BYTES = 256 << 10
+
+
+def bundles(messages: list[bytes]) -> list[bytes]:
+    """Pack encoded bus messages into as few ``BusBundle`` payloads as the size allows."""
+    out: list[bytes] = []
+    group: list[msgspec.Raw] = []
+    size = 0
+    for data in messages:
+        if group and size + len(data) > MAX_BUNDLE_BYTES:
+            out.append(_encoder.encode(BusBundle(group)))
+            group, size = [], 0
+        group.append(msgspec.Raw(data))
+        size += len(data)
+    if group:
+        out.append(_encoder.encode(BusBundle(group)))
+    return out
+
+
 _encoder = msgspec.msgpack.Encoder()
 _updates_decoder = msgspec.msgpack.Decoder(list[BookUpdate])
 _trades_decoder = msgspec.msgpack.Decoder(list[RawTrade])
 _ticker_decoder = msgspec.msgpack.Decoder(Ticker | None)
-_bus_decoder = msgspec.msgpack.Decoder(BusBatch | BusHeartbeat | BusState)
+_bus_decoder = msgspec.msgpack.Decoder(BusBatch | BusHeartbeat | BusState | BusBundle)
 _snapshot_decoder = msgspec.msgpack.Decoder(StateSnapshot)
 
 
-def encode_bus(message: BusBatch | BusHeartbeat | BusState | StateSnapshot) -> bytes:
+def encode_bus(message: BusBatch | BusHeartbeat | BusState | BusBundle | StateSnapshot) -> bytes:
     """Encode one bus payload (msgpack)."""
     return _encoder.encode(message)
 
 
-def decode_bus(data: bytes) -> BusBatch | BusHeartbeat | BusState:
-    """Decode one ``PREFIX.md.*`` payload.
+def decode_bus(data: bytes | msgspec.Raw) -> BusBatch | BusHeartbeat | BusState | BusBundle:
+    """Decode one ``PREFIX.md.*`` payload (or one message of a bundle).
 
     Raises:
         msgspec.DecodeError: not a tickwire bus message.
     """
-    message: BusBatch | BusHeartbeat | BusState = _bus_decoder.decode(data)
+    message: BusBatch | BusHeartbeat | BusState | BusBundle = _bus_decoder.decode(data)
     return message
 
 
@@ -285,8 +319,17 @@ class BusFollower:
 
     # -- input ---------------------------------------------------------------------------
 
-    def message(self, msg: BusBatch | BusHeartbeat | BusState) -> None:
-        """Take one ``PREFIX.md.*`` message, in bus order."""
+    def message(self, msg: BusBatch | BusHeartbeat | BusState | BusBundle) -> None:
+        """Take one ``PREFIX.md.*`` message, in bus order.
+
+        Raises:
+            msgspec.DecodeError: a message inside a bundle is not a bus message (the
+                ones before it were taken).
+        """
+        if isinstance(msg, BusBundle):
+            for data in msg.messages:
+                self.message(decode_bus(data))
+            return
         if isinstance(msg, BusState):
             self._state(msg.state)
             return

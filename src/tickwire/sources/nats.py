@@ -40,7 +40,7 @@ RETRY_DELAY = 0.5
 
 
 class NatsSource:
-    """A source fed by NATS subjects ``PREFIX.md.<SYMBOL>`` (see ``docs/scaling.md``).
+    """A source fed by the NATS subjects ``PREFIX.md.>`` (see ``docs/scaling.md``).
 
     Args:
         url: ``nats://HOST:PORT``, or several comma-separated (a cluster).

@@ -15,18 +15,25 @@ from typing import Any
 
 import pytest
 
-from helpers import RawClient, ServerProcess, StreamChecker, frame_payload
+from helpers import RawClient, ServerProcess, StreamChecker, frame_payload, parse_server_frames
 from nats_helpers import NatsServer, Proc, publisher, stream, subscribe
+from tickwire import engine as engine_module
 from tickwire.engine import Engine
 from tickwire.hub import Channel, Hub, SubscriptionStats
 from tickwire.protocol import BookUpdate, Delta, Message, Snapshot, Trades, decode_message
 from tickwire.simulator import MarketSimulator
 from tickwire.sources.bus import (
+    MAX_BUNDLE_BYTES,
     BusBatch,
+    BusBundle,
     BusFollower,
     BusHeartbeat,
+    BusState,
     FollowState,
+    bundles,
     bus_batch,
+    decode_bus,
+    encode_bus,
     leader_batch,
 )
 
@@ -44,8 +51,12 @@ class Recorder:
         self.deliver: Callable[[bytes], object] | None = None
 
     def drain(self) -> list[Message]:
-        frames, self.outbox = self.outbox, []
-        return [decode_message(frame_payload(f)) for f in frames]
+        """Decode every message queued so far (a write may carry several frames)."""
+        writes, self.outbox = self.outbox, []
+        buf = bytearray(b"".join(writes))
+        messages = [decode_message(payload) for _, _, payload in parse_server_frames(buf)]
+        assert not buf, "a partial frame"
+        return messages
 
 
 def market(n_ticks: int, symbols: tuple[str, ...] = ("AAA",)) -> list[BusBatch]:
@@ -281,6 +292,126 @@ def test_resume_inside_a_batched_message_splits_it() -> None:
         first = tsub.drain()[0]
         assert isinstance(first, Trades) and first.prev_seq == tp + 1
         assert [t.id for t in first.trades][0] == tp + 2
+
+
+def built(batch: BusBatch) -> BusBatch:
+    """``batch`` as a publisher that encodes no messages sends it: the hub builds them."""
+    return bus_batch(
+        batch.epoch,
+        batch.symbol,
+        batch.prev_book,
+        batch.book,
+        batch.prev_trade,
+        batch.trade,
+        batch.book_updates(),
+        batch.raw_trades(),
+    )
+
+
+def test_relayed_messages_are_byte_identical_to_the_ones_a_gateway_builds() -> None:
+    batches = market(80)
+    hubs, followers, subs = [], [], []
+    for _ in range(2):
+        hub, follower = follow()
+        follower.snapshot(leader_snapshot(batches, 1))
+        sub = Recorder()
+        for name in ("book.AAA", "trades.AAA", "ticker.AAA"):
+            hub.subscribe(sub, hub.channel(name))
+        sub.outbox.clear()
+        hubs.append(hub)
+        followers.append(follower)
+        subs.append(sub)
+    relayed, rebuilt = hubs
+    for i, b in enumerate(batches[1:], start=1):
+        followers[0].message(b)
+        followers[1].message(built(b))
+        for hub, follower in zip(hubs, followers, strict=True):
+            pump(hub, follower, i * 0.05)
+    # The relaying hub never applied a batch: its state is all deferred...
+    state = relayed.engine.symbols["AAA"]
+    assert len(state.deferred) == len(batches) - 1
+    assert rebuilt.engine.symbols["AAA"].deferred == []
+    # ...and yet every frame (deltas, trades, tickers) is the same, byte for byte.
+    frames = [sub.outbox for sub in subs]
+    kinds = {type(decode_message(frame_payload(f))).__name__ for f in frames[0]}
+    assert kinds == {"Delta", "Trades", "Ticker"}
+    assert frames[0] == frames[1] and len(frames[0]) > 100
+    # Reading the book settles it: snapshots and exports equal the leader's.
+    leader = leader_snapshot(batches, len(batches))
+    assert relayed.engine.export("AAA") == leader == rebuilt.engine.export("AAA")
+    assert state.deferred == []
+    late = [Recorder(), Recorder()]
+    for hub, sub in zip(hubs, late, strict=True):
+        hub.subscribe(sub, hub.channel("book.AAA"))
+        hub.subscribe(sub, hub.channel("trades.AAA"))
+    assert late[0].outbox == late[1].outbox and len(late[0].outbox) == 2
+
+
+def test_in_stream_state_replaces_deferred_batches_and_heals_a_hole() -> None:
+    batches = market(60)
+    hub, follower = follow()
+    follower.snapshot(leader_snapshot(batches, 1))
+    sub = Recorder()
+    hub.subscribe(sub, hub.channel("book.AAA"))
+    for b in batches[1:20]:
+        follower.message(b)
+    pump(hub, follower)
+    state = hub.engine.symbols["AAA"]
+    assert len(state.deferred) == 19
+    # A state at our seqs: nothing deferred needs applying any more.
+    follower.message(BusState(leader_snapshot(batches, 20)))
+    pump(hub, follower)
+    assert state.deferred == [] and state.base is not None
+    # One older than our seqs is ignored.
+    follower.message(BusState(leader_snapshot(batches, 10)))
+    pump(hub, follower)
+    assert state.base is not None and state.base.book_seq == leader_snapshot(batches, 20).book_seq
+    for b in batches[20:30]:
+        follower.message(b)
+    pump(hub, follower)
+    assert hub.engine.export("AAA") == leader_snapshot(batches, 30)
+    sub.drain()
+    # Batch 30 is lost: 31 exposes the hole; the next in-stream state heals it without
+    # a snapshot request.
+    for b in batches[31:35]:
+        follower.message(b)
+    assert follower.state["AAA"] is FollowState.RECOVERING and "AAA" in follower.requests
+    follower.message(BusState(leader_snapshot(batches, 33)))
+    assert follower.state["AAA"] is FollowState.LIVE and not follower.requests
+    pump(hub, follower)
+    msgs = sub.drain()
+    assert isinstance(msgs[0], Snapshot) and msgs[0].resumed is False
+    assert msgs[0].seq == leader_snapshot(batches, 33).book_seq
+    # The buffered batch 33 was replayed after the state, and chains.
+    assert isinstance(msgs[1], Delta) and msgs[1].prev_seq == msgs[0].seq
+    assert msgs[-1].seq == leader_snapshot(batches, 35).book_seq  # type: ignore[union-attr]
+    assert hub.engine.export("AAA") == leader_snapshot(batches, 35)
+
+
+def test_deferred_batches_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_module, "MAX_DEFERRED", 8)
+    batches = market(40)
+    hub, follower = follow()
+    follower.snapshot(leader_snapshot(batches, 1))
+    for b in batches[1:]:
+        follower.message(b)
+        pump(hub, follower)
+        assert len(hub.engine.symbols["AAA"].deferred) <= 8
+    assert hub.engine.export("AAA") == leader_snapshot(batches, len(batches))
+
+
+def test_bundles_keep_order_and_stay_under_the_size_limit() -> None:
+    payloads = [encode_bus(b) for b in market(400)]
+    assert sum(map(len, payloads)) > 2 * MAX_BUNDLE_BYTES
+    out = bundles(payloads)
+    assert len(out) >= 3
+    assert all(len(p) <= MAX_BUNDLE_BYTES + max(map(len, payloads)) for p in out)
+    unpacked = []
+    for p in out:
+        bundle = decode_bus(p)
+        assert isinstance(bundle, BusBundle)
+        unpacked.extend(bytes(m) for m in bundle.messages)
+    assert unpacked == payloads
 
 
 def test_resume_ahead_waits_for_the_bus() -> None:

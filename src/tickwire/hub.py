@@ -87,7 +87,7 @@ The hub never reads a clock: ``now`` (monotonic seconds) is passed in.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol, cast
 
 from .codec import (
@@ -382,44 +382,69 @@ class Hub:
                     self._flush_trades(trades_ch)
                 trades_ch.last_sent = self.last_flush
 
-    def relay(self, batch: LeaderBatch, now: float) -> bool:
-        """Send a leader's batch as the leader encoded it, deferring its application.
+    def relay(self, batches: Sequence[LeaderBatch], now: float) -> bool:
+        """Send a leader's batches of one symbol as the leader encoded them.
 
         The follower's messages are byte for byte the ones it would build itself (same
         seqs, updates, checksum), so it forwards the leader's JSON and leaves the book
         to settle when read (:meth:`Engine.defer`): no decode-apply-encode per update.
-        Returns False, doing nothing, when the batch must go through :meth:`publish`
+        Consecutive batches (the bus delivered several since the last tick) stay one
+        message each, but reach a JSON subscriber in one write, as a tick's batch
+        does: a follower that fell behind writes less per update, not more.
+
+        Returns False, doing nothing, when the batches must go through :meth:`publish`
         instead: unbatched sends, something pending on the symbol, a batch without
-        encoded messages, or one that does not chain.
+        encoded messages, or batches that do not chain from the channels' seqs.
         """
-        symbol = batch.symbol
+        symbol = batches[0].symbol
         book_ch = self._book_of[symbol]
         trades_ch = self._trades_of[symbol]
-        n_book = batch.book - batch.prev_book
-        n_trades = batch.trade - batch.prev_trade
-        if (
-            not self.batch
-            or book_ch.pending
-            or trades_ch.pending
-            or (n_book and not batch.book_json)
-            or (n_trades and not batch.trades_json)
-            or book_ch.seq != batch.prev_book
-            or trades_ch.seq != batch.prev_trade
-        ):
+        if not self.batch or book_ch.pending or trades_ch.pending:
             return False
-        self.engine.defer(symbol, batch)
-        if n_book:
-            if book_ch.touched is not None:
+        book_seq, trade_seq = book_ch.seq, trades_ch.seq
+        for batch in batches:
+            if (
+                batch.prev_book != book_seq
+                or batch.prev_trade != trade_seq
+                or (batch.book > book_seq and not batch.book_json)
+                or (batch.trade > trade_seq and not batch.trades_json)
+            ):
+                return False
+            book_seq, trade_seq = batch.book, batch.trade
+        defer = self.engine.defer
+        for batch in batches:
+            defer(symbol, batch)
+            if book_ch.touched is not None and batch.book > batch.prev_book:
                 self._track(book_ch, batch.book_updates(), batch.book)
+        if book_seq > book_ch.seq:
             book_ch.last_sent = now
-            self._send(book_ch, batch.prev_book, batch.book, batch.book_json, n_book)
             self._ticker_of[symbol].ticker_due = True
             if self.first_relayed is None:
-                self.first_relayed = batch
-        if n_trades:
+                self.first_relayed = batches[0]
+            self._send_encoded(
+                book_ch, [(b.prev_book, b.book, b.book_json) for b in batches if b.book_json]
+            )
+        if trade_seq > trades_ch.seq:
             trades_ch.last_sent = now
-            self._send(trades_ch, batch.prev_trade, batch.trade, batch.trades_json, n_trades)
+            self._send_encoded(
+                trades_ch,
+                [(b.prev_trade, b.trade, b.trades_json) for b in batches if b.trades_json],
+            )
         return True
+
+    def _send_encoded(self, ch: Channel, messages: list[tuple[int, int, bytes]]) -> None:
+        """Record and deliver consecutive ``(prev_seq, seq, json)`` messages of ``ch``."""
+        if len(messages) == 1 or ch.groups or ch.fault is not None:
+            for prev_seq, seq, payload in messages:
+                self._send(ch, prev_seq, seq, payload, seq - prev_seq)
+            return
+        frames = []
+        for prev_seq, seq, payload in messages:
+            frame = text_frame(payload)
+            self._record(ch, prev_seq, seq, frame)
+            frames.append(frame)
+        n = self._fan_out(ch.subscribers, b"".join(frames))
+        self.updates_out += (messages[-1][1] - messages[0][0]) * n
 
     def rebase(self, snap: StateSnapshot) -> None:
         """Take the leader's state at this hub's seqs in place of what was deferred."""
@@ -505,13 +530,7 @@ class Hub:
         """Record and deliver one message; ``payload`` is its JSON, ``msg`` the object
         (for the other encodings; decoded from ``payload`` when not given)."""
         frame = text_frame(payload)
-        ch.seq = seq
-        self.messages_built += 1
-        history = ch.history
-        history.append((prev_seq, seq, frame))
-        ch.history_bytes += len(frame)
-        while ch.history_bytes > self.history_limit and len(history) > 1:
-            ch.history_bytes -= len(history.popleft()[2])
+        self._record(ch, prev_seq, seq, frame)
         if ch.fault is not None:
             faulty = self._faulty(ch, frame)
             if faulty is None:
@@ -519,6 +538,16 @@ class Hub:
             frame, msg = faulty, None
         n = self._deliver(ch, frame, msg)
         self.updates_out += updates * n
+
+    def _record(self, ch: Channel, prev_seq: int, seq: int, frame: bytes) -> None:
+        """Make ``frame`` message ``(prev_seq, seq]`` of ``ch``, kept for resume."""
+        ch.seq = seq
+        self.messages_built += 1
+        history = ch.history
+        history.append((prev_seq, seq, frame))
+        ch.history_bytes += len(frame)
+        while ch.history_bytes > self.history_limit and len(history) > 1:
+            ch.history_bytes -= len(history.popleft()[2])
 
     def inject_fault(self, ch: Channel, kind: str) -> None:
         """Corrupt the next message of ``ch`` for its current subscribers (tests only).

@@ -29,7 +29,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import nats
@@ -86,7 +86,7 @@ class BusSink:
         self.updates += len(updates)
         self.trades += len(raw)
 
-    def relay(self, batch: LeaderBatch, now: float) -> bool:
+    def relay(self, batches: Sequence[LeaderBatch], now: float) -> bool:
         """Not used by the publisher's sources."""
         return False
 

@@ -20,7 +20,7 @@ followed over NATS). :func:`make_source` picks one from ``--source``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..engine import Engine, LeaderBatch, RawTrade, StateSnapshot
@@ -45,8 +45,9 @@ class Sink(Protocol):
     def publish(self, symbol: str, updates: list[BookUpdate], trades: Iterable[RawTrade]) -> None:
         """Apply one batch (numbered by the engine) and queue it."""
 
-    def relay(self, batch: LeaderBatch, now: float) -> bool:
-        """Send a leader's encoded batch as it is; False: :meth:`publish` it instead."""
+    def relay(self, batches: Sequence[LeaderBatch], now: float) -> bool:
+        """Send a leader's encoded batches of one symbol as they are; False:
+        :meth:`publish` them instead."""
 
     def rebase(self, snap: StateSnapshot) -> None:
         """Adopt the leader's state at the current seqs instead of what was deferred."""

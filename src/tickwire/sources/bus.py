@@ -408,23 +408,37 @@ class BusFollower:
     def hand_over(self, now: float) -> list[Batch]:
         """Relay :attr:`out` to the sink (or rebase it); return what must be published.
 
-        A batch the sink cannot relay (:meth:`Sink.relay` False) is returned for the
-        tick loop to publish, and so is every later batch of its symbol, in order: a
-        relay must not overtake it.
+        Consecutive batches of a symbol are relayed together (one write per
+        subscriber); a state is taken after the batches before it. Batches the sink
+        cannot relay (:meth:`Sink.relay` False) are returned for the tick loop to
+        publish, and so is every later batch of their symbol, in order: a relay must
+        not overtake them.
         """
         out, self.out = self.out, []
         sink = self.sink
         batches: list[Batch] = []
         held: set[str] = set()
+        runs: dict[str, list[BusBatch]] = {}
+
+        def flush(symbol: str) -> None:
+            run = runs.pop(symbol, None)
+            if run is None:
+                return
+            if symbol in held or not sink.relay(run, now):
+                held.add(symbol)
+                batches.extend((symbol, b.book_updates(), b.raw_trades()) for b in run)
+
         for item in out:
+            symbol = item.symbol
             if isinstance(item, BusBatch):
                 self.updates += item.book - item.prev_book
-                symbol = item.symbol
-                if symbol in held or not sink.relay(item, now):
-                    held.add(symbol)
-                    batches.append((symbol, item.book_updates(), item.raw_trades()))
-            elif item.symbol not in held:
-                sink.rebase(item)
+                runs.setdefault(symbol, []).append(item)
+            else:
+                flush(symbol)
+                if symbol not in held:
+                    sink.rebase(item)
+        for symbol in list(runs):
+            flush(symbol)
         return batches
 
     # -- transitions -----------------------------------------------------------------------

@@ -635,3 +635,29 @@ def test_late_gateway_loads_snapshots_and_serves_the_same_seqs(
     assert common and all(ue[k] == ul[k] for k in common)
     ce.close()
     cl.close()
+
+
+def test_bus_data_is_relayed_on_arrival_not_on_the_gateways_clock(
+    nats_server: NatsServer, procs: list[Any]
+) -> None:
+    # The gateway's clock ticks once a second; the publisher's every millisecond. A
+    # gateway that only took the bus on its tick would deliver in one burst per second.
+    pub(nats_server.url, procs)
+    gw = gateway(nats_server.url, procs, "--batch-ms", "1000")
+    client = RawClient(gw.port)
+    subscribe(client, ["book.BTC-USD"])
+    checker = StreamChecker()
+    windows: set[int] = set()
+    start = time.monotonic()
+    while (elapsed := time.monotonic() - start) < 2.0:
+        try:
+            msg = client.recv_json(timeout=0.5)
+        except TimeoutError:
+            continue
+        checker.apply(msg)
+        if msg["type"] == "delta":
+            windows.add(int(elapsed * 10))
+    client.close()
+    assert checker.deltas > 50
+    # Deltas in at least 12 of the 20 tenths of a second (the clock alone: 2 or 3).
+    assert len(windows) >= 12, sorted(windows)

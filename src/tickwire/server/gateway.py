@@ -70,6 +70,16 @@ from .connection import Connection
 
 __all__ = ["Gateway"]
 
+
+#: After data a push source delivered, the next clock tick is this many periods later.
+QUIET_TICKS = 5
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 log = logging.getLogger("tickwire.server")
 
 
@@ -124,6 +134,10 @@ class Gateway:
         self._stopping: asyncio.Event | None = None
         # Set while shutting down; fires when the last connection is gone.
         self.draining: asyncio.Event | None = None
+        # The tick loop's wait, and whether the source reported news since it began.
+        self._waiter: asyncio.Future[None] | None = None
+        self._arrived = False
+        self.source.on_arrival(self._news)
 
     # -- requests ----------------------------------------------------------------------
 
@@ -442,15 +456,22 @@ class Gateway:
         time_ns = time.time_ns
         record = self.tick_stats.tick
         batched = hub.batch
+        wait = self._wait_for_tick
+        quiet = (QUIET_TICKS - 1) * tick
         while True:
             # Sleep to a deadline, not for a fixed time: the period stays one tick however
             # long the work took, so batches (and latency) do not stretch under load. A
-            # tick that is late by more than one period is not made up.
+            # tick that is late by more than one period is not made up. A push source
+            # (the bus) ends the wait when its data arrives: that data is relayed at
+            # once, and while it keeps arriving the clock ticks only for housekeeping
+            # (QUIET_TICKS periods after the last arrival), not in between arrivals.
             deadline += tick
             target = deadline
             now = monotonic()
             if deadline > now:
-                await sleep(deadline - now)
+                if await wait(deadline - now):
+                    now = target = monotonic()
+                    deadline = now + quiet
             else:
                 await sleep(0)
                 if now - deadline > tick:
@@ -490,6 +511,27 @@ class Gateway:
                 self._sweep()
                 self._police()
                 next_sweep = now + 0.5
+
+    async def _wait_for_tick(self, delay: float) -> bool:
+        """Sleep ``delay`` seconds; return True early if the source has news."""
+        if not self._arrived:
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            timer = loop.call_later(delay, _resolve, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        arrived, self._arrived = self._arrived, False
+        return arrived
+
+    def _news(self) -> None:
+        """The source's callback: data arrived, end the tick loop's wait."""
+        self._arrived = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def _shutdown(self) -> None:
         if self._server is not None:

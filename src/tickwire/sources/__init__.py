@@ -20,7 +20,7 @@ followed over NATS). :func:`make_source` picks one from ``--source``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..engine import Engine, LeaderBatch, RawTrade, StateSnapshot
@@ -84,6 +84,10 @@ class Source(Protocol):
 
         May be lazy (a generator): the tick loop sends each batch before taking the next.
         """
+
+    def on_arrival(self, callback: Callable[[], None]) -> None:
+        """Have ``callback`` called when data arrives, so the tick loop polls at once
+        (a push source: the bus); sources polled on the clock ignore it."""
 
     def burst(self, now: float) -> None:
         """Spike the flow now (SIGUSR1); sources that do not generate flow ignore it."""

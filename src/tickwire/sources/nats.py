@@ -1,12 +1,14 @@
 """Follow a ``tickwire publish`` engine over NATS (the I/O half of :mod:`.bus`).
 
-``PREFIX.md.>`` messages wait in nats-py's subscription queue; the tick loop's
-:meth:`NatsSource.poll` takes them all at once, decodes them in arrival order, runs them through
-the :class:`~tickwire.sources.bus.BusFollower`, relays the batches the publisher encoded
+``PREFIX.md.>`` messages are queued as they arrive and wake the gateway's tick loop
+(:meth:`NatsSource.on_arrival`), whose :meth:`NatsSource.poll` takes them all at once,
+decodes them in arrival order, runs them through the
+:class:`~tickwire.sources.bus.BusFollower`, relays the batches the publisher encoded
 (:meth:`~tickwire.hub.Hub.relay`) and returns the others to publish. All hub changes
 (relay, publish, invalidate, restore) therefore happen inside the tick loop, as with the
-embedded simulator. Snapshot requests run as tasks; their replies queue and are
-handled by the next poll, before that poll's bus messages.
+embedded simulator, and a bundle is relayed as soon as it arrives rather than at the
+next tick. Snapshot requests run as tasks; their replies queue and are handled by the
+next poll, before that poll's bus messages.
 
 One wildcard subscription carries batches and heartbeats alike, so the follower sees
 them in the order the publisher sent them (nats-py keeps order within a subscription);
@@ -18,12 +20,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 import nats
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from ..exceptions import ConfigError
@@ -37,6 +40,9 @@ log = logging.getLogger("tickwire.nats")
 #: Seconds to wait for one snapshot reply, and before asking again after a failure.
 REQUEST_TIMEOUT = 2.0
 RETRY_DELAY = 0.5
+#: Bus bytes held for the tick loop at most; past it messages are dropped (and the
+#: follower recovers the hole), so a stalled loop cannot grow memory without bound.
+MAX_INBOX_BYTES = 64 << 20
 
 
 class NatsSource:
@@ -61,6 +67,11 @@ class NatsSource:
         self.follower: BusFollower | None = None
         self._sub: Subscription | None = None
         self._replies: list[bytes] = []
+        # Bus payloads received since the last poll, in order, and their size.
+        self._inbox: list[bytes] = []
+        self._inbox_bytes = 0
+        self._wake: Callable[[], None] | None = None
+        self.dropped = 0
         self._failed: list[str] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self.skipped = 0
@@ -105,9 +116,9 @@ class NatsSource:
                     raise ConfigError(f"cannot connect to NATS at {self.url}: {exc}") from None
                 log.warning("NATS at %s: %s; retrying", self.url, exc)
                 await asyncio.sleep(0.5)
-        # No callback: nats-py would wake a task per message (about 5 us each, the
-        # largest part of a relaying gateway's ingest); poll() drains the queue instead.
-        self._sub = await self.nc.subscribe(f"{self.prefix}.md.>")
+        # The callback only queues the payload and wakes the tick loop, which relays it
+        # at once: one bundle per publisher tick, so one wake-up per tick, not per symbol.
+        self._sub = await self.nc.subscribe(f"{self.prefix}.md.>", cb=self._arrived)
         while sink.incomplete:
             if time.monotonic() > deadline:
                 missing = ", ".join(sorted(sink.incomplete)[:10])
@@ -147,20 +158,11 @@ class NatsSource:
             failed, self._failed = self._failed, []
             for symbol in failed:
                 follower.snapshot_failed(symbol)
-        sub = self._sub
-        if sub is not None:
-            # Once per tick, every queued message. The queue and its byte count are
-            # nats-py's (Subscription._wait_for_msgs keeps them the same way); nats-py
-            # is pinned <3 in pyproject.toml.
-            queue = sub._pending_queue
+        if self._inbox:
+            inbox, self._inbox = self._inbox, []
+            self._inbox_bytes = 0
             message = follower.message
-            while not queue.empty():
-                data = queue.get_nowait().data
-                queue.task_done()
-                size = len(data)
-                sub._pending_size -= size
-                self.messages += 1
-                self.bytes += size
+            for data in inbox:
                 try:
                     msg = decode_bus(data)
                 except msgspec.DecodeError:
@@ -190,6 +192,7 @@ class NatsSource:
             "bytes": self.bytes,
             "updates": self.generated,
             "bad_messages": self.bad_messages,
+            "dropped": self.dropped,
             "disconnects": self.disconnects,
             "reconnects": self.reconnects,
             "snapshot_requests": self.snapshot_requests,
@@ -224,6 +227,27 @@ class NatsSource:
             self._failed.append(symbol)
             return
         self._replies.append(reply.data)
+        if self._wake is not None:
+            self._wake()
+
+    async def _arrived(self, msg: Msg) -> None:
+        data = msg.data
+        size = len(data)
+        self.messages += 1
+        self.bytes += size
+        if self._inbox_bytes + size > MAX_INBOX_BYTES:
+            # The tick loop stopped taking the bus: drop, and let the seqs show the
+            # hole (the follower recovers from the next state or a snapshot).
+            self.dropped += 1
+            return
+        self._inbox.append(data)
+        self._inbox_bytes += size
+        if self._wake is not None:
+            self._wake()
+
+    def on_arrival(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever a bus message arrives (the gateway's tick loop)."""
+        self._wake = callback
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)

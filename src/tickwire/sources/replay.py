@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any
 
 import msgspec
@@ -197,6 +197,9 @@ class ReplaySource:
                 out.append((symbol, [], raw))
                 budget -= len(raw)
         return out
+
+    def on_arrival(self, callback: Callable[[], None]) -> None:
+        """Polled on the clock: nothing arrives by itself."""
 
     def burst(self, now: float) -> None:
         """A recording's flow is what it is."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..simulator import MarketSimulator
@@ -42,6 +42,9 @@ class SimulatorSource:
     def poll(self, now: float) -> Iterable[Batch]:
         """Generate the updates due at ``now`` (exact long-run rate), one symbol at a time."""
         return self._batches(self._due(now))
+
+    def on_arrival(self, callback: Callable[[], None]) -> None:
+        """Polled on the clock: nothing arrives by itself."""
 
     def burst(self, now: float) -> None:
         """Multiply the rate for ``burst_seconds`` (SIGUSR1)."""

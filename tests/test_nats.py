@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import msgspec
 import pytest
 
 from helpers import RawClient, ServerProcess, StreamChecker, frame_payload, parse_server_frames
@@ -403,6 +404,22 @@ def test_bundles_keep_order_and_stay_under_the_size_limit() -> None:
     assert unpacked == payloads
 
 
+def test_a_bad_message_in_a_bundle_is_skipped_and_the_rest_taken() -> None:
+    batches = market(4)
+    hub, follower = follow()
+    follower.snapshot(leader_snapshot(batches, 1))
+    # Valid msgpack, not bus messages (an undecodable byte would spoil the whole bundle,
+    # which the source then drops as one bad message).
+    unknown_tag = msgspec.msgpack.encode(["zz", 1])
+    wrong_schema = msgspec.msgpack.encode(["b", EPOCH, "AAA", [1, 2]])
+    bundle = bundles([encode_bus(batches[1]), unknown_tag, wrong_schema, encode_bus(batches[2])])
+    assert len(bundle) == 1
+    follower.message(decode_bus(bundle[0]))
+    assert follower.bad_messages == 2
+    assert follower.expected["AAA"] == (batches[2].book, batches[2].trade)
+    assert follower.state["AAA"] is FollowState.LIVE
+
+
 def test_resume_ahead_waits_for_the_bus() -> None:
     hub = Hub(Engine(("AAA",), epoch=EPOCH), resume_wait=1.0)
     batches = market(10)
@@ -650,3 +667,17 @@ def test_bus_data_is_relayed_on_arrival_not_on_the_gateways_clock(
     assert checker.deltas > 50
     # Deltas in at least 12 of the 20 tenths of a second (the clock alone: 2 or 3).
     assert len(windows) >= 12, sorted(windows)
+
+
+def test_publisher_stops_on_sigterm_while_the_bus_is_down(nats_server: NatsServer) -> None:
+    # With the server gone nats-py buffers what is published; once its 64 MiB buffer is
+    # full every publish waits for a flush, and nats-py swallows a cancel landing there.
+    p = publisher(nats_server.url, "--symbols", "10", "--rate", "20000")
+    try:
+        nats_server.stop()
+        time.sleep(5.0)  # about 21 MB/s of bus messages: the buffer fills in ~3 s
+        assert p.proc is not None and p.proc.poll() is None
+        stderr = p.stop(timeout=10.0)
+    finally:
+        p.kill()
+    assert '"publisher": "tickwire"' in stderr  # its exit stats: a clean shutdown

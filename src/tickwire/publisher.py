@@ -186,6 +186,8 @@ class Publisher:
             ready(self)
         task = asyncio.create_task(self._loop(nc))
         await self._stopping.wait()
+        # The loop also checks _stopping: nats-py swallows a cancel that lands while
+        # it waits to flush a full buffer (the bus is down), which would keep it going.
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -236,7 +238,8 @@ class Publisher:
         symbols = list(self.engine.symbols)
         state_every = STATE_INTERVAL / len(symbols)
         turn = 0
-        while True:
+        stopping = self._stopping
+        while not stopping.is_set():
             deadline += tick
             now = monotonic()
             if deadline > now:

@@ -288,19 +288,24 @@ class BusFollower:
         self.revalidated = 0
         self.epoch_changes = 0
         self.ignored_snapshots = 0
+        self.bad_messages = 0
 
     # -- input ---------------------------------------------------------------------------
 
     def message(self, msg: BusBatch | BusHeartbeat | BusState | BusBundle) -> None:
         """Take one ``PREFIX.md.*`` message, in bus order.
 
-        Raises:
-            msgspec.DecodeError: a message inside a bundle is not a bus message (the
-                ones before it were taken).
+        A message of a bundle that does not decode is counted (:attr:`bad_messages`)
+        and skipped; if it was a batch, the next one shows the hole.
         """
         if isinstance(msg, BusBundle):
             for data in msg.messages:
-                self.message(decode_bus(data))
+                try:
+                    inner = decode_bus(data)
+                except msgspec.DecodeError:
+                    self.bad_messages += 1
+                    continue
+                self.message(inner)
             return
         if isinstance(msg, BusState):
             self._state(msg.state)

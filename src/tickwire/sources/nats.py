@@ -191,7 +191,7 @@ class NatsSource:
             "messages": self.messages,
             "bytes": self.bytes,
             "updates": self.generated,
-            "bad_messages": self.bad_messages,
+            "bad_messages": self.bad_messages + (f.bad_messages if f else 0),
             "dropped": self.dropped,
             "disconnects": self.disconnects,
             "reconnects": self.reconnects,

@@ -189,10 +189,15 @@ class Publisher:
         # The loop also checks _stopping: nats-py swallows a cancel that lands while
         # it waits to flush a full buffer (the bus is down), which would keep it going.
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(nc.drain(), 2.0)
+        await asyncio.wait({task}, timeout=5.0)
+        # close(), not drain(): both flush what is buffered, but drain() swallows a
+        # cancel and then waits on a server that may have stopped reading.
+        closing = asyncio.ensure_future(nc.close())
+        await asyncio.wait({closing}, timeout=2.0)
+        if not closing.done():
+            log.warning("NATS did not take the last messages within 2 s; closing anyway")
+            closing.cancel()
+            await asyncio.wait({closing}, timeout=1.0)
         await self.source.stop()
 
     def stop(self) -> None:
@@ -270,3 +275,5 @@ class Publisher:
                         break
                     self.messages += 1
                     self.bytes += len(payload)
+                    if stopping.is_set():
+                        return

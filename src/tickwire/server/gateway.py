@@ -458,25 +458,31 @@ class Gateway:
         batched = hub.batch
         wait = self._wait_for_tick
         quiet = (QUIET_TICKS - 1) * tick
+        last_pass = 0.0
         while True:
             # Sleep to a deadline, not for a fixed time: the period stays one tick however
             # long the work took, so batches (and latency) do not stretch under load. A
             # tick that is late by more than one period is not made up. A push source
             # (the bus) ends the wait when its data arrives: that data is relayed at
-            # once, and while it keeps arriving the clock ticks only for housekeeping
-            # (QUIET_TICKS periods after the last arrival), not in between arrivals.
+            # once -- or one period after the previous pass, so a subscriber still gets
+            # at most one write per period -- and while it keeps arriving the clock
+            # ticks only for housekeeping (QUIET_TICKS periods after the last arrival).
             deadline += tick
             target = deadline
             now = monotonic()
             if deadline > now:
                 if await wait(deadline - now):
-                    now = target = monotonic()
+                    now = monotonic()
+                    if now < last_pass + tick:
+                        await sleep(last_pass + tick - now)
+                        now = monotonic()
+                    target = now
                     deadline = now + quiet
             else:
                 await sleep(0)
                 if now - deadline > tick:
                     deadline = now
-            now = monotonic()
+            now = last_pass = monotonic()
             # Telemetry is per tick, never per delivery: the first book batch of the
             # tick gives the oldest event time and one delta message's size; frames_out
             # tells whether anything was sent (direct writes bypass ``dirty``).

@@ -6,6 +6,7 @@
 #
 #   SCENARIOS=S1 RATES=20000 OUT=/tmp/relay.jsonl bash bench/run_peerbench_relay.sh
 #   SERVERS=picows_preframed ...   also runs those peers, one invocation per rate, same file
+#   GATEWAY_ARGS="--batch-ms 2" NAME=tickwire_relay_b2 ...   gateway options, result label
 #
 # Per (scenario, rate): start nats-server and the publisher at that rate, run peerbench
 # with the gateway only (`--source nats://`), stop them. The gateway is pinned to CPU 0
@@ -21,6 +22,8 @@ DURATION="${DURATION:-10}"
 WARMUP="${WARMUP:-2}"
 MARKET_CPU="${MARKET_CPU:-0,1}"
 NATS_PORT="${NATS_PORT:-4399}"
+NAME="${NAME:-tickwire_relay}"
+GATEWAY_ARGS="${GATEWAY_ARGS:-}"
 [[ -z "${APPEND:-}" ]] && : > "$OUT"
 market_log="${OUT%.jsonl}-market.jsonl"
 [[ -z "${APPEND:-}" ]] && : > "$market_log"
@@ -40,9 +43,9 @@ for scen in ${SCENARIOS//,/ }; do
       python3 "$PEERBENCH/run.py" --servers "$SERVERS" --scenarios "$scen" --rates "$rate" \
         --duration "$DURATION" --warmup "$WARMUP" --no-ceiling --out "$OUT"
     fi
-    python3 "$PEERBENCH/run.py" --server-name tickwire_relay --scenarios "$scen" --rates "$rate" \
+    python3 "$PEERBENCH/run.py" --server-name "$NAME" --scenarios "$scen" --rates "$rate" \
       --duration "$DURATION" --warmup "$WARMUP" --no-ceiling --out "$OUT" --server-cwd "$PWD" \
-      --server-cmd "exec .venv/bin/tickwire serve --port {port} --symbols {channels} --source nats://127.0.0.1:$NATS_PORT --admin-port off --max-seconds {max_seconds}" \
+      --server-cmd "exec .venv/bin/tickwire serve --port {port} --symbols {channels} --source nats://127.0.0.1:$NATS_PORT --admin-port off $GATEWAY_ARGS --max-seconds {max_seconds}" \
       --path /ws --sub-msg '{"op":"subscribe","channels":["book.SYM{i}"]}'
     t1=$(date +%s.%N); p1=$(cpu_s $pub_pid); n1=$(cpu_s $nats_pid)
     python3 -c "import json,os,sys; t=float(sys.argv[3])-float(sys.argv[2]); hz=os.sysconf('SC_CLK_TCK'); print(json.dumps({'scenario':sys.argv[1],'rate_per_channel':int(sys.argv[4]),'publisher_cpu_pct':round((int(sys.argv[6])-int(sys.argv[5]))/hz/t*100,1),'nats_server_cpu_pct':round((int(sys.argv[8])-int(sys.argv[7]))/hz/t*100,1),'note':'averaged over the peer and relay runs of this rate'}))" \

@@ -37,6 +37,7 @@ from nats.aio.msg import Msg
 
 from .engine import Engine, LeaderBatch, StateSnapshot
 from .exceptions import ConfigError
+from .hotpath import relax_gc
 from .protocol import BookUpdate
 from .sources import RawTrade, Source
 from .sources.bus import (
@@ -176,6 +177,7 @@ class Publisher:
             raise ConfigError(f"cannot connect to NATS at {self.url}: {exc}") from None
         await nc.subscribe(f"{self.prefix}.snapshot.*", cb=self._on_snapshot(nc))
         await self.source.start(self.sink)
+        relax_gc()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import itertools
 import json
 import logging
@@ -46,6 +45,7 @@ from picows import (
 from ..codec import Wire, negotiate
 from ..engine import Engine
 from ..exceptions import AuthError, ConfigError, RequestError
+from ..hotpath import relax_gc
 from ..hub import Channel, Hub
 from ..protocol import (
     PRIVATE_KINDS,
@@ -301,13 +301,7 @@ class Gateway:
         """Seed the books and start listening; returns once the port is bound."""
         await self.source.start(self.hub)
         self.hub.flush(time.monotonic())
-        # The hot path allocates many short-lived containers and builds no reference
-        # cycles; the default gen-0 threshold (700) spent ~20% of the core in the
-        # collector (bench/core_hotpath.py). Freeze what start-up built and collect
-        # rarely.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(100_000, 50, 100)
+        relax_gc()
         cfg = self.config
         self._server = await create_ws_server(
             self.guard,

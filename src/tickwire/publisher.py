@@ -187,7 +187,11 @@ class Publisher:
         if ready is not None:
             ready(self)
         task = asyncio.create_task(self._loop(nc))
-        await self._stopping.wait()
+        stop = asyncio.create_task(self._stopping.wait())
+        # Either a stop, or the loop ended by itself (a bug): then its error is raised.
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        self._stopping.set()
         # The loop also checks _stopping: nats-py swallows a cancel that lands while
         # it waits to flush a full buffer (the bus is down), which would keep it going.
         task.cancel()
@@ -200,7 +204,12 @@ class Publisher:
             log.warning("NATS did not take the last messages within 2 s; closing anyway")
             closing.cancel()
             await asyncio.wait({closing}, timeout=1.0)
+        elif not closing.cancelled() and closing.exception() is not None:
+            log.warning("closing the NATS connection: %s", closing.exception())
         await self.source.stop()
+        error = task.exception() if task.done() and not task.cancelled() else None
+        if error is not None:
+            raise error
 
     def stop(self) -> None:
         """End :meth:`run`."""

@@ -71,10 +71,6 @@ from .connection import Connection
 __all__ = ["Gateway"]
 
 
-#: After data a push source delivered, the next clock tick is this many periods later.
-QUIET_TICKS = 5
-
-
 def _resolve(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -451,7 +447,6 @@ class Gateway:
         record = self.tick_stats.tick
         batched = hub.batch
         wait = self._wait_for_tick
-        quiet = (QUIET_TICKS - 1) * tick
         last_pass = 0.0
         while True:
             # Sleep to a deadline, not for a fixed time: the period stays one tick however
@@ -459,8 +454,8 @@ class Gateway:
             # tick that is late by more than one period is not made up. A push source
             # (the bus) ends the wait when its data arrives: that data is relayed at
             # once -- or one period after the previous pass, so a subscriber still gets
-            # at most one write per period -- and while it keeps arriving the clock
-            # ticks only for housekeeping (QUIET_TICKS periods after the last arrival).
+            # at most one write per period -- and the clock's next tick is one period
+            # after that pass (replies queued meanwhile wait at most one period).
             deadline += tick
             target = deadline
             now = monotonic()
@@ -470,8 +465,7 @@ class Gateway:
                     if now < last_pass + tick:
                         await sleep(last_pass + tick - now)
                         now = monotonic()
-                    target = now
-                    deadline = now + quiet
+                    target = deadline = now
             else:
                 await sleep(0)
                 if now - deadline > tick:
@@ -482,6 +476,7 @@ class Gateway:
             # tells whether anything was sent (direct writes bypass ``dirty``).
             first = None
             frames = hub.frames_out
+            self._arrived = False  # this pass takes whatever has arrived
             for symbol, updates, trades in poll(now):
                 if first is None and updates:
                     first = updates
@@ -501,7 +496,7 @@ class Gateway:
                 if first is None:
                     first = hub.first_relayed.book_updates()
                 hub.first_relayed = None
-            if first is not None and hub.frames_out != frames:
+            if first and hub.frames_out != frames:
                 record(now - target, time_ns() - first[0].ts, len(first) if batched else 1)
             else:
                 record(now - target, -1, 0)

@@ -302,8 +302,8 @@ class BusFollower:
             for data in msg.messages:
                 try:
                     inner = decode_bus(data)
-                except msgspec.DecodeError:
-                    self.bad_messages += 1
+                except msgspec.DecodeError as exc:
+                    self.bad_message(exc)
                     continue
                 self.message(inner)
             return
@@ -342,6 +342,17 @@ class BusFollower:
             )
             self._recover(symbol)
             self._buffer(msg)
+
+    def bad_message(self, exc: Exception) -> None:
+        """Count a bus message that does not decode; say so loudly, now and then."""
+        self.bad_messages += 1
+        if self.bad_messages == 1 or self.bad_messages % 1000 == 0:
+            log.error(
+                "undecodable bus message (%d so far): %s; do the publisher and this "
+                "gateway run the same tickwire version?",
+                self.bad_messages,
+                exc,
+            )
 
     def snapshot(self, snap: StateSnapshot) -> None:
         """Take a snapshot reply (restores a recovering symbol)."""

@@ -165,8 +165,8 @@ class NatsSource:
             for data in inbox:
                 try:
                     msg = decode_bus(data)
-                except msgspec.DecodeError:
-                    self.bad_messages += 1
+                except msgspec.DecodeError as exc:
+                    follower.bad_message(exc)
                     continue
                 message(msg)
         if follower.requests:

@@ -25,6 +25,7 @@ from tickwire.engine import Engine
 from tickwire.hub import Channel, Hub, SubscriptionStats
 from tickwire.protocol import BookUpdate, Delta, Message, Snapshot, Trades, decode_message
 from tickwire.server.config import GatewayConfig
+from tickwire.server.connection import Connection
 from tickwire.server.gateway import Gateway
 from tickwire.simulator import MarketSimulator
 from tickwire.sources.bus import (
@@ -669,6 +670,18 @@ def test_bus_arrivals_end_the_tick_loops_wait(nats_server: NatsServer, procs: li
 
     woken, relayed = asyncio.run(main())
     assert woken and relayed
+
+
+def test_a_reply_wakes_the_tick_loop_only_while_the_clock_is_quiet() -> None:
+    # While bus data keeps arriving the clock ticks rarely; a reply queued then must
+    # not wait for it. On the embedded simulator's clock a request does not wake it.
+    gw = Gateway(GatewayConfig(symbols=["A"], seed=1))
+    conn = Connection(gw, 1)
+    gw.handle_request(conn, b'{"op":"ping","id":1}')
+    assert conn.outbox and not gw._arrived
+    gw._quiet = True
+    gw.handle_request(conn, b'{"op":"ping","id":2}')
+    assert gw._arrived
 
 
 def test_publisher_stops_on_sigterm_when_the_bus_stops_reading(nats_server: NatsServer) -> None:

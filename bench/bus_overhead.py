@@ -33,9 +33,13 @@ def free_port() -> int:
         return port
 
 
-def start(args: list[str], ready: str) -> subprocess.Popen[str]:
+def start(args: list[str], ready: str, prefix: list[str] | None = None) -> subprocess.Popen[str]:
+    """Start ``tickwire ARGS`` (after ``prefix``, e.g. nice/taskset) and wait for ``ready``."""
     proc = subprocess.Popen(
-        [TICKWIRE, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        [*(prefix or []), TICKWIRE, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 30

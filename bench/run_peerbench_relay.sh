@@ -7,6 +7,7 @@
 #   SCENARIOS=S1 RATES=20000 OUT=/tmp/relay.jsonl bash bench/run_peerbench_relay.sh
 #   SERVERS=picows_preframed ...   also runs those peers, one invocation per rate, same file
 #   GATEWAY_ARGS="--batch-ms 2" NAME=tickwire_relay_b2 ...   gateway options, result label
+#   PUBLISHER_ARGS="--tick-ms 1.6" ...   publisher options (its batching period)
 #
 # Per (scenario, rate): start nats-server and the publisher at that rate, run peerbench
 # with the gateway only (`--source nats://`), stop them. The gateway is pinned to CPU 0
@@ -24,6 +25,8 @@ MARKET_CPU="${MARKET_CPU:-0,1}"
 NATS_PORT="${NATS_PORT:-4399}"
 NAME="${NAME:-tickwire_relay}"
 GATEWAY_ARGS="${GATEWAY_ARGS:-}"
+PUBLISHER_ARGS="${PUBLISHER_ARGS:-}"
+MARKET_NICE="${MARKET_NICE:-0}"
 [[ -z "${APPEND:-}" ]] && : > "$OUT"
 market_log="${OUT%.jsonl}-market.jsonl"
 [[ -z "${APPEND:-}" ]] && : > "$market_log"
@@ -31,11 +34,11 @@ cpu_s() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 for scen in ${SCENARIOS//,/ }; do
   if [[ -n "${RATES:-}" ]]; then rates="$RATES"; elif [[ $scen == S1 ]]; then rates=100,1000,5000,20000; else rates=100,1000; fi
   for rate in ${rates//,/ }; do
-    taskset -c "$MARKET_CPU" nats-server -a 127.0.0.1 -p "$NATS_PORT" >/dev/null 2>&1 &
+    nice -n "$MARKET_NICE" taskset -c "$MARKET_CPU" nats-server -a 127.0.0.1 -p "$NATS_PORT" >/dev/null 2>&1 &
     nats_pid=$!
     sleep 0.5
-    taskset -c "$MARKET_CPU" .venv/bin/tickwire publish --nats "nats://127.0.0.1:$NATS_PORT" \
-      --symbols 10 --rate "$rate" --max-seconds 300 >/dev/null 2>&1 &
+    nice -n "$MARKET_NICE" taskset -c "$MARKET_CPU" .venv/bin/tickwire publish --nats "nats://127.0.0.1:$NATS_PORT" \
+      --symbols 10 --rate "$rate" $PUBLISHER_ARGS --max-seconds 300 >/dev/null 2>&1 &
     pub_pid=$!
     sleep 1
     t0=$(date +%s.%N); p0=$(cpu_s $pub_pid); n0=$(cpu_s $nats_pid)

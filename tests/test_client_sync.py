@@ -21,6 +21,7 @@ from tickwire.client import (
     BookChanged,
     ChannelStatus,
     ClientProtocol,
+    OrdersReceived,
     SyncState,
     TradesReceived,
 )
@@ -33,6 +34,8 @@ from tickwire.protocol import (
     Delta,
     Error,
     Heartbeat,
+    Orders,
+    OrderUpdate,
     Snapshot,
     Trade,
     Trades,
@@ -458,3 +461,37 @@ def test_payload_splitter_handles_long_frames() -> None:
 
     data = [b"x" * 10, b"y" * 300, b"z" * 70000]
     assert payloads(b"".join(text_frame(d) for d in data)) == data
+
+
+def test_orders_channel_chains_resyncs_on_a_gap_and_logs_in_first() -> None:
+    client = ClientProtocol()
+    client.add_channels(["orders.alice"])
+    lid, login = client.login_request("t.o.k")
+    assert json.loads(login) == {"op": "login", "token": "t.o.k", "id": lid}
+    assert client.login_id == lid
+    rid, _ = client.connect_request() or (0, b"")
+    assert rid > lid  # the subscribe goes after the login, on the same connection
+    client.receive_data(message(Ack("login", lid, ["orders.alice"], "E")), 0)
+    client.receive_data(message(Ack("subscribe", rid, ["orders.alice"], "E")), 0)
+
+    def order(i: int) -> OrderUpdate:
+        return OrderUpdate(i, f"alice-{i}", "X", "new", "buy", "1.00", "2", "2", 5)
+
+    client.receive_data(message(Snapshot("orders.alice", 2, "E", orders=[order(2)])), 0)
+    client.receive_data(message(Orders("orders.alice", 4, 2, [order(3), order(4)])), 0)
+    ch = client.channels["orders.alice"]
+    assert (
+        ch.state is SyncState.LIVE and ch.position == 4 and [o.id for o in ch.orders] == [2, 3, 4]
+    )
+    received = [e for e in client.events_received() if isinstance(e, OrdersReceived)]
+    assert [(e.seq, e.snapshot, [o.id for o in e.orders]) for e in received] == [
+        (2, True, [2]),
+        (4, False, [3, 4]),
+    ]
+    # Ids that do not cover (prev_seq, seq] are a gap like a seq that does not chain.
+    client.receive_data(message(Orders("orders.alice", 6, 4, [order(6)])), 0)
+    assert ch.state is SyncState.STALE and ch.counters.gaps == 1
+    resync = json.loads(client.data_to_send()[0])
+    assert resync["since"] == {"orders.alice": 4} and resync["channels"] == ["orders.alice"]
+    client.connection_lost()
+    assert client.login_id is None

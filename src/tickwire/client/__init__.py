@@ -3,7 +3,9 @@
 :class:`Client` connects, subscribes, keeps one :class:`~tickwire.book.Book` per
 ``book.<SYMBOL>`` channel verified by sequence and checksum, resyncs a channel that
 breaks, reconnects with jittered backoff, resumes every channel from its last ``seq``,
-and exposes counters and lag. The integrity rules live in the Sans-I/O
+and exposes counters and lag. With a ``token`` it logs in on every connection, keeps
+the login fresh before the token expires, and follows the user's private
+``orders.<USER>`` channel with the same sequence checks. The integrity rules live in the Sans-I/O
 :mod:`tickwire.client.sync`; see ``docs/client.md``.
 """
 
@@ -17,6 +19,7 @@ from .events import (
     Connected,
     Disconnected,
     Event,
+    OrdersReceived,
     SyncState,
     TickerChanged,
     TradesReceived,
@@ -36,6 +39,7 @@ __all__ = [
     "Disconnected",
     "Event",
     "LagWindow",
+    "OrdersReceived",
     "SyncState",
     "TickerChanged",
     "TradesReceived",

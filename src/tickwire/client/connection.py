@@ -12,7 +12,11 @@ to the application, and keeps the link alive:
   link is treated as dead (a half-open TCP connection never says so by itself) and is
   aborted, which starts a reconnect;
 * **clean close**: :meth:`Client.close` sends a normal close frame, waits briefly for
-  the server's answer, then ends the iteration.
+  the server's answer, then ends the iteration;
+* **login**: with a ``token`` every connection logs in before it subscribes, and a
+  token *provider* is asked for a fresh token before the current one expires (the
+  server closes with 4003 otherwise). A refused login ends the client with the
+  server's error instead of reconnecting forever with a token that cannot work.
 
 The server's WebSocket pings are answered by picows (auto-pong).
 
@@ -29,14 +33,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, fields
 from types import TracebackType
 from typing import Any
 
+import jwt
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from ..book import Book
@@ -53,6 +59,13 @@ log = logging.getLogger("tickwire.client")
 
 #: Largest server frame accepted (a deep snapshot of many levels still fits).
 MAX_FRAME = 16 << 20
+
+#: A token, or a callable (plain or async) that returns a currently valid one.
+TokenSource = str | Callable[[], str | Awaitable[str]]
+
+#: A login is refreshed this long before the token expires (at most; a short-lived
+#: token is refreshed when a quarter of its remaining life is left).
+REFRESH_AHEAD = 30.0
 
 
 @dataclass(slots=True)
@@ -191,6 +204,10 @@ class Client:
             (subprotocol ``tickwire.v1.<encoding>``).
         compression: None (default) or ``"deflate"``: offer permessage-deflate (the
             server accepts it only when started with ``--deflate``).
+        token: log in on every connection (needed for ``orders.<USER>``): a signed
+            token, or a callable (plain or async) returning one. A callable is asked
+            again before each token expires and on every reconnect; a plain token
+            ends the client (``token_expired``) once it has expired.
 
     Raises:
         ConfigError: a timeout is negative, or an unknown encoding or compression.
@@ -211,6 +228,7 @@ class Client:
         connect_timeout: float = 5.0,
         encoding: str = "json",
         compression: str | None = None,
+        token: TokenSource | None = None,
     ) -> None:
         if watchdog < 0 or connect_timeout <= 0 or max_queue < 1:
             raise ConfigError("watchdog must be >= 0, connect_timeout and max_queue > 0")
@@ -234,6 +252,9 @@ class Client:
         self.backoff = backoff or Backoff()
         self.connect_timeout = connect_timeout
         self.stats = ClientStats()
+        self.token = token
+        # Set when the client must stop for good (a refused login): what iteration raises.
+        self._fatal: BaseException | None = None
         self._queue_events = events
         self._queue: deque[Event] = deque(maxlen=max_queue)
         self._wake: asyncio.Event | None = None
@@ -485,6 +506,11 @@ class Client:
     def _resolve(self, replies: list[Ack | Error]) -> None:
         for reply in replies:
             rid = reply.id
+            if rid == self.protocol.login_id and rid is not None:
+                self.protocol.login_id = None
+                if isinstance(reply, Error):
+                    self._fail(RequestError(reply.code, f"login refused: {reply.message}", rid))
+                continue
             if rid == self._connect_id and rid is not None:
                 self._connect_id = None
                 if isinstance(reply, Ack):
@@ -504,6 +530,19 @@ class Client:
                 waiter.set_result(reply)
             else:
                 waiter.set_exception(RequestError(reply.code, reply.message, rid))
+
+    def _fail(self, error: BaseException) -> None:
+        """Stop for good: ``error`` is raised by :meth:`start` or by the iteration."""
+        if self._ready is not None and not self._ready.done():
+            self._set_ready(error)
+        elif self._fatal is None:
+            self._fatal = error
+        link = self._link
+        if link is not None and link.transport is not None:
+            link.transport.send_close(WSCloseCode.OK, b"login refused")
+            link.transport.disconnect(graceful=False)
+        if self._closing is not None:
+            self._closing.set()
 
     def _set_ready(self, error: BaseException | None) -> None:
         ready = self._ready
@@ -550,19 +589,30 @@ class Client:
                     break
                 await self._pause(self.backoff.next_delay())
         finally:
-            link_error = None
-            if not (self._closing.is_set() or self.reconnect):
+            link_error = self._fatal
+            if link_error is None and not (self._closing.is_set() or self.reconnect):
                 link_error = ConnectionClosed(self.stats.last_close_code, "connection lost")
             self._end(link_error)
 
     async def _serve(self, transport: WSTransport, link: _Link, attempt: int) -> None:
-        """Run one connection from subscribe to its end."""
+        """Run one connection from login and subscribe to its end."""
+        token = None
+        if self.token is not None:
+            token = await self._fetch_token()
+            if token is None:
+                transport.disconnect(graceful=False)
+                return
         self._link = link
         stats = self.stats
         stats.connects += 1
         if stats.connects > 1:
             stats.reconnects += 1
         self._last_rx = time.monotonic()
+        login = None
+        if token is not None:
+            # Before the subscribe: the server handles a connection's requests in order.
+            transport.send(WSMsgType.TEXT, self.protocol.login_request(token)[1])
+            login = asyncio.create_task(self._keep_logged_in(transport, token))
         request = self.protocol.connect_request()
         if request is None:
             self.backoff.reset()
@@ -575,8 +625,9 @@ class Client:
         try:
             await link.done
         finally:
-            if watchdog is not None:
-                watchdog.cancel()
+            for task in (watchdog, login):
+                if task is not None:
+                    task.cancel()
             self._link = None
             self._connect_id = None
             stats.disconnects += 1
@@ -588,6 +639,39 @@ class Client:
             events: list[Event] = [Disconnected(self.url, link.code, link.reason)]
             events.extend(self.protocol.events_received())
             self._emit(events)
+
+    async def _fetch_token(self) -> str | None:
+        """The current token: the one given, or the provider's answer (None: it failed,
+        and the client is ending with that error)."""
+        source = self.token
+        if isinstance(source, str):
+            return source
+        try:
+            assert source is not None
+            token = source()
+            if inspect.isawaitable(token):
+                token = await token
+        except Exception as exc:
+            self._fail(exc)
+            return None
+        return token
+
+    async def _keep_logged_in(self, transport: WSTransport, token: str) -> None:
+        """Log in again with a fresh token from the provider before ``token`` expires."""
+        if isinstance(self.token, str):
+            return  # nothing to refresh with: the server closes with 4003 at expiry
+        while True:
+            try:
+                exp = float(jwt.decode(token, options={"verify_signature": False})["exp"])
+            except (jwt.PyJWTError, KeyError, TypeError, ValueError):
+                return  # not a JWT we can read: rely on the reconnect after 4003
+            left = exp - time.time()
+            await asyncio.sleep(max(0.0, left - min(REFRESH_AHEAD, left / 4)))
+            fresh = await self._fetch_token()
+            if fresh is None:
+                return
+            token = fresh
+            transport.send(WSMsgType.TEXT, self.protocol.login_request(token)[1])
 
     async def _watchdog(self, link: _Link) -> None:
         """Abort the link when nothing (data or heartbeat) arrived for ``watchdog`` s."""

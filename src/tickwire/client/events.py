@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from ..protocol import BookUpdate, Ticker, Trade
+from ..protocol import BookUpdate, OrderUpdate, Ticker, Trade
 
 __all__ = [
     "BookChanged",
@@ -19,6 +19,7 @@ __all__ = [
     "Connected",
     "Disconnected",
     "Event",
+    "OrdersReceived",
     "SyncState",
     "TickerChanged",
     "TradesReceived",
@@ -68,6 +69,21 @@ class TradesReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class OrdersReceived:
+    """Events of the logged-in user's orders (``orders.<USER>``; ``symbol`` is the user).
+
+    ``orders[i].id`` are consecutive, ending at ``seq``. ``snapshot`` is True for the
+    recent events that come with a first subscription (history, not news).
+    """
+
+    channel: str
+    symbol: str
+    seq: int
+    orders: list[OrderUpdate]
+    snapshot: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class TickerChanged:
     """A new ticker (top of book and rolling statistics) for ``symbol``."""
 
@@ -103,4 +119,12 @@ class Disconnected:
     reason: str
 
 
-Event = BookChanged | TradesReceived | TickerChanged | ChannelStatus | Connected | Disconnected
+Event = (
+    BookChanged
+    | TradesReceived
+    | OrdersReceived
+    | TickerChanged
+    | ChannelStatus
+    | Connected
+    | Disconnected
+)

@@ -61,7 +61,7 @@ import enum
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 
@@ -73,6 +73,7 @@ from ..protocol import (
     Heartbeat,
     Message,
     Orders,
+    OrderUpdate,
     Pong,
     Snapshot,
     Ticker,
@@ -84,6 +85,7 @@ from .events import (
     BookChanged,
     ChannelStatus,
     Event,
+    OrdersReceived,
     SyncState,
     TickerChanged,
     TradesReceived,
@@ -100,7 +102,7 @@ __all__ = [
     "SyncState",
 ]
 
-#: Verified trades kept per trades channel for :meth:`ChannelSync.recent_trades`.
+#: Verified trades (order events) kept per trades (orders) channel.
 RECENT_TRADES = 100
 
 #: Lag samples kept per channel (the p50 / p99 window).
@@ -176,8 +178,9 @@ class ChannelCounters:
         discarded: messages dropped while a resync was in flight (leftovers of the
             broken stream; their content comes back through the replay or snapshot).
         epoch_changes: snapshots that came from a different server epoch (a restart).
-        trades_missed: trades the server could no longer replay after a disconnect or
-            gap: an explicit, counted hole (zero when resume worked).
+        trades_missed: trades (on ``orders``: order events) the server could no longer
+            replay after a disconnect or gap: an explicit, counted hole (zero when
+            resume worked).
         failures: subscribe requests the server refused with an error.
     """
 
@@ -238,6 +241,7 @@ class ChannelSync:
         "awaiting",
         "book",
         "trades",
+        "orders",
         "ticker",
         "counters",
         "lag",
@@ -258,6 +262,8 @@ class ChannelSync:
         #: The local book (book channels); the same class as the server's engine uses.
         self.book = Book()
         self.trades: deque[Trade] = deque(maxlen=RECENT_TRADES)
+        #: The user's recent order events (``orders.<USER>`` channels).
+        self.orders: deque[OrderUpdate] = deque(maxlen=RECENT_TRADES)
         self.ticker: Ticker | None = None
         self.counters = ChannelCounters()
         self.lag = LagWindow()
@@ -271,7 +277,7 @@ class ChannelSync:
         return f"<ChannelSync {self.name} {self.state.value} seq={self.position}>"
 
 
-_ChannelMessage = Snapshot | Delta | Trades | Ticker | Heartbeat
+_ChannelMessage = Snapshot | Delta | Trades | Orders | Ticker | Heartbeat
 
 # The protocol's decoders, taking any buffer: picows hands frames over as memoryviews.
 # Binary frames carry the same messages as msgpack maps (tickwire.codec).
@@ -299,6 +305,8 @@ class ClientProtocol:
         self._replies: list[Ack | Error] = []
         self._resync: dict[str, None] = {}
         self._requests: dict[int, list[str]] = {}
+        #: Id of the last login request (its ack or error is the I/O layer's to act on).
+        self.login_id: int | None = None
 
     # -- channels and requests ---------------------------------------------------------
 
@@ -348,6 +356,11 @@ class ClientProtocol:
             request["since"] = since
         return rid, msgspec.json.encode(request)
 
+    def login_request(self, token: str) -> tuple[int, bytes]:
+        """Build a ``login`` request for ``token``; its reply is :attr:`login_id`'s."""
+        rid = self.login_id = self._new_id()
+        return rid, msgspec.json.encode({"op": "login", "token": token, "id": rid})
+
     def connect_request(self) -> tuple[int, bytes] | None:
         """The request that (re)subscribes every channel on a new connection."""
         return self.subscribe_request()
@@ -356,6 +369,7 @@ class ClientProtocol:
         """Mark every channel SYNCING; in-flight requests are void on a new connection."""
         self._requests.clear()
         self._resync.clear()
+        self.login_id = None
         for ch in self.channels.values():
             ch.awaiting = None
             self._signal(ch, Signal.DISCONNECTED, "connection lost")
@@ -384,8 +398,7 @@ class ClientProtocol:
             return
         if isinstance(msg, Ack | Error):
             self._reply(msg)
-        elif not isinstance(msg, Pong | Orders):
-            # Private ``orders`` channels are not followed by this SDK (no login yet).
+        elif not isinstance(msg, Pong):
             ch = self.channels.get(msg.ch)
             if ch is not None:  # else: a leftover of an unsubscribed channel
                 self._receive(ch, msg, now_ns)
@@ -454,9 +467,9 @@ class ClientProtocol:
             ch.counters.gaps += 1
             self._signal(ch, Signal.GAP, f"prev_seq {msg.prev_seq} != local {ch.position}")
             return
-        if isinstance(msg, Trades) and not _trades_consistent(msg):
+        if isinstance(msg, Trades | Orders) and not _ids_consistent(msg):
             ch.counters.gaps += 1
-            self._signal(ch, Signal.GAP, f"trade ids do not cover ({msg.prev_seq}, {msg.seq}]")
+            self._signal(ch, Signal.GAP, f"event ids do not cover ({msg.prev_seq}, {msg.seq}]")
             return
         self._signal(ch, Signal.CHAINED, "")
         counters = ch.counters
@@ -479,6 +492,12 @@ class ClientProtocol:
             for t in msg.trades:
                 lag.add(now_ns - t.ts)
             self._events.append(TradesReceived(ch.name, ch.symbol, msg.seq, msg.trades))
+        elif isinstance(msg, Orders):
+            ch.orders.extend(msg.orders)
+            counters.updates += len(msg.orders)
+            for o in msg.orders:
+                lag.add(now_ns - o.ts)
+            self._events.append(OrdersReceived(ch.name, ch.symbol, msg.seq, msg.orders))
         else:
             ch.ticker = msg
             counters.updates += 1
@@ -492,6 +511,7 @@ class ClientProtocol:
         if ch.epoch is not None and ch.epoch != msg.epoch:
             ch.counters.epoch_changes += 1
             ch.trades.clear()
+            ch.orders.clear()
             reason = f"new server epoch {msg.epoch}: reset from snapshot at seq {msg.seq}"
         else:
             reason = f"snapshot at seq {msg.seq}"
@@ -508,31 +528,25 @@ class ClientProtocol:
                 self._signal(ch, Signal.BAD_CHECKSUM, f"snapshot checksum mismatch at {msg.seq}")
                 return
             self._events.append(BookChanged(ch.name, ch.symbol, msg.seq, [], snapshot=True))
-        elif ch.kind == "trades":
-            self._trades_snapshot(ch, msg, before)
+        elif ch.kind in ("trades", "orders"):
+            self._history_snapshot(ch, msg, before)
         elif msg.ticker is not None:
             ch.ticker = msg.ticker
             self._events.append(TickerChanged(ch.name, ch.symbol, msg.ticker))
 
-    def _trades_snapshot(self, ch: ChannelSync, msg: Snapshot, before: int | None) -> None:
-        recent = msg.trades or []
-        if before is None:
-            # A first subscription (or a new epoch): the recent trades are history.
-            ch.trades.extend(recent)
-            if recent:
-                self._events.append(
-                    TradesReceived(ch.name, ch.symbol, msg.seq, recent, snapshot=True)
-                )
-            return
-        # The resume failed (history gone): deliver what the snapshot still holds of
-        # the trades we missed, and count the rest as an explicit hole.
-        missed = [t for t in recent if t.id > before]
-        first = missed[0].id if missed else msg.seq + 1
-        ch.counters.trades_missed += max(0, first - before - 1)
-        if missed:
-            ch.trades.extend(missed)
-            ch.counters.updates += len(missed)
-            self._events.append(TradesReceived(ch.name, ch.symbol, msg.seq, missed))
+    def _history_snapshot(self, ch: ChannelSync, msg: Snapshot, before: int | None) -> None:
+        """Trades or order events in a snapshot (see :func:`_unseen`)."""
+        first = before is None
+        if ch.kind == "trades":
+            trades = _unseen(ch, msg.trades or [], before, msg.seq)
+            ch.trades.extend(trades)
+            if trades:
+                self._events.append(TradesReceived(ch.name, ch.symbol, msg.seq, trades, first))
+        else:
+            orders = _unseen(ch, msg.orders or [], before, msg.seq)
+            ch.orders.extend(orders)
+            if orders:
+                self._events.append(OrdersReceived(ch.name, ch.symbol, msg.seq, orders, first))
 
     # -- the table ---------------------------------------------------------------------
 
@@ -561,11 +575,31 @@ class ClientProtocol:
             self._resync[ch.name] = None
 
 
-def _trades_consistent(msg: Trades) -> bool:
-    trades = msg.trades
+_E = TypeVar("_E", Trade, OrderUpdate)
+
+
+def _unseen(ch: ChannelSync, recent: list[_E], before: int | None, seq: int) -> list[_E]:
+    """The events of a snapshot the application has not seen (``id == seq`` streams).
+
+    On a first subscription (or a new epoch, ``before`` None) all of them: history.
+    After a failed resume (the server's history is gone) those after ``before``; the
+    ones the snapshot no longer holds are counted as an explicit hole.
+    """
+    if before is None:
+        return recent
+    missed = [e for e in recent if e.id > before]
+    first = missed[0].id if missed else seq + 1
+    ch.counters.trades_missed += max(0, first - before - 1)
+    ch.counters.updates += len(missed)
+    return missed
+
+
+def _ids_consistent(msg: Trades | Orders) -> bool:
+    """Trades and order events carry ``id == seq``: the ids must be the whole range."""
+    events = msg.trades if isinstance(msg, Trades) else msg.orders
     return (
-        len(trades) == msg.seq - msg.prev_seq
-        and bool(trades)
-        and trades[0].id == msg.prev_seq + 1
-        and trades[-1].id == msg.seq
+        len(events) == msg.seq - msg.prev_seq
+        and bool(events)
+        and events[0].id == msg.prev_seq + 1
+        and events[-1].id == msg.seq
     )

@@ -1,0 +1,162 @@
+"""The SDK's login and private ``orders.<USER>`` channel against a real server.
+
+The server signs nothing: tokens are made here with the secret it was given
+(``--jwt-secret-file``), and the simulator's synthetic accounts (``--sim-order-fraction``)
+give alice and bob orders that rest, fill and cancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from helpers import ServerProcess
+from test_client import Proxy, fast_backoff, wait
+from tickwire.auth import make_token
+from tickwire.client import Client, Disconnected, Event, OrdersReceived, SyncState
+from tickwire.exceptions import RequestError
+from tickwire.protocol import CloseCode, ErrorCode
+
+Factory = Callable[..., ServerProcess]
+SECRET = b"tickwire-test-secret-0123456789abcdef"
+
+
+@pytest.fixture
+def auth_server(server_factory: Factory, tmp_path: Path) -> ServerProcess:
+    secret = tmp_path / "jwt.secret"
+    secret.write_bytes(SECRET)
+    return server_factory(
+        "--symbols", "A,B", "--rate", "800", "--jwt-secret-file", str(secret),
+        "--sim-order-fraction", "0.5",
+    )  # fmt: skip
+
+
+class Tokens:
+    """A token provider that counts how often it was asked."""
+
+    def __init__(self, user: str, ttl: float) -> None:
+        self.user = user
+        self.ttl = ttl
+        self.calls = 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        return make_token(self.user, ttl=self.ttl, secret=SECRET)
+
+
+def order_ids(events: list[Event], channel: str) -> list[int]:
+    """Ids of the order events delivered as news (not snapshot history), in order."""
+    return [
+        o.id
+        for e in events
+        if isinstance(e, OrdersReceived) and e.channel == channel and not e.snapshot
+        for o in e.orders
+    ]
+
+
+def test_orders_follow_after_login_and_resume_after_a_cut(auth_server: ServerProcess) -> None:
+    async def run() -> None:
+        proxy = Proxy(auth_server.port)
+        await proxy.start()
+        tokens = Tokens("alice", 60)
+        events: list[Event] = []
+        client = Client(
+            f"ws://127.0.0.1:{proxy.port}/ws",
+            ["orders.alice", "book.A"],
+            on_event=events.append,
+            backoff=fast_backoff(),
+            token=tokens,
+        )
+        try:
+            await client.start()
+            orders = client.channel("orders.alice")
+            await wait(client, lambda: len(order_ids(events, "orders.alice")) >= 10)
+            assert all(o.order.startswith("alice-") for o in orders.orders)
+            proxy.cut()
+            await wait(client, lambda: client.stats.reconnects >= 1)
+            before = len(order_ids(events, "orders.alice"))
+            await wait(client, lambda: len(order_ids(events, "orders.alice")) > before + 10)
+            ids = order_ids(events, "orders.alice")
+            assert ids == list(range(ids[0], ids[0] + len(ids)))  # nothing lost in the cut
+            assert orders.state is SyncState.LIVE and orders.position == ids[-1]
+            counters = orders.counters
+            assert counters.snapshots == 1 and counters.trades_missed == counters.gaps == 0
+            assert tokens.calls == 2  # one login per connection
+        finally:
+            await client.close()
+            await proxy.close()
+
+    asyncio.run(run())
+
+
+def test_short_lived_tokens_are_refreshed_without_a_disconnect(
+    auth_server: ServerProcess,
+) -> None:
+    async def run() -> None:
+        tokens = Tokens("bob", 3)
+        events: list[Event] = []
+        client = Client(auth_server.url, ["orders.bob"], on_event=events.append, token=tokens)
+        async with client:
+            # Past two expiries of the first token's lifetime: the server would have
+            # closed with 4003 (AUTH_EXPIRED) had the client not logged in again.
+            await asyncio.sleep(7)
+            assert client.stats.disconnects == 0 and client.state("orders.bob") is SyncState.LIVE
+        assert tokens.calls >= 3
+        ids = order_ids(events, "orders.bob")
+        assert len(ids) > 10 and ids == list(range(ids[0], ids[0] + len(ids)))
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("ttl", "secret", "code"),
+    [(-10, SECRET, ErrorCode.TOKEN_EXPIRED), (60, b"x" * 40, ErrorCode.AUTH_FAILED)],
+)
+def test_a_refused_login_fails_start_with_the_servers_reason(
+    auth_server: ServerProcess, ttl: float, secret: bytes, code: str
+) -> None:
+    async def run() -> None:
+        token = make_token("alice", ttl=ttl, secret=secret)
+        client = Client(auth_server.url, ["orders.alice"], token=token)
+        with pytest.raises(RequestError) as info:
+            await asyncio.wait_for(client.start(), 10)
+        assert info.value.code == code and "login refused" in str(info.value)
+        assert client.stats.connects == 1  # no retry with a token that cannot work
+
+    asyncio.run(run())
+
+
+def test_a_plain_token_that_expires_ends_the_client_instead_of_looping(
+    auth_server: ServerProcess,
+) -> None:
+    async def run() -> None:
+        token = make_token("alice", ttl=2, secret=SECRET)
+        client = Client(auth_server.url, ["orders.alice"], backoff=fast_backoff(), token=token)
+        await client.start()
+        closes = []
+        with pytest.raises(RequestError) as info:
+            async with asyncio.timeout(15):
+                async for event in client:
+                    if isinstance(event, Disconnected):
+                        closes.append(event.code)
+        assert info.value.code == ErrorCode.TOKEN_EXPIRED
+        # The server closed the first connection at expiry; the one retry was refused.
+        assert closes[0] == CloseCode.AUTH_EXPIRED and client.stats.connects == 2
+        await client.close()
+
+    asyncio.run(run())
+
+
+def test_a_failing_token_provider_fails_start(auth_server: ServerProcess) -> None:
+    def provider() -> str:
+        raise PermissionError("vault unreachable")
+
+    async def run() -> None:
+        client = Client(auth_server.url, ["orders.alice"], token=provider)
+        with pytest.raises(PermissionError, match="vault unreachable"):
+            await asyncio.wait_for(client.start(), 10)
+
+    asyncio.run(run())

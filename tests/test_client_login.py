@@ -30,20 +30,23 @@ def auth_server(server_factory: Factory, tmp_path: Path) -> ServerProcess:
     secret.write_bytes(SECRET)
     return server_factory(
         "--symbols", "A,B", "--rate", "800", "--jwt-secret-file", str(secret),
-        "--sim-order-fraction", "0.5",
+        "--jwt-leeway", "0", "--sim-order-fraction", "0.5",
     )  # fmt: skip
 
 
 class Tokens:
-    """A token provider that counts how often it was asked."""
+    """A token provider that counts how often it was asked (and fails when told to)."""
 
-    def __init__(self, user: str, ttl: float) -> None:
+    def __init__(self, user: str, ttl: float, fail_calls: tuple[int, ...] = ()) -> None:
         self.user = user
         self.ttl = ttl
+        self.fail_calls = fail_calls
         self.calls = 0
 
     async def __call__(self) -> str:
         self.calls += 1
+        if self.calls in self.fail_calls:
+            raise ConnectionError("token issuer unreachable")
         return make_token(self.user, ttl=self.ttl, secret=SECRET)
 
 
@@ -61,7 +64,8 @@ def test_orders_follow_after_login_and_resume_after_a_cut(auth_server: ServerPro
     async def run() -> None:
         proxy = Proxy(auth_server.port)
         await proxy.start()
-        tokens = Tokens("alice", 60)
+        # The issuer is down when the client first tries to reconnect: it retries.
+        tokens = Tokens("alice", 60, fail_calls=(2,))
         events: list[Event] = []
         client = Client(
             f"ws://127.0.0.1:{proxy.port}/ws",
@@ -84,7 +88,7 @@ def test_orders_follow_after_login_and_resume_after_a_cut(auth_server: ServerPro
             assert orders.state is SyncState.LIVE and orders.position == ids[-1]
             counters = orders.counters
             assert counters.snapshots == 1 and counters.trades_missed == counters.gaps == 0
-            assert tokens.calls == 2  # one login per connection
+            assert tokens.calls == 3 and client.stats.connect_failures == 1
         finally:
             await client.close()
             await proxy.close()
@@ -145,18 +149,39 @@ def test_a_plain_token_that_expires_ends_the_client_instead_of_looping(
         assert info.value.code == ErrorCode.TOKEN_EXPIRED
         # The server closed the first connection at expiry; the one retry was refused.
         assert closes[0] == CloseCode.AUTH_EXPIRED and client.stats.connects == 2
+        with pytest.raises(RequestError):  # nothing will ever come: waiting says so
+            await asyncio.wait_for(client.wait_live(), 5)
         await client.close()
 
     asyncio.run(run())
 
 
-def test_a_failing_token_provider_fails_start(auth_server: ServerProcess) -> None:
-    def provider() -> str:
+def test_a_provider_of_expired_tokens_fails_start_once(auth_server: ServerProcess) -> None:
+    async def run() -> None:
+        tokens = Tokens("alice", -10)
+        client = Client(auth_server.url, ["book.A"], token=tokens)
+        with pytest.raises(RequestError) as info:
+            await asyncio.wait_for(client.start(), 10)
+        assert info.value.code == ErrorCode.TOKEN_EXPIRED and tokens.calls == 1
+
+    asyncio.run(run())
+
+
+def test_a_failing_or_hanging_token_provider_fails_start(auth_server: ServerProcess) -> None:
+    def failing() -> str:
         raise PermissionError("vault unreachable")
 
+    async def hanging() -> str:
+        await asyncio.sleep(3600)
+        return ""
+
     async def run() -> None:
-        client = Client(auth_server.url, ["orders.alice"], token=provider)
+        client = Client(auth_server.url, ["orders.alice"], token=failing)
         with pytest.raises(PermissionError, match="vault unreachable"):
             await asyncio.wait_for(client.start(), 10)
+        client = Client(auth_server.url, ["orders.alice"], token=hanging, connect_timeout=0.5)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(client.start(), 10)
+        assert client.stats.connects == 0  # no socket was opened for it
 
     asyncio.run(run())

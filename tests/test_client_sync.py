@@ -468,10 +468,10 @@ def test_orders_channel_chains_resyncs_on_a_gap_and_logs_in_first() -> None:
     client.add_channels(["orders.alice"])
     lid, login = client.login_request("t.o.k")
     assert json.loads(login) == {"op": "login", "token": "t.o.k", "id": lid}
-    assert client.login_id == lid
+    assert client.logins == {lid}
     rid, _ = client.connect_request() or (0, b"")
-    assert rid > lid  # the subscribe goes after the login, on the same connection
     client.receive_data(message(Ack("login", lid, ["orders.alice"], "E")), 0)
+    assert [r.id for r in client.replies_received()] == [lid]  # the I/O layer's to act on
     client.receive_data(message(Ack("subscribe", rid, ["orders.alice"], "E")), 0)
 
     def order(i: int) -> OrderUpdate:
@@ -493,5 +493,6 @@ def test_orders_channel_chains_resyncs_on_a_gap_and_logs_in_first() -> None:
     assert ch.state is SyncState.STALE and ch.counters.gaps == 1
     resync = json.loads(client.data_to_send()[0])
     assert resync["since"] == {"orders.alice": 4} and resync["channels"] == ["orders.alice"]
+    client.login_request("t.o.k")
     client.connection_lost()
-    assert client.login_id is None
+    assert client.logins == set()  # a new connection's logins are its own

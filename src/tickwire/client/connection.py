@@ -64,8 +64,10 @@ MAX_FRAME = 16 << 20
 TokenSource = str | Callable[[], str | Awaitable[str]]
 
 #: A login is refreshed this long before the token expires (at most; a short-lived
-#: token is refreshed when a quarter of its remaining life is left).
+#: token is refreshed when a quarter of its remaining life is left), and the provider
+#: is asked at most once per REFRESH_MIN seconds.
 REFRESH_AHEAD = 30.0
+REFRESH_MIN = 1.0
 
 
 @dataclass(slots=True)
@@ -186,7 +188,7 @@ class Client:
     Args:
         url: the gateway's WebSocket URL, e.g. ``ws://127.0.0.1:8765/ws``.
         channels: channels to subscribe to from the start (``book.SYM``,
-            ``trades.SYM``, ``ticker.SYM``).
+            ``trades.SYM``, ``ticker.SYM``; ``orders.USER`` with a ``token``).
         on_event: called synchronously for every event, right after the message was
             applied: inside it, a book is exactly at the event's ``seq``.
         events: False disables the ``async for`` queue (for applications that only
@@ -206,8 +208,10 @@ class Client:
             server accepts it only when started with ``--deflate``).
         token: log in on every connection (needed for ``orders.<USER>``): a signed
             token, or a callable (plain or async) returning one. A callable is asked
-            again before each token expires and on every reconnect; a plain token
-            ends the client (``token_expired``) once it has expired.
+            before every connection (bounded by ``connect_timeout``; a failure is
+            raised by :meth:`start`, later retried with backoff) and again before each
+            token expires; a plain token ends the client (``token_expired``) once it
+            has expired. A login the server refuses ends the client.
 
     Raises:
         ConfigError: a timeout is negative, or an unknown encoding or compression.
@@ -379,7 +383,7 @@ class Client:
 
     def channel(self, name: str) -> ChannelSync:
         """Return the state of channel ``name``: ``state``, ``position``, ``counters``,
-        ``lag``, and its ``book`` / ``trades`` / ``ticker``.
+        ``lag``, and its ``book`` / ``trades`` / ``ticker`` / ``orders``.
 
         Raises:
             KeyError: the channel is not subscribed.
@@ -418,11 +422,17 @@ class Client:
         """Wait until ``predicate()`` is true; it is re-checked after every message.
 
         Bound the wait with ``asyncio.timeout(...)``: the condition may never hold.
+
+        Raises:
+            RequestError: the client ended because its login was refused.
+            ConnectionClosed: the client ended (closed, or lost without ``reconnect``).
         """
         progress = asyncio.Event()
         self._progress.add(progress)
         try:
             while not predicate():
+                if self._ended:
+                    raise self._error or ConnectionClosed(self.stats.last_close_code, "ended")
                 progress.clear()
                 await progress.wait()
         finally:
@@ -506,8 +516,8 @@ class Client:
     def _resolve(self, replies: list[Ack | Error]) -> None:
         for reply in replies:
             rid = reply.id
-            if rid == self.protocol.login_id and rid is not None:
-                self.protocol.login_id = None
+            if isinstance(rid, int) and rid in self.protocol.logins:
+                self.protocol.logins.discard(rid)
                 if isinstance(reply, Error):
                     self._fail(RequestError(reply.code, f"login refused: {reply.message}", rid))
                 continue
@@ -561,6 +571,20 @@ class Client:
         try:
             while not self._closing.is_set():
                 attempt += 1
+                token = None
+                if self.token is not None:
+                    try:
+                        token = await asyncio.wait_for(self._fetch_token(), self.connect_timeout)
+                    except Exception as exc:  # the provider's own failure, or its timeout
+                        self.stats.connect_failures += 1
+                        if self._ready is not None and not self._ready.done():
+                            self._set_ready(exc)
+                            return
+                        log.warning("tickwire client: token provider failed: %r", exc)
+                        await self._pause(self.backoff.next_delay())
+                        continue
+                    if self._closing.is_set():
+                        break
                 done: asyncio.Future[None] = loop.create_future()
                 try:
                     transport, listener = await asyncio.wait_for(
@@ -584,7 +608,7 @@ class Client:
                     continue
                 assert isinstance(listener, _Link)
                 self.wire = _negotiated(transport)
-                await self._serve(transport, listener, attempt)
+                await self._serve(transport, listener, attempt, token)
                 if not self.reconnect or self._closing.is_set():
                     break
                 await self._pause(self.backoff.next_delay())
@@ -594,14 +618,10 @@ class Client:
                 link_error = ConnectionClosed(self.stats.last_close_code, "connection lost")
             self._end(link_error)
 
-    async def _serve(self, transport: WSTransport, link: _Link, attempt: int) -> None:
+    async def _serve(
+        self, transport: WSTransport, link: _Link, attempt: int, token: str | None
+    ) -> None:
         """Run one connection from login and subscribe to its end."""
-        token = None
-        if self.token is not None:
-            token = await self._fetch_token()
-            if token is None:
-                transport.disconnect(graceful=False)
-                return
         self._link = link
         stats = self.stats
         stats.connects += 1
@@ -640,38 +660,41 @@ class Client:
             events.extend(self.protocol.events_received())
             self._emit(events)
 
-    async def _fetch_token(self) -> str | None:
-        """The current token: the one given, or the provider's answer (None: it failed,
-        and the client is ending with that error)."""
+    async def _fetch_token(self) -> str:
+        """The token given, or the provider's current one (its exceptions propagate)."""
         source = self.token
-        if isinstance(source, str):
-            return source
-        try:
-            assert source is not None
-            token = source()
-            if inspect.isawaitable(token):
-                token = await token
-        except Exception as exc:
-            self._fail(exc)
-            return None
+        if source is None or isinstance(source, str):
+            return source or ""
+        token = source()
+        if inspect.isawaitable(token):
+            token = await token
         return token
 
     async def _keep_logged_in(self, transport: WSTransport, token: str) -> None:
-        """Log in again with a fresh token from the provider before ``token`` expires."""
+        """Log in again with a fresh token from the provider before ``token`` expires.
+
+        The server answers each login; a refusal ends the client (:meth:`_resolve`). A
+        provider that fails, or returns nothing newer, is asked again (at most once per
+        :data:`REFRESH_MIN` s) until the old token expires and the server closes the
+        connection with 4003; the reconnect then asks it once more.
+        """
         if isinstance(self.token, str):
             return  # nothing to refresh with: the server closes with 4003 at expiry
-        while True:
-            try:
-                exp = float(jwt.decode(token, options={"verify_signature": False})["exp"])
-            except (jwt.PyJWTError, KeyError, TypeError, ValueError):
-                return  # not a JWT we can read: rely on the reconnect after 4003
+        exp = _expiry(token)
+        while exp is not None:
             left = exp - time.time()
-            await asyncio.sleep(max(0.0, left - min(REFRESH_AHEAD, left / 4)))
-            fresh = await self._fetch_token()
-            if fresh is None:
-                return
-            token = fresh
-            transport.send(WSMsgType.TEXT, self.protocol.login_request(token)[1])
+            await asyncio.sleep(max(REFRESH_MIN, left - min(REFRESH_AHEAD, left / 4)))
+            try:
+                fresh = await asyncio.wait_for(self._fetch_token(), self.connect_timeout)
+            except Exception as exc:
+                log.warning("tickwire client: token provider failed: %r", exc)
+                continue
+            fresh_exp = _expiry(fresh)
+            if fresh_exp is None or fresh_exp <= exp:
+                log.warning("tickwire client: the token provider gave no later token")
+                continue
+            exp = fresh_exp
+            transport.send(WSMsgType.TEXT, self.protocol.login_request(fresh)[1])
 
     async def _watchdog(self, link: _Link) -> None:
         """Abort the link when nothing (data or heartbeat) arrived for ``watchdog`` s."""
@@ -705,3 +728,11 @@ def _negotiated(transport: WSTransport) -> Wire:
             encoding = enc
     deflate = "permessage-deflate" in headers.get("Sec-WebSocket-Extensions", "").lower()
     return Wire(encoding, deflate)
+
+
+def _expiry(token: str) -> float | None:
+    """The ``exp`` of a JWT, unverified (the server verifies); None if unreadable."""
+    try:
+        return float(jwt.decode(token, options={"verify_signature": False})["exp"])
+    except (jwt.PyJWTError, KeyError, TypeError, ValueError):
+        return None

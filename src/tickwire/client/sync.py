@@ -305,8 +305,8 @@ class ClientProtocol:
         self._replies: list[Ack | Error] = []
         self._resync: dict[str, None] = {}
         self._requests: dict[int, list[str]] = {}
-        #: Id of the last login request (its ack or error is the I/O layer's to act on).
-        self.login_id: int | None = None
+        #: Ids of the login requests not answered yet (the I/O layer acts on the replies).
+        self.logins: set[int] = set()
 
     # -- channels and requests ---------------------------------------------------------
 
@@ -357,8 +357,9 @@ class ClientProtocol:
         return rid, msgspec.json.encode(request)
 
     def login_request(self, token: str) -> tuple[int, bytes]:
-        """Build a ``login`` request for ``token``; its reply is :attr:`login_id`'s."""
-        rid = self.login_id = self._new_id()
+        """Build a ``login`` request for ``token`` (its id is kept in :attr:`logins`)."""
+        rid = self._new_id()
+        self.logins.add(rid)
         return rid, msgspec.json.encode({"op": "login", "token": token, "id": rid})
 
     def connect_request(self) -> tuple[int, bytes] | None:
@@ -369,7 +370,7 @@ class ClientProtocol:
         """Mark every channel SYNCING; in-flight requests are void on a new connection."""
         self._requests.clear()
         self._resync.clear()
-        self.login_id = None
+        self.logins.clear()
         for ch in self.channels.values():
             ch.awaiting = None
             self._signal(ch, Signal.DISCONNECTED, "connection lost")

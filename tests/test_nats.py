@@ -23,6 +23,7 @@ from nats_helpers import NatsServer, Proc, publisher, stream, subscribe
 from tickwire import engine as engine_module
 from tickwire.engine import Engine
 from tickwire.hub import Channel, Hub, SubscriptionStats
+from tickwire.pacing import MAX_PASS_SHARE, QUIET_TICKS, ArrivalPacing
 from tickwire.protocol import BookUpdate, Delta, Message, Snapshot, Trades, decode_message
 from tickwire.server.config import GatewayConfig
 from tickwire.server.connection import Connection
@@ -699,3 +700,18 @@ def test_publisher_stops_on_sigterm_when_the_bus_stops_reading(nats_server: Nats
         p.kill()
         nats_server.proc.send_signal(signal.SIGCONT)
     assert '"publisher": "tickwire"' in stderr  # its exit stats: run() returned
+
+
+def test_relayed_passes_are_paced_by_how_long_their_writes_take() -> None:
+    pacing = ArrivalPacing(0.001)
+    # A short pass: the next one may start a period after it began, and the quiet
+    # clock ticks QUIET_TICKS periods after it ended (the loop adds the last period).
+    assert pacing.passed(10.0, 10.0002) + 0.001 == pytest.approx(10.0002 + QUIET_TICKS * 0.001)
+    assert pacing.earliest() == pytest.approx(10.001)
+    # A write-bound pass of 4 ms (1,000 subscribers): at most half the time is spent
+    # writing, so the next relayed pass waits until 8 ms after it began.
+    assert pacing.passed(11.0, 11.004) + 0.001 == pytest.approx(11.004 + QUIET_TICKS * 0.001)
+    assert pacing.earliest() == pytest.approx(11.0 + 0.004 / MAX_PASS_SHARE)
+    # Back to short passes: back to one period.
+    pacing.passed(12.0, 12.0001)
+    assert pacing.earliest() == pytest.approx(12.001)

@@ -1,0 +1,56 @@
+"""When the gateway's tick loop may run a relayed pass (Sans-I/O: times in, times out).
+
+A push source (the bus) wakes the tick loop when its data arrives; the loop then relays
+it at once, within two limits kept here:
+
+* a subscriber gets at most one relayed write per period, and fewer when the writes
+  are the bottleneck: after a pass that took longer than :data:`MAX_PASS_SHARE` of a
+  period, the next one waits until the pass's duration divided by that share has gone
+  by since it began (each write then carries more, and the core keeps room for the bus,
+  requests and handshakes: an S2 relay went from 99% of a core to 53%);
+* while data keeps arriving, the clock ticks only for housekeeping,
+  :data:`QUIET_TICKS` periods after the end of the last relayed pass. Counting from the
+  *end* matters: a pass longer than that (S2's 1,000 writes) used to be followed by
+  clock passes back to back, each running before the bus data behind it had come
+  through nats-py's read loop and callback (three loop iterations), so relayed data
+  waited three passes (S2: 20 ms at p50).
+"""
+
+from __future__ import annotations
+
+__all__ = ["MAX_PASS_SHARE", "QUIET_TICKS", "ArrivalPacing"]
+
+#: While a push source keeps delivering, the clock ticks this many periods after the
+#: last relayed pass (housekeeping only: the arrivals themselves drive the passes).
+QUIET_TICKS = 5
+
+#: Share of the time relayed passes may take when their writes are the bottleneck.
+MAX_PASS_SHARE = 0.5
+
+
+class ArrivalPacing:
+    """Earliest start of the next relayed pass, and the quiet clock's next tick.
+
+    Args:
+        period: the tick period in seconds (``--batch-ms``).
+    """
+
+    __slots__ = ("period", "quiet", "last_start", "spacing")
+
+    def __init__(self, period: float) -> None:
+        self.period = period
+        #: The clock's next deadline after a relayed pass, less the period the loop adds.
+        self.quiet = (QUIET_TICKS - 1) * period
+        self.last_start = float("-inf")
+        self.spacing = period
+
+    def earliest(self) -> float:
+        """Monotonic time before which the next relayed pass must not start."""
+        return self.last_start + self.spacing
+
+    def passed(self, start: float, end: float) -> float:
+        """Record a relayed pass from ``start`` to ``end``; return the clock deadline
+        to use next (the loop adds one period to it before waiting)."""
+        self.last_start = start
+        self.spacing = max(self.period, (end - start) / MAX_PASS_SHARE)
+        return end + self.quiet

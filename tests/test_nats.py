@@ -708,6 +708,9 @@ def test_relayed_passes_are_paced_by_how_long_their_writes_take() -> None:
     # clock ticks QUIET_TICKS periods after it ended (the loop adds the last period).
     assert pacing.passed(10.0, 10.0002) + 0.001 == pytest.approx(10.0002 + QUIET_TICKS * 0.001)
     assert pacing.earliest() == pytest.approx(10.001)
+    # A pass shorter than the period does not slow the pace.
+    pacing.passed(10.5, 10.5008)
+    assert pacing.earliest() == pytest.approx(10.501)
     # A write-bound pass of 4 ms (1,000 subscribers): at most half the time is spent
     # writing, so the next relayed pass waits until 8 ms after it began.
     assert pacing.passed(11.0, 11.004) + 0.001 == pytest.approx(11.004 + QUIET_TICKS * 0.001)

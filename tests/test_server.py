@@ -364,3 +364,32 @@ def test_200_concurrent_clients_all_receive_every_update(server_factory: Factory
     for checker in checkers:
         for ch, book in checker.books.items():
             assert books.setdefault(ch, book) == book
+
+
+def test_loop_teardown_abandons_a_task_that_swallows_its_cancel() -> None:
+    # nats-py's flush wait catches CancelledError; uvloop.run would wait for such a task
+    # for ever at exit (a publisher hung that way after SIGTERM). hotpath.run does not.
+    import asyncio
+    import threading
+
+    from tickwire import hotpath
+
+    async def stubborn() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                continue
+
+    async def main() -> str:
+        asyncio.get_running_loop().create_task(stubborn())
+        await asyncio.sleep(0)
+        return "done"
+
+    results: list[str] = []
+    runner = threading.Thread(
+        target=lambda: results.append(hotpath.run(main(), grace=0.2)), daemon=True
+    )
+    runner.start()
+    runner.join(timeout=30)
+    assert results == ["done"] and not runner.is_alive()

@@ -340,8 +340,7 @@ def _symbols(spec: str | None, source: str) -> list[str]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvloop
-
+    from . import hotpath
     from .server import Gateway, GatewayConfig
 
     if args.workers < 1:
@@ -406,7 +405,7 @@ def _serve(args: argparse.Namespace) -> int:
             )
         await gateway.run()
 
-    uvloop.run(run())
+    hotpath.run(run())
     return 0
 
 
@@ -469,8 +468,7 @@ def _publish_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _publish(args: argparse.Namespace) -> int:
     import json
 
-    import uvloop
-
+    from . import hotpath
     from .publisher import Publisher
     from .server.config import GatewayConfig
     from .sources import make_source
@@ -505,7 +503,7 @@ def _publish(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    uvloop.run(publisher.run(ready))
+    hotpath.run(publisher.run(ready))
     sys.stderr.write(json.dumps(publisher.stats()) + "\n")
     return 0
 

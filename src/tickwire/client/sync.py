@@ -488,17 +488,11 @@ class ClientProtocol:
                 return
             self._events.append(BookChanged(ch.name, ch.symbol, msg.seq, msg.updates))
         elif isinstance(msg, Trades):
-            ch.trades.extend(msg.trades)
-            counters.updates += len(msg.trades)
-            for t in msg.trades:
-                lag.add(now_ns - t.ts)
-            self._events.append(TradesReceived(ch.name, ch.symbol, msg.seq, msg.trades))
+            trades = _take(ch, msg.trades, ch.trades, now_ns)
+            self._events.append(TradesReceived(ch.name, ch.symbol, msg.seq, trades))
         elif isinstance(msg, Orders):
-            ch.orders.extend(msg.orders)
-            counters.updates += len(msg.orders)
-            for o in msg.orders:
-                lag.add(now_ns - o.ts)
-            self._events.append(OrdersReceived(ch.name, ch.symbol, msg.seq, msg.orders))
+            orders = _take(ch, msg.orders, ch.orders, now_ns)
+            self._events.append(OrdersReceived(ch.name, ch.symbol, msg.seq, orders))
         else:
             ch.ticker = msg
             counters.updates += 1
@@ -577,6 +571,16 @@ class ClientProtocol:
 
 
 _E = TypeVar("_E", Trade, OrderUpdate)
+
+
+def _take(ch: ChannelSync, events: list[_E], kept: deque[_E], now_ns: int) -> list[_E]:
+    """Keep verified trades or order events, count them and their lag; return them."""
+    kept.extend(events)
+    ch.counters.updates += len(events)
+    lag = ch.lag
+    for e in events:
+        lag.add(now_ns - e.ts)
+    return events
 
 
 def _unseen(ch: ChannelSync, recent: list[_E], before: int | None, seq: int) -> list[_E]:

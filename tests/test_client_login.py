@@ -8,6 +8,8 @@ give alice and bob orders that rest, fill and cancel.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -185,3 +187,42 @@ def test_a_failing_or_hanging_token_provider_fails_start(auth_server: ServerProc
         assert client.stats.connects == 0  # no socket was opened for it
 
     asyncio.run(run())
+
+
+def test_tickwire_token_signs_what_the_server_accepts(
+    auth_server: ServerProcess, tmp_path: Path
+) -> None:
+    secret = tmp_path / "jwt.secret"
+    secret.write_bytes(SECRET + b"\n")
+    tickwire = [sys.executable, "-m", "tickwire", "token"]
+    out = subprocess.run(
+        [*tickwire, "carol", "--secret-file", str(secret), "--ttl", "60"],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout.strip()  # fmt: skip
+
+    async def run() -> None:
+        # Without a login the subscribe to orders.carol would be refused (auth_required).
+        async with Client(auth_server.url, ["orders.carol"], token=out) as client:
+            await wait(client, lambda: client.state("orders.carol") is SyncState.LIVE)
+
+    asyncio.run(run())
+    short = tmp_path / "short.secret"
+    short.write_bytes(b"too short")
+    bad = subprocess.run(
+        [*tickwire, "carol", "--secret-file", str(short)], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "32+ bytes" in bad.stderr
+
+
+def test_my_orders_example_runs(auth_server: ServerProcess, tmp_path: Path) -> None:
+    secret = tmp_path / "jwt.secret"
+    secret.write_bytes(SECRET)
+    example = Path(__file__).resolve().parent.parent / "examples" / "my_orders.py"
+    out = subprocess.run(
+        [sys.executable, str(example), "alice", "--url", auth_server.url]
+        + ["--secret-file", str(secret), "--count", "5"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    ids = [int(line.split()[0][1:]) for line in out if line.startswith("#")]
+    assert len(ids) >= 5 and ids == list(range(ids[0], ids[0] + len(ids)))
+    assert all(" alice-" in line for line in out if line.startswith("#"))

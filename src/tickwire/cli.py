@@ -1,5 +1,5 @@
-"""The ``tickwire`` command: ``serve``, ``publish``, ``record`` (and, from the SDK,
-``watch`` and ``bench``)."""
+"""The ``tickwire`` command: ``serve``, ``publish``, ``record``, ``token`` (and, from
+the SDK, ``watch`` and ``bench``)."""
 
 from __future__ import annotations
 
@@ -610,6 +610,38 @@ def _watch(args: argparse.Namespace) -> int:
         return 1
 
 
+def _token_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "token", help="sign a login token for a user (testing private channels by hand)"
+    )
+    p.add_argument("user", help="the token's sub: orders.<USER> is what it opens")
+    key = p.add_mutually_exclusive_group(required=True)
+    key.add_argument("--secret-file", help="HS256: the server's --jwt-secret-file")
+    key.add_argument("--private-key", help="ES256: the issuer's PEM private key")
+    p.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
+
+
+def _token(args: argparse.Namespace) -> int:
+    from .auth import MIN_SECRET_BYTES, make_token
+
+    path = args.secret_file or args.private_key
+    try:
+        with open(path, "rb") as f:
+            key = f.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    if args.secret_file:
+        if len(key.strip()) < MIN_SECRET_BYTES:
+            raise ConfigError(f"--secret-file: the secret must be {MIN_SECRET_BYTES}+ bytes")
+        print(make_token(args.user, ttl=args.ttl, secret=key.strip()))
+    else:
+        try:
+            print(make_token(args.user, ttl=args.ttl, private_key=key))
+        except ValueError as exc:  # not a PEM EC key
+            raise ConfigError(f"--private-key {path}: {exc}") from None
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tickwire`` command."""
     parser = argparse.ArgumentParser(prog="tickwire", description=__doc__)
@@ -619,6 +651,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _record_parser(sub)
     _bench_parser(sub)
     _watch_parser(sub)
+    _token_parser(sub)
     raw_argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(raw_argv)
     args.raw_argv = raw_argv
@@ -636,6 +669,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return bench_main(args)
         if args.command == "watch":
             return _watch(args)
+        if args.command == "token":
+            return _token(args)
     except ConfigError as exc:
         parser.error(str(exc))
     except KeyboardInterrupt:

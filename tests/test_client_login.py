@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from helpers import ServerProcess
 from test_client import Proxy, fast_backoff, wait
@@ -208,10 +210,20 @@ def test_tickwire_token_signs_what_the_server_accepts(
     asyncio.run(run())
     short = tmp_path / "short.secret"
     short.write_bytes(b"too short")
-    bad = subprocess.run(
-        [*tickwire, "carol", "--secret-file", str(short)], capture_output=True, text=True
+    public = tmp_path / "public.pem"
+    public.write_bytes(
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
-    assert bad.returncode == 2 and "32+ bytes" in bad.stderr
+    for args, why in [
+        (["carol", "--secret-file", str(short)], "32+ bytes"),
+        (["carol", "--private-key", str(public)], "not an unencrypted PEM EC P-256 private key"),
+        (["a b", "--secret-file", str(secret)], "not a valid user id"),
+        (["carol", "--secret-file", str(secret), "--ttl", "0"], "--ttl must be more than 0"),
+    ]:
+        bad = subprocess.run([*tickwire, *args], capture_output=True, text=True, timeout=30)
+        assert bad.returncode == 2 and why in bad.stderr, (args, bad.stderr)
 
 
 def test_my_orders_example_runs(auth_server: ServerProcess, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from nats_helpers import NatsServer, Proc, publisher, stream, subscribe
 from tickwire import engine as engine_module
 from tickwire.engine import Engine
 from tickwire.hub import Channel, Hub, SubscriptionStats
-from tickwire.pacing import MAX_PASS_SHARE, QUIET_TICKS, ArrivalPacing
+from tickwire.pacing import MAX_PASS_SHARE, MAX_SPACING_TICKS, QUIET_TICKS, ArrivalPacing
 from tickwire.protocol import BookUpdate, Delta, Message, Snapshot, Trades, decode_message
 from tickwire.server.config import GatewayConfig
 from tickwire.server.connection import Connection
@@ -715,6 +715,9 @@ def test_relayed_passes_are_paced_by_how_long_their_writes_take() -> None:
     # writing, so the next relayed pass waits until 8 ms after it began.
     assert pacing.passed(11.0, 11.004) + 0.001 == pytest.approx(11.004 + QUIET_TICKS * 0.001)
     assert pacing.earliest() == pytest.approx(11.0 + 0.004 / MAX_PASS_SHARE)
+    # A pass slowed by a backlog (or a pause) cannot push the spacing without bound.
+    pacing.passed(11.5, 11.6)
+    assert pacing.earliest() == pytest.approx(11.5 + MAX_SPACING_TICKS * 0.001)
     # Back to short passes: back to one period.
     pacing.passed(12.0, 12.0001)
     assert pacing.earliest() == pytest.approx(12.001)

@@ -386,6 +386,11 @@ def test_loop_teardown_abandons_a_task_that_swallows_its_cancel() -> None:
         await asyncio.sleep(0)
         return "done"
 
+    async def failing() -> None:
+        raise LookupError("from main")
+
+    with pytest.raises(LookupError, match="from main"):  # main's own error still propagates
+        hotpath.run(failing(), grace=0.2)
     results: list[str] = []
     runner = threading.Thread(
         target=lambda: results.append(hotpath.run(main(), grace=0.2)), daemon=True

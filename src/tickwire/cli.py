@@ -622,8 +622,15 @@ def _token_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _token(args: argparse.Namespace) -> int:
-    from .auth import MIN_SECRET_BYTES, make_token
+    import jwt
 
+    from .auth import MIN_SECRET_BYTES, make_token
+    from .protocol import valid_user
+
+    if not valid_user(args.user):
+        raise ConfigError(f"not a valid user id: {args.user!r} (1-64 of A-Z a-z 0-9 _ - . @ :)")
+    if not 0 < args.ttl < 1e9:
+        raise ConfigError("--ttl must be more than 0 seconds (and finite)")
     path = args.secret_file or args.private_key
     try:
         with open(path, "rb") as f:
@@ -637,8 +644,11 @@ def _token(args: argparse.Namespace) -> int:
     else:
         try:
             print(make_token(args.user, ttl=args.ttl, private_key=key))
-        except ValueError as exc:  # not a PEM EC key
-            raise ConfigError(f"--private-key {path}: {exc}") from None
+        except (ValueError, TypeError, AttributeError, jwt.PyJWTError):
+            # Not PEM, encrypted, a public key, or not an EC P-256 key.
+            raise ConfigError(
+                f"--private-key {path}: not an unencrypted PEM EC P-256 private key"
+            ) from None
     return 0
 
 

@@ -45,5 +45,7 @@ def run(main: Coroutine[Any, Any, _T], grace: float = 2.0) -> _T:
             if left:
                 loop.run_until_complete(asyncio.wait(left, timeout=grace))
             loop.run_until_complete(loop.shutdown_asyncgens())
+            executor = asyncio.ensure_future(loop.shutdown_default_executor(), loop=loop)
+            loop.run_until_complete(asyncio.wait({executor}, timeout=grace))
         finally:
             loop.close()

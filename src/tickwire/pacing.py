@@ -6,8 +6,9 @@ it at once, within two limits kept here:
 * a subscriber gets at most one relayed write per period, and fewer when the writes
   are the bottleneck: after a pass that took longer than a period, the next one waits
   until the pass's duration divided by :data:`MAX_PASS_SHARE` has gone by since it
-  began (each write then carries more, and the core keeps room for the bus, requests
-  and handshakes: an S2 relay went from 99% of a core to 52%);
+  began, at most :data:`MAX_SPACING_TICKS` periods (each write then carries more, and
+  the core keeps room for the bus, requests and handshakes: an S2 relay went from 99%
+  of a core to 52%). A reply queued meanwhile waits for the spacing too;
 * while data keeps arriving, the clock ticks only for housekeeping,
   :data:`QUIET_TICKS` periods after the end of the last relayed pass. Counting from the
   *end* matters: a pass longer than that (S2's 1,000 writes) used to be followed by
@@ -18,7 +19,7 @@ it at once, within two limits kept here:
 
 from __future__ import annotations
 
-__all__ = ["MAX_PASS_SHARE", "QUIET_TICKS", "ArrivalPacing"]
+__all__ = ["MAX_PASS_SHARE", "MAX_SPACING_TICKS", "QUIET_TICKS", "ArrivalPacing"]
 
 #: While a push source keeps delivering, the clock ticks this many periods after the
 #: last relayed pass (housekeeping only: the arrivals themselves drive the passes).
@@ -26,6 +27,12 @@ QUIET_TICKS = 5
 
 #: Share of the time relayed passes may take once they overrun their period.
 MAX_PASS_SHARE = 0.5
+
+#: The spacing never exceeds this many periods. A pass's time includes taking in the
+#: backlog that built up during the spacing before it, so when that intake alone needs
+#: half the core, spacing by twice the pass would grow without end; capped, such a
+#: loop just runs flat out, as it did without pacing.
+MAX_SPACING_TICKS = 10
 
 
 class ArrivalPacing:
@@ -55,5 +62,8 @@ class ArrivalPacing:
         took = end - start
         # Only a pass that overran its period is write-bound; a shorter one leaves the
         # pace at the period (S1 at 1,000 bundles/s runs passes of ~0.5 ms).
-        self.spacing = took / MAX_PASS_SHARE if took > self.period else self.period
+        if took > self.period:
+            self.spacing = min(took / MAX_PASS_SHARE, MAX_SPACING_TICKS * self.period)
+        else:
+            self.spacing = self.period
         return end + self.quiet

@@ -11,7 +11,7 @@ CHROMIUM ?= /usr/bin/chromium
 
 .PHONY: install run test lint typecheck format bench coverage clean browser nats
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py src/tickwire/_market.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@

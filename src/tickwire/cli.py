@@ -30,6 +30,7 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     p.add_argument("--rate", type=float, default=200.0, help="book updates per second per symbol")
     p.add_argument("--seed", type=int, default=1, help="simulator seed (deterministic flow)")
+    _market_core_argument(p)
     scale = p.add_argument_group("sources and scaling out (see docs/scaling.md)")
     scale.add_argument(
         "--source",
@@ -354,6 +355,7 @@ def _serve(args: argparse.Namespace) -> int:
         symbols=_symbols(args.symbols, args.source),
         rate=args.rate,
         seed=args.seed,
+        market_core=args.market_core,
         batch_ms=args.batch_ms,
         history_bytes=int(args.history_mb * (1 << 20)),
         heartbeat_s=args.heartbeat,
@@ -454,6 +456,7 @@ def _publish_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--rate", type=float, default=200.0, help="book updates per second per symbol")
     p.add_argument("--seed", type=int, default=1, help="simulator seed")
+    _market_core_argument(p)
     p.add_argument("--replay", default=None, help="publish this NDJSON recording instead")
     _replay_speed_argument(p)
     p.add_argument("--bus-prefix", default="tickwire", help="NATS subject prefix")
@@ -463,6 +466,16 @@ def _publish_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--burst-seconds", type=float, default=2.0, help="length of a burst")
     p.add_argument("--max-seconds", type=float, default=0.0, help="exit after this long")
     p.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING or ERROR")
+
+
+def _market_core_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--market-core",
+        choices=("auto", "c", "python"),
+        default="auto",
+        help="the simulator's implementation: c (compiled: the same messages at a "
+        "fraction of the CPU), python, or auto (c when built and usable)",
+    )
 
 
 def _publish(args: argparse.Namespace) -> int:
@@ -480,6 +493,7 @@ def _publish(args: argparse.Namespace) -> int:
             symbols=symbols,
             rate=args.rate,
             seed=args.seed,
+            market_core=args.market_core,
             burst_every_s=args.burst_every,
             burst_factor=args.burst_factor,
             burst_seconds=args.burst_seconds,

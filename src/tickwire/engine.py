@@ -17,6 +17,12 @@ reads them (:meth:`SymbolState.settle`, called by the ``book`` property and by e
 reader of the statistics). The leader's periodic states (:meth:`Engine.rebase`) let a
 follower drop what it deferred without ever applying it, so a relaying gateway pays
 per bus message, not per book update.
+
+The embedded market's compiled core (:mod:`tickwire._market`) is such a leader inside
+the gateway's own process: it keeps the authoritative state itself, so the engine
+follows it *live* (:meth:`Engine.follow`): relayed batches only move the seqs, and a
+read loads the core's current state (:attr:`SymbolState.live`) instead of applying
+anything.
 """
 
 from __future__ import annotations
@@ -24,13 +30,14 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Protocol
 
 import msgspec
 
 from .book import Book
+from .exceptions import IntegrityError
 from .protocol import BookUpdate, Ticker, Trade
 
 __all__ = ["LeaderBatch", "Engine", "RawTrade", "StateSnapshot", "SymbolState", "new_epoch"]
@@ -139,10 +146,15 @@ class SymbolState:
         "base",
         "deferred",
         "leader",
+        "live",
+        "behind",
     )
 
     def __init__(self, symbol: str) -> None:
         self.symbol = symbol
+        # A leader in this process that holds the state at the current seqs (None:
+        # none); ``behind`` says batches were relayed since the state was last loaded.
+        self.live: Callable[[], StateSnapshot] | None = None
         self.clear()
 
     def clear(self) -> None:
@@ -164,16 +176,31 @@ class SymbolState:
         self.deferred: list[LeaderBatch] = []
         # The last batch deferred (its leader ticker is the state's; None: none).
         self.leader: LeaderBatch | None = None
+        self.behind = False
 
     @property
     def book(self) -> Book:
         """The book at ``book_seq`` (deferred batches are applied first)."""
-        if self.deferred or self.base is not None:
+        if self.deferred or self.base is not None or self.behind:
             self.settle()
         return self._book
 
     def settle(self) -> None:
-        """Apply what was deferred, so the book and statistics match the seqs."""
+        """Apply what was deferred, so the book and statistics match the seqs.
+
+        Raises:
+            IntegrityError: a live leader's state is not at this state's seqs.
+        """
+        if self.behind and self.live is not None:
+            snap = self.live()
+            if (snap.book_seq, snap.trade_seq) != (self.book_seq, self.trade_seq):
+                raise IntegrityError(
+                    self.symbol,
+                    f"the live state is at {snap.book_seq}/{snap.trade_seq}, "
+                    f"the engine at {self.book_seq}/{self.trade_seq}",
+                )
+            self.load(snap)
+            return
         base, deferred = self.base, self.deferred
         if base is None and not deferred:
             return
@@ -199,7 +226,7 @@ class SymbolState:
         While batches are deferred, the leader's ticker after the last of them (which
         the settled state would reproduce) is used, so tickers cost no settling.
         """
-        if (self.deferred or self.base is not None) and self.leader is not None:
+        if (self.deferred or self.base is not None or self.behind) and self.leader is not None:
             ticker = self.leader.leader_ticker()
             if ticker is not None:
                 return msgspec.structs.replace(ticker, ch=ch, seq=seq, prev_seq=prev_seq)
@@ -225,7 +252,7 @@ class SymbolState:
 
     def load(self, snap: StateSnapshot) -> None:
         """Replace the content with ``snap`` (nothing stays deferred)."""
-        self.base, self.deferred, self.leader = None, [], None
+        self.base, self.deferred, self.leader, self.behind = None, [], None, False
         self._book.load(snap.bids, snap.asks)
         self.book_seq = snap.book_seq
         self.trade_seq = snap.trade_seq
@@ -332,12 +359,23 @@ class Engine:
         read, or when :data:`MAX_DEFERRED` batches are waiting.
         """
         state = self.symbols[symbol]
-        state.deferred.append(batch)
         state.leader = batch
         state.book_seq = batch.book
         state.trade_seq = batch.trade
+        if state.live is not None:
+            state.behind = True
+            return
+        state.deferred.append(batch)
         if len(state.deferred) > MAX_DEFERRED:
             state.settle()
+
+    def follow(self, symbol: str, live: Callable[[], StateSnapshot]) -> None:
+        """Follow a leader in this process that keeps ``symbol``'s state itself.
+
+        ``live()`` returns that state at the leader's current seqs. From now on,
+        :meth:`defer` keeps no batches for the symbol: a read loads ``live()``.
+        """
+        self.symbols[symbol].live = live
 
     def rebase(self, snap: StateSnapshot) -> bool:
         """Adopt the leader's state at the current seqs instead of what was deferred.

@@ -450,6 +450,10 @@ class Hub:
         """Take the leader's state at this hub's seqs in place of what was deferred."""
         self.engine.rebase(snap)
 
+    def follow(self, symbol: str, live: Callable[[], StateSnapshot]) -> None:
+        """Relay a leader in this process that holds ``symbol``'s state (``live()``)."""
+        self.engine.follow(symbol, live)
+
     # -- per tick ----------------------------------------------------------------------
 
     def flush_symbol(self, symbol: str, now: float) -> None:

@@ -52,9 +52,11 @@ __all__ = [
     "Trade",
     "Trades",
     "decode_message",
+    "delta_updates",
     "decode_request",
     "encode",
     "parse_channel",
+    "trade_tuples",
     "valid_user",
 ]
 
@@ -422,6 +424,8 @@ Message = Ack | Error | Snapshot | Delta | Trades | Orders | Ticker | Heartbeat 
 
 _encoder = msgspec.json.Encoder()
 _message_decoder = msgspec.json.Decoder(Message)
+_delta_decoder = msgspec.json.Decoder(Delta)
+_trades_decoder = msgspec.json.Decoder(Trades)
 
 
 def encode(message: Message | Request) -> bytes:
@@ -437,3 +441,20 @@ def decode_message(data: bytes | str) -> Message:
     """
     message: Message = _message_decoder.decode(data)
     return message
+
+
+def delta_updates(data: bytes) -> list[BookUpdate]:
+    """Return the updates of an encoded ``delta`` message (none for ``b""``).
+
+    A relayed batch carries its updates only in that form; they are decoded on demand.
+    """
+    if not data:
+        return []
+    return _delta_decoder.decode(data).updates
+
+
+def trade_tuples(data: bytes) -> list[tuple[str, str, str, int]]:
+    """Return the trades of an encoded ``trades`` message as ``(price, qty, side, ts)``."""
+    if not data:
+        return []
+    return [(t.price, t.qty, t.side, t.ts) for t in _trades_decoder.decode(data).trades]

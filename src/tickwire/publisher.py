@@ -29,7 +29,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import nats
@@ -48,6 +48,7 @@ from .sources.bus import (
     encode_bus,
     leader_batch,
     md_subject,
+    relayed_batch,
 )
 
 __all__ = ["BusSink", "Publisher"]
@@ -70,6 +71,9 @@ class BusSink:
         prefix: subject prefix.
     """
 
+    #: Batches are numbered per tick (the compiled market relays through here).
+    batch = True
+
     def __init__(self, engine: Engine, prefix: str) -> None:
         self.engine = engine
         self.prefix = prefix
@@ -88,8 +92,28 @@ class BusSink:
         self.trades += len(raw)
 
     def relay(self, batches: Sequence[LeaderBatch], now: float) -> bool:
-        """Not used by the publisher's sources."""
-        return False
+        """Queue the compiled market's batches, numbered and encoded already.
+
+        The engine only moves its seqs (it follows the core's state, :meth:`follow`).
+        Returns False, queueing nothing, when they do not chain from its seqs.
+        """
+        engine = self.engine
+        state = engine.symbols[batches[0].symbol]
+        book, trade = state.book_seq, state.trade_seq
+        for batch in batches:
+            if (batch.prev_book, batch.prev_trade) != (book, trade):
+                return False
+            book, trade = batch.book, batch.trade
+        for batch in batches:
+            engine.defer(batch.symbol, batch)
+            self.out.append(encode_bus(relayed_batch(engine.epoch, batch)))
+            self.updates += batch.book - batch.prev_book
+            self.trades += batch.trade - batch.prev_trade
+        return True
+
+    def follow(self, symbol: str, live: Callable[[], StateSnapshot]) -> None:
+        """Let the engine follow the compiled market's state of ``symbol``."""
+        self.engine.follow(symbol, live)
 
     def rebase(self, snap: StateSnapshot) -> None:
         """Not used by the publisher's sources."""

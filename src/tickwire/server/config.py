@@ -25,6 +25,7 @@ class GatewayConfig:
     symbols: list[str] = field(default_factory=lambda: ["BTC-USD", "ETH-USD", "SOL-USD"])
     rate: float = 200.0
     seed: int = 1
+    market_core: str = "auto"
     batch_ms: float = 1.0
     history_bytes: int = 2 << 20
     heartbeat_s: float = 1.0

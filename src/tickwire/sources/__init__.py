@@ -41,6 +41,8 @@ class Sink(Protocol):
     engine: Engine
     #: Symbols whose state is not known complete; a source discards what it loaded.
     incomplete: set[str]
+    #: Whether batches are sent once per tick (False: every update on its own).
+    batch: bool
 
     def publish(self, symbol: str, updates: list[BookUpdate], trades: Iterable[RawTrade]) -> None:
         """Apply one batch (numbered by the engine) and queue it."""
@@ -51,6 +53,9 @@ class Sink(Protocol):
 
     def rebase(self, snap: StateSnapshot) -> None:
         """Adopt the leader's state at the current seqs instead of what was deferred."""
+
+    def follow(self, symbol: str, live: Callable[[], StateSnapshot]) -> None:
+        """Relay a leader in this process that holds ``symbol``'s state (``live()``)."""
 
     def restore(self, snap: StateSnapshot) -> None:
         """Load a complete state of one symbol (a hole or a new epoch is healed)."""
@@ -122,7 +127,8 @@ def make_source(config: GatewayConfig) -> Source:
                 burst_every=config.burst_every_s,
                 burst_factor=config.burst_factor,
                 burst_seconds=config.burst_seconds,
-            )
+            ),
+            core={"auto": None, "c": True, "python": False}[config.market_core],
         )
     if spec.startswith(("nats://", "tls://")):
         from .nats import NatsSource

@@ -52,8 +52,8 @@ from collections import deque
 
 import msgspec
 
-from ..engine import Engine, StateSnapshot
-from ..protocol import BookUpdate, Delta, Ticker, Trades, encode
+from ..engine import Engine, LeaderBatch, StateSnapshot
+from ..protocol import BookUpdate, Delta, Ticker, Trades, delta_updates, encode, trade_tuples
 from . import Batch, RawTrade, Sink
 
 __all__ = [
@@ -71,6 +71,7 @@ __all__ = [
     "encode_bus",
     "leader_batch",
     "md_subject",
+    "relayed_batch",
     "snapshot_subject",
 ]
 
@@ -113,17 +114,11 @@ class BusBatch(msgspec.Struct, array_like=True, tag="b", frozen=True, gc=False):
 
     def book_updates(self) -> list[BookUpdate]:
         """Decode the book updates (from the ``delta`` message)."""
-        if not self.book_json:
-            return []
-        return _delta_decoder.decode(self.book_json).updates
+        return delta_updates(self.book_json)
 
     def raw_trades(self) -> list[RawTrade]:
         """Decode the trades, without their ids (from the ``trades`` message)."""
-        if not self.trades_json:
-            return []
-        return [
-            (t.price, t.qty, t.side, t.ts) for t in _trades_decoder.decode(self.trades_json).trades
-        ]
+        return trade_tuples(self.trades_json)
 
     def leader_ticker(self) -> Ticker | None:
         """Decode the publisher's ticker after this batch (None: it sent none)."""
@@ -172,8 +167,6 @@ def bundles(messages: list[bytes]) -> list[bytes]:
 
 
 _encoder = msgspec.msgpack.Encoder()
-_delta_decoder = msgspec.json.Decoder(Delta)
-_trades_decoder = msgspec.json.Decoder(Trades)
 _ticker_decoder = msgspec.msgpack.Decoder(Ticker | None)
 _bus_decoder = msgspec.msgpack.Decoder(BusBatch | BusHeartbeat | BusState | BusBundle)
 _snapshot_decoder = msgspec.msgpack.Decoder(StateSnapshot)
@@ -225,6 +218,24 @@ def leader_batch(
         book_json,
         trades_json,
         msgspec.Raw(_encoder.encode(st.ticker(f"ticker.{symbol}", 0, 0))),
+    )
+
+
+def relayed_batch(epoch: str, batch: LeaderBatch) -> BusBatch:
+    """Return an already encoded leader batch (the compiled market's) as a bus batch."""
+    ticker = batch.leader_ticker()
+    if ticker is not None:
+        ticker = msgspec.structs.replace(ticker, ch=f"ticker.{batch.symbol}")
+    return BusBatch(
+        epoch,
+        batch.symbol,
+        batch.prev_book,
+        batch.book,
+        batch.prev_trade,
+        batch.trade,
+        batch.book_json,
+        batch.trades_json,
+        msgspec.Raw(_encoder.encode(ticker)),
     )
 
 

@@ -1,0 +1,836 @@
+/* tickwire._market: the embedded market's hot path, compiled.
+ *
+ * One Flow per symbol does, per batch, what the pure-Python path does across
+ * simulator.SymbolFlow.run (the order flow), engine.Engine (the book, trade numbering,
+ * ticker statistics) and hub.Hub._flush_book / _flush_trades (checksum, JSON): it
+ * returns the batch's "delta" and "trades" messages as bytes, byte for byte the ones
+ * the Python path builds for the same seed. tests/test_market_core.py holds the two to
+ * that. The gateway relays these bytes (hub.Hub.relay) and reads the state through
+ * Flow.export / Flow.ticker only when a snapshot or a ticker is due.
+ *
+ * Why C: the Python path costs about 2 us of CPU per book update, which at 200,000
+ * updates/s is 40% of the gateway's core before a single frame is written. Here an
+ * update costs a few tens of nanoseconds. The random stream is CPython's (MT19937,
+ * seeded as random.Random(int) seeds it), so both paths draw the same events.
+ *
+ * Layout: integer prices (ticks) and sizes (lots); each book side is a sorted array
+ * (at most MAX_LEVELS + 1 levels), so lookups are binary searches and the best and
+ * worst levels are its ends.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define TABLE 4096
+#define MAX_LEVELS 100
+#define START_LEVELS 25
+#define SIDE_CAP (MAX_LEVELS + 2)
+#define CHECKSUM_DEPTH 10
+#define RECENT_TRADES 50
+#define MT_N 624
+#define MT_M 397
+
+/* -- CPython's Mersenne Twister (Modules/_randommodule.c) ---------------------------- */
+
+typedef struct {
+    uint32_t state[MT_N];
+    int index;
+} mt_t;
+
+static void mt_init_genrand(mt_t *mt, uint32_t s) {
+    uint32_t *m = mt->state;
+    m[0] = s;
+    for (int i = 1; i < MT_N; i++)
+        m[i] = 1812433253U * (m[i - 1] ^ (m[i - 1] >> 30)) + (uint32_t)i;
+    mt->index = MT_N;
+}
+
+static void mt_init_by_array(mt_t *mt, const uint32_t *key, size_t len) {
+    uint32_t *m = mt->state;
+    size_t i = 1, j = 0, k;
+    mt_init_genrand(mt, 19650218U);
+    for (k = (MT_N > len ? MT_N : len); k; k--) {
+        m[i] = (m[i] ^ ((m[i - 1] ^ (m[i - 1] >> 30)) * 1664525U)) + key[j] + (uint32_t)j;
+        i++;
+        j++;
+        if (i >= MT_N) {
+            m[0] = m[MT_N - 1];
+            i = 1;
+        }
+        if (j >= len)
+            j = 0;
+    }
+    for (k = MT_N - 1; k; k--) {
+        m[i] = (m[i] ^ ((m[i - 1] ^ (m[i - 1] >> 30)) * 1566083941U)) - (uint32_t)i;
+        i++;
+        if (i >= MT_N) {
+            m[0] = m[MT_N - 1];
+            i = 1;
+        }
+    }
+    m[0] = 0x80000000U;
+}
+
+static uint32_t mt_next(mt_t *mt) {
+    static const uint32_t mag01[2] = {0x0U, 0x9908b0dfU};
+    uint32_t *m = mt->state;
+    uint32_t y;
+    if (mt->index >= MT_N) {
+        int kk;
+        for (kk = 0; kk < MT_N - MT_M; kk++) {
+            y = (m[kk] & 0x80000000U) | (m[kk + 1] & 0x7fffffffU);
+            m[kk] = m[kk + MT_M] ^ (y >> 1) ^ mag01[y & 0x1U];
+        }
+        for (; kk < MT_N - 1; kk++) {
+            y = (m[kk] & 0x80000000U) | (m[kk + 1] & 0x7fffffffU);
+            m[kk] = m[kk + (MT_M - MT_N)] ^ (y >> 1) ^ mag01[y & 0x1U];
+        }
+        y = (m[MT_N - 1] & 0x80000000U) | (m[0] & 0x7fffffffU);
+        m[MT_N - 1] = m[MT_M - 1] ^ (y >> 1) ^ mag01[y & 0x1U];
+        mt->index = 0;
+    }
+    y = m[mt->index++];
+    y ^= (y >> 11);
+    y ^= (y << 7) & 0x9d2c5680U;
+    y ^= (y << 15) & 0xefc60000U;
+    y ^= (y >> 18);
+    return y;
+}
+
+/* random.random(): 53 random bits in [0, 1). */
+static double mt_random(mt_t *mt) {
+    uint32_t a = mt_next(mt) >> 5, b = mt_next(mt) >> 6;
+    return (a * 67108864.0 + b) * (1.0 / 9007199254740992.0);
+}
+
+/* -- CRC32 (zlib's polynomial; the book checksum) -------------------------------------- */
+
+static uint32_t crc_table[256];
+
+static void crc_init(void) {
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = n;
+        for (int k = 0; k < 8; k++)
+            c = c & 1 ? 0xedb88320U ^ (c >> 1) : c >> 1;
+        crc_table[n] = c;
+    }
+}
+
+static uint32_t crc32_of(const char *buf, size_t len) {
+    uint32_t c = 0xffffffffU;
+    for (size_t i = 0; i < len; i++)
+        c = crc_table[(c ^ (uint8_t)buf[i]) & 0xff] ^ (c >> 8);
+    return c ^ 0xffffffffU;
+}
+
+/* -- growable output buffer -------------------------------------------------------- */
+
+typedef struct {
+    char *data;
+    size_t len, cap;
+} buf_t;
+
+static int buf_reserve(buf_t *b, size_t more) {
+    if (b->len + more <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + more)
+        cap *= 2;
+    char *data = PyMem_Realloc(b->data, cap);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->data = data;
+    b->cap = cap;
+    return 0;
+}
+
+/* Callers reserve first: each put writes at most what they reserved. */
+#define PUT_LITERAL(b, s) put((b), (s), sizeof(s) - 1)
+static inline void put(buf_t *b, const char *s, size_t n) {
+    memcpy(b->data + b->len, s, n);
+    b->len += n;
+}
+
+static inline void put_u64(buf_t *b, uint64_t v) {
+    char tmp[24];
+    int n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n)
+        b->data[b->len++] = tmp[--n];
+}
+
+static inline void put_i64(buf_t *b, int64_t v) {
+    if (v < 0) {
+        b->data[b->len++] = '-';
+        put_u64(b, (uint64_t)0 - (uint64_t)v);
+    } else {
+        put_u64(b, (uint64_t)v);
+    }
+}
+
+/* Python's f"{q}.{r:0{decimals}d}" with q, r = divmod(value, scale) (floor division). */
+static inline void put_fixed(buf_t *b, int64_t value, int64_t scale, int decimals) {
+    int64_t q = value / scale, r = value % scale;
+    if (r < 0) {
+        r += scale;
+        q -= 1;
+    }
+    put_i64(b, q);
+    if (decimals > 0) {
+        b->data[b->len++] = '.';
+        for (int i = decimals - 1; i >= 0; i--) {
+            b->data[b->len + i] = (char)('0' + r % 10);
+            r /= 10;
+        }
+        b->len += decimals;
+    }
+}
+
+/* A fixed number is at most this long: sign, 19 digits, point, decimals. */
+#define FIXED_MAX (24 + 18)
+
+/* -- one side of the book ------------------------------------------------------------ */
+
+typedef struct {
+    int64_t px[SIDE_CAP];
+    int64_t lots[SIDE_CAP];
+    int n;
+} side_t;
+
+/* Index of px, or -(insertion point) - 1. */
+static inline int side_find(const side_t *s, int64_t px) {
+    int lo = 0, hi = s->n;
+    while (lo < hi) {
+        int mid = (lo + hi) >> 1;
+        if (s->px[mid] < px)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo < s->n && s->px[lo] == px)
+        return lo;
+    return -lo - 1;
+}
+
+static inline void side_delete(side_t *s, int i) {
+    memmove(s->px + i, s->px + i + 1, (size_t)(s->n - i - 1) * sizeof(int64_t));
+    memmove(s->lots + i, s->lots + i + 1, (size_t)(s->n - i - 1) * sizeof(int64_t));
+    s->n--;
+}
+
+static inline void side_insert(side_t *s, int at, int64_t px, int64_t lots) {
+    memmove(s->px + at + 1, s->px + at, (size_t)(s->n - at) * sizeof(int64_t));
+    memmove(s->lots + at + 1, s->lots + at, (size_t)(s->n - at) * sizeof(int64_t));
+    s->px[at] = px;
+    s->lots[at] = lots;
+    s->n++;
+}
+
+/* -- the flow ------------------------------------------------------------------------ */
+
+typedef struct {
+    int64_t id, px, lots, ts;
+    int buy;
+} trade_t;
+
+typedef struct {
+    PyObject_HEAD
+    mt_t mt;
+    side_t bids, asks; /* both ascending by price */
+    int64_t best_bid, best_ask, fair, step;
+    int64_t pscale, qscale;
+    int pdec, qdec;
+    int64_t sizes[TABLE], add_distance[TABLE], cancel_distance[TABLE];
+    PyObject *book_ch;   /* JSON string of "book.<SYM>", quotes included (bytes) */
+    PyObject *trades_ch; /* the same for "trades.<SYM>" */
+    /* Engine state: sequence numbers, trade statistics, recent trades. */
+    int64_t book_seq, trade_seq;
+    int64_t trade_count, volume, open_px, high_px, low_px, last_px, last_ts;
+    trade_t recent[RECENT_TRADES];
+    int recent_n, recent_head;
+    /* Per batch: the update list and the trades, before encoding. */
+    buf_t updates, trades, out;
+    int64_t batch_updates;
+    trade_t *batch_trades;
+    int batch_trades_n, batch_trades_cap;
+} FlowObject;
+
+static int load_table(PyObject *seq, int64_t *table, const char *name) {
+    PyObject *fast = PySequence_Fast(seq, name);
+    if (fast == NULL)
+        return -1;
+    if (PySequence_Fast_GET_SIZE(fast) != TABLE) {
+        Py_DECREF(fast);
+        PyErr_Format(PyExc_ValueError, "%s must hold %d values", name, TABLE);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < TABLE; i++) {
+        long long v = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (v == -1 && PyErr_Occurred()) {
+            Py_DECREF(fast);
+            return -1;
+        }
+        table[i] = v;
+    }
+    Py_DECREF(fast);
+    return 0;
+}
+
+static int Flow_init(FlowObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"seed",      "mid",       "price_decimals", "qty_decimals",
+                             "sizes",     "add_table", "cancel_table",   "book_ch",
+                             "trades_ch", NULL};
+    PyObject *seed, *sizes, *add, *cancel, *book_ch, *trades_ch;
+    long long mid;
+    int pdec, qdec;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OLiiOOOSS", kwlist, &seed, &mid,
+                                     &pdec, &qdec, &sizes, &add, &cancel, &book_ch, &trades_ch))
+        return -1;
+    if (pdec < 1 || pdec > 9 || qdec < 1 || qdec > 9) {
+        PyErr_SetString(PyExc_ValueError, "decimals must be within 1..9");
+        return -1;
+    }
+    /* random.Random(seed) seeds with abs(seed) in 32-bit words, least significant
+     * first; the caller passes those words (simulator.seed_words). */
+    PyObject *fast = PySequence_Fast(seed, "seed");
+    if (fast == NULL)
+        return -1;
+    Py_ssize_t words = PySequence_Fast_GET_SIZE(fast);
+    if (words < 1 || words > 64) {
+        Py_DECREF(fast);
+        PyErr_SetString(PyExc_ValueError, "seed must be 1 to 64 words");
+        return -1;
+    }
+    uint32_t key[64];
+    for (Py_ssize_t i = 0; i < words; i++) {
+        unsigned long w = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (w == (unsigned long)-1 && PyErr_Occurred()) {
+            Py_DECREF(fast);
+            return -1;
+        }
+        key[i] = (uint32_t)w;
+    }
+    Py_DECREF(fast);
+    mt_init_by_array(&self->mt, key, (size_t)words);
+    if (load_table(sizes, self->sizes, "sizes") < 0 ||
+        load_table(add, self->add_distance, "add_table") < 0 ||
+        load_table(cancel, self->cancel_distance, "cancel_table") < 0)
+        return -1;
+    self->pdec = pdec;
+    self->qdec = qdec;
+    self->pscale = 1;
+    for (int i = 0; i < pdec; i++)
+        self->pscale *= 10;
+    self->qscale = 1;
+    for (int i = 0; i < qdec; i++)
+        self->qscale *= 10;
+    self->step = self->qscale / 100 > 1 ? self->qscale / 100 : 1;
+    self->bids.n = self->asks.n = 0;
+    self->best_bid = mid - 1;
+    self->best_ask = mid + 1;
+    self->fair = mid;
+    self->book_seq = self->trade_seq = 0;
+    self->trade_count = self->volume = 0;
+    self->open_px = self->high_px = self->low_px = self->last_px = 0;
+    self->last_ts = 0;
+    self->recent_n = self->recent_head = 0;
+    Py_INCREF(book_ch);
+    Py_XSETREF(self->book_ch, book_ch);
+    Py_INCREF(trades_ch);
+    Py_XSETREF(self->trades_ch, trades_ch);
+    return 0;
+}
+
+static void Flow_dealloc(FlowObject *self) {
+    Py_XDECREF(self->book_ch);
+    Py_XDECREF(self->trades_ch);
+    PyMem_Free(self->updates.data);
+    PyMem_Free(self->trades.data);
+    PyMem_Free(self->out.data);
+    PyMem_Free(self->batch_trades);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Append one update object {"side":..,"price":..,"qty":..,"ts":..} (lots 0: "0"). */
+static int emit(FlowObject *self, int bid, int64_t px, int64_t lots, int64_t ts) {
+    buf_t *b = &self->updates;
+    if (buf_reserve(b, 64 + 2 * FIXED_MAX) < 0)
+        return -1;
+    if (b->len)
+        b->data[b->len++] = ',';
+    if (bid)
+        PUT_LITERAL(b, "{\"side\":\"bid\",\"price\":\"");
+    else
+        PUT_LITERAL(b, "{\"side\":\"ask\",\"price\":\"");
+    put_fixed(b, px, self->pscale, self->pdec);
+    PUT_LITERAL(b, "\",\"qty\":\"");
+    if (lots == 0)
+        b->data[b->len++] = '0';
+    else
+        put_fixed(b, lots, self->qscale, self->qdec);
+    PUT_LITERAL(b, "\",\"ts\":");
+    put_i64(b, ts);
+    b->data[b->len++] = '}';
+    self->batch_updates++;
+    return 0;
+}
+
+static int add_trade(FlowObject *self, int64_t px, int64_t lots, int buy, int64_t ts) {
+    if (self->batch_trades_n == self->batch_trades_cap) {
+        int cap = self->batch_trades_cap ? self->batch_trades_cap * 2 : 64;
+        trade_t *t = PyMem_Realloc(self->batch_trades, (size_t)cap * sizeof(trade_t));
+        if (t == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->batch_trades = t;
+        self->batch_trades_cap = cap;
+    }
+    trade_t *t = &self->batch_trades[self->batch_trades_n++];
+    t->px = px;
+    t->lots = lots;
+    t->buy = buy;
+    t->ts = ts;
+    return 0;
+}
+
+static inline int64_t table_pick(const int64_t *table, double u) { return table[(int)(u * TABLE)]; }
+
+/* SymbolFlow.run, statement for statement (same draws in the same order). */
+static int flow_run(FlowObject *self, int64_t n, int64_t ts) {
+    mt_t *mt = &self->mt;
+    side_t *bids = &self->bids, *asks = &self->asks;
+    int64_t best_bid = self->best_bid, best_ask = self->best_ask, fair = self->fair;
+    int64_t step = self->step;
+    while (self->batch_updates < n) {
+        double r = mt_random(mt);
+        double u = mt_random(mt);
+        int is_bid = u < 0.5;
+        if (0.5 <= r && r < 0.9) {
+            side_t *book = is_bid ? bids : asks;
+            int64_t d = table_pick(self->cancel_distance, mt_random(mt));
+            int64_t px = is_bid ? best_bid - d : best_ask + d;
+            int i = side_find(book, px);
+            if (i >= 0 && book->n > 5) {
+                int64_t lots = book->lots[i], left = 0;
+                if (fmod(u, 0.5) < 0.375)
+                    left = ((int64_t)((double)lots * mt_random(mt)) / step) * step;
+                if (left <= 0) {
+                    side_delete(book, i);
+                    if (emit(self, is_bid, px, 0, ts) < 0)
+                        return -1;
+                    if (px == best_bid && is_bid)
+                        best_bid = bids->px[bids->n - 1];
+                    else if (px == best_ask && !is_bid)
+                        best_ask = asks->px[0];
+                } else {
+                    book->lots[i] = left;
+                    if (emit(self, is_bid, px, left, ts) < 0)
+                        return -1;
+                }
+                continue;
+            }
+            r = 0.0;
+        }
+        if (r < 0.5) {
+            if (u < 0.02)
+                fair += u < 0.01 ? 1 : -1;
+            int64_t d = table_pick(self->add_distance, mt_random(mt));
+            int64_t lots = table_pick(self->sizes, mt_random(mt));
+            side_t *book;
+            int64_t px;
+            if (is_bid) {
+                book = bids;
+                px = fair - 1 - d < best_ask - 1 ? fair - 1 - d : best_ask - 1;
+                if (px > best_bid)
+                    best_bid = px;
+            } else {
+                book = asks;
+                px = fair + 1 + d > best_bid + 1 ? fair + 1 + d : best_bid + 1;
+                if (px < best_ask)
+                    best_ask = px;
+            }
+            int i = side_find(book, px);
+            if (i >= 0) {
+                lots += book->lots[i];
+                book->lots[i] = lots;
+            } else {
+                side_insert(book, -i - 1, px, lots);
+            }
+            if (emit(self, is_bid, px, lots, ts) < 0)
+                return -1;
+            if (book->n > MAX_LEVELS) {
+                int worst_i = is_bid ? 0 : book->n - 1;
+                int64_t worst = book->px[worst_i];
+                side_delete(book, worst_i);
+                if (emit(self, is_bid, worst, 0, ts) < 0)
+                    return -1;
+            }
+            continue;
+        }
+        /* Market order: sweep from the touch, one trade per level consumed. */
+        int buy = is_bid;
+        side_t *book = buy ? asks : bids;
+        int64_t want = table_pick(self->sizes, mt_random(mt)) * (fmod(u, 0.5) < 0.05 ? 5 : 1);
+        while (want > 0 && book->n > 5) {
+            int64_t px = buy ? best_ask : best_bid;
+            int i = side_find(book, px);
+            if (i < 0) { /* unseeded start: the touch was never filled */
+                i = buy ? 0 : book->n - 1;
+                px = book->px[i];
+            }
+            int64_t lots = book->lots[i];
+            int64_t fill = lots < want ? lots : want;
+            want -= fill;
+            if (add_trade(self, px, fill, buy, ts) < 0)
+                return -1;
+            if (fill == lots) {
+                side_delete(book, i);
+                if (emit(self, !buy, px, 0, ts) < 0)
+                    return -1;
+                if (buy)
+                    best_ask = asks->px[0];
+                else
+                    best_bid = bids->px[bids->n - 1];
+            } else {
+                book->lots[i] = lots - fill;
+                if (emit(self, !buy, px, lots - fill, ts) < 0)
+                    return -1;
+            }
+        }
+    }
+    self->best_bid = best_bid;
+    self->best_ask = best_ask;
+    self->fair = fair;
+    return 0;
+}
+
+/* strip(x): the fixed form without "." and without leading "0"s (book.py). */
+static void put_stripped(buf_t *b, int64_t value, int64_t scale, int decimals) {
+    char tmp[FIXED_MAX];
+    buf_t t = {tmp, 0, sizeof tmp};
+    put_fixed(&t, value, scale, decimals);
+    size_t i = 0;
+    while (i < t.len && (tmp[i] == '0' || tmp[i] == '.'))
+        i++;
+    for (; i < t.len; i++)
+        if (tmp[i] != '.')
+            b->data[b->len++] = tmp[i];
+}
+
+static uint32_t flow_checksum(FlowObject *self) {
+    char tmp[2 * CHECKSUM_DEPTH * 2 * FIXED_MAX];
+    buf_t b = {tmp, 0, sizeof tmp};
+    const side_t *asks = &self->asks, *bids = &self->bids;
+    for (int i = 0; i < asks->n && i < CHECKSUM_DEPTH; i++) {
+        put_stripped(&b, asks->px[i], self->pscale, self->pdec);
+        put_stripped(&b, asks->lots[i], self->qscale, self->qdec);
+    }
+    for (int i = 0; i < bids->n && i < CHECKSUM_DEPTH; i++) {
+        int k = bids->n - 1 - i;
+        put_stripped(&b, bids->px[k], self->pscale, self->pdec);
+        put_stripped(&b, bids->lots[k], self->qscale, self->qdec);
+    }
+    return crc32_of(tmp, b.len);
+}
+
+/* Number the batch's trades, update the statistics, encode the "trades" message. */
+static PyObject *flow_trades(FlowObject *self) {
+    if (self->batch_trades_n == 0)
+        return PyBytes_FromStringAndSize("", 0);
+    int64_t prev = self->trade_seq;
+    for (int k = 0; k < self->batch_trades_n; k++) {
+        trade_t *t = &self->batch_trades[k];
+        t->id = ++self->trade_seq;
+        if (self->trade_count + k == 0)
+            self->open_px = t->px;
+        if (self->trade_count + k == 0 || t->px > self->high_px)
+            self->high_px = t->px;
+        if (self->trade_count + k == 0 || t->px < self->low_px)
+            self->low_px = t->px;
+        self->volume += t->lots;
+        self->last_px = t->px;
+        self->last_ts = t->ts;
+        self->recent[self->recent_head] = *t;
+        self->recent_head = (self->recent_head + 1) % RECENT_TRADES;
+        if (self->recent_n < RECENT_TRADES)
+            self->recent_n++;
+    }
+    self->trade_count += self->batch_trades_n;
+    buf_t *b = &self->trades;
+    b->len = 0;
+    size_t ch_len = (size_t)PyBytes_GET_SIZE(self->trades_ch);
+    if (buf_reserve(b, 96 + ch_len + (size_t)self->batch_trades_n * (96 + 2 * FIXED_MAX)) < 0)
+        return NULL;
+    PUT_LITERAL(b, "{\"type\":\"trades\",\"ch\":");
+    put(b, PyBytes_AS_STRING(self->trades_ch), ch_len);
+    PUT_LITERAL(b, ",\"seq\":");
+    put_i64(b, self->trade_seq);
+    PUT_LITERAL(b, ",\"prev_seq\":");
+    put_i64(b, prev);
+    PUT_LITERAL(b, ",\"trades\":[");
+    for (int k = 0; k < self->batch_trades_n; k++) {
+        trade_t *t = &self->batch_trades[k];
+        if (k)
+            b->data[b->len++] = ',';
+        PUT_LITERAL(b, "{\"id\":");
+        put_i64(b, t->id);
+        PUT_LITERAL(b, ",\"price\":\"");
+        put_fixed(b, t->px, self->pscale, self->pdec);
+        PUT_LITERAL(b, "\",\"qty\":\"");
+        put_fixed(b, t->lots, self->qscale, self->qdec);
+        if (t->buy)
+            PUT_LITERAL(b, "\",\"side\":\"buy\",\"ts\":");
+        else
+            PUT_LITERAL(b, "\",\"side\":\"sell\",\"ts\":");
+        put_i64(b, t->ts);
+        b->data[b->len++] = '}';
+    }
+    PUT_LITERAL(b, "]}");
+    return PyBytes_FromStringAndSize(b->data, (Py_ssize_t)b->len);
+}
+
+/* The batch as (prev_book, book, prev_trade, trade, book_json, trades_json). */
+static PyObject *flow_batch(FlowObject *self, int64_t prev_book, int64_t prev_trade) {
+    PyObject *book_json, *trades_json;
+    int64_t n = self->batch_updates;
+    if (n == 0) {
+        book_json = PyBytes_FromStringAndSize("", 0);
+    } else {
+        self->book_seq += n;
+        buf_t *b = &self->out;
+        b->len = 0;
+        size_t ch_len = (size_t)PyBytes_GET_SIZE(self->book_ch);
+        if (buf_reserve(b, 128 + ch_len + self->updates.len) < 0)
+            return NULL;
+        PUT_LITERAL(b, "{\"type\":\"delta\",\"ch\":");
+        put(b, PyBytes_AS_STRING(self->book_ch), ch_len);
+        PUT_LITERAL(b, ",\"seq\":");
+        put_i64(b, self->book_seq);
+        PUT_LITERAL(b, ",\"prev_seq\":");
+        put_i64(b, prev_book);
+        PUT_LITERAL(b, ",\"checksum\":");
+        put_u64(b, flow_checksum(self));
+        PUT_LITERAL(b, ",\"updates\":[");
+        put(b, self->updates.data, self->updates.len);
+        PUT_LITERAL(b, "]}");
+        book_json = PyBytes_FromStringAndSize(b->data, (Py_ssize_t)b->len);
+    }
+    if (book_json == NULL)
+        return NULL;
+    trades_json = flow_trades(self);
+    if (trades_json == NULL) {
+        Py_DECREF(book_json);
+        return NULL;
+    }
+    return Py_BuildValue("(LLLLNN)", (long long)prev_book, (long long)self->book_seq,
+                         (long long)prev_trade, (long long)self->trade_seq, book_json,
+                         trades_json);
+}
+
+static void batch_reset(FlowObject *self) {
+    self->updates.len = 0;
+    self->batch_updates = 0;
+    self->batch_trades_n = 0;
+}
+
+static PyObject *Flow_run(FlowObject *self, PyObject *args) {
+    long long n, ts;
+    if (!PyArg_ParseTuple(args, "LL", &n, &ts))
+        return NULL;
+    int64_t prev_book = self->book_seq, prev_trade = self->trade_seq;
+    batch_reset(self);
+    if (flow_run(self, n, ts) < 0)
+        return NULL;
+    if (self->batch_updates)
+        self->last_ts = ts;
+    return flow_batch(self, prev_book, prev_trade);
+}
+
+/* SymbolFlow.seed_book: START_LEVELS levels a side around the mid, as one batch. */
+static PyObject *Flow_seed(FlowObject *self, PyObject *args) {
+    long long ts;
+    if (!PyArg_ParseTuple(args, "L", &ts))
+        return NULL;
+    if (self->bids.n || self->asks.n) {
+        PyErr_SetString(PyExc_RuntimeError, "the book is already seeded");
+        return NULL;
+    }
+    int64_t prev_book = self->book_seq, prev_trade = self->trade_seq;
+    batch_reset(self);
+    for (int i = 0; i < START_LEVELS; i++) {
+        int64_t lots = table_pick(self->sizes, mt_random(&self->mt)) * (1 + i / 5);
+        int64_t px = self->best_bid - i;
+        side_insert(&self->bids, 0, px, lots);
+        if (emit(self, 1, px, lots, ts) < 0)
+            return NULL;
+        lots = table_pick(self->sizes, mt_random(&self->mt)) * (1 + i / 5);
+        px = self->best_ask + i;
+        side_insert(&self->asks, self->asks.n, px, lots);
+        if (emit(self, 0, px, lots, ts) < 0)
+            return NULL;
+    }
+    self->last_ts = ts;
+    return flow_batch(self, prev_book, prev_trade);
+}
+
+static PyObject *fixed_str(int64_t value, int64_t scale, int decimals) {
+    char tmp[FIXED_MAX];
+    buf_t b = {tmp, 0, sizeof tmp};
+    put_fixed(&b, value, scale, decimals);
+    return PyUnicode_FromStringAndSize(tmp, (Py_ssize_t)b.len);
+}
+
+static PyObject *level(FlowObject *self, const side_t *s, int i) {
+    return Py_BuildValue("(NN)", fixed_str(s->px[i], self->pscale, self->pdec),
+                         fixed_str(s->lots[i], self->qscale, self->qdec));
+}
+
+static PyObject *price_or_none(FlowObject *self, int64_t px) {
+    if (self->trade_count == 0)
+        Py_RETURN_NONE;
+    return fixed_str(px, self->pscale, self->pdec);
+}
+
+static PyObject *volume_str(FlowObject *self) {
+    if (self->trade_count == 0)
+        return PyUnicode_FromString("0");
+    return fixed_str(self->volume, self->qscale, self->qdec);
+}
+
+/* The engine's state: (book_seq, trade_seq, bids, asks, trades, last, open, high, low,
+ * volume, trade_count, last_ts); levels best first, trades oldest first as
+ * (id, price, qty, side, ts). */
+static PyObject *Flow_export(FlowObject *self, PyObject *Py_UNUSED(ignored)) {
+    PyObject *bids = PyList_New(self->bids.n), *asks = PyList_New(self->asks.n);
+    PyObject *trades = PyList_New(self->recent_n);
+    if (bids == NULL || asks == NULL || trades == NULL)
+        goto fail;
+    for (int i = 0; i < self->bids.n; i++) {
+        PyObject *lv = level(self, &self->bids, self->bids.n - 1 - i);
+        if (lv == NULL)
+            goto fail;
+        PyList_SET_ITEM(bids, i, lv);
+    }
+    for (int i = 0; i < self->asks.n; i++) {
+        PyObject *lv = level(self, &self->asks, i);
+        if (lv == NULL)
+            goto fail;
+        PyList_SET_ITEM(asks, i, lv);
+    }
+    for (int k = 0; k < self->recent_n; k++) {
+        int at = (self->recent_head - self->recent_n + k + RECENT_TRADES) % RECENT_TRADES;
+        trade_t *t = &self->recent[at];
+        PyObject *item = Py_BuildValue("(LNNsL)", (long long)t->id,
+                                       fixed_str(t->px, self->pscale, self->pdec),
+                                       fixed_str(t->lots, self->qscale, self->qdec),
+                                       t->buy ? "buy" : "sell", (long long)t->ts);
+        if (item == NULL)
+            goto fail;
+        PyList_SET_ITEM(trades, k, item);
+    }
+    return Py_BuildValue("(LLNNNNNNNNLL)", (long long)self->book_seq, (long long)self->trade_seq,
+                         bids, asks, trades, price_or_none(self, self->last_px),
+                         price_or_none(self, self->open_px), price_or_none(self, self->high_px),
+                         price_or_none(self, self->low_px), volume_str(self),
+                         (long long)self->trade_count, (long long)self->last_ts);
+fail:
+    Py_XDECREF(bids);
+    Py_XDECREF(asks);
+    Py_XDECREF(trades);
+    return NULL;
+}
+
+/* The ticker's fields: (ts, bid, bid_qty, ask, ask_qty, last, open, high, low, volume,
+ * trades); a side's two fields None when it is empty. */
+static PyObject *Flow_ticker(FlowObject *self, PyObject *Py_UNUSED(ignored)) {
+    PyObject *bid, *bid_qty, *ask, *ask_qty;
+    if (self->bids.n) {
+        int i = self->bids.n - 1;
+        bid = fixed_str(self->bids.px[i], self->pscale, self->pdec);
+        bid_qty = fixed_str(self->bids.lots[i], self->qscale, self->qdec);
+    } else {
+        bid = Py_NewRef(Py_None);
+        bid_qty = Py_NewRef(Py_None);
+    }
+    if (self->asks.n) {
+        ask = fixed_str(self->asks.px[0], self->pscale, self->pdec);
+        ask_qty = fixed_str(self->asks.lots[0], self->qscale, self->qdec);
+    } else {
+        ask = Py_NewRef(Py_None);
+        ask_qty = Py_NewRef(Py_None);
+    }
+    return Py_BuildValue("(LNNNNNNNNNL)", (long long)self->last_ts, bid, bid_qty, ask, ask_qty,
+                         price_or_none(self, self->last_px), price_or_none(self, self->open_px),
+                         price_or_none(self, self->high_px), price_or_none(self, self->low_px),
+                         volume_str(self), (long long)self->trade_count);
+}
+
+static PyObject *Flow_get_seqs(FlowObject *self, void *Py_UNUSED(closure)) {
+    return Py_BuildValue("(LL)", (long long)self->book_seq, (long long)self->trade_seq);
+}
+
+static PyMethodDef Flow_methods[] = {
+    {"seed", (PyCFunction)Flow_seed, METH_VARARGS,
+     "seed(ts) -> batch: the starting book (SymbolFlow.seed_book) as one batch."},
+    {"run", (PyCFunction)Flow_run, METH_VARARGS,
+     "run(n, ts) -> (prev_book, book, prev_trade, trade, book_json, trades_json):\n"
+     "events until the batch holds at least n book updates, all at event time ts."},
+    {"export", (PyCFunction)Flow_export, METH_NOARGS,
+     "export() -> the engine state (seqs, levels best first, recent trades, statistics)."},
+    {"ticker", (PyCFunction)Flow_ticker, METH_NOARGS,
+     "ticker() -> (ts, bid, bid_qty, ask, ask_qty, last, open, high, low, volume, trades)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Flow_getset[] = {
+    {"seqs", (getter)Flow_get_seqs, NULL, "(book_seq, trade_seq) after the last batch", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject FlowType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "tickwire._market.Flow",
+    .tp_doc = PyDoc_STR("One symbol's order flow, book and messages (see simulator.py)."),
+    .tp_basicsize = sizeof(FlowObject),
+    .tp_itemsize = 0,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Flow_init,
+    .tp_dealloc = (destructor)Flow_dealloc,
+    .tp_methods = Flow_methods,
+    .tp_getset = Flow_getset,
+};
+
+static struct PyModuleDef market_module = {
+    PyModuleDef_HEAD_INIT, "_market",
+    "The embedded market's compiled hot path (pure-Python equivalent: simulator.py).", -1,
+    NULL,
+};
+
+PyMODINIT_FUNC PyInit__market(void) {
+    crc_init();
+    if (PyType_Ready(&FlowType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&market_module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&FlowType);
+    if (PyModule_AddObject(m, "Flow", (PyObject *)&FlowType) < 0) {
+        Py_DECREF(&FlowType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    PyObject *all = Py_BuildValue("[s]", "Flow");
+    if (all == NULL || PyModule_AddObject(m, "__all__", all) < 0) {
+        Py_XDECREF(all);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,153 @@
+"""The compiled market core (``tickwire._market``) against the pure-Python reference.
+
+For a seed, the core must produce byte for byte the ``delta`` and ``trades`` messages
+that the Python path builds (simulator.SymbolFlow -> Engine -> the hub's encoding, as
+``sources.bus.leader_batch`` does), the same engine state and the same ticker; and a
+real gateway serving from it must keep clients' books verified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import zlib
+from collections.abc import Callable
+
+import pytest
+
+from helpers import ServerProcess
+from tickwire.book import Book
+from tickwire.client import Client
+from tickwire.engine import Engine
+from tickwire.exceptions import ConfigError
+from tickwire.protocol import delta_updates
+from tickwire.server import Gateway, GatewayConfig
+from tickwire.simulator import HAVE_CORE, CoreBatch, MarketSimulator, SymbolFlow, core_state
+from tickwire.sources.bus import leader_batch
+
+pytestmark = pytest.mark.skipif(not HAVE_CORE, reason="the compiled core is not built")
+
+
+def run_both(symbol: str, seed: int, sizes: Callable[[random.Random], int], batches: int) -> int:
+    """Drive the reference and the core with the same batch sizes; compare everything."""
+    reference = SymbolFlow(symbol, seed)
+    core = SymbolFlow(symbol, seed).compiled()
+    engine = Engine([symbol], epoch="e1")
+    ts = 1_795_000_000_000_000_000
+    expected = leader_batch(engine, symbol, reference.seed_book(ts), [])
+    fields = (expected.prev_book, expected.book, expected.prev_trade, expected.trade)
+    assert (*fields, expected.book_json, expected.trades_json) == core.seed(ts)
+    pick = random.Random(seed)
+    checked = 0
+    for i in range(batches):
+        n, ts = sizes(pick), ts + 1_000_000
+        updates: list = []
+        trades: list = []
+        reference.run(n, ts, updates, trades)
+        expected = leader_batch(engine, symbol, updates, trades)
+        got = core.run(n, ts)
+        want = (
+            expected.prev_book,
+            expected.book,
+            expected.prev_trade,
+            expected.trade,
+            expected.book_json,
+            expected.trades_json,
+        )
+        assert got == want, f"batch {i} of {symbol!r} seed {seed}"
+        if i % 97 == 0:
+            assert core_state(symbol, core, "e1") == engine.export(symbol)
+            ticker = engine.symbols[symbol].ticker("", 0, 0)
+            assert CoreBatch(symbol, core, got).leader_ticker() == ticker
+            checked += 1
+    assert core.seqs == (engine.symbols[symbol].book_seq, engine.symbols[symbol].trade_seq)
+    return checked
+
+
+@pytest.mark.parametrize(
+    ("symbol", "seed"),
+    [("BTC-USD", 1), ("SYM0", 0), ("ETH-USD", 12_345_678_901), ('q"\\é', 7), ("X", 2**70 + 5)],
+)
+def test_core_writes_the_reference_messages_byte_for_byte(symbol: str, seed: int) -> None:
+    # Seeds of one, two and three 32-bit words; a symbol that JSON must escape.
+    assert run_both(symbol, seed, lambda r: r.randint(1, 60), 3000) > 0
+
+
+def test_core_matches_on_huge_batches_that_drain_the_book() -> None:
+    # A stalled loop asks for a backlog at once: sweeps drain a side to its 5-level
+    # floor, and the book refills; trades come in long runs.
+    assert run_both("SOL-USD", 3, lambda r: r.choice((1, 2000, 20_000)), 200) > 0
+
+
+def test_core_checksum_is_the_book_checksum_of_the_decoded_updates() -> None:
+    # Independent of the engine: a plain Book fed the core's own updates.
+    core = SymbolFlow("ADA-USD", 9).compiled()
+    book = Book()
+    for i in range(500):
+        _, _, _, _, book_json, _ = core.seed(1) if i == 0 else core.run(25, i)
+        book.apply_updates(delta_updates(book_json))
+        checksum = int(book_json.split(b'"checksum":')[1].split(b",")[0])
+        assert checksum == book.checksum()
+    assert zlib.crc32(b"") == 0  # the empty-book case the C table also gives
+
+
+def test_simulator_core_keeps_the_exact_rate_and_batches_lazily() -> None:
+    sim = MarketSimulator(["A", "B"], rate=1000.0, seed=2)
+    sim.use_core()
+    seeds = sim.core_seeds()
+    assert [b.symbol for b in seeds] == ["A", "B"] and all(b.book == 50 for b in seeds)
+    assert sim.due(0.0) == 0
+    made = 0
+    for step in range(1, 101):
+        made += sum(b.book - b.prev_book for b in sim.core_batches(sim.due(step * 0.01)))
+    # Events are never split: a batch may overshoot; the excess is taken off next time.
+    assert 2000 <= made < 2000 + 2 * 10
+    assert sim.generated == made
+
+
+def test_core_refuses_what_it_cannot_serve() -> None:
+    with pytest.raises(ConfigError, match="decimals"):
+        SymbolFlow("A", 1, price_decimals=0).compiled()
+    gw = Gateway(GatewayConfig(symbols=["A"], batch_ms=0, market_core="c"))
+    with pytest.raises(ConfigError, match="--batch-ms"):
+        asyncio.run(gw.source.start(gw.hub))
+
+
+def test_gateway_follows_the_core_without_applying_updates() -> None:
+    # The engine's book is loaded from the core only when read, and matches the seqs.
+    gw = Gateway(GatewayConfig(symbols=["A", "B"], rate=5000.0, market_core="c"))
+    asyncio.run(gw.source.start(gw.hub))
+    source = gw.source
+    source.poll(0.0)
+    source.poll(0.5)
+    state = gw.engine.symbols["A"]
+    assert state.behind and state.book_seq > 50
+    assert state.book.depth()[0] > 5 and not state.behind
+    book_ch = gw.hub.channels["book.A"]
+    assert book_ch.seq == state.book_seq and book_ch.history
+    last = book_ch.history[-1][2]
+    assert f'"checksum":{state.book.checksum()}'.encode() in last
+    assert source.stats()["core"] == "c"
+
+
+@pytest.mark.parametrize("core", ["c", "python"])
+def test_real_gateway_serves_verified_books_from_either_market(
+    server_factory: Callable[..., ServerProcess], core: str
+) -> None:
+    srv = server_factory("--symbols", "A,B", "--rate", "2000", "--market-core", core)
+
+    async def run() -> None:
+        channels = ["book.A", "trades.A", "ticker.A", "book.B"]
+        async with Client(srv.url, channels) as client:
+            async with asyncio.timeout(20):
+                await client.wait_until(
+                    lambda: all(client.channel(c).counters.messages > 40 for c in channels)
+                )
+            for name in channels:
+                counters = client.channel(name).counters
+                assert counters.gaps == counters.checksum_failures == counters.resyncs == 0
+            assert client.book("A").depth()[0] > 5
+
+    asyncio.run(run())
+    stats = srv.stop()
+    assert stats is not None and stats["source"]["core"] == core

@@ -4,6 +4,8 @@
 #
 #   bash bench/profile_gateway.sh S1 20000 docs/flame-s1.svg   # 100 conns, 10 symbols
 #   bash bench/profile_gateway.sh S2 1000  docs/flame-s2.svg   # 1000 conns, 10 symbols
+#   GATEWAY_ARGS="--batch-ms 1.6" FORMAT=raw bash bench/profile_gateway.sh S1 20000 /tmp/s1.txt
+#       extra serve options; FORMAT=raw writes collapsed stacks (text) instead of SVG
 #   RELAY=1 bash bench/profile_gateway.sh S1 20000 docs/flame-relay-s1-r20000.svg
 #       the gateway follows `tickwire publish` over NATS (nats-server and the publisher
 #       unpinned, as in bench/run_peerbench_relay.sh)
@@ -28,7 +30,7 @@ if [[ -n "${RELAY:-}" ]]; then
   sleep 1
   SOURCE=(--source "nats://127.0.0.1:$NATS_PORT")
 fi
-taskset -c 0 .venv/bin/tickwire serve --port "$PORT" --symbols 10 "${SOURCE[@]}" \
+taskset -c 0 .venv/bin/tickwire serve --port "$PORT" --symbols 10 "${SOURCE[@]}" ${GATEWAY_ARGS:-} \
   --max-seconds $((SECONDS_ + 20)) >/dev/null 2>/tmp/profile-gateway.err &
 SERVER=$!
 trap 'kill $SERVER ${MARKET[*]} 2>/dev/null || true' EXIT
@@ -38,7 +40,7 @@ taskset -c 1 "$LOADCLIENT" -p "$PORT" -P /ws -n "$CONNS" -k 10 \
   > /tmp/profile-loadclient.json 2>&1 &
 CLIENT=$!
 sleep 2
-.venv/bin/py-spy record -p "$SERVER" -d "$SECONDS_" -r 250 --idle -o "$OUT" >/dev/null
+.venv/bin/py-spy record -p "$SERVER" -d "$SECONDS_" -r 250 --idle -f "${FORMAT:-flamegraph}" -o "$OUT" >/dev/null
 wait $CLIENT || true
 tail -1 /tmp/profile-loadclient.json
 echo "wrote $OUT"

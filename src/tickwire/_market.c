@@ -246,7 +246,9 @@ typedef struct {
     int64_t best_bid, best_ask, fair, step;
     int64_t pscale, qscale;
     int pdec, qdec;
-    int64_t sizes[TABLE], add_distance[TABLE], cancel_distance[TABLE];
+    /* Narrow tables: ten flows' worth stay in the L2 cache (lookups are random). */
+    int32_t sizes[TABLE];
+    int16_t add_distance[TABLE], cancel_distance[TABLE];
     PyObject *book_ch;   /* JSON string of "book.<SYM>", quotes included (bytes) */
     PyObject *trades_ch; /* the same for "trades.<SYM>" */
     /* Engine state: sequence numbers, trade statistics, recent trades. */
@@ -254,14 +256,18 @@ typedef struct {
     int64_t trade_count, volume, open_px, high_px, low_px, last_px, last_ts;
     trade_t recent[RECENT_TRADES];
     int recent_n, recent_head;
-    /* Per batch: the update list and the trades, before encoding. */
+    /* Per batch: the update list and the trades, before encoding; the batch's event
+     * time, formatted once (every update of a batch carries it). */
     buf_t updates, trades, out;
+    char ts_text[48];
+    size_t ts_len;
     int64_t batch_updates;
     trade_t *batch_trades;
     int batch_trades_n, batch_trades_cap;
 } FlowObject;
 
-static int load_table(PyObject *seq, int64_t *table, const char *name) {
+/* Copy a 4096-value table, each value within [0, limit]. */
+static int load_table(PyObject *seq, int64_t *table, long long limit, const char *name) {
     PyObject *fast = PySequence_Fast(seq, name);
     if (fast == NULL)
         return -1;
@@ -274,6 +280,11 @@ static int load_table(PyObject *seq, int64_t *table, const char *name) {
         long long v = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(fast, i));
         if (v == -1 && PyErr_Occurred()) {
             Py_DECREF(fast);
+            return -1;
+        }
+        if (v < 0 || v > limit) {
+            Py_DECREF(fast);
+            PyErr_Format(PyExc_ValueError, "%s values must be within 0..%lld", name, limit);
             return -1;
         }
         table[i] = v;
@@ -318,10 +329,19 @@ static int Flow_init(FlowObject *self, PyObject *args, PyObject *kwds) {
     }
     Py_DECREF(fast);
     mt_init_by_array(&self->mt, key, (size_t)words);
-    if (load_table(sizes, self->sizes, "sizes") < 0 ||
-        load_table(add, self->add_distance, "add_table") < 0 ||
-        load_table(cancel, self->cancel_distance, "cancel_table") < 0)
+    int64_t wide[TABLE];
+    if (load_table(sizes, wide, INT32_MAX, "sizes") < 0)
         return -1;
+    for (int i = 0; i < TABLE; i++)
+        self->sizes[i] = (int32_t)wide[i];
+    if (load_table(add, wide, INT16_MAX, "add_table") < 0)
+        return -1;
+    for (int i = 0; i < TABLE; i++)
+        self->add_distance[i] = (int16_t)wide[i];
+    if (load_table(cancel, wide, INT16_MAX, "cancel_table") < 0)
+        return -1;
+    for (int i = 0; i < TABLE; i++)
+        self->cancel_distance[i] = (int16_t)wide[i];
     self->pdec = pdec;
     self->qdec = qdec;
     self->pscale = 1;
@@ -358,7 +378,7 @@ static void Flow_dealloc(FlowObject *self) {
 }
 
 /* Append one update object {"side":..,"price":..,"qty":..,"ts":..} (lots 0: "0"). */
-static int emit(FlowObject *self, int bid, int64_t px, int64_t lots, int64_t ts) {
+static int emit(FlowObject *self, int bid, int64_t px, int64_t lots) {
     buf_t *b = &self->updates;
     if (buf_reserve(b, 64 + 2 * FIXED_MAX) < 0)
         return -1;
@@ -374,9 +394,7 @@ static int emit(FlowObject *self, int bid, int64_t px, int64_t lots, int64_t ts)
         b->data[b->len++] = '0';
     else
         put_fixed(b, lots, self->qscale, self->qdec);
-    PUT_LITERAL(b, "\",\"ts\":");
-    put_i64(b, ts);
-    b->data[b->len++] = '}';
+    put(b, self->ts_text, self->ts_len); /* "\",\"ts\":<ts>}" */
     self->batch_updates++;
     return 0;
 }
@@ -400,7 +418,8 @@ static int add_trade(FlowObject *self, int64_t px, int64_t lots, int buy, int64_
     return 0;
 }
 
-static inline int64_t table_pick(const int64_t *table, double u) { return table[(int)(u * TABLE)]; }
+/* One uniform draw picks a tabulated value (simulator._inverse_cdf_table). */
+#define TABLE_PICK(table, u) ((int64_t)(table)[(int)((u) * TABLE)])
 
 /* SymbolFlow.run, statement for statement (same draws in the same order). */
 static int flow_run(FlowObject *self, int64_t n, int64_t ts) {
@@ -414,7 +433,7 @@ static int flow_run(FlowObject *self, int64_t n, int64_t ts) {
         int is_bid = u < 0.5;
         if (0.5 <= r && r < 0.9) {
             side_t *book = is_bid ? bids : asks;
-            int64_t d = table_pick(self->cancel_distance, mt_random(mt));
+            int64_t d = TABLE_PICK(self->cancel_distance, mt_random(mt));
             int64_t px = is_bid ? best_bid - d : best_ask + d;
             int i = side_find(book, px);
             if (i >= 0 && book->n > 5) {
@@ -423,7 +442,7 @@ static int flow_run(FlowObject *self, int64_t n, int64_t ts) {
                     left = ((int64_t)((double)lots * mt_random(mt)) / step) * step;
                 if (left <= 0) {
                     side_delete(book, i);
-                    if (emit(self, is_bid, px, 0, ts) < 0)
+                    if (emit(self, is_bid, px, 0) < 0)
                         return -1;
                     if (px == best_bid && is_bid)
                         best_bid = bids->px[bids->n - 1];
@@ -431,7 +450,7 @@ static int flow_run(FlowObject *self, int64_t n, int64_t ts) {
                         best_ask = asks->px[0];
                 } else {
                     book->lots[i] = left;
-                    if (emit(self, is_bid, px, left, ts) < 0)
+                    if (emit(self, is_bid, px, left) < 0)
                         return -1;
                 }
                 continue;
@@ -441,8 +460,8 @@ static int flow_run(FlowObject *self, int64_t n, int64_t ts) {
         if (r < 0.5) {
             if (u < 0.02)
                 fair += u < 0.01 ? 1 : -1;
-            int64_t d = table_pick(self->add_distance, mt_random(mt));
-            int64_t lots = table_pick(self->sizes, mt_random(mt));
+            int64_t d = TABLE_PICK(self->add_distance, mt_random(mt));
+            int64_t lots = TABLE_PICK(self->sizes, mt_random(mt));
             side_t *book;
             int64_t px;
             if (is_bid) {
@@ -463,13 +482,13 @@ static int flow_run(FlowObject *self, int64_t n, int64_t ts) {
             } else {
                 side_insert(book, -i - 1, px, lots);
             }
-            if (emit(self, is_bid, px, lots, ts) < 0)
+            if (emit(self, is_bid, px, lots) < 0)
                 return -1;
             if (book->n > MAX_LEVELS) {
                 int worst_i = is_bid ? 0 : book->n - 1;
                 int64_t worst = book->px[worst_i];
                 side_delete(book, worst_i);
-                if (emit(self, is_bid, worst, 0, ts) < 0)
+                if (emit(self, is_bid, worst, 0) < 0)
                     return -1;
             }
             continue;
@@ -477,7 +496,7 @@ static int flow_run(FlowObject *self, int64_t n, int64_t ts) {
         /* Market order: sweep from the touch, one trade per level consumed. */
         int buy = is_bid;
         side_t *book = buy ? asks : bids;
-        int64_t want = table_pick(self->sizes, mt_random(mt)) * (fmod(u, 0.5) < 0.05 ? 5 : 1);
+        int64_t want = TABLE_PICK(self->sizes, mt_random(mt)) * (fmod(u, 0.5) < 0.05 ? 5 : 1);
         while (want > 0 && book->n > 5) {
             int64_t px = buy ? best_ask : best_bid;
             int i = side_find(book, px);
@@ -492,7 +511,7 @@ static int flow_run(FlowObject *self, int64_t n, int64_t ts) {
                 return -1;
             if (fill == lots) {
                 side_delete(book, i);
-                if (emit(self, !buy, px, 0, ts) < 0)
+                if (emit(self, !buy, px, 0) < 0)
                     return -1;
                 if (buy)
                     best_ask = asks->px[0];
@@ -500,7 +519,7 @@ static int flow_run(FlowObject *self, int64_t n, int64_t ts) {
                     best_bid = bids->px[bids->n - 1];
             } else {
                 book->lots[i] = lots - fill;
-                if (emit(self, !buy, px, lots - fill, ts) < 0)
+                if (emit(self, !buy, px, lots - fill) < 0)
                     return -1;
             }
         }
@@ -634,10 +653,15 @@ static PyObject *flow_batch(FlowObject *self, int64_t prev_book, int64_t prev_tr
                          trades_json);
 }
 
-static void batch_reset(FlowObject *self) {
+static void batch_reset(FlowObject *self, int64_t ts) {
     self->updates.len = 0;
     self->batch_updates = 0;
     self->batch_trades_n = 0;
+    buf_t t = {self->ts_text, 0, sizeof self->ts_text};
+    PUT_LITERAL(&t, "\",\"ts\":");
+    put_i64(&t, ts);
+    t.data[t.len++] = '}';
+    self->ts_len = t.len;
 }
 
 static PyObject *Flow_run(FlowObject *self, PyObject *args) {
@@ -645,7 +669,7 @@ static PyObject *Flow_run(FlowObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "LL", &n, &ts))
         return NULL;
     int64_t prev_book = self->book_seq, prev_trade = self->trade_seq;
-    batch_reset(self);
+    batch_reset(self, ts);
     if (flow_run(self, n, ts) < 0)
         return NULL;
     if (self->batch_updates)
@@ -663,17 +687,17 @@ static PyObject *Flow_seed(FlowObject *self, PyObject *args) {
         return NULL;
     }
     int64_t prev_book = self->book_seq, prev_trade = self->trade_seq;
-    batch_reset(self);
+    batch_reset(self, ts);
     for (int i = 0; i < START_LEVELS; i++) {
-        int64_t lots = table_pick(self->sizes, mt_random(&self->mt)) * (1 + i / 5);
+        int64_t lots = TABLE_PICK(self->sizes, mt_random(&self->mt)) * (1 + i / 5);
         int64_t px = self->best_bid - i;
         side_insert(&self->bids, 0, px, lots);
-        if (emit(self, 1, px, lots, ts) < 0)
+        if (emit(self, 1, px, lots) < 0)
             return NULL;
-        lots = table_pick(self->sizes, mt_random(&self->mt)) * (1 + i / 5);
+        lots = TABLE_PICK(self->sizes, mt_random(&self->mt)) * (1 + i / 5);
         px = self->best_ask + i;
         side_insert(&self->asks, self->asks.n, px, lots);
-        if (emit(self, 0, px, lots, ts) < 0)
+        if (emit(self, 0, px, lots) < 0)
             return NULL;
     }
     self->last_ts = ts;

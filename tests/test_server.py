@@ -398,3 +398,13 @@ def test_loop_teardown_abandons_a_task_that_swallows_its_cancel() -> None:
     runner.start()
     runner.join(timeout=30)
     assert results == ["done"] and not runner.is_alive()
+
+
+def test_clock_passes_that_overrun_are_spaced_like_relayed_ones() -> None:
+    from tickwire.pacing import MAX_PASS_SHARE, MAX_SPACING_TICKS, spacing
+
+    # Within the period: the pace is the period. Write-bound (S2's 1,000 writes take
+    # ~5 ms): the next pass starts twice that after this one began, capped.
+    assert spacing(0.0004, 0.001) == 0.001
+    assert spacing(0.005, 0.001) == pytest.approx(0.005 / MAX_PASS_SHARE)
+    assert spacing(1.0, 0.001) == pytest.approx(MAX_SPACING_TICKS * 0.001)

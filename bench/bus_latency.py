@@ -83,6 +83,7 @@ def main() -> None:
     ap.add_argument("--symbols", default="10", help="symbol count or list")
     ap.add_argument("--tick-ms", default="1.0", help="the publisher's batching period")
     ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--market-core", default="auto", help="the publisher's: auto, c or python")
     args = ap.parse_args()
     market = ["nice", "-n", os.environ.get("MARKET_NICE", "0")]
     market += ["taskset", "-c", os.environ.get("MARKET_CPU", "0,1")]
@@ -98,7 +99,8 @@ def main() -> None:
         time.sleep(0.5)
         publisher = start(
             ["publish", "--nats", url, "--symbols", args.symbols, "--rate", args.rate]
-            + ["--tick-ms", args.tick_ms, "--max-seconds", str(args.seconds + 30)],
+            + ["--tick-ms", args.tick_ms, "--max-seconds", str(args.seconds + 30)]
+            + ["--market-core", args.market_core],
             "publishing",
             prefix=market,
         )

@@ -3,17 +3,22 @@
 Seeded and deterministic: ``python bench/core_hotpath.py --symbols 10 --rate 20000``
 simulates one second of S1-like load (1 ms ticks, 10 subscribers per channel) and prints
 microseconds per book update and per tick. Use it with py-spy to see where time goes.
+``--market-core python`` times the pure-Python market (generate, then publish: the
+engine's book and trades); with the compiled core (the default when built) "generate"
+is everything up to the writes: events, book, checksum, JSON, history and fan-out.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import time
 
 from tickwire.engine import Engine
 from tickwire.hub import Channel, Hub
-from tickwire.simulator import MarketSimulator, parse_symbols
+from tickwire.simulator import HAVE_CORE, MarketSimulator, parse_symbols
+from tickwire.sources.simulated import SimulatorSource
 
 
 class Sink:
@@ -43,24 +48,28 @@ def main() -> None:
         default=100_000,
         help="gen-0 GC threshold, as the gateway sets it (700: Python default)",
     )
+    ap.add_argument(
+        "--market-core", choices=("c", "python"), default="c" if HAVE_CORE else "python"
+    )
     args = ap.parse_args()
     gc.set_threshold(args.gc_threshold, 50, 100)
     symbols = parse_symbols(args.symbols)
     engine = Engine(symbols)
     hub = Hub(engine)
     sim = MarketSimulator(symbols, args.rate, seed=1)
-    for symbol, updates, trades in sim.seed_books():
-        hub.publish(symbol, updates, trades)
+    source = SimulatorSource(sim, core=args.market_core == "c")
+    asyncio.run(source.start(hub))
+    hub.flush(0.0)
     sinks = [Sink() for _ in range(args.subs * len(symbols))]
     for i, sink in enumerate(sinks):
         hub.subscribe(sink, hub.channels[f"book.{symbols[i % len(symbols)]}"])
-    per_tick = int(args.rate * args.tick_ms / 1000)
     ticks = int(args.seconds * 1000 / args.tick_ms)
+    source.poll(0.0)  # starts the simulator's clock
     t_gen = t_pub = t_flush = 0.0
     pc = time.perf_counter
-    for _ in range(ticks):
+    for i in range(1, ticks + 1):
         t0 = pc()
-        batches = sim.generate(per_tick)
+        batches = list(source.poll(i * args.tick_ms / 1000))
         t1 = pc()
         for symbol, updates, trades in batches:
             hub.publish(symbol, updates, trades)
@@ -75,7 +84,7 @@ def main() -> None:
         t_flush += t3 - t2
     n = sim.generated
     total = t_gen + t_pub + t_flush
-    print(f"updates={n} ticks={ticks} deliveries={hub.updates_out}")
+    print(f"market={args.market_core} updates={n} ticks={ticks} deliveries={hub.updates_out}")
     print(
         f"generate {t_gen / n * 1e6:.2f} us/update   publish {t_pub / n * 1e6:.2f} us/update   "
         f"flush {t_flush / n * 1e6:.2f} us/update ({t_flush / ticks * 1e6:.1f} us/tick)"

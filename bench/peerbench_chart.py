@@ -59,7 +59,7 @@ def chart(rows: list[dict[str, Any]], png: str) -> None:
         for server, pts in sorted(series.items()):
             pts.sort(key=lambda r: r["offered_updates_per_s"])
             x = [r["offered_updates_per_s"] for r in pts]
-            style = {"linewidth": 2.5} if server == "tickwire" else {"alpha": 0.8}
+            style = {"linewidth": 2.5} if server.startswith("tickwire") else {"alpha": 0.8}
             axes[0][col].plot(
                 x, [r["delivered_updates_per_s"] for r in pts], "o-", label=server, **style
             )

@@ -4,6 +4,11 @@ from collections.abc import Sequence
 
 __all__ = ["Flow"]
 
+_Batch = tuple[int, int, int, int, bytes, bytes]
+_Levels = list[tuple[str, str]]
+_Trades = list[tuple[int, str, str, str, int]]
+_Px = str | None
+
 class Flow:
     def __init__(
         self,
@@ -19,36 +24,11 @@ class Flow:
     ) -> None: ...
     @property
     def seqs(self) -> tuple[int, int]: ...
-    def seed(self, ts: int, /) -> tuple[int, int, int, int, bytes, bytes]: ...
-    def run(self, n: int, ts: int, /) -> tuple[int, int, int, int, bytes, bytes]: ...
+    def seed(self, ts: int, /) -> _Batch: ...
+    def run(self, n: int, ts: int, /) -> _Batch: ...
+    # (book_seq, trade_seq, bids, asks, trades, last, open, high, low, volume, count, ts)
     def export(
         self,
-    ) -> tuple[
-        int,
-        int,
-        list[tuple[str, str]],
-        list[tuple[str, str]],
-        list[tuple[int, str, str, str, int]],
-        str | None,
-        str | None,
-        str | None,
-        str | None,
-        str,
-        int,
-        int,
-    ]: ...
-    def ticker(
-        self,
-    ) -> tuple[
-        int,
-        str | None,
-        str | None,
-        str | None,
-        str | None,
-        str | None,
-        str | None,
-        str | None,
-        str | None,
-        str,
-        int,
-    ]: ...
+    ) -> tuple[int, int, _Levels, _Levels, _Trades, _Px, _Px, _Px, _Px, str, int, int]: ...
+    # (ts, bid, bid_qty, ask, ask_qty, last, open, high, low, volume, trades)
+    def ticker(self) -> tuple[int, _Px, _Px, _Px, _Px, _Px, _Px, _Px, _Px, str, int]: ...

@@ -14,6 +14,8 @@ import zlib
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from helpers import ServerProcess
 from tickwire.book import Book
@@ -151,3 +153,14 @@ def test_real_gateway_serves_verified_books_from_either_market(
     asyncio.run(run())
     stats = srv.stop()
     assert stats is not None and stats["source"]["core"] == core
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(min_value=-(2**96), max_value=2**96),
+    sizes=st.lists(st.integers(min_value=1, max_value=400), min_size=1, max_size=40),
+)
+def test_core_matches_for_any_seed_and_batch_sizes(seed: int, sizes: list[int]) -> None:
+    # Any seed (negative too: random.Random seeds with abs), any batch sizes.
+    cycle = iter(sizes * 5)
+    run_both("HYP-USD", seed, lambda _r: next(cycle), len(sizes) * 5)

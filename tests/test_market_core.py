@@ -24,7 +24,14 @@ from tickwire.engine import Engine
 from tickwire.exceptions import ConfigError
 from tickwire.protocol import delta_updates
 from tickwire.server import Gateway, GatewayConfig
-from tickwire.simulator import HAVE_CORE, CoreBatch, MarketSimulator, SymbolFlow, core_state
+from tickwire.simulator import (
+    HAVE_CORE,
+    CoreBatch,
+    MarketSimulator,
+    SymbolFlow,
+    SyntheticAccounts,
+    core_state,
+)
 from tickwire.sources.bus import leader_batch
 
 pytestmark = pytest.mark.skipif(not HAVE_CORE, reason="the compiled core is not built")
@@ -164,3 +171,29 @@ def test_core_matches_for_any_seed_and_batch_sizes(seed: int, sizes: list[int]) 
     # Any seed (negative too: random.Random seeds with abs), any batch sizes.
     cycle = iter(sizes * 5)
     run_both("HYP-USD", seed, lambda _r: next(cycle), len(sizes) * 5)
+
+
+def test_synthetic_accounts_see_the_same_orders_with_the_core() -> None:
+    # The accounts read each batch's events; decoded from the core's JSON they are the
+    # Python path's, so every user's order events are identical too.
+    def run(core: bool) -> list[tuple[str, list]]:
+        events: list[tuple[str, list]] = []
+        sim = MarketSimulator(["A", "B"], rate=20_000.0, seed=4)
+        sim.clock = iter(range(10**6)).__next__
+        sim.accounts = SyntheticAccounts(
+            ["alice", "bob"], 4, fraction=0.05, emit=lambda u, e: events.append((u, e))
+        )
+        if core:
+            sim.use_core()
+            sim.core_seeds()
+        else:
+            sim.seed_books()
+        sim.due(0.0)
+        for step in range(1, 300):
+            n = sim.due(step * 0.001)
+            list(sim.core_batches(n)) if core else list(sim.batches(n))
+        return events
+
+    python = run(False)
+    assert len(python) > 50
+    assert run(True) == python

@@ -796,6 +796,15 @@ static PyObject *Flow_ticker(FlowObject *self, PyObject *Py_UNUSED(ignored)) {
                          volume_str(self), (long long)self->trade_count);
 }
 
+/* Whether a level rests at px ticks on one side (the synthetic accounts ask). */
+static PyObject *Flow_rests(FlowObject *self, PyObject *args) {
+    int bid;
+    long long px;
+    if (!PyArg_ParseTuple(args, "pL", &bid, &px))
+        return NULL;
+    return PyBool_FromLong(side_find(bid ? &self->bids : &self->asks, px) >= 0);
+}
+
 static PyObject *Flow_get_seqs(FlowObject *self, void *Py_UNUSED(closure)) {
     return Py_BuildValue("(LL)", (long long)self->book_seq, (long long)self->trade_seq);
 }
@@ -810,6 +819,8 @@ static PyMethodDef Flow_methods[] = {
      "export() -> the engine state (seqs, levels best first, recent trades, statistics)."},
     {"ticker", (PyCFunction)Flow_ticker, METH_NOARGS,
      "ticker() -> (ts, bid, bid_qty, ask, ask_qty, last, open, high, low, volume, trades)."},
+    {"rests", (PyCFunction)Flow_rests, METH_VARARGS,
+     "rests(bid, px) -> whether a level rests at px ticks on that side."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -147,6 +147,14 @@ class SymbolFlow:
         self.fair = self.mid0
         # Updates generated beyond what was due (events are never split).
         self.excess = 0
+        #: The compiled core generating in this flow's place (None: this flow does).
+        self.core: _market.Flow | None = None
+
+    def rests(self, bid: bool, px: int) -> bool:
+        """Whether a level rests at ``px`` ticks on the bid (or ask) side."""
+        if self.core is not None:
+            return self.core.rests(bid, px)
+        return px in (self.bids if bid else self.asks)
 
     def compiled(self) -> _market.Flow:
         """Return the compiled core of this flow, starting where it starts.
@@ -539,7 +547,7 @@ class SyntheticAccounts:
         self, flow: SymbolFlow, book: dict[str, _Order], ts: int, out: dict[str, list[RawOrder]]
     ) -> None:
         for order in list(book.values()):
-            if order.px in (flow.bids if order.buy else flow.asks):
+            if flow.rests(order.buy, order.px):
                 continue
             # The level is gone: the book deleted it, so our order was withdrawn with it.
             del book[order.oid]
@@ -609,14 +617,14 @@ class MarketSimulator:
     def use_core(self) -> None:
         """Generate with the compiled cores from now on (:meth:`core_batches`).
 
-        Call it before anything is generated. Synthetic accounts need the Python path.
+        Call it before anything is generated.
 
         Raises:
-            ConfigError: the core is not built, or accounts are attached.
+            ConfigError: the core is not built.
         """
-        if self.accounts is not None:
-            raise ConfigError("synthetic accounts need the Python market (--market-core python)")
         self.cores = [flow.compiled() for flow in self.flows]
+        for flow, core in zip(self.flows, self.cores, strict=True):
+            flow.core = core
 
     def start_burst(
         self, now: float, factor: float | None = None, seconds: float | None = None
@@ -702,6 +710,7 @@ class MarketSimulator:
         if n <= 0:
             return
         clock = self.clock
+        accounts = self.accounts
         for flow, core in zip(self.flows, self.cores, strict=True):
             target = n - flow.excess
             if target <= 0:
@@ -711,4 +720,7 @@ class MarketSimulator:
             made = batch.book - batch.prev_book
             flow.excess = made - target
             self.generated += made
+            if accounts is not None:
+                # The accounts read the batch's events as objects: decoded only for them.
+                accounts.observe(flow, batch.book_updates(), batch.raw_trades())
             yield batch

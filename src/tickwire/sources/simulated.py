@@ -31,8 +31,7 @@ class SimulatorSource:
 
     Args:
         simulator: the market; its clock decides each batch's event time.
-        core: use the compiled core (None: when it is built and the gateway batches
-            and has no synthetic accounts).
+        core: use the compiled core (None: when it is built and the gateway batches).
     """
 
     def __init__(self, simulator: MarketSimulator, core: bool | None = None) -> None:
@@ -57,15 +56,12 @@ class SimulatorSource:
 
         Raises:
             ConfigError: the core was asked for but is not built, or cannot serve this
-                gateway (unbatched sends, synthetic accounts).
+                gateway (unbatched sends).
         """
         sim = self.simulator
-        usable = sink.batch and sim.accounts is None
-        if self.core and not usable:
-            raise ConfigError(
-                "--market-core c needs --batch-ms > 0 and no synthetic accounts (--sim-users '')"
-            )
-        if self.core or (self.core is None and HAVE_CORE and usable):
+        if self.core and not sink.batch:
+            raise ConfigError("--market-core c needs --batch-ms > 0 (a batch per tick)")
+        if self.core or (self.core is None and HAVE_CORE and sink.batch):
             sim.use_core()
             self._sink = sink
             for batch in sim.core_seeds():

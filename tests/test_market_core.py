@@ -37,10 +37,26 @@ from tickwire.sources.bus import leader_batch
 pytestmark = pytest.mark.skipif(not HAVE_CORE, reason="the compiled core is not built")
 
 
-def run_both(symbol: str, seed: int, sizes: Callable[[random.Random], int], batches: int) -> int:
-    """Drive the reference and the core with the same batch sizes; compare everything."""
+def run_both(
+    symbol: str,
+    seed: int,
+    sizes: Callable[[random.Random], int],
+    batches: int,
+    mid: int | None = None,
+) -> int:
+    """Drive the reference and the core with the same batch sizes; compare everything.
+
+    ``mid``: start the market there (ticks) instead of at the symbol's own price.
+    """
     reference = SymbolFlow(symbol, seed)
-    core = SymbolFlow(symbol, seed).compiled()
+    twin = SymbolFlow(symbol, seed)
+    for flow in (reference, twin):
+        if mid is not None:
+            flow.mid0 = flow.fair = mid
+            flow.best_bid, flow.best_ask = mid - 1, mid + 1
+            flow.fair_floor = max(mid // 2, 256)
+    core = twin.compiled()
+    lowest = reference.fair
     engine = Engine([symbol], epoch="e1")
     ts = 1_795_000_000_000_000_000
     expected = leader_batch(engine, symbol, reference.seed_book(ts), [])
@@ -53,6 +69,8 @@ def run_both(symbol: str, seed: int, sizes: Callable[[random.Random], int], batc
         updates: list = []
         trades: list = []
         reference.run(n, ts, updates, trades)
+        lowest = min(lowest, reference.fair)
+        assert all(not u.price.startswith("-") for u in updates)
         expected = leader_batch(engine, symbol, updates, trades)
         got = core.run(n, ts)
         want = (
@@ -70,6 +88,8 @@ def run_both(symbol: str, seed: int, sizes: Callable[[random.Random], int], batc
             assert CoreBatch(symbol, core, got).leader_ticker() == ticker
             checked += 1
     assert core.seqs == (engine.symbols[symbol].book_seq, engine.symbols[symbol].trade_seq)
+    if mid is not None:
+        assert lowest == reference.fair_floor, "the walk never reached the floor"
     return checked
 
 
@@ -86,6 +106,25 @@ def test_core_matches_on_huge_batches_that_drain_the_book() -> None:
     # A stalled loop asks for a backlog at once: sweeps drain a side to its 5-level
     # floor, and the book refills; trades come in long runs.
     assert run_both("SOL-USD", 3, lambda r: r.choice((1, 2000, 20_000)), 200) > 0
+
+
+def test_fair_price_reflects_at_its_floor_so_prices_stay_positive() -> None:
+    # Started just above the floor (2.56), the walk hits it; both paths reflect alike
+    # and no price goes to zero or below (a bid rests up to 1.21 below the fair price).
+    assert run_both("LOW", 5, lambda r: r.randint(20, 80), 3000, mid=262) > 0
+
+
+def test_core_refuses_misuse() -> None:
+    from tickwire import _market
+
+    with pytest.raises(RuntimeError, match="__init__"):
+        _market.Flow.__new__(_market.Flow).run(10, 0)
+    flow = SymbolFlow("A", 1)
+    with pytest.raises(ValueError, match="32-bit"):
+        _market.Flow([2**32], flow.mid0, 2, 4, flow.sizes, [0] * 4096, [0] * 4096, b'"b"', b'"t"')
+    core = flow.compiled()
+    with pytest.raises(RuntimeError, match="once"):
+        core.__init__([1], flow.mid0, 2, 4, flow.sizes, [0] * 4096, [0] * 4096, b'"b"', b'"t"')
 
 
 def test_core_checksum_is_the_book_checksum_of_the_decoded_updates() -> None:

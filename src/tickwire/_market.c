@@ -19,6 +19,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -28,6 +29,7 @@
 #define SIDE_CAP (MAX_LEVELS + 2)
 #define CHECKSUM_DEPTH 10
 #define RECENT_TRADES 50
+#define FAIR_FLOOR_MIN 256
 #define MT_N 624
 #define MT_M 397
 
@@ -192,7 +194,8 @@ static inline void put_fixed(buf_t *b, int64_t value, int64_t scale, int decimal
     }
 }
 
-/* A fixed number is at most this long: sign, 19 digits, point, decimals. */
+/* A fixed number is at most this long: sign, 19 digits, point, 9 decimals (30), with
+ * room to spare. */
 #define FIXED_MAX (24 + 18)
 
 /* -- one side of the book ------------------------------------------------------------ */
@@ -243,7 +246,8 @@ typedef struct {
     PyObject_HEAD
     mt_t mt;
     side_t bids, asks; /* both ascending by price */
-    int64_t best_bid, best_ask, fair, step;
+    int64_t best_bid, best_ask, fair, fair_floor, step;
+    int initialized; /* __init__ succeeded: every method needs it */
     int64_t pscale, qscale;
     int pdec, qdec;
     /* Narrow tables: ten flows' worth stay in the L2 cache (lookups are random). */
@@ -303,6 +307,14 @@ static int Flow_init(FlowObject *self, PyObject *args, PyObject *kwds) {
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OLiiOOOSS", kwlist, &seed, &mid,
                                      &pdec, &qdec, &sizes, &add, &cancel, &book_ch, &trades_ch))
         return -1;
+    if (self->initialized) {
+        PyErr_SetString(PyExc_RuntimeError, "a Flow is initialized once");
+        return -1;
+    }
+    if (mid <= 2 || mid > ((long long)1 << 52)) {
+        PyErr_SetString(PyExc_ValueError, "mid must be within 3..2**52 ticks");
+        return -1;
+    }
     if (pdec < 1 || pdec > 9 || qdec < 1 || qdec > 9) {
         PyErr_SetString(PyExc_ValueError, "decimals must be within 1..9");
         return -1;
@@ -321,27 +333,33 @@ static int Flow_init(FlowObject *self, PyObject *args, PyObject *kwds) {
     uint32_t key[64];
     for (Py_ssize_t i = 0; i < words; i++) {
         unsigned long w = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(fast, i));
-        if (w == (unsigned long)-1 && PyErr_Occurred()) {
+        if ((w == (unsigned long)-1 && PyErr_Occurred()) || w > 0xffffffffUL) {
             Py_DECREF(fast);
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "seed words must be 32-bit");
             return -1;
         }
         key[i] = (uint32_t)w;
     }
     Py_DECREF(fast);
     mt_init_by_array(&self->mt, key, (size_t)words);
-    int64_t wide[TABLE];
-    if (load_table(sizes, wide, INT32_MAX, "sizes") < 0)
+    int64_t *wide = PyMem_Malloc(TABLE * sizeof(int64_t));
+    if (wide == NULL) {
+        PyErr_NoMemory();
         return -1;
-    for (int i = 0; i < TABLE; i++)
+    }
+    int loaded = load_table(sizes, wide, INT32_MAX, "sizes") == 0;
+    for (int i = 0; loaded && i < TABLE; i++)
         self->sizes[i] = (int32_t)wide[i];
-    if (load_table(add, wide, INT16_MAX, "add_table") < 0)
-        return -1;
-    for (int i = 0; i < TABLE; i++)
+    loaded = loaded && load_table(add, wide, INT16_MAX, "add_table") == 0;
+    for (int i = 0; loaded && i < TABLE; i++)
         self->add_distance[i] = (int16_t)wide[i];
-    if (load_table(cancel, wide, INT16_MAX, "cancel_table") < 0)
-        return -1;
-    for (int i = 0; i < TABLE; i++)
+    loaded = loaded && load_table(cancel, wide, INT16_MAX, "cancel_table") == 0;
+    for (int i = 0; loaded && i < TABLE; i++)
         self->cancel_distance[i] = (int16_t)wide[i];
+    PyMem_Free(wide);
+    if (!loaded)
+        return -1;
     self->pdec = pdec;
     self->qdec = qdec;
     self->pscale = 1;
@@ -355,6 +373,9 @@ static int Flow_init(FlowObject *self, PyObject *args, PyObject *kwds) {
     self->best_bid = mid - 1;
     self->best_ask = mid + 1;
     self->fair = mid;
+    /* simulator.SymbolFlow.fair_floor: new orders rest at most 120 ticks (the distance
+     * tables' cap) below the fair price, so a floor above that keeps prices positive. */
+    self->fair_floor = mid / 2 > FAIR_FLOOR_MIN ? mid / 2 : FAIR_FLOOR_MIN;
     self->book_seq = self->trade_seq = 0;
     self->trade_count = self->volume = 0;
     self->open_px = self->high_px = self->low_px = self->last_px = 0;
@@ -364,7 +385,15 @@ static int Flow_init(FlowObject *self, PyObject *args, PyObject *kwds) {
     Py_XSETREF(self->book_ch, book_ch);
     Py_INCREF(trades_ch);
     Py_XSETREF(self->trades_ch, trades_ch);
+    self->initialized = 1;
     return 0;
+}
+
+static int check_initialized(FlowObject *self) {
+    if (self->initialized)
+        return 0;
+    PyErr_SetString(PyExc_RuntimeError, "Flow.__init__ was not called (or failed)");
+    return -1;
 }
 
 static void Flow_dealloc(FlowObject *self) {
@@ -459,7 +488,7 @@ static int flow_run(FlowObject *self, int64_t n, int64_t ts) {
         }
         if (r < 0.5) {
             if (u < 0.02)
-                fair += u < 0.01 ? 1 : -1;
+                fair += u < 0.01 || fair <= self->fair_floor ? 1 : -1;
             int64_t d = TABLE_PICK(self->add_distance, mt_random(mt));
             int64_t lots = TABLE_PICK(self->sizes, mt_random(mt));
             side_t *book;
@@ -666,7 +695,7 @@ static void batch_reset(FlowObject *self, int64_t ts) {
 
 static PyObject *Flow_run(FlowObject *self, PyObject *args) {
     long long n, ts;
-    if (!PyArg_ParseTuple(args, "LL", &n, &ts))
+    if (check_initialized(self) < 0 || !PyArg_ParseTuple(args, "LL", &n, &ts))
         return NULL;
     int64_t prev_book = self->book_seq, prev_trade = self->trade_seq;
     batch_reset(self, ts);
@@ -680,7 +709,7 @@ static PyObject *Flow_run(FlowObject *self, PyObject *args) {
 /* SymbolFlow.seed_book: START_LEVELS levels a side around the mid, as one batch. */
 static PyObject *Flow_seed(FlowObject *self, PyObject *args) {
     long long ts;
-    if (!PyArg_ParseTuple(args, "L", &ts))
+    if (check_initialized(self) < 0 || !PyArg_ParseTuple(args, "L", &ts))
         return NULL;
     if (self->bids.n || self->asks.n) {
         PyErr_SetString(PyExc_RuntimeError, "the book is already seeded");
@@ -732,6 +761,8 @@ static PyObject *volume_str(FlowObject *self) {
  * volume, trade_count, last_ts); levels best first, trades oldest first as
  * (id, price, qty, side, ts). */
 static PyObject *Flow_export(FlowObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (check_initialized(self) < 0)
+        return NULL;
     PyObject *bids = PyList_New(self->bids.n), *asks = PyList_New(self->asks.n);
     PyObject *trades = PyList_New(self->recent_n);
     if (bids == NULL || asks == NULL || trades == NULL)
@@ -774,6 +805,8 @@ fail:
 /* The ticker's fields: (ts, bid, bid_qty, ask, ask_qty, last, open, high, low, volume,
  * trades); a side's two fields None when it is empty. */
 static PyObject *Flow_ticker(FlowObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (check_initialized(self) < 0)
+        return NULL;
     PyObject *bid, *bid_qty, *ask, *ask_qty;
     if (self->bids.n) {
         int i = self->bids.n - 1;
@@ -800,7 +833,7 @@ static PyObject *Flow_ticker(FlowObject *self, PyObject *Py_UNUSED(ignored)) {
 static PyObject *Flow_rests(FlowObject *self, PyObject *args) {
     int bid;
     long long px;
-    if (!PyArg_ParseTuple(args, "pL", &bid, &px))
+    if (check_initialized(self) < 0 || !PyArg_ParseTuple(args, "pL", &bid, &px))
         return NULL;
     return PyBool_FromLong(side_find(bid ? &self->bids : &self->asks, px) >= 0);
 }

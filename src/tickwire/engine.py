@@ -185,6 +185,10 @@ class SymbolState:
             self.settle()
         return self._book
 
+    def settled_depth(self) -> tuple[int, int]:
+        """The book's ``(bids, asks)`` level counts as last settled (nothing applied)."""
+        return self._book.depth()
+
     def settle(self) -> None:
         """Apply what was deferred, so the book and statistics match the seqs.
 

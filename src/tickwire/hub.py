@@ -1036,7 +1036,9 @@ class Hub:
         for u in updates:
             n += 1
             touched[(u.side, u.price)] = (n, u)
-        bids, asks = ch.state.book.depth()
+        # The depth as last settled: settling here, per batch, would apply (or load)
+        # what a relaying hub defers, for a threshold that needs no precision.
+        bids, asks = ch.state.settled_depth()
         if len(touched) > max(64, bids + asks):
             # More levels changed than the book holds: a snapshot is the smaller
             # catch-up for everyone lagging now; start over for later laggards.

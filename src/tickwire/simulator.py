@@ -147,6 +147,9 @@ class SymbolFlow:
         self.fair = self.mid0
         # Updates generated beyond what was due (events are never split).
         self.excess = 0
+        #: The fair price reflects here: half the starting mid, and more than the
+        #: distance tables' cap (120 ticks) above zero, so every price stays positive.
+        self.fair_floor = max(self.mid0 // 2, 256)
         #: The compiled core generating in this flow's place (None: this flow does).
         self.core: _market.Flow | None = None
 
@@ -242,6 +245,7 @@ class SymbolFlow:
         sizes, step, max_levels = self.sizes, self.step, self.MAX_LEVELS
         pstr, qstr, price, qty = self._pstr, self._qstr, self.price, self.qty
         add_distance, cancel_distance = _ADD_DISTANCE, _CANCEL_DISTANCE
+        fair_floor = self.fair_floor
         append = updates.append
         side: Side
         while len(updates) < n:
@@ -272,9 +276,12 @@ class SymbolFlow:
                 r = 0.0  # fall through to a new limit order
             if r < 0.5:
                 # Limit order around the latent fair price, which random-walks a tick now
-                # and then, so a spread opened by a sweep refills from the inside.
+                # and then, so a spread opened by a sweep refills from the inside. It
+                # reflects at fair_floor: prices stay positive however long the market
+                # runs (at 20,000 updates/s a walk from 50.00 would otherwise reach 0
+                # within days).
                 if u < 0.02:
-                    fair += 1 if u < 0.01 else -1
+                    fair += 1 if u < 0.01 or fair <= fair_floor else -1
                 d = add_distance[int(rnd() * _TABLE)]
                 lots = sizes[int(rnd() * _TABLE)]
                 if is_bid:
@@ -369,8 +376,14 @@ class CoreBatch:
         """Decode the trades, without their ids (from the ``trades`` message)."""
         return trade_tuples(self.trades_json)
 
-    def leader_ticker(self) -> Ticker:
-        """The symbol's ticker after this batch (its ``ch`` and seqs left empty)."""
+    def leader_ticker(self) -> Ticker | None:
+        """The symbol's ticker after this batch (its ``ch`` and seqs left empty).
+
+        None once the core has generated past this batch: its state is no longer the
+        batch's (the engine then settles and builds the ticker itself).
+        """
+        if self.core.seqs != (self.book, self.trade):
+            return None
         return Ticker("", 0, 0, *self.core.ticker())
 
 
@@ -622,6 +635,8 @@ class MarketSimulator:
         Raises:
             ConfigError: the core is not built.
         """
+        if self.cores is not None:
+            raise ConfigError("the compiled cores are in use already")
         self.cores = [flow.compiled() for flow in self.flows]
         for flow, core in zip(self.flows, self.cores, strict=True):
             flow.core = core

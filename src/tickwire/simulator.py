@@ -2,10 +2,10 @@
 
 Each symbol has a limit order book kept in integer ticks and lots. Events are drawn from
 a seeded :class:`random.Random`: limit orders resting around a latent fair price that
-random-walks (50%), cancels near the touch, mostly partial (40%), and market orders that
-sweep one or more levels and print trades (10%). The touch moves because it is consumed
-and refilled, and because the fair price drifts. The book is held to a bounded depth by
-deleting the levels that fall furthest from the touch.
+random-walks above a floor (50%), cancels near the touch, mostly partial (40%), and
+market orders that sweep one or more levels and print trades (10%). The touch moves
+because it is consumed and refilled, and because the fair price drifts. The book is held
+to a bounded depth by deleting the levels that fall furthest from the touch.
 
 Synthetic accounts (:class:`SyntheticAccounts`) give a few users orders that rest in and
 trade against this book, for the private ``orders.<USER>`` channels. They look at each

@@ -588,6 +588,17 @@ static uint32_t flow_checksum(FlowObject *self) {
     return crc32_of(tmp, b.len);
 }
 
+/* A message's head: {"type":"<kind>","ch":<ch>,"seq":<seq>,"prev_seq":<prev> (the caller
+ * reserved room for it: at most 81 bytes beyond the channel name). */
+static void put_head(buf_t *b, const char *opening, PyObject *ch, int64_t seq, int64_t prev) {
+    put(b, opening, strlen(opening));
+    put(b, PyBytes_AS_STRING(ch), (size_t)PyBytes_GET_SIZE(ch));
+    PUT_LITERAL(b, ",\"seq\":");
+    put_i64(b, seq);
+    PUT_LITERAL(b, ",\"prev_seq\":");
+    put_i64(b, prev);
+}
+
 /* Number the batch's trades, update the statistics, encode the "trades" message. */
 static PyObject *flow_trades(FlowObject *self) {
     if (self->batch_trades_n == 0)
@@ -616,12 +627,7 @@ static PyObject *flow_trades(FlowObject *self) {
     size_t ch_len = (size_t)PyBytes_GET_SIZE(self->trades_ch);
     if (buf_reserve(b, 96 + ch_len + (size_t)self->batch_trades_n * (96 + 2 * FIXED_MAX)) < 0)
         return NULL;
-    PUT_LITERAL(b, "{\"type\":\"trades\",\"ch\":");
-    put(b, PyBytes_AS_STRING(self->trades_ch), ch_len);
-    PUT_LITERAL(b, ",\"seq\":");
-    put_i64(b, self->trade_seq);
-    PUT_LITERAL(b, ",\"prev_seq\":");
-    put_i64(b, prev);
+    put_head(b, "{\"type\":\"trades\",\"ch\":", self->trades_ch, self->trade_seq, prev);
     PUT_LITERAL(b, ",\"trades\":[");
     for (int k = 0; k < self->batch_trades_n; k++) {
         trade_t *t = &self->batch_trades[k];
@@ -657,12 +663,7 @@ static PyObject *flow_batch(FlowObject *self, int64_t prev_book, int64_t prev_tr
         size_t ch_len = (size_t)PyBytes_GET_SIZE(self->book_ch);
         if (buf_reserve(b, 128 + ch_len + self->updates.len) < 0)
             return NULL;
-        PUT_LITERAL(b, "{\"type\":\"delta\",\"ch\":");
-        put(b, PyBytes_AS_STRING(self->book_ch), ch_len);
-        PUT_LITERAL(b, ",\"seq\":");
-        put_i64(b, self->book_seq);
-        PUT_LITERAL(b, ",\"prev_seq\":");
-        put_i64(b, prev_book);
+        put_head(b, "{\"type\":\"delta\",\"ch\":", self->book_ch, self->book_seq, prev_book);
         PUT_LITERAL(b, ",\"checksum\":");
         put_u64(b, flow_checksum(self));
         PUT_LITERAL(b, ",\"updates\":[");

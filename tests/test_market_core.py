@@ -85,7 +85,7 @@ def run_both(
         if i % 97 == 0:
             assert core_state(symbol, core, "e1") == engine.export(symbol)
             ticker = engine.symbols[symbol].ticker("", 0, 0)
-            assert CoreBatch(symbol, core, got).leader_ticker() == ticker
+            assert CoreBatch(symbol, core, got, ts).leader_ticker() == ticker
             checked += 1
     assert core.seqs == (engine.symbols[symbol].book_seq, engine.symbols[symbol].trade_seq)
     if mid is not None:

@@ -352,13 +352,19 @@ class CoreBatch:
         "book_json",
         "trades_json",
         "core",
+        "ts",
     )
 
     def __init__(
-        self, symbol: str, core: _market.Flow, batch: tuple[int, int, int, int, bytes, bytes]
+        self,
+        symbol: str,
+        core: _market.Flow,
+        batch: tuple[int, int, int, int, bytes, bytes],
+        ts: int,
     ) -> None:
         self.symbol = symbol
         self.core = core
+        self.ts = ts
         (
             self.prev_book,
             self.book,
@@ -375,6 +381,14 @@ class CoreBatch:
     def raw_trades(self) -> list[RawTrade]:
         """Decode the trades, without their ids (from the ``trades`` message)."""
         return trade_tuples(self.trades_json)
+
+    def event_time(self) -> int:
+        """The batch's event time (every update of a batch has the same ``ts``)."""
+        return self.ts
+
+    def size(self) -> int:
+        """Book updates in the batch."""
+        return self.book - self.prev_book
 
     def leader_ticker(self) -> Ticker | None:
         """The symbol's ticker after this batch (its ``ch`` and seqs left empty).
@@ -657,7 +671,7 @@ class MarketSimulator:
         assert self.cores is not None, "use_core() first"
         ts = self.clock()
         return [
-            CoreBatch(flow.symbol, core, core.seed(ts))
+            CoreBatch(flow.symbol, core, core.seed(ts), ts)
             for flow, core in zip(self.flows, self.cores, strict=True)
         ]
 
@@ -731,7 +745,8 @@ class MarketSimulator:
             if target <= 0:
                 flow.excess = -target
                 continue
-            batch = CoreBatch(flow.symbol, core, core.run(target, clock()))
+            ts = clock()
+            batch = CoreBatch(flow.symbol, core, core.run(target, ts), ts)
             made = batch.book - batch.prev_book
             flow.excess = made - target
             self.generated += made

@@ -509,14 +509,14 @@ class Gateway:
                 # A clock pass that overran is write-bound: space the next one as a
                 # relayed pass would be (the loop adds one period to the deadline).
                 deadline = now + spacing(end - now, tick) - tick
-            if hub.first_relayed is not None:
-                if first is None:
-                    first = hub.first_relayed.book_updates()
-                hub.first_relayed = None
-            if first and hub.frames_out != frames:
+            relayed = hub.first_relayed
+            if first is not None and hub.frames_out != frames:
                 record(now - target, time_ns() - first[0].ts, len(first) if batched else 1)
+            elif relayed is not None and hub.frames_out != frames:
+                record(now - target, time_ns() - relayed.event_time(), relayed.size())
             else:
                 record(now - target, -1, 0)
+            hub.first_relayed = None
             if paused:
                 self._check_paused(now)
             if now >= next_sweep:

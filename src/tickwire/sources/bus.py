@@ -120,6 +120,15 @@ class BusBatch(msgspec.Struct, array_like=True, tag="b", frozen=True, gc=False):
         """Decode the trades, without their ids (from the ``trades`` message)."""
         return trade_tuples(self.trades_json)
 
+    def event_time(self) -> int:
+        """The first book update's ``ts`` (0: none); decodes the updates."""
+        updates = self.book_updates()
+        return updates[0].ts if updates else 0
+
+    def size(self) -> int:
+        """Book updates in the batch."""
+        return self.book - self.prev_book
+
     def leader_ticker(self) -> Ticker | None:
         """Decode the publisher's ticker after this batch (None: it sent none)."""
         ticker: Ticker | None = _ticker_decoder.decode(self.ticker)

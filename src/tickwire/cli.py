@@ -392,7 +392,11 @@ def _serve(args: argparse.Namespace) -> int:
     async def run() -> None:
         gateway = Gateway(config)
         await gateway.start()
-        feed = f"at {config.rate:g} updates/s each" if config.source == "sim" else config.source
+        feed = config.source
+        if config.source == "sim":
+            core = gateway.source.stats().get("core") == "c"
+            market = "compiled market" if core else "Python market"
+            feed = f"at {config.rate:g} updates/s each ({market})"
         print(
             f"tickwire: serving {len(config.symbols)} symbols {feed} "
             f"on {'wss' if config.tls_cert else 'ws'}://{config.host}:{gateway.port}/ws "

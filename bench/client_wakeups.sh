@@ -18,7 +18,7 @@ measure() {
 sleep 1.5; P=$(pgrep -f "picows_preframed.py --port 9393")
 echo "picows (client over 4 s):"; measure 9393 '{"op":"subscribe","ch":"book.SYM{i}"}' $P
 kill $P
-taskset -c 0 .venv/bin/tickwire serve --port 9394 --symbols 10 --rate 20000 --batch-ms 1.6 --max-seconds 20 >/dev/null 2>&1 &
+taskset -c 0 .venv/bin/tickwire serve --port 9394 --symbols 10 --rate 20000 $TW_ARGS --max-seconds 20 >/dev/null 2>&1 &
 T=$!; sleep 1.5
 echo "tickwire_t16 (client over 4 s):"; measure 9394 '{"op":"subscribe","channels":["book.SYM{i}"]}' $T
 kill $T

@@ -178,11 +178,15 @@ def test_gateway_follows_the_core_without_applying_updates() -> None:
     assert source.stats()["core"] == "c"
 
 
-@pytest.mark.parametrize("core", ["c", "python"])
+@pytest.mark.parametrize(
+    ("core", "pacing"), [("c", "pause"), ("c", "clock"), ("python", "pause"), ("python", "clock")]
+)
 def test_real_gateway_serves_verified_books_from_either_market(
-    server_factory: Callable[..., ServerProcess], core: str
+    server_factory: Callable[..., ServerProcess], core: str, pacing: str
 ) -> None:
-    srv = server_factory("--symbols", "A,B", "--rate", "2000", "--market-core", core)
+    srv = server_factory(
+        "--symbols", "A,B", "--rate", "2000", "--market-core", core, "--tick-pacing", pacing
+    )
 
     async def run() -> None:
         channels = ["book.A", "trades.A", "ticker.A", "book.B"]
@@ -199,6 +203,7 @@ def test_real_gateway_serves_verified_books_from_either_market(
     asyncio.run(run())
     stats = srv.stop()
     assert stats is not None and stats["source"]["core"] == core
+    assert stats["ticks"]["pacing"] == pacing and stats["ticks"]["passes"] > 0
 
 
 @settings(max_examples=25, deadline=None)

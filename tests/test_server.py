@@ -400,6 +400,32 @@ def test_loop_teardown_abandons_a_task_that_swallows_its_cancel() -> None:
     assert results == ["done"] and not runner.is_alive()
 
 
+def test_paused_clock_passes_wait_a_period_after_the_pass_ends() -> None:
+    from tickwire.pacing import MAX_PASS_SHARE, next_clock_pass
+
+    # A 0.4 ms pass at a 1 ms period: "pause" starts the next one 1 ms after it ended,
+    # "clock" 1 ms after it began. An overrun is spaced either way (the longer of the two).
+    assert next_clock_pass(10.0, 10.0004, 0.001, pause=True) == pytest.approx(10.0014)
+    assert next_clock_pass(10.0, 10.0004, 0.001, pause=False) == pytest.approx(10.001)
+    assert next_clock_pass(10.0, 10.005, 0.001, pause=False) == pytest.approx(
+        10.0 + 0.005 / MAX_PASS_SHARE
+    )
+    assert next_clock_pass(10.0, 10.005, 0.001, pause=True) == pytest.approx(
+        10.0 + 0.005 / MAX_PASS_SHARE
+    )
+    # Past the spacing cap a clock pass follows at once; a paused one still waits.
+    assert next_clock_pass(10.0, 11.0, 0.001, pause=False) == pytest.approx(10.01)
+    assert next_clock_pass(10.0, 11.0, 0.001, pause=True) == pytest.approx(11.001)
+
+
+def test_bad_tick_pacing_is_a_config_error() -> None:
+    from tickwire.exceptions import ConfigError
+    from tickwire.server import GatewayConfig
+
+    with pytest.raises(ConfigError, match="--tick-pacing"):
+        GatewayConfig(tick_pacing="sometimes")
+
+
 def test_clock_passes_that_overrun_are_spaced_like_relayed_ones() -> None:
     from tickwire.pacing import MAX_PASS_SHARE, MAX_SPACING_TICKS, spacing
 

@@ -70,6 +70,13 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="tick: a channel's updates within it share one frame (0: one each)",
     )
     p.add_argument(
+        "--tick-pacing",
+        choices=("pause", "clock"),
+        default="pause",
+        help="pause: wait --batch-ms after each pass (passes stretch with the work, "
+        "writes get fewer under load); clock: start a pass every --batch-ms",
+    )
+    p.add_argument(
         "--history-mb", type=float, default=2.0, help="resume history kept per channel, in MiB"
     )
     p.add_argument(
@@ -357,6 +364,7 @@ def _serve(args: argparse.Namespace) -> int:
         seed=args.seed,
         market_core=args.market_core,
         batch_ms=args.batch_ms,
+        tick_pacing=args.tick_pacing,
         history_bytes=int(args.history_mb * (1 << 20)),
         heartbeat_s=args.heartbeat,
         ping_interval_s=args.ping_interval,

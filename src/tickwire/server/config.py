@@ -27,6 +27,9 @@ class GatewayConfig:
     seed: int = 1
     market_core: str = "auto"
     batch_ms: float = 1.0
+    # "pause": wait batch_ms after each clock pass ends (the peers' ``sleep(tick)``
+    # loop); "clock": passes start batch_ms apart, however long each took.
+    tick_pacing: str = "pause"
     history_bytes: int = 2 << 20
     heartbeat_s: float = 1.0
     ping_interval_s: float = 20.0
@@ -89,6 +92,8 @@ class GatewayConfig:
             raise ConfigError("--max-buffer-kb must be at least --high-watermark-kb")
         if self.max_total_buffer_bytes < self.max_buffer_bytes:
             raise ConfigError("--max-total-buffer-mb must be at least --max-buffer-kb")
+        if self.tick_pacing not in ("pause", "clock"):
+            raise ConfigError("--tick-pacing is pause or clock")
         if self.stall_timeout_s <= 0:
             raise ConfigError("--stall-timeout must be positive")
         if self.sndbuf_bytes < 0:

@@ -47,7 +47,7 @@ from ..engine import Engine
 from ..exceptions import AuthError, ConfigError, RequestError
 from ..hotpath import relax_gc
 from ..hub import Channel, Hub
-from ..pacing import ArrivalPacing, spacing
+from ..pacing import ArrivalPacing, next_clock_pass
 from ..protocol import (
     PRIVATE_KINDS,
     Ack,
@@ -453,10 +453,14 @@ class Gateway:
         batched = hub.batch
         wait = self._wait_for_tick
         pacing = ArrivalPacing(tick)
+        pause = self.config.tick_pacing == "pause"
         while True:
-            # Sleep to a deadline, not for a fixed time: the period stays one tick however
-            # long the work took, so batches (and latency) do not stretch under load. A
-            # tick that is late by more than one period is not made up. A push source
+            # Clock passes (the embedded market) either follow a pause of one tick after
+            # the previous pass ends ("pause", as the peers' ``sleep(tick)`` loops do: a
+            # longer pass means a longer batch and fewer writes; on uvloop's millisecond
+            # timer 1 ms comes to a 1.5-1.7 ms period) or start one tick apart however
+            # long the work took ("clock": 1,000 writes per subscriber per second at
+            # 1 ms, a tick late by more than one period is not made up). A push source
             # (the bus) ends the wait when its data arrives: that data is relayed at
             # once, paced by ArrivalPacing (at most one relayed write per subscriber
             # per period; the clock quiet while data flows -- an empty pass in
@@ -505,10 +509,10 @@ class Gateway:
             end = monotonic()
             if arrived:
                 deadline = pacing.passed(now, end)
-            elif end - now > tick:
-                # A clock pass that overran is write-bound: space the next one as a
-                # relayed pass would be (the loop adds one period to the deadline).
-                deadline = now + spacing(end - now, tick) - tick
+            elif pause or end - now > tick:
+                # Pause after the pass; or it overran, is write-bound, and the next one
+                # is spaced as a relayed pass would be (the loop adds one period).
+                deadline = next_clock_pass(now, end, tick, pause) - tick
             relayed = hub.first_relayed
             if first is not None and hub.frames_out != frames:
                 record(now - target, time_ns() - first[0].ts, len(first) if batched else 1)
@@ -574,6 +578,11 @@ class Gateway:
             "skipped": self.source.skipped,
             "gen_per_s": round(self.source.generated / max(elapsed, 1e-9), 1),
             "source": self.source.stats(),
+            "ticks": {
+                "pacing": self.config.tick_pacing,
+                "passes": self.tick_stats.ticks,
+                "per_s": round(self.tick_stats.ticks / max(elapsed, 1e-9), 1),
+            },
             "restores": hub.restores,
             "messages_built": hub.messages_built,
             "frames_out": hub.frames_out,

@@ -69,13 +69,7 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=1.0,
         help="tick: a channel's updates within it share one frame (0: one each)",
     )
-    p.add_argument(
-        "--tick-pacing",
-        choices=("pause", "clock"),
-        default="pause",
-        help="pause: wait --batch-ms after each pass (passes stretch with the work, "
-        "writes get fewer under load); clock: start a pass every --batch-ms",
-    )
+    _tick_pacing_argument(p, "--batch-ms")
     p.add_argument(
         "--history-mb", type=float, default=2.0, help="resume history kept per channel, in MiB"
     )
@@ -473,11 +467,23 @@ def _publish_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _replay_speed_argument(p)
     p.add_argument("--bus-prefix", default="tickwire", help="NATS subject prefix")
     p.add_argument("--tick-ms", type=float, default=1.0, help="batching period per symbol")
+    _tick_pacing_argument(p, "--tick-ms")
     p.add_argument("--burst-every", type=float, default=0.0, help="seconds between bursts")
     p.add_argument("--burst-factor", type=float, default=10.0, help="rate multiplier in a burst")
     p.add_argument("--burst-seconds", type=float, default=2.0, help="length of a burst")
     p.add_argument("--max-seconds", type=float, default=0.0, help="exit after this long")
     p.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING or ERROR")
+
+
+def _tick_pacing_argument(p: argparse.ArgumentParser, period: str) -> None:
+    p.add_argument(
+        "--tick-pacing",
+        choices=("pause", "clock"),
+        default="pause",
+        help=f"pause: wait {period} after each pass, as the peer servers' sleep loops do "
+        f"(passes stretch with the work, so writes get fewer under load); clock: start "
+        f"a pass every {period}, however long the last one took",
+    )
 
 
 def _market_core_argument(p: argparse.ArgumentParser) -> None:
@@ -519,6 +525,7 @@ def _publish(args: argparse.Namespace) -> int:
         source,
         prefix=args.bus_prefix,
         tick_ms=args.tick_ms,
+        tick_pacing=args.tick_pacing,
         max_seconds=args.max_seconds,
     )
 

@@ -38,6 +38,7 @@ from nats.aio.msg import Msg
 from .engine import Engine, LeaderBatch, StateSnapshot
 from .exceptions import ConfigError
 from .hotpath import relax_gc
+from .pacing import next_clock_pass
 from .protocol import BookUpdate
 from .sources import RawTrade, Source
 from .sources.bus import (
@@ -152,6 +153,8 @@ class Publisher:
         source: the market source (simulator or replay).
         prefix: subject prefix.
         tick_ms: batching period; one bus message per symbol per tick at most.
+        tick_pacing: ``"pause"`` waits ``tick_ms`` after each pass, ``"clock"`` starts
+            one every ``tick_ms`` (``tickwire.pacing.next_clock_pass``).
         max_seconds: exit by itself after this long (0: never).
     """
 
@@ -163,12 +166,16 @@ class Publisher:
         *,
         prefix: str = "tickwire",
         tick_ms: float = 1.0,
+        tick_pacing: str = "pause",
         max_seconds: float = 0.0,
     ) -> None:
+        if tick_pacing not in ("pause", "clock"):
+            raise ConfigError("--tick-pacing is pause or clock")
         self.url = url
         self.source = source
         self.prefix = prefix
         self.tick = max(tick_ms, 0.1) / 1000.0
+        self.pause = tick_pacing == "pause"
         self.max_seconds = max_seconds
         self.engine = Engine(symbols)
         self.sink = BusSink(self.engine, prefix)
@@ -273,6 +280,7 @@ class Publisher:
         publish = sink.publish
         monotonic = time.monotonic
         tick = self.tick
+        pause = self.pause
         subject = md_subject(self.prefix, TICK_SUBJECT)
         deadline = next_hb = next_state = monotonic()
         symbols = list(self.engine.symbols)
@@ -312,3 +320,6 @@ class Publisher:
                     self.bytes += len(payload)
                     if stopping.is_set():
                         return
+            if pause:
+                # The next pass waits a tick after this one ended (as the gateway's).
+                deadline = next_clock_pass(now, monotonic(), tick, True) - tick

@@ -108,21 +108,37 @@ static double mt_random(mt_t *mt) {
 
 /* -- CRC32 (zlib's polynomial; the book checksum) -------------------------------------- */
 
-static uint32_t crc_table[256];
+/* Slicing-by-8 tables: crc_table[0] is the classic byte table; table k advances a byte
+ * by k more zero bytes, so eight input bytes take eight lookups and no dependent shifts. */
+static uint32_t crc_table[8][256];
 
 static void crc_init(void) {
     for (uint32_t n = 0; n < 256; n++) {
         uint32_t c = n;
         for (int k = 0; k < 8; k++)
             c = c & 1 ? 0xedb88320U ^ (c >> 1) : c >> 1;
-        crc_table[n] = c;
+        crc_table[0][n] = c;
     }
+    for (uint32_t n = 0; n < 256; n++)
+        for (int k = 1; k < 8; k++)
+            crc_table[k][n] = crc_table[0][crc_table[k - 1][n] & 0xff] ^ (crc_table[k - 1][n] >> 8);
 }
 
 static uint32_t crc32_of(const char *buf, size_t len) {
+    const uint8_t *p = (const uint8_t *)buf;
     uint32_t c = 0xffffffffU;
-    for (size_t i = 0; i < len; i++)
-        c = crc_table[(c ^ (uint8_t)buf[i]) & 0xff] ^ (c >> 8);
+    for (; len >= 8; len -= 8, p += 8) {
+        uint32_t lo = c ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+                           (uint32_t)p[3] << 24);
+        uint32_t hi = (uint32_t)p[4] | (uint32_t)p[5] << 8 | (uint32_t)p[6] << 16 |
+                      (uint32_t)p[7] << 24;
+        c = crc_table[7][lo & 0xff] ^ crc_table[6][(lo >> 8) & 0xff] ^
+            crc_table[5][(lo >> 16) & 0xff] ^ crc_table[4][lo >> 24] ^
+            crc_table[3][hi & 0xff] ^ crc_table[2][(hi >> 8) & 0xff] ^
+            crc_table[1][(hi >> 16) & 0xff] ^ crc_table[0][hi >> 24];
+    }
+    while (len--)
+        c = crc_table[0][(c ^ *p++) & 0xff] ^ (c >> 8);
     return c ^ 0xffffffffU;
 }
 
@@ -156,15 +172,35 @@ static inline void put(buf_t *b, const char *s, size_t n) {
     b->len += n;
 }
 
+static const char DIGIT_PAIRS[] = "00010203040506070809101112131415161718192021222324"
+                                  "25262728293031323334353637383940414243444546474849"
+                                  "50515253545556575859606162636465666768697071727374"
+                                  "75767778798081828384858687888990919293949596979899";
+
+/* Write v's decimal digits, two at a time, ending just before `end`; return where they
+ * start (prices, sizes and timestamps on every update). */
+static inline char *digits_u64(char *end, uint64_t v) {
+    while (v >= 100) {
+        unsigned i = (unsigned)(v % 100) * 2;
+        v /= 100;
+        *--end = DIGIT_PAIRS[i + 1];
+        *--end = DIGIT_PAIRS[i];
+    }
+    if (v >= 10) {
+        *--end = DIGIT_PAIRS[v * 2 + 1];
+        *--end = DIGIT_PAIRS[v * 2];
+    } else {
+        *--end = (char)('0' + v);
+    }
+    return end;
+}
+
 static inline void put_u64(buf_t *b, uint64_t v) {
     char tmp[24];
-    int n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n)
-        b->data[b->len++] = tmp[--n];
+    char *start = digits_u64(tmp + sizeof tmp, v);
+    size_t n = (size_t)(tmp + sizeof tmp - start);
+    memcpy(b->data + b->len, start, n);
+    b->len += n;
 }
 
 static inline void put_i64(buf_t *b, int64_t v) {
@@ -583,8 +619,14 @@ static int flow_run(FlowObject *self, int64_t n, int64_t ts) {
     return 0;
 }
 
-/* strip(x): the fixed form without "." and without leading "0"s (book.py). */
+/* strip(x): the fixed form without "." and without leading "0"s (book.py). For a
+ * positive value (every level of a book) and scale == 10**decimals, that is just the
+ * value's digits. */
 static void put_stripped(buf_t *b, int64_t value, int64_t scale, int decimals) {
+    if (value > 0) {
+        put_u64(b, (uint64_t)value);
+        return;
+    }
     char tmp[FIXED_MAX];
     buf_t t = {tmp, 0, sizeof tmp};
     put_fixed(&t, value, scale, decimals);

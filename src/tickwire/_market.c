@@ -195,11 +195,26 @@ static inline char *digits_u64(char *end, uint64_t v) {
     return end;
 }
 
+static inline size_t count_digits(uint64_t v) {
+    size_t n = 1;
+    for (;;) {
+        if (v < 10)
+            return n;
+        if (v < 100)
+            return n + 1;
+        if (v < 1000)
+            return n + 2;
+        if (v < 10000)
+            return n + 3;
+        v /= 10000;
+        n += 4;
+    }
+}
+
+/* In place: no copy (a libc memcpy call per number cost more than the digits). */
 static inline void put_u64(buf_t *b, uint64_t v) {
-    char tmp[24];
-    char *start = digits_u64(tmp + sizeof tmp, v);
-    size_t n = (size_t)(tmp + sizeof tmp - start);
-    memcpy(b->data + b->len, start, n);
+    size_t n = count_digits(v);
+    digits_u64(b->data + b->len + n, v);
     b->len += n;
 }
 

@@ -521,12 +521,66 @@ def test_a_publisher_paced_either_way_feeds_a_verified_relay(
 
 def test_publisher_refuses_an_unknown_tick_pacing() -> None:
     from tickwire.publisher import Publisher
-    from tickwire.simulator import MarketSimulator
     from tickwire.sources.simulated import SimulatorSource
 
     source = SimulatorSource(MarketSimulator(["A"], 100.0, seed=1))
     with pytest.raises(ConfigError, match="--tick-pacing"):
         Publisher("nats://127.0.0.1:1", ["A"], source, tick_pacing="often")
+
+
+class _StopLoop(Exception):
+    pass
+
+
+@pytest.mark.parametrize(("pacing", "gap"), [("pause", 0.001), ("clock", 0.0006)])
+def test_the_publisher_loop_waits_as_its_pacing_says(
+    monkeypatch: pytest.MonkeyPatch, pacing: str, gap: float
+) -> None:
+    # The publisher's own loop on a fake clock, a pass taking 0.4 ms: "pause" waits
+    # the whole 1 ms tick after it, "clock" the 0.6 ms left of the period.
+    from types import SimpleNamespace
+
+    from tickwire import publisher as publisher_module
+    from tickwire.publisher import Publisher
+    from tickwire.sources.simulated import SimulatorSource
+
+    clock = [100.0]
+    sleeps: list[float] = []
+    source = SimulatorSource(MarketSimulator(["A"], 1000.0, seed=1))
+    pub = Publisher("nats://127.0.0.1:1", ["A"], source, tick_pacing=pacing)
+    published: list[bytes] = []
+
+    class FakeNats:
+        async def publish(self, subject: str, payload: bytes) -> None:
+            published.append(payload)
+
+    async def sleep(delay: float) -> None:
+        sleeps.append(delay)
+        clock[0] += delay
+        if len(sleeps) == 8:
+            raise _StopLoop
+
+    async def run() -> None:
+        await source.start(pub.sink)
+        poll = source.poll
+
+        def slow_poll(now: float) -> Any:
+            clock[0] += 0.0004
+            return poll(now)
+
+        monkeypatch.setattr(source, "poll", slow_poll)
+        monkeypatch.setattr(
+            publisher_module,
+            "time",
+            SimpleNamespace(monotonic=lambda: clock[0], time=time.time, time_ns=time.time_ns),
+        )
+        monkeypatch.setattr(publisher_module, "asyncio", SimpleNamespace(sleep=sleep))
+        with pytest.raises(_StopLoop):
+            await pub._loop(FakeNats())
+
+    asyncio.run(run())
+    assert sleeps[1:] == pytest.approx([gap] * 7, abs=1e-9)
+    assert published  # the passes published bundles
 
 
 def test_two_gateways_on_one_bus_emit_identical_seqs_updates_and_checksums(

@@ -10,6 +10,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -405,8 +406,8 @@ def test_paused_clock_passes_wait_a_period_after_the_pass_ends() -> None:
 
     # A 0.4 ms pass at a 1 ms period: "pause" starts the next one 1 ms after it ended,
     # "clock" 1 ms after it began. An overrun is spaced either way (the longer of the two).
-    assert next_clock_pass(10.0, 10.0004, 0.001, pause=True) == pytest.approx(10.0014)
-    assert next_clock_pass(10.0, 10.0004, 0.001, pause=False) == pytest.approx(10.001)
+    assert next_clock_pass(10.0, 10.0004, 0.001, pause=True) == pytest.approx(10.0014, abs=1e-9)
+    assert next_clock_pass(10.0, 10.0004, 0.001, pause=False) == pytest.approx(10.001, abs=1e-9)
     assert next_clock_pass(10.0, 10.005, 0.001, pause=False) == pytest.approx(
         10.0 + 0.005 / MAX_PASS_SHARE
     )
@@ -416,6 +417,52 @@ def test_paused_clock_passes_wait_a_period_after_the_pass_ends() -> None:
     # Past the spacing cap a clock pass follows at once; a paused one still waits.
     assert next_clock_pass(10.0, 11.0, 0.001, pause=False) == pytest.approx(10.01)
     assert next_clock_pass(10.0, 11.0, 0.001, pause=True) == pytest.approx(11.001)
+
+
+class _StopLoop(Exception):
+    pass
+
+
+@pytest.mark.parametrize(("pacing", "gap"), [("pause", 0.001), ("clock", 0.0006)])
+def test_the_tick_loop_waits_as_its_pacing_says(
+    monkeypatch: pytest.MonkeyPatch, pacing: str, gap: float
+) -> None:
+    # The gateway's own loop on a fake clock: every pass takes 0.4 ms. "pause" then
+    # waits the whole 1 ms tick after it, "clock" the 0.6 ms left of the period.
+    from tickwire.server import Gateway, GatewayConfig
+    from tickwire.server import gateway as gateway_module
+
+    clock = [100.0]
+
+    fake_time = SimpleNamespace(monotonic=lambda: clock[0], time=time.time, time_ns=time.time_ns)
+    monkeypatch.setattr(gateway_module, "time", fake_time)
+    gw = Gateway(GatewayConfig(symbols=["A"], rate=1000.0, tick_pacing=pacing))
+    waits: list[float] = []
+
+    async def run() -> None:
+        await gw.source.start(gw.hub)
+        poll = gw.source.poll
+
+        def slow_poll(now: float) -> Any:
+            clock[0] += 0.0004
+            return poll(now)
+
+        async def wait(delay: float) -> bool:
+            waits.append(delay)
+            clock[0] += delay
+            if len(waits) == 8:
+                raise _StopLoop
+            return False
+
+        monkeypatch.setattr(gw.source, "poll", slow_poll)
+        monkeypatch.setattr(gw, "_wait_for_tick", wait)
+        with pytest.raises(_StopLoop):
+            await gw._tick_loop()
+
+    asyncio.run(run())
+    # The first wait is the loop's start; every later one follows a 0.4 ms pass.
+    assert waits[1:] == pytest.approx([gap] * 7, abs=1e-9)
+    assert gw.tick_stats.ticks == 7
 
 
 def test_bad_tick_pacing_is_a_config_error() -> None:

@@ -25,8 +25,9 @@ longer batch and the core keeps half its time for requests, handshakes and pings
 By default (``--tick-pacing pause``) a clock pass also waits one period after the
 previous one *ended* (:func:`next_clock_pass`), as the peer servers' ``sleep(tick)``
 loops do. Each subscriber write costs the kernel about the same whatever it carries, so
-the period a pass takes is write rate, hence CPU: at S1 a strict 1 ms clock wrote 1.6
-times as often as picows_preframed's loop and spent 1.6-1.8 times its CPU.
+how often passes run sets the write rate, hence the CPU: at S1 a strict 1 ms clock
+wrote 1.7 times as often as the pause does and spent 1.4 times its CPU
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations

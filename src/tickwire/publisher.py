@@ -38,7 +38,6 @@ from nats.aio.msg import Msg
 from .engine import Engine, LeaderBatch, StateSnapshot
 from .exceptions import ConfigError
 from .hotpath import relax_gc
-from .pacing import next_clock_pass
 from .protocol import BookUpdate
 from .sources import RawTrade, Source
 from .sources.bus import (
@@ -153,8 +152,8 @@ class Publisher:
         source: the market source (simulator or replay).
         prefix: subject prefix.
         tick_ms: batching period; one bus message per symbol per tick at most.
-        tick_pacing: ``"pause"`` waits ``tick_ms`` after each pass, ``"clock"`` starts
-            one every ``tick_ms`` (``tickwire.pacing.next_clock_pass``).
+        tick_pacing: ``"pause"`` waits ``tick_ms`` after each pass ends, ``"clock"``
+            starts one every ``tick_ms``.
         max_seconds: exit by itself after this long (0: never).
     """
 
@@ -321,5 +320,5 @@ class Publisher:
                     if stopping.is_set():
                         return
             if pause:
-                # The next pass waits a tick after this one ended (as the gateway's).
-                deadline = next_clock_pass(now, monotonic(), tick, True) - tick
+                # The next pass waits a tick after this one ended (the loop adds it).
+                deadline = monotonic()

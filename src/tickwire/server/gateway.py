@@ -457,8 +457,8 @@ class Gateway:
         while True:
             # Clock passes (the embedded market) either follow a pause of one tick after
             # the previous pass ends ("pause", as the peers' ``sleep(tick)`` loops do: a
-            # longer pass means a longer batch and fewer writes; on uvloop's millisecond
-            # timer 1 ms comes to a 1.5-1.7 ms period) or start one tick apart however
+            # longer pass means a longer batch and fewer writes; on uvloop 1 ms comes to
+            # a pass every 1.2 ms idle, 1.6-1.8 ms at S1) or start one tick apart however
             # long the work took ("clock": 1,000 writes per subscriber per second at
             # 1 ms, a tick late by more than one period is not made up). A push source
             # (the bus) ends the wait when its data arrives: that data is relayed at
@@ -506,13 +506,6 @@ class Gateway:
                     conn.write(b"".join(outbox) if len(outbox) > 1 else outbox[0])
                     outbox.clear()
             dirty.clear()
-            end = monotonic()
-            if arrived:
-                deadline = pacing.passed(now, end)
-            elif pause or end - now > tick:
-                # Pause after the pass; or it overran, is write-bound, and the next one
-                # is spaced as a relayed pass would be (the loop adds one period).
-                deadline = next_clock_pass(now, end, tick, pause) - tick
             relayed = hub.first_relayed
             if first is not None and hub.frames_out != frames:
                 record(now - target, time_ns() - first[0].ts, len(first) if batched else 1)
@@ -527,6 +520,14 @@ class Gateway:
                 self._sweep()
                 self._police()
                 next_sweep = now + 0.5
+            # The pass ends here, housekeeping included (a pause counts from after it).
+            end = monotonic()
+            if arrived:
+                deadline = pacing.passed(now, end)
+            elif pause or end - now > tick:
+                # Pause after the pass; or it overran, is write-bound, and the next one
+                # is spaced as a relayed pass would be (the loop adds one period).
+                deadline = next_clock_pass(now, end, tick, pause) - tick
 
     async def _wait_for_tick(self, delay: float) -> bool:
         """Sleep ``delay`` seconds; return True early if :meth:`_wake` was called."""

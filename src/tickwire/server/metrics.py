@@ -295,7 +295,7 @@ class GatewayCollector(Collector):
         )
         yield _histogram(
             "tickwire_event_loop_lag_seconds",
-            "Tick lateness against its deadline: event-loop lag or tick overrun.",
+            "How late each pass started against its deadline: event-loop lag.",
             ticks.loop_lag,
         )
         yield CounterMetricFamily("tickwire_ticks", "Ticks run.", float(ticks.ticks))

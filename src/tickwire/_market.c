@@ -19,7 +19,6 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -74,25 +73,36 @@ static void mt_init_by_array(mt_t *mt, const uint32_t *key, size_t len) {
     m[0] = 0x80000000U;
 }
 
-static uint32_t mt_next(mt_t *mt) {
+#if defined(__GNUC__)
+#define NOINLINE __attribute__((noinline))
+#else
+#define NOINLINE
+#endif
+
+/* Refill the state: once every MT_N draws, so kept out of line. */
+static NOINLINE void mt_twist(mt_t *mt) {
     static const uint32_t mag01[2] = {0x0U, 0x9908b0dfU};
     uint32_t *m = mt->state;
     uint32_t y;
-    if (mt->index >= MT_N) {
-        int kk;
-        for (kk = 0; kk < MT_N - MT_M; kk++) {
-            y = (m[kk] & 0x80000000U) | (m[kk + 1] & 0x7fffffffU);
-            m[kk] = m[kk + MT_M] ^ (y >> 1) ^ mag01[y & 0x1U];
-        }
-        for (; kk < MT_N - 1; kk++) {
-            y = (m[kk] & 0x80000000U) | (m[kk + 1] & 0x7fffffffU);
-            m[kk] = m[kk + (MT_M - MT_N)] ^ (y >> 1) ^ mag01[y & 0x1U];
-        }
-        y = (m[MT_N - 1] & 0x80000000U) | (m[0] & 0x7fffffffU);
-        m[MT_N - 1] = m[MT_M - 1] ^ (y >> 1) ^ mag01[y & 0x1U];
-        mt->index = 0;
+    int kk;
+    for (kk = 0; kk < MT_N - MT_M; kk++) {
+        y = (m[kk] & 0x80000000U) | (m[kk + 1] & 0x7fffffffU);
+        m[kk] = m[kk + MT_M] ^ (y >> 1) ^ mag01[y & 0x1U];
     }
-    y = m[mt->index++];
+    for (; kk < MT_N - 1; kk++) {
+        y = (m[kk] & 0x80000000U) | (m[kk + 1] & 0x7fffffffU);
+        m[kk] = m[kk + (MT_M - MT_N)] ^ (y >> 1) ^ mag01[y & 0x1U];
+    }
+    y = (m[MT_N - 1] & 0x80000000U) | (m[0] & 0x7fffffffU);
+    m[MT_N - 1] = m[MT_M - 1] ^ (y >> 1) ^ mag01[y & 0x1U];
+    mt->index = 0;
+}
+
+/* Inlined: eight or more draws per book update, each a few shifts. */
+static inline uint32_t mt_next(mt_t *mt) {
+    if (mt->index >= MT_N)
+        mt_twist(mt);
+    uint32_t y = mt->state[mt->index++];
     y ^= (y >> 11);
     y ^= (y << 7) & 0x9d2c5680U;
     y ^= (y << 15) & 0xefc60000U;
@@ -101,7 +111,7 @@ static uint32_t mt_next(mt_t *mt) {
 }
 
 /* random.random(): 53 random bits in [0, 1). */
-static double mt_random(mt_t *mt) {
+static inline double mt_random(mt_t *mt) {
     uint32_t a = mt_next(mt) >> 5, b = mt_next(mt) >> 6;
     return (a * 67108864.0 + b) * (1.0 / 9007199254740992.0);
 }
@@ -227,22 +237,37 @@ static inline void put_i64(buf_t *b, int64_t v) {
     }
 }
 
-/* Python's f"{q}.{r:0{decimals}d}" with q, r = divmod(value, scale) (floor division). */
+/* Python's f"{q}.{r:0{decimals}d}" with q, r = divmod(value, scale) (floor division);
+ * scale is 10**decimals (Flow_init checks 1 <= decimals <= 9). */
 static inline void put_fixed(buf_t *b, int64_t value, int64_t scale, int decimals) {
+    if (value >= 0) {
+        /* No division: the value's digits, at least decimals + 1 of them (zero-padded),
+         * written one place to the right; then the integer part moves back one place
+         * and the point goes between. */
+        uint64_t v = (uint64_t)value;
+        size_t n = count_digits(v), d = (size_t)decimals;
+        size_t width = n > d ? n : d + 1;
+        char *out = b->data + b->len;
+        char *first = digits_u64(out + 1 + width, v);
+        while (first > out + 1)
+            *--first = '0';
+        memmove(out, out + 1, width - d);
+        out[width - d] = '.';
+        b->len += width + 1;
+        return;
+    }
     int64_t q = value / scale, r = value % scale;
     if (r < 0) {
         r += scale;
         q -= 1;
     }
     put_i64(b, q);
-    if (decimals > 0) {
-        b->data[b->len++] = '.';
-        for (int i = decimals - 1; i >= 0; i--) {
-            b->data[b->len + i] = (char)('0' + r % 10);
-            r /= 10;
-        }
-        b->len += decimals;
+    b->data[b->len++] = '.';
+    for (int i = decimals - 1; i >= 0; i--) {
+        b->data[b->len + i] = (char)('0' + r % 10);
+        r /= 10;
     }
+    b->len += decimals;
 }
 
 /* A fixed number is at most this long: sign, 19 digits, point, 9 decimals (30), with
@@ -522,6 +547,11 @@ static int add_trade(FlowObject *self, int64_t px, int64_t lots, int buy, int64_
     return 0;
 }
 
+/* fmod(u, 0.5) for u in [0, 1), without a libm call: u - 0.5 is exact there. */
+static inline double half_frac(double u) {
+    return u < 0.5 ? u : u - 0.5;
+}
+
 /* One uniform draw picks a tabulated value (simulator._inverse_cdf_table). */
 #define TABLE_PICK(table, u) ((int64_t)(table)[(int)((u) * TABLE)])
 
@@ -542,7 +572,7 @@ static int flow_run(FlowObject *self, int64_t n, int64_t ts) {
             int i = side_find(book, px);
             if (i >= 0 && book->n > 5) {
                 int64_t lots = book->lots[i], left = 0;
-                if (fmod(u, 0.5) < 0.375)
+                if (half_frac(u) < 0.375)
                     left = ((int64_t)((double)lots * mt_random(mt)) / step) * step;
                 if (left <= 0) {
                     side_delete(book, i);
@@ -600,7 +630,7 @@ static int flow_run(FlowObject *self, int64_t n, int64_t ts) {
         /* Market order: sweep from the touch, one trade per level consumed. */
         int buy = is_bid;
         side_t *book = buy ? asks : bids;
-        int64_t want = TABLE_PICK(self->sizes, mt_random(mt)) * (fmod(u, 0.5) < 0.05 ? 5 : 1);
+        int64_t want = TABLE_PICK(self->sizes, mt_random(mt)) * (half_frac(u) < 0.05 ? 5 : 1);
         while (want > 0 && book->n > 5) {
             int64_t px = buy ? best_ask : best_bid;
             int i = side_find(book, px);

@@ -185,8 +185,9 @@ def test_real_gateway_serves_verified_books_from_either_market(
     server_factory: Callable[..., ServerProcess], core: str, pacing: str
 ) -> None:
     srv = server_factory(
-        "--symbols", "A,B", "--rate", "2000", "--market-core", core, "--tick-pacing", pacing
-    )
+        "--symbols", "A,B", "--rate", "2000", "--market-core", core, "--tick-pacing", pacing,
+        "--pass-share", "0.8",
+    )  # fmt: skip
 
     async def run() -> None:
         channels = ["book.A", "trades.A", "ticker.A", "book.B"]
@@ -204,6 +205,7 @@ def test_real_gateway_serves_verified_books_from_either_market(
     stats = srv.stop()
     assert stats is not None and stats["source"]["core"] == core
     assert stats["ticks"]["pacing"] == pacing and stats["ticks"]["passes"] > 0
+    assert stats["ticks"]["pass_share"] == 0.8
 
 
 @settings(max_examples=25, deadline=None)

@@ -417,18 +417,37 @@ def test_paused_clock_passes_wait_a_period_after_the_pass_ends() -> None:
     # Past the spacing cap a clock pass follows at once; a paused one still waits.
     assert next_clock_pass(10.0, 11.0, 0.001, pause=False) == pytest.approx(10.01)
     assert next_clock_pass(10.0, 11.0, 0.001, pause=True) == pytest.approx(11.001)
+    # --pass-share: a 1.5 ms pass may take 75% of the time (next start 2 ms after it
+    # began); at 1 only the pause applies, a clock pass follows at once.
+    assert next_clock_pass(10.0, 10.0015, 0.001, True, share=0.75) == pytest.approx(10.0025)
+    assert next_clock_pass(10.0, 10.0015, 0.001, False, share=0.75) == pytest.approx(10.002)
+    assert next_clock_pass(10.0, 10.0015, 0.001, True, share=1.0) == pytest.approx(10.0025)
+    assert next_clock_pass(10.0, 10.0015, 0.001, False, share=1.0) == pytest.approx(10.0015)
 
 
 class _StopLoop(Exception):
     pass
 
 
-@pytest.mark.parametrize(("pacing", "gap"), [("pause", 0.001), ("clock", 0.0006)])
+@pytest.mark.parametrize(
+    ("pacing", "took", "share", "gap"),
+    [
+        ("pause", 0.0004, 0.5, 0.001),
+        ("clock", 0.0004, 0.5, 0.0006),
+        # Write-bound (a 2 ms pass): spaced to half the time, or to 80% ...
+        ("pause", 0.002, 0.5, 0.002),
+        ("pause", 0.002, 0.8, 0.001),
+        ("clock", 0.002, 0.8, 0.0005),
+        # ... or, at --pass-share 1, by the pause alone.
+        ("pause", 0.002, 1.0, 0.001),
+    ],
+)
 def test_the_tick_loop_waits_as_its_pacing_says(
-    monkeypatch: pytest.MonkeyPatch, pacing: str, gap: float
+    monkeypatch: pytest.MonkeyPatch, pacing: str, took: float, share: float, gap: float
 ) -> None:
-    # The gateway's own loop on a fake clock: every pass takes 0.4 ms. "pause" then
-    # waits the whole 1 ms tick after it, "clock" the 0.6 ms left of the period.
+    # The gateway's own loop on a fake clock: every pass takes ``took``. At 0.4 ms
+    # "pause" waits the whole 1 ms tick after it, "clock" the 0.6 ms left of the period;
+    # a pass longer than the tick is spaced by --pass-share.
     from tickwire.server import Gateway, GatewayConfig
     from tickwire.server import gateway as gateway_module
 
@@ -436,7 +455,7 @@ def test_the_tick_loop_waits_as_its_pacing_says(
 
     fake_time = SimpleNamespace(monotonic=lambda: clock[0], time=time.time, time_ns=time.time_ns)
     monkeypatch.setattr(gateway_module, "time", fake_time)
-    gw = Gateway(GatewayConfig(symbols=["A"], rate=1000.0, tick_pacing=pacing))
+    gw = Gateway(GatewayConfig(symbols=["A"], rate=1000.0, tick_pacing=pacing, pass_share=share))
     waits: list[float] = []
 
     async def run() -> None:
@@ -444,7 +463,7 @@ def test_the_tick_loop_waits_as_its_pacing_says(
         poll = gw.source.poll
 
         def slow_poll(now: float) -> Any:
-            clock[0] += 0.0004
+            clock[0] += took
             return poll(now)
 
         async def wait(delay: float) -> bool:
@@ -460,7 +479,7 @@ def test_the_tick_loop_waits_as_its_pacing_says(
             await gw._tick_loop()
 
     asyncio.run(run())
-    # The first wait is the loop's start; every later one follows a 0.4 ms pass.
+    # The first wait is the loop's start; every later one follows a pass.
     assert waits[1:] == pytest.approx([gap] * 7, abs=1e-9)
     assert gw.tick_stats.ticks == 7
 
@@ -471,6 +490,9 @@ def test_bad_tick_pacing_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="--tick-pacing"):
         GatewayConfig(tick_pacing="sometimes")
+    for share in (0.0, 1.5):
+        with pytest.raises(ConfigError, match="--pass-share"):
+            GatewayConfig(pass_share=share)
 
 
 def test_clock_passes_that_overrun_are_spaced_like_relayed_ones() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from .exceptions import ConfigError
 from .logs import configure_logging
+from .pacing import MAX_PASS_SHARE
 from .simulator import parse_symbols
 
 __all__ = ["main"]
@@ -70,6 +71,14 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="tick: a channel's updates within it share one frame (0: one each)",
     )
     _tick_pacing_argument(p, "--batch-ms")
+    p.add_argument(
+        "--pass-share",
+        type=float,
+        default=MAX_PASS_SHARE,
+        help="once a pass outlasts --batch-ms (write-bound), the share of the core passes "
+        "may take: the next starts that much later, with longer batches per write "
+        "(1: never spaced beyond the pacing)",
+    )
     p.add_argument(
         "--history-mb", type=float, default=2.0, help="resume history kept per channel, in MiB"
     )
@@ -359,6 +368,7 @@ def _serve(args: argparse.Namespace) -> int:
         market_core=args.market_core,
         batch_ms=args.batch_ms,
         tick_pacing=args.tick_pacing,
+        pass_share=args.pass_share,
         history_bytes=int(args.history_mb * (1 << 20)),
         heartbeat_s=args.heartbeat,
         ping_interval_s=args.ping_interval,

@@ -5,8 +5,9 @@ it at once, within two limits kept here:
 
 * a subscriber gets at most one relayed write per period, and fewer when the writes
   are the bottleneck: after a pass that took longer than a period, the next one waits
-  until the pass's duration divided by :data:`MAX_PASS_SHARE` has gone by since it
-  began, at most :data:`MAX_SPACING_TICKS` periods (each write then carries more, and
+  until the pass's duration divided by the pass share (:data:`MAX_PASS_SHARE` unless
+  ``serve --pass-share`` says otherwise) has gone by since it began, at most
+  :data:`MAX_SPACING_TICKS` periods (each write then carries more, and
   the core keeps room for the bus, requests and handshakes: an S2 relay went from 99%
   of a core to 52%). A reply queued meanwhile waits for the spacing too;
 * while data keeps arriving, the clock ticks only for housekeeping,
@@ -45,7 +46,8 @@ __all__ = [
 #: last relayed pass (housekeeping only: the arrivals themselves drive the passes).
 QUIET_TICKS = 5
 
-#: Share of the time relayed passes may take once they overrun their period.
+#: Share of the time passes may take once they overrun their period (the default of
+#: ``serve --pass-share``; 1 leaves write-bound passes unspaced).
 MAX_PASS_SHARE = 0.5
 
 #: The spacing never exceeds this many periods. A pass's time includes taking in the
@@ -55,25 +57,29 @@ MAX_PASS_SHARE = 0.5
 MAX_SPACING_TICKS = 10
 
 
-def spacing(took: float, period: float) -> float:
+def spacing(took: float, period: float, share: float = MAX_PASS_SHARE) -> float:
     """Time from a pass's start to the next one's, for a pass that took ``took``.
 
     Only a pass that overran its period is write-bound; a shorter one leaves the pace
-    at the period (S1 at 1,000 bundles/s runs passes of ~0.5 ms).
+    at the period (S1 at 1,000 bundles/s runs passes of ~0.5 ms). A write-bound pass
+    may take ``share`` of the time.
     """
     if took <= period:
         return period
-    return min(took / MAX_PASS_SHARE, MAX_SPACING_TICKS * period)
+    return min(took / share, MAX_SPACING_TICKS * period)
 
 
-def next_clock_pass(start: float, end: float, period: float, pause: bool) -> float:
+def next_clock_pass(
+    start: float, end: float, period: float, pause: bool, share: float = MAX_PASS_SHARE
+) -> float:
     """Earliest start of the clock pass after one that ran from ``start`` to ``end``.
 
     With ``pause`` the next pass waits a full period after this one ended (a longer
     pass makes the next batch longer, not the writes more frequent); without it the
-    passes keep a period apart, start to start, unless this one overran (:func:`spacing`).
+    passes keep a period apart, start to start. Either way a pass that overran is
+    spaced (:func:`spacing`), unless ``share`` is 1 and the pause alone applies.
     """
-    earliest = start + spacing(end - start, period)
+    earliest = start + spacing(end - start, period, share)
     return max(earliest, end + period) if pause else earliest
 
 
@@ -82,12 +88,14 @@ class ArrivalPacing:
 
     Args:
         period: the tick period in seconds (``--batch-ms``).
+        share: the share of the time write-bound passes may take (``--pass-share``).
     """
 
-    __slots__ = ("period", "quiet", "last_start", "spacing")
+    __slots__ = ("period", "share", "quiet", "last_start", "spacing")
 
-    def __init__(self, period: float) -> None:
+    def __init__(self, period: float, share: float = MAX_PASS_SHARE) -> None:
         self.period = period
+        self.share = share
         #: The clock's next deadline after a relayed pass, less the period the loop adds.
         self.quiet = (QUIET_TICKS - 1) * period
         self.last_start = float("-inf")
@@ -101,5 +109,5 @@ class ArrivalPacing:
         """Record a relayed pass from ``start`` to ``end``; return the clock deadline
         to use next (the loop adds one period to it before waiting)."""
         self.last_start = start
-        self.spacing = spacing(end - start, self.period)
+        self.spacing = spacing(end - start, self.period, self.share)
         return end + self.quiet

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from ..auth import TokenVerifier
 from ..exceptions import ConfigError
 from ..limits import Limits
+from ..pacing import MAX_PASS_SHARE
 
 if TYPE_CHECKING:
     pass
@@ -30,6 +31,11 @@ class GatewayConfig:
     # "pause": wait batch_ms after each clock pass ends (the peers' ``sleep(tick)``
     # loop); "clock": passes start batch_ms apart, however long each took.
     tick_pacing: str = "pause"
+    # Once a pass takes longer than batch_ms (the writes are the bottleneck), passes
+    # may take this share of the core: the next starts took/pass_share after the last
+    # began (1: no spacing beyond the pacing). The rest stays for requests, handshakes
+    # and pings, and each write carries a longer batch (tickwire.pacing).
+    pass_share: float = MAX_PASS_SHARE
     history_bytes: int = 2 << 20
     heartbeat_s: float = 1.0
     ping_interval_s: float = 20.0
@@ -94,6 +100,8 @@ class GatewayConfig:
             raise ConfigError("--max-total-buffer-mb must be at least --max-buffer-kb")
         if self.tick_pacing not in ("pause", "clock"):
             raise ConfigError("--tick-pacing is pause or clock")
+        if not 0.05 <= self.pass_share <= 1:
+            raise ConfigError("--pass-share must be within 0.05 and 1")
         if self.stall_timeout_s <= 0:
             raise ConfigError("--stall-timeout must be positive")
         if self.sndbuf_bytes < 0:

@@ -452,7 +452,8 @@ class Gateway:
         record = self.tick_stats.tick
         batched = hub.batch
         wait = self._wait_for_tick
-        pacing = ArrivalPacing(tick)
+        share = self.config.pass_share
+        pacing = ArrivalPacing(tick, share)
         pause = self.config.tick_pacing == "pause"
         while True:
             # Clock passes (the embedded market) either follow a pause of one tick after
@@ -527,7 +528,7 @@ class Gateway:
             elif pause or end - now > tick:
                 # Pause after the pass; or it overran, is write-bound, and the next one
                 # is spaced as a relayed pass would be (the loop adds one period).
-                deadline = next_clock_pass(now, end, tick, pause) - tick
+                deadline = next_clock_pass(now, end, tick, pause, share) - tick
 
     async def _wait_for_tick(self, delay: float) -> bool:
         """Sleep ``delay`` seconds; return True early if :meth:`_wake` was called."""
@@ -581,6 +582,7 @@ class Gateway:
             "source": self.source.stats(),
             "ticks": {
                 "pacing": self.config.tick_pacing,
+                "pass_share": self.config.pass_share,
                 "passes": self.tick_stats.ticks,
                 "per_s": round(self.tick_stats.ticks / max(elapsed, 1e-9), 1),
             },

@@ -195,20 +195,20 @@ def test_dashboard_charts_render_live_data(browser: Any, server_factory: Server)
                     t.samples.filter(s => s.deliveries_s > 0 && s.p99_ms > 0).length >= 3; }""",
             timeout=20_000,
         )
+        # The state and the page's text in one evaluate: the book moves between calls.
         state = page.evaluate(
-            """() => { const t = window.tickwire; const out = {};
+            """(selectors) => { const t = window.tickwire; const out = {}, text = {};
                 for (const id of Object.keys(t.charts)) out[id] = t.charts[id].data;
+                for (const s of selectors) text[s] = document.querySelector(s).innerText;
                 return {samples: t.samples, book: t.book, depth: t.depth, data: out,
-                        epoch: t.epoch, symbols: t.symbols}; }"""
-        )
-        pixels = {cid: page.evaluate(COLOURED_PIXELS, cid) for cid in [*TIME_CHARTS, "chart-depth"]}
-        text = {
-            sel: page.inner_text(sel)
-            for sel in [
+                        epoch: t.epoch, symbols: t.symbols, text}; }""",
+            [
                 "#status", "#ready", "#epoch", "#kpi-deliveries", "#kpi-bytes", "#kpi-latency",
                 "#kpi-connections", "#tob-bid", "#tob-ask", "#tob-spread", "#book-seq",
-            ]
-        }  # fmt: skip
+            ],
+        )  # fmt: skip
+        text = state["text"]
+        pixels = {cid: page.evaluate(COLOURED_PIXELS, cid) for cid in [*TIME_CHARTS, "chart-depth"]}
         ladder_rows = page.locator("#ladder tbody tr").count()
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
@@ -216,8 +216,9 @@ def test_dashboard_charts_render_live_data(browser: Any, server_factory: Server)
         # Another symbol: the stream restarts on it and the book follows.
         page.select_option("#symbol", "ETH-USD")
         page.wait_for_function("() => window.tickwire.book.symbol === 'ETH-USD'", timeout=10_000)
-        eth = page.evaluate("() => window.tickwire.book")
-        eth_bid = page.inner_text("#tob-bid")
+        eth, eth_bid = page.evaluate(
+            "() => [window.tickwire.book, document.querySelector('#tob-bid').innerText]"
+        )
         page.close()
         assert streamers.received > 0
 

@@ -190,6 +190,14 @@ class Connection(WSListener):
         direct = len(self.channels) == 1 and self.transport is not None and not self.closed
         self.deliver = self.write if direct else None
 
+    def has_subscriptions(self) -> bool:
+        """True while the connection is subscribed to something (idle timeout)."""
+        return bool(self.channels)
+
+    def drop_subscriptions(self) -> None:
+        """Forget every subscription (the connection is closing)."""
+        self.gateway.hub.drop(self)
+
     def pause_writing(self) -> None:
         """The write buffer crossed the high watermark: conflate books and tickers."""
         if not self.closed:
@@ -210,7 +218,7 @@ class Connection(WSListener):
         self.closed = True
         self.deliver = None
         self.outbox.clear()
-        self.gateway.hub.drop(self)
+        self.drop_subscriptions()
         gateway = self.gateway
         gateway.connections.pop(self.id, None)
         if not gateway.connections and gateway.draining is not None:
@@ -377,7 +385,7 @@ class Connection(WSListener):
         self.flush()
         self.closed = True
         self.deliver = None
-        self.gateway.hub.drop(self)
+        self.drop_subscriptions()
         self.transport.send_close(WSCloseCode(code), reason.encode())
         self.transport.disconnect()
 

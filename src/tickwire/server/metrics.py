@@ -32,6 +32,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from ..dialects import VENUES
+
 if TYPE_CHECKING:
     from .gateway import Gateway
 
@@ -231,19 +233,22 @@ class GatewayCollector(Collector):
         )
         subs = GaugeMetricFamily(
             "tickwire_subscriptions",
-            "Subscribers per channel (lagging ones included).",
+            "Client subscribers per channel (lagging ones included; the venue dialects'"
+            " taps are counted in tickwire_venue_subscriptions).",
             labels=["channel", "kind"],
         )
+        taps = {name for tap in gw.feed.taps.values() for name in tap.channels}
         seqs = GaugeMetricFamily(
             "tickwire_channel_seq", "Last seq sent on each channel.", labels=["channel", "kind"]
         )
         for ch in hub.channels.values():
             grouped = sum(map(len, ch.groups.values())) if ch.groups else 0
-            count = len(ch.subscribers) + grouped + len(ch.lagging)
+            count = len(ch.subscribers) + grouped + len(ch.lagging) - (ch.name in taps)
             subs.add_metric([ch.name, ch.kind], float(count))
             seqs.add_metric([ch.name, ch.kind], float(ch.seq))
         yield subs
         yield seqs
+        yield from _venue_metrics(gw)
         yield CounterMetricFamily(
             "tickwire_deliveries",
             "Updates (book levels, trades, tickers) delivered to subscribers, summed over "
@@ -490,3 +495,48 @@ class Sampler:
         )
         self.points.append(point)
         return point
+
+
+def _venue_metrics(gw: Gateway) -> Iterator[Metric]:
+    """The venue dialects' connections, subscriptions and output."""
+    feed = gw.feed
+    conns = GaugeMetricFamily(
+        "tickwire_venue_connections", "Open connections per venue dialect.", labels=["venue"]
+    )
+    subs = GaugeMetricFamily(
+        "tickwire_venue_subscriptions",
+        "Subscribers of venue streams, per venue (lagging ones included).",
+        labels=["venue"],
+    )
+    by_venue: dict[str, int] = {}
+    for conn in gw.connections.values():
+        session = getattr(conn, "session", None)
+        if session is not None:
+            by_venue[session.venue] = by_venue.get(session.venue, 0) + 1
+    streams: dict[str, int] = {}
+    for stream in feed.streams.values():
+        venue = stream.key.partition("|")[0]
+        streams[venue] = streams.get(venue, 0) + len(stream.subscribers) + len(stream.lagging)
+    for venue in VENUES:
+        conns.add_metric([venue], float(by_venue.get(venue, 0)))
+        subs.add_metric([venue], float(streams.get(venue, 0)))
+    yield conns
+    yield subs
+    yield CounterMetricFamily(
+        "tickwire_venue_frames_out",
+        "Frame writes to venue subscribers (one write may carry several frames).",
+        float(feed.frames_out),
+    )
+    yield CounterMetricFamily(
+        "tickwire_venue_sent_bytes", "Bytes written to venue subscribers.", float(feed.bytes_out)
+    )
+    yield CounterMetricFamily(
+        "tickwire_venue_renders",
+        "Venue stream payloads rendered (once each, shared by the stream's subscribers).",
+        float(feed.renders),
+    )
+    yield CounterMetricFamily(
+        "tickwire_venue_catch_ups",
+        "Catch-ups sent to venue subscribers that lagged (merged book events, tickers).",
+        float(feed.conflated),
+    )

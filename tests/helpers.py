@@ -461,3 +461,44 @@ def run_beside_healthy_client(
     assert report.tickers > 0 and checker.deltas > 20
     assert srv.proc is None or srv.proc.poll() is None, "the server died during the attack"
     return result
+
+
+# -- the interop virtualenv: third-party implementations to compare with --------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INTEROP_DIR = os.path.join(ROOT, "tests", "interop")
+
+
+def interop_python() -> str:
+    """The Python of ``.venv-interop`` (ccxt, cryptofeed, order_book; ``make interop``).
+
+    Fails (never skips) when it is missing: ``make test`` builds it, and a comparison
+    with an independent implementation that silently did not run proves nothing.
+    """
+    import pytest
+
+    python = os.path.join(ROOT, ".venv-interop", "bin", "python")
+    if not os.access(python, os.X_OK):
+        pytest.fail(f"{python} is missing: run `make interop` (make test does)")
+    return python
+
+
+def run_interop(
+    script: str, *args: str, input: str | None = None, timeout: float = 120.0
+) -> subprocess.CompletedProcess[str]:
+    """Run ``tests/interop/<script>`` (or a path) in the interop virtualenv; check it.
+
+    Returns the completed process (text mode); fails the test with its stderr when it
+    exits non-zero.
+    """
+    path = script if os.path.isabs(script) else os.path.join(INTEROP_DIR, script)
+    done = subprocess.run(
+        [interop_python(), path, *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, f"{script} exited {done.returncode}: {done.stderr[-3000:]}"
+    return done

@@ -129,7 +129,9 @@ def test_order_book_package_agrees_on_generated_books() -> None:
     theirs = [int(x) for x in run_interop("order_book_checksums.py", input=lines).stdout.split()]
     ours = [b.checksum() for b in books]
     assert len(theirs) == len(ours) == 600
-    diffs = [(i, _levels(books[i])) for i, (a, b) in enumerate(zip(ours, theirs)) if a != b]
+    diffs = [
+        (i, _levels(books[i])) for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b
+    ]
     assert not diffs, f"{len(diffs)} books differ, first: {diffs[0]}"
 
 

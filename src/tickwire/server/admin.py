@@ -47,11 +47,10 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import CollectorRegistry
 
 from ..protocol import Snapshot, encode
-from .metrics import Sampler, make_registry
+from .metrics import GatewayView, Sampler, make_registry
 
 if TYPE_CHECKING:
     from .connection import Connection
-    from .gateway import Gateway
 
 __all__ = ["AdminServer", "book_snapshot"]
 
@@ -73,7 +72,7 @@ _CSP = (
 )
 
 
-def book_snapshot(gateway: Gateway, symbol: str, depth: int | None = None) -> Snapshot:
+def book_snapshot(gateway: GatewayView, symbol: str, depth: int | None = None) -> Snapshot:
     """Return the book of ``symbol`` exactly as a WebSocket subscription would start now.
 
     Like :meth:`tickwire.hub.Hub.subscribe`, it first sends what is pending on the
@@ -172,7 +171,7 @@ class AdminServer:
     """
 
     def __init__(
-        self, gateway: Gateway, *, sample_interval: float = 1.0, book_interval: float = 0.25
+        self, gateway: GatewayView, *, sample_interval: float = 1.0, book_interval: float = 0.25
     ) -> None:
         self.gateway = gateway
         self.sampler = Sampler()

@@ -940,8 +940,7 @@ class Hub:
     def lagging_subscriptions(self, now: float, limit: int = 20) -> list[dict[str, object]]:
         """Return the ``limit`` subscriptions lagging the most, for telemetry.
 
-        Each entry: ``ch``, ``lag_seq`` (channel seq minus the subscriber's), ``lag_ms``
-        (time since it stopped receiving frames) and the subscriber itself (``sub``).
+        See :func:`tickwire.lag.lagging_subscriptions` for the entries.
         """
         # The CONFLATED_KINDS: only they lag.
         return lagging_subscriptions((*self.books, *self.tickers), now, limit)

@@ -183,7 +183,6 @@ class AdminServer:
         self._runner: web.AppRunner | None = None
         self._task: asyncio.Task[None] | None = None
         self._viewers: set[_Viewer] = set()
-        self._samples: list[dict[str, Any]] = []
 
     @property
     def url(self) -> str:

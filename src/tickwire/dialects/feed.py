@@ -46,7 +46,17 @@ from typing import Protocol
 from ..book import Book
 from ..framing import frame_payloads
 from ..hub import Channel, Hub, SubscriptionStats
-from ..protocol import Delta, Heartbeat, Snapshot, Ticker, Trade, Trades, decode_message
+from ..lag import LevelTracker
+from ..protocol import (
+    BookUpdate,
+    Delta,
+    Heartbeat,
+    Snapshot,
+    Ticker,
+    Trade,
+    Trades,
+    decode_message,
+)
 from .candles import Candles
 from .markets import Market, Markets
 
@@ -61,6 +71,9 @@ __all__ = [
 
 #: Recent trades kept per symbol for the venues' REST ``trades`` endpoints.
 RECENT_TRADES = 1000
+
+#: A depth past any book's: a venue catch-up merges whatever its size.
+_ANY_SIZE = 1 << 62
 
 #: A book level's key in merged changes: ``(side, price)``, side ``"bid"``/``"ask"``.
 LevelKey = tuple[str, str]
@@ -210,7 +223,6 @@ class Tap:
         "candles",
         "recent",
         "touched",
-        "touched_from",
     )
 
     def __init__(self, market: Market) -> None:
@@ -237,10 +249,8 @@ class Tap:
         self.first = True  # ... and that was its first load
         self.candles = Candles()
         self.recent: deque[Trade] = deque(maxlen=RECENT_TRADES)
-        # While a book stream has laggards: level -> (seq folded, quantity) since
-        # ``touched_from``.
-        self.touched: dict[LevelKey, tuple[int, str]] | None = None
-        self.touched_from = 0
+        # While a book stream has laggards: the levels changed since they stopped.
+        self.touched: LevelTracker | None = None
 
     @property
     def symbol(self) -> str:
@@ -296,8 +306,7 @@ class Tap:
                 w.levels = {}
                 w.prev = w.seq = snap.seq
             if self.touched is not None:
-                self.touched.clear()
-                self.touched_from = snap.seq
+                self.touched.clear(snap.seq)
             # A first load serves the subscribers that waited for it; a later one
             # replaces a book the venue streams had described.
             self.replaced = True
@@ -318,14 +327,20 @@ class Tap:
         for w in self.windows.values():
             w.levels.update(levels)
             w.seq = seq
-        touched = self.touched
-        if touched is not None:
-            for key, qty in levels.items():
-                touched[key] = (seq, qty)
-            bids, asks = self.mirror.depth()
-            if len(touched) > max(64, bids + asks):
-                touched.clear()
-                self.touched_from = seq
+        if self.touched is not None:
+            self.track(levels, seq)
+
+    def track(self, levels: dict[LevelKey, str], seq: int) -> None:
+        """Record merged changes ending at ``seq`` for the laggards.
+
+        Each fold's levels take seqs inside the fold's range, so every laggard (they
+        lag from a fold boundary) sees exactly the levels changed after its seq.
+        """
+        assert self.touched is not None
+        ts = self.ts
+        updates = [BookUpdate(side, price, qty, ts) for (side, price), qty in levels.items()]  # type: ignore[arg-type]
+        bids, asks = self.mirror.depth()
+        self.touched.track(updates, seq, bids + asks)
 
 
 class DialectFeed:
@@ -545,8 +560,9 @@ class DialectFeed:
                     # Every window got the same folds since its ``prev``: the oldest
                     # one holds every change a laggard of any window may miss.
                     oldest = min(tap.windows.values(), key=lambda x: x.prev)
-                    tap.touched = {key: (oldest.seq, qty) for key, qty in oldest.levels.items()}
-                    tap.touched_from = oldest.prev
+                    tap.touched = LevelTracker(oldest.prev)
+                    if oldest.levels:
+                        tap.track(oldest.levels, oldest.seq)
 
     def resume(self, sub: DialectSubscriber) -> None:
         """Let ``sub`` catch up at the next flush: its buffer drained."""
@@ -568,8 +584,11 @@ class DialectFeed:
                 touched = tap.touched
                 if since == w.prev:
                     levels = []
-                elif since >= 0 and touched is not None and since >= tap.touched_from:
-                    levels = [(key, qty) for key, (seq, qty) in touched.items() if seq > since]
+                elif since >= 0 and touched is not None:
+                    # Venues have no smaller catch-up to prefer: any size merges.
+                    merged = touched.merged_since(since, _ANY_SIZE)
+                    if merged is not None:
+                        levels = [((u.side, u.price), u.qty) for u in merged]
                 self._untrack(tap)
                 if levels is None and not stream.renderer.resyncs:
                     sub.close(1008, "slow consumer: the stream cannot be caught up; reconnect")

@@ -48,12 +48,11 @@ from prometheus_client.registry import CollectorRegistry
 
 from ..dialects import VENUES, rest
 from ..protocol import encode
-from .metrics import Sampler, make_registry
-from .venues import GatewayView
+from .metrics import GatewayView, Sampler, make_registry
+from .venues import VenueView
 
 if TYPE_CHECKING:
     from .connection import Connection
-    from .gateway import Gateway
 
 __all__ = ["AdminServer"]
 
@@ -142,12 +141,12 @@ class AdminServer:
     """
 
     def __init__(
-        self, gateway: Gateway, *, sample_interval: float = 1.0, book_interval: float = 0.25
+        self, gateway: GatewayView, *, sample_interval: float = 1.0, book_interval: float = 0.25
     ) -> None:
         self.gateway = gateway
         self.sampler = Sampler()
         self.registry = make_registry(gateway, self.sampler)
-        self.view = GatewayView(gateway)
+        self.view = VenueView(gateway)
         self.sample_interval = sample_interval
         self.book_interval = book_interval
         self.host = ""
@@ -155,7 +154,6 @@ class AdminServer:
         self._runner: web.AppRunner | None = None
         self._task: asyncio.Task[None] | None = None
         self._viewers: set[_Viewer] = set()
-        self._samples: list[dict[str, Any]] = []
 
     @property
     def url(self) -> str:

@@ -34,7 +34,7 @@ import os
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from picows import (
     WSUpgradeRequest,
@@ -62,14 +62,11 @@ from ..protocol import (
     parse_channel,
 )
 from ..sources import make_source
-from .guard import Guard, create_ws_server
-from .metrics import TickStats
-
-if TYPE_CHECKING:
-    from .admin import AdminServer
-
+from .admin import AdminServer
 from .config import GatewayConfig
 from .connection import Connection
+from .guard import Guard, create_ws_server
+from .metrics import TickStats
 from .venues import venue_listener
 
 __all__ = ["Gateway"]
@@ -370,8 +367,6 @@ class Gateway:
 
     async def _start_admin(self, host: str, port: int) -> None:
         """Start the admin HTTP listener (see :mod:`tickwire.server.admin`)."""
-        from .admin import AdminServer
-
         admin = AdminServer(self)
         try:
             await admin.start(host, port)

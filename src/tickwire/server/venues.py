@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from picows import (
@@ -22,29 +22,54 @@ from picows import (
     WSUpgradeResponseWithListener,
 )
 
-from ..dialects import Session, open_session, venue_of
+from ..dialects import DialectFeed, Session, open_session, venue_of
 from ..dialects.candles import Candles
 from ..dialects.markets import Markets
 from ..dialects.rest import BookView
+from ..engine import Engine
+from ..hub import Hub
 from ..protocol import CloseCode, Snapshot, Ticker, Trade
-from .connection import Connection
+from .connection import Connection, Host
 
 if TYPE_CHECKING:
     from ..dialects.feed import Stream
-    from .gateway import Gateway
 
-__all__ = ["GatewayView", "VenueConnection", "venue_listener"]
+__all__ = ["MarketHost", "VenueConnection", "VenueHost", "VenueView", "venue_listener"]
 
 log = logging.getLogger("tickwire.server")
+
+
+class VenueHost(Host, Protocol):
+    """What venue connections use of the gateway besides a :class:`Host`'s."""
+
+    @property
+    def feed(self) -> DialectFeed: ...
+
+    rejected: int
+
+
+class MarketHost(Protocol):
+    """What venue REST reads of the gateway."""
+
+    @property
+    def feed(self) -> DialectFeed: ...
+    @property
+    def engine(self) -> Engine: ...
+    @property
+    def hub(self) -> Hub: ...
+
+    def book_snapshot(self, symbol: str, depth: int | None = None) -> Snapshot:
+        """The book as a subscription would start now."""
 
 
 class VenueConnection(Connection):
     """A client speaking a venue's protocol (see :mod:`tickwire.dialects`)."""
 
-    __slots__ = ("session", "streams")
+    __slots__ = ("session", "streams", "host")
 
-    def __init__(self, gateway: Gateway, conn_id: int, session: Session) -> None:
+    def __init__(self, gateway: VenueHost, conn_id: int, session: Session) -> None:
         super().__init__(gateway, conn_id)
+        self.host = gateway
         self.session = session
         self.streams: dict[str, Stream] = {}
 
@@ -78,7 +103,7 @@ class VenueConnection(Connection):
 
     def rejected(self, code: str, reason: str) -> None:
         """Count a bad request (the session answered it); log each code once."""
-        gateway = self.gateway
+        gateway = self.host
         key = f"{self.session.venue}:{code}"
         gateway.rejected += 1
         gateway.rejected_by_code[key] = gateway.rejected_by_code.get(key, 0) + 1
@@ -103,19 +128,19 @@ class VenueConnection(Connection):
 
     def pause_writing(self) -> None:
         if not self.closed:
-            self.gateway.feed.pause(self, time.monotonic())
+            self.host.feed.pause(self, time.monotonic())
 
     def resume_writing(self) -> None:
         if not self.closed:
-            self.gateway.feed.resume(self)
+            self.host.feed.resume(self)
 
     def drop_subscriptions(self) -> None:
         super().drop_subscriptions()
-        self.gateway.feed.drop(self)
+        self.host.feed.drop(self)
 
 
 def venue_listener(
-    gateway: Gateway, request: WSUpgradeRequest, conn_id: int
+    gateway: VenueHost, request: WSUpgradeRequest, conn_id: int
 ) -> VenueConnection | WSUpgradeResponseWithListener | None:
     """The listener for a venue path, an HTTP 404 for an unknown one under a venue
     prefix, or None when the path is not a venue's (a native connection)."""
@@ -144,10 +169,10 @@ class _Book:
         self.asks = snap.asks or []
 
 
-class GatewayView:
+class VenueView:
     """The gateway's live market as the venues' REST endpoints read it."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: MarketHost) -> None:
         self.gateway = gateway
 
     @property

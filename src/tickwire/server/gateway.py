@@ -633,6 +633,7 @@ class Gateway:
             "rejected": self.rejected,
             "rejected_by_code": dict(self.rejected_by_code),
             "slow": self.slow_stats(),
+            "venues": self.feed.stats(),
             "security": {
                 **self.guard.stats(),
                 "logins": self.logins,

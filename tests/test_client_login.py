@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -184,8 +185,11 @@ def test_a_failing_or_hanging_token_provider_fails_start(auth_server: ServerProc
         with pytest.raises(PermissionError, match="vault unreachable"):
             await asyncio.wait_for(client.start(), 10)
         client = Client(auth_server.url, ["orders.alice"], token=hanging, connect_timeout=0.5)
+        start = time.monotonic()
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(client.start(), 10)
+        # The client's connect_timeout raised it, not this test's outer wait_for (10 s).
+        assert time.monotonic() - start < 5
         assert client.stats.connects == 0  # no socket was opened for it
 
     asyncio.run(run())

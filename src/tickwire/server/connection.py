@@ -193,6 +193,14 @@ class Connection(WSListener):
     def pause_writing(self) -> None:
         """The write buffer crossed the high watermark: conflate books and tickers."""
         if not self.closed:
+            # Its size at the crossing counts towards the maxima; while paused the tick
+            # loop records it after every pass (the only state in which it can grow).
+            size = self.buffered()
+            if size > self.max_buffered:
+                self.max_buffered = size
+                gateway = self.gateway
+                if size > gateway.max_buffered:
+                    gateway.max_buffered = size
             self.gateway.hub.pause(self, time.monotonic())
 
     def resume_writing(self) -> None:

@@ -150,7 +150,10 @@ class Connection(WSListener):
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type
-        if msg_type == WSMsgType.TEXT or (
+        if frame.rsv2 or frame.rsv3:
+            # RFC 6455 §5.2: no extension defines them; picows passes them through.
+            self.fail(CloseCode.PROTOCOL_ERROR, "RSV2/RSV3 set without an extension")
+        elif msg_type == WSMsgType.TEXT or (
             msg_type == WSMsgType.BINARY and self.wire.encoding is Encoding.MSGPACK
         ):
             binary = msg_type == WSMsgType.BINARY

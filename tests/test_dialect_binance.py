@@ -285,3 +285,30 @@ def test_a_stalled_reader_catches_up_with_one_merged_event_per_stream(
                 assert ev["U"] == prev["u"] + 1, f"{name}: hole {prev['u']} -> {ev['U']}"
     assert stats["venues"]["catch_ups"] >= 1, stats["venues"]
     assert stats["slow"]["closes"] == {"budget": 0, "stall": 0, "total": 0}
+
+
+def test_freqtrade_validates_loads_candles_and_keeps_them_fresh_over_the_websocket(
+    gateway: VenueGateway,
+) -> None:
+    rec, lines = asyncio.run(
+        beside_recorder(
+            gateway,
+            "BTC-USDT",
+            "freqtrade_binance.py",
+            gateway.ws,
+            gateway.http,
+            str(gateway.cafile),
+            "BTC/USDT",
+        )
+    )
+    by_kind = {line["kind"]: line for line in lines}
+    assert by_kind["markets"]["pairs"] == ["BTC/USDT", "ETH/USDT"]
+    assert by_kind["ohlcv_rest"]["rows"] >= 1
+    ws = by_kind["ohlcv_ws"]
+    assert ws["via_ws"] and len(ws["candles"]) >= 2
+    for _, o, h, low, c, v in ws["candles"]:
+        assert low <= min(o, c) <= max(o, c) <= h and v > 0
+    book = by_kind["rest_book"]
+    rec.assert_book(book["seq"], levels(book["bids"]), levels(book["asks"]), depth=20)
+    ticker = by_kind["ticker"]
+    assert ticker["bid"] < ticker["ask"]

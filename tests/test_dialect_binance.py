@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -290,6 +291,13 @@ def test_a_stalled_reader_catches_up_with_one_merged_event_per_stream(
 def test_freqtrade_validates_loads_candles_and_keeps_them_fresh_over_the_websocket(
     gateway: VenueGateway,
 ) -> None:
+    # Candles are built from the first venue request on: this gateway has been serving
+    # venue clients for a while when freqtrade starts (a fresh one has no history).
+    klines = "/binance/api/v3/klines?symbol=BTCUSDT&interval=1s&limit=5"
+    deadline = time.monotonic() + 15
+    while len(get(gateway, klines)[1]) < 2:
+        assert time.monotonic() < deadline, "no candles after 15 s"
+        time.sleep(0.2)
     rec, lines = asyncio.run(
         beside_recorder(
             gateway,

@@ -43,6 +43,9 @@ INTERVALS = {
     "1M": 30 * _D,
 }
 
+#: The first Monday after the epoch (1970-01-05), in ms: weekly candles open on Mondays.
+_MONDAY = 4 * _D
+
 #: Seconds and minutes kept.
 _KEEP_SECONDS = 3600
 _KEEP_MINUTES = 7 * 24 * 60
@@ -97,22 +100,6 @@ class Candle:
         self.last_id = trade.id
         self.last_ts = trade.ts
 
-    def add(self, trade: Trade, px: float) -> None:
-        if px > self.hi:
-            self.hi, self.high = px, trade.price
-        if px < self.lo:
-            self.lo, self.low = px, trade.price
-        self.close = trade.price
-        qty = float(trade.qty)
-        self.volume += qty
-        self.quote_volume += qty * px
-        if trade.side == "buy":
-            self.taker_buy += qty
-            self.taker_buy_quote += qty * px
-        self.trades += 1
-        self.last_id = trade.id
-        self.last_ts = trade.ts
-
     def merge(self, other: Candle) -> None:
         """Extend this candle with a later one (aggregating into a longer interval)."""
         if other.hi > self.hi:
@@ -137,7 +124,11 @@ class Candle:
 
 
 class Candles:
-    """The one-second and one-minute candles of one symbol."""
+    """The one-second and one-minute candles of one symbol.
+
+    A trade updates only the open second; a second that closes is merged into its
+    minute once. The open second joins the minutes when they are read.
+    """
 
     __slots__ = ("seconds", "minutes", "qty_decimals", "quote_decimals")
 
@@ -148,19 +139,59 @@ class Candles:
         self.quote_decimals = 0
 
     def add(self, trades: Iterable[Trade]) -> None:
-        """Account trades, in order."""
-        seconds, minutes = self.seconds, self.minutes
+        """Account trades, in order (this runs once per trade: kept flat)."""
+        seconds = self.seconds
+        cur = seconds[-1] if seconds else None
         for t in trades:
             ms = t.ts // 1_000_000
-            px = float(t.price)
-            for series, step in ((seconds, _S), (minutes, _M)):
-                start = ms - ms % step
-                if not series or series[-1].start < start:
-                    series.append(Candle(start, t))
-                series[-1].add(t, px)
-            if not self.qty_decimals:
-                self.qty_decimals = max(_decimals(t.qty), 1)
-                self.quote_decimals = self.qty_decimals + _decimals(t.price)
+            start = ms - ms % _S
+            price = t.price
+            px = float(price)
+            if cur is None or cur.start < start:
+                if cur is not None:
+                    self._close(cur)
+                else:
+                    self.qty_decimals = max(_decimals(t.qty), 1)
+                    self.quote_decimals = self.qty_decimals + _decimals(price)
+                cur = Candle(start, t)
+                seconds.append(cur)
+            elif px > cur.hi:
+                cur.hi, cur.high = px, price
+            elif px < cur.lo:
+                cur.lo, cur.low = px, price
+            cur.close = price
+            qty = float(t.qty)
+            quote = qty * px
+            cur.volume += qty
+            cur.quote_volume += quote
+            if t.side == "buy":
+                cur.taker_buy += qty
+                cur.taker_buy_quote += quote
+            cur.trades += 1
+            cur.last_id = t.id
+            cur.last_ts = t.ts
+
+    def _close(self, second: Candle) -> None:
+        """Merge a second that closed into its minute."""
+        start = second.start - second.start % _M
+        minutes = self.minutes
+        if minutes and minutes[-1].start == start:
+            minutes[-1].merge(second)
+        else:
+            minutes.append(second.copy(start))
+
+    def _minutes(self) -> list[Candle]:
+        """The minutes, the open second included (in a copy of its minute)."""
+        out = list(self.minutes)
+        if self.seconds:
+            second = self.seconds[-1]
+            start = second.start - second.start % _M
+            if out and out[-1].start == start:
+                out[-1] = out[-1].copy(start)
+                out[-1].merge(second)
+            else:
+                out.append(second.copy(start))
+        return out
 
     def series(
         self,
@@ -180,11 +211,16 @@ class Candles:
         if step == _S:
             out = list(self.seconds)
         elif step == _M:
-            out = list(self.minutes)
+            out = self._minutes()
         else:
             out = []
-            for m in self.minutes:
-                start = _month_start(m.start) if interval == "1M" else m.start - m.start % step
+            for m in self._minutes():
+                if interval == "1M":
+                    start = _month_start(m.start)
+                elif interval == "1w":  # weeks open on Monday (the epoch was a Thursday)
+                    start = m.start - (m.start - _MONDAY) % step
+                else:
+                    start = m.start - m.start % step
                 if out and out[-1].start == start:
                     out[-1].merge(m)
                 else:

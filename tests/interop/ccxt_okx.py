@@ -1,0 +1,80 @@
+"""ccxt.pro's okx class, unmodified, pointed at tickwire (run in .venv-interop).
+
+argv: WS_BASE (wss://127.0.0.1:P) HTTP_BASE (http://127.0.0.1:Q) CAFILE SYMBOL BOOKS
+      [resync]
+Prints one JSON object per line: markets, books (nonce = seqId + full book), trades,
+ticker, a REST order book. With ``resync``, it then breaks its own book's nonce (as a
+missed update would) so ccxt takes its InvalidNonce path: unsubscribe, wait for the
+ack, subscribe, rebuild from the new snapshot; and prints the books after that.
+"""
+
+import asyncio
+import json
+import sys
+
+import ccxt.pro as ccxtpro
+
+
+def out(**kw):
+    print(json.dumps(kw, default=str), flush=True)
+
+
+async def main(ws_base, http_base, cafile, symbol, books, mode=""):
+    ex = ccxtpro.okx(
+        {
+            "urls": {"api": {"rest": f"{http_base}/okx", "ws": f"{ws_base}/okx/ws/v5"}},
+            "options": {"fetchMarkets": {"types": ["spot"]}},
+            "cafile": cafile,
+            "newUpdates": True,
+        }
+    )
+    try:
+        markets = await ex.load_markets()
+        out(kind="markets", symbols=sorted(markets), tick=markets[symbol]["precision"]["price"])
+        for _ in range(int(books)):
+            ob = await ex.watch_order_book(symbol)
+            out(kind="book", seq=ob["nonce"], bids=ob["bids"], asks=ob["asks"])
+        seen = []
+        while len(seen) < 20:
+            trades = await ex.watch_trades(symbol)
+            seen += [[t["id"], t["price"], t["amount"], t["side"]] for t in trades]
+        out(kind="trades", trades=seen)
+        tk = await ex.watch_ticker(symbol)
+        out(
+            kind="ticker",
+            last=tk["last"],
+            high=tk["high"],
+            low=tk["low"],
+            bid=tk["bid"],
+            ask=tk["ask"],
+        )
+        rest = await ex.fetch_order_book(symbol, 50)
+        out(kind="rest_book", bids=rest["bids"], asks=rest["asks"])
+        if mode == "resync":
+            # A missed update, as ccxt sees one: its book's nonce no longer matches the
+            # next update's prevSeqId -> InvalidNonce on this watch.
+            ex.orderbooks[symbol]["nonce"] = -7
+            errors = 0
+            while True:
+                try:
+                    ob = await ex.watch_order_book(symbol)
+                    out(kind="book", seq=ob["nonce"], bids=ob["bids"], asks=ob["asks"])
+                    break
+                except ccxtpro.InvalidNonce:
+                    errors += 1
+                    if errors > 1:
+                        raise
+            out(kind="resync", errors=errors)
+            for _ in range(int(books)):
+                ob = await ex.watch_order_book(symbol)
+                out(kind="book", seq=ob["nonce"], bids=ob["bids"], asks=ob["asks"])
+            seen = []
+            while len(seen) < 10:
+                trades = await ex.watch_trades(symbol)
+                seen += [[t["id"], t["price"], t["amount"], t["side"]] for t in trades]
+            out(kind="trades_after", trades=seen)
+    finally:
+        await ex.close()
+
+
+asyncio.run(main(*sys.argv[1:]))

@@ -19,11 +19,19 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import websockets
 
-from helpers import ServerProcess
-from tickwire.dialects.okx import checksum
+from helpers import ServerProcess, parse_server_frames
+from tickwire.book import Book
+from tickwire.dialects import DialectFeed
+from tickwire.dialects.feed import Stream
+from tickwire.dialects.okx import OkxSession, checksum
+from tickwire.engine import Engine
+from tickwire.framing import text_frame
+from tickwire.hub import Hub
+from tickwire.protocol import BookUpdate, Snapshot
 from venues import NativeRecorder, VenueGateway, beside_recorder, dec, levels, start_venue_gateway
 
 SYMBOLS = "BTC-USDT,ETH-USDT"
@@ -163,7 +171,8 @@ def test_ccxt_books_trades_ticker_and_resync_match_the_native_feed(
     assert dec(ticker["low"]) <= dec(ticker["last"]) <= dec(ticker["high"])
     assert dec(ticker["bid"]) < dec(ticker["ask"])
     rest = by_kind["rest_book"][0]
-    assert len(rest["bids"]) == 50 and len(rest["asks"]) == 50
+    assert 0 < len(rest["bids"]) <= 50 and 0 < len(rest["asks"]) <= 50
+    assert rest["bids"][0][0] < rest["asks"][0][0]
     # The forced nonce break took ccxt's InvalidNonce path once: it unsubscribed,
     # waited for the unsubscribe ack, subscribed again and rebuilt from the snapshot;
     # the trades stream on the same socket went on without a duplicate.
@@ -478,3 +487,177 @@ def test_unknown_okx_path_is_refused(gateway: VenueGateway) -> None:
         assert info.value.response.status_code == 404
 
     asyncio.run(main())
+
+
+# -- Sans-I/O: the renderers driven through a hub, no sockets --------------------------------
+
+TS = 1_700_000_000_000_000_000
+
+
+class FakeConn:
+    """A venue connection as the feed sees it; pushes are parsed from its bytes."""
+
+    def __init__(self) -> None:
+        self.streams: dict[str, Stream] = {}
+        self.buf = bytearray()
+        self.closed: tuple[int, str] | None = None
+        self.codes: list[str] = []
+
+    @property
+    def deliver(self) -> Callable[[bytes], object]:
+        return self.buf.extend
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+    def rejected(self, code: str, reason: str) -> None:
+        self.codes.append(code)
+
+    def pushes(self) -> list[dict[str, Any]]:
+        frames = parse_server_frames(self.buf)
+        assert not self.buf
+        return [json.loads(payload) for _, _, payload in frames]
+
+
+def bu(side: str, price: str, qty: str) -> BookUpdate:
+    return BookUpdate(side, price, qty, TS)  # type: ignore[arg-type]
+
+
+class Market:
+    """One symbol's hub, dialect feed and a clock."""
+
+    def __init__(self, bids: int, asks: int) -> None:
+        self.hub = Hub(Engine(("BTC-USDT",), epoch="e"))
+        self.feed = DialectFeed(self.hub)
+        self.now = 0.0
+        ups = [bu("bid", f"{1000 - i * 0.01:.2f}", "1.0000") for i in range(bids)]
+        ups += [bu("ask", f"{1001 + i * 0.01:.2f}", "2.0000") for i in range(asks)]
+        self.publish(ups)
+
+    @property
+    def book(self) -> Book:
+        return self.hub.engine.symbols["BTC-USDT"].book
+
+    def publish(self, updates: list[BookUpdate]) -> None:
+        self.now += 1.0
+        self.hub.publish("BTC-USDT", updates, [])
+        self.hub.flush(self.now)
+        self.feed.flush(self.now)
+
+    def subscribe(self, conn: FakeConn) -> ClientBook:
+        session = OkxSession(self.feed)
+        session.receive(conn, sub_msg(("books", "BTC-USDT")).encode())
+        ack, snap = conn.pushes()
+        assert ack["event"] == "subscribe"
+        book = ClientBook()
+        book.apply(snap)
+        return book
+
+    def assert_top(self, client: ClientBook, depth: int = 400) -> None:
+        bids, asks = client.sorted()
+        assert bids == self.book.bids(depth) and asks == self.book.asks(depth)
+
+
+def test_books_keep_the_top_400_of_a_deeper_book() -> None:
+    mkt = Market(bids=450, asks=30)
+    conn = FakeConn()
+    client = mkt.subscribe(conn)
+    assert len(client.bids) == 400 and len(client.asks) == 30
+    mkt.assert_top(client)
+    # The best 10 bids go: 10 deeper levels enter the window (sent whole).
+    mkt.publish([bu("bid", f"{1000 - i * 0.01:.2f}", "0") for i in range(10)])
+    [push] = conn.pushes()
+    entered = {p for p, *_ in push["data"][0]["bids"]} - {
+        f"{1000 - i * 0.01:.2f}" for i in range(10)
+    }
+    assert len(entered) == 10
+    client.apply(push)
+    mkt.assert_top(client)
+    # New best bids push levels out of the window: they are deleted ("0").
+    mkt.publish([bu("bid", f"{1000.5 + i * 0.01:.2f}", "3.0000") for i in range(5)])
+    [push] = conn.pushes()
+    gone = [p for p, sz, *_ in push["data"][0]["bids"] if sz == "0"]
+    assert len(gone) == 5
+    client.apply(push)
+    mkt.assert_top(client)
+    # Shrunk below 400: the whole book, then plain changes again.
+    mkt.publish([bu("bid", f"{1000 - i * 0.01:.2f}", "0") for i in range(10, 120)])
+    client.apply(conn.pushes()[0])
+    mkt.assert_top(client, depth=1000)
+    mkt.publish([bu("ask", "1001.00", "5.0000"), bu("bid", "999.00", "0")])
+    [push] = conn.pushes()
+    assert len(push["data"][0]["bids"]) + len(push["data"][0]["asks"]) == 2
+    client.apply(push)
+    mkt.assert_top(client, depth=1000)
+
+
+def test_a_slow_consumer_catches_up_with_one_chained_update() -> None:
+    mkt = Market(bids=40, asks=40)
+    fast, slow = FakeConn(), FakeConn()
+    fast_book, slow_book = mkt.subscribe(fast), mkt.subscribe(slow)
+    mkt.publish([])  # the tap's first load is settled (a laggard then gets a snapshot)
+    mkt.feed.pause(slow, mkt.now)
+    for i in range(6):
+        mkt.publish([bu("bid", "999.90", f"{i + 2}.0000"), bu("ask", f"{1002 + i}.00", "1.0000")])
+        mkt.publish([bu("ask", f"{1002 + i}.00", "0")] if i % 2 else [])
+    for push in fast.pushes():
+        fast_book.apply(push)
+    assert slow.pushes() == []
+    had = slow_book.seq
+    mkt.feed.resume(slow)
+    mkt.publish([])
+    [merged] = slow.pushes()
+    assert merged["action"] == "update" and merged["data"][0]["prevSeqId"] == had
+    slow_book.apply(merged)  # chain and checksum checked
+    assert slow_book.seq == fast_book.seq == mkt.hub.channels["book.BTC-USDT"].seq
+    mkt.assert_top(slow_book)
+    # Back on the shared stream: the same bytes as everyone.
+    mkt.publish([bu("bid", "999.95", "1.0000")])
+    assert fast.buf == slow.buf
+    [push] = slow.pushes()
+    slow_book.apply(push)
+    fast.pushes()
+    # Paused when it subscribed: a snapshot when it drains.
+    late = FakeConn()
+    mkt.feed.pause(late, mkt.now)
+    OkxSession(mkt.feed).receive(late, sub_msg(("books", "BTC-USDT")).encode())
+    [ack] = late.pushes()
+    mkt.feed.resume(late)
+    mkt.publish([bu("bid", "999.95", "2.0000")])
+    late_book = ClientBook()
+    for push in late.pushes():
+        late_book.apply(push)
+    assert late_book.seq == slow_book.seq + 1
+    mkt.assert_top(late_book)
+
+
+def test_a_book_replaced_upstream_sends_everyone_a_snapshot() -> None:
+    mkt = Market(bids=20, asks=20)
+    conn, paused = FakeConn(), FakeConn()
+    client, paused_book = mkt.subscribe(conn), mkt.subscribe(paused)
+    mkt.feed.pause(paused, mkt.now)
+    mkt.publish([bu("bid", "999.99", "7.0000")])
+    client.apply(conn.pushes()[0])
+    tap = mkt.feed.taps["BTC-USDT"]
+    seq = tap.seq + 50  # a hole upstream: the source sends a new snapshot
+    snap = Snapshot(
+        ch="book.BTC-USDT",
+        seq=seq,
+        epoch="e",
+        bids=[("990.00", "1.0000"), ("989.00", "2.0000")],
+        asks=[("1010.00", "3.0000")],
+    )
+    tap.receive(text_frame(msgspec.json.encode(snap)))
+    mkt.feed.flush(mkt.now + 1)
+    [push] = conn.pushes()
+    assert push["action"] == "snapshot" and push["data"][0]["seqId"] == seq
+    client.apply(push)
+    assert client.sorted() == (
+        [("990.00", "1.0000"), ("989.00", "2.0000")],
+        [("1010.00", "3.0000")],
+    )
+    mkt.feed.resume(paused)
+    mkt.feed.flush(mkt.now + 2)
+    [push] = paused.pushes()
+    assert push["action"] == "snapshot" and push["data"][0]["seqId"] == seq
+    paused_book.apply(push)

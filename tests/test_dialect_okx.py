@@ -179,6 +179,10 @@ def test_ccxt_books_trades_ticker_and_resync_match_the_native_feed(
     assert by_kind["resync"] == [{"kind": "resync", "errors": 1}]
     after = [int(t[0]) for t in by_kind["trades_after"][0]["trades"]]
     assert after == list(range(after[0], after[0] + len(after)))
+    top = by_kind["books5"][0]
+    assert len(top["bids"]) == len(top["asks"]) == 5 and top["bids"][0][0] < top["asks"][0][0]
+    # Text ping every second, answered: no RequestTimeout over the whole run.
+    assert by_kind["alive"]
 
 
 def test_cryptofeed_books_pass_every_checksum_and_trades_match(gateway: VenueGateway) -> None:

@@ -25,7 +25,9 @@ async def main(ws_base, http_base, cafile, symbol, books, mode=""):
             "urls": {"api": {"rest": f"{http_base}/okx", "ws": f"{ws_base}/okx/ws/v5"}},
             "options": {"fetchMarkets": {"types": ["spot"]}},
             "cafile": cafile,
-            "newUpdates": True,
+            # OKX's text ping every second instead of 18 s: a missing pong would fail
+            # every watch with RequestTimeout after 2 s.
+            "streaming": {"keepAlive": 1000},
         }
     )
     try:
@@ -73,6 +75,23 @@ async def main(ws_base, http_base, cafile, symbol, books, mode=""):
                 trades = await ex.watch_trades(symbol)
                 seen += [[t["id"], t["price"], t["amount"], t["side"]] for t in trades]
             out(kind="trades_after", trades=seen)
+        # watch_order_book(limit=5) -> books5, limit=1 -> bbo-tbt (another socket: ccxt
+        # keeps one book per symbol, which books5 would overwrite).
+        ex2 = ccxtpro.okx(
+            {
+                "urls": {"api": {"rest": f"{http_base}/okx", "ws": f"{ws_base}/okx/ws/v5"}},
+                "cafile": cafile,
+            }
+        )
+        try:
+            ex2.set_markets(list(markets.values()))
+            top = await ex2.watch_order_book(symbol, 5)
+            out(kind="books5", bids=top["bids"], asks=top["asks"])
+        finally:
+            await ex2.close()
+        await asyncio.sleep(3)  # a few more pings on the first socket
+        tk = await ex.watch_ticker(symbol)
+        out(kind="alive", last=tk["last"])
     finally:
         await ex.close()
 

@@ -179,6 +179,12 @@ def test_ccxt_books_trades_ticker_and_resync_match_the_native_feed(
     assert by_kind["resync"] == [{"kind": "resync", "errors": 1}]
     after = [int(t[0]) for t in by_kind["trades_after"][0]["trades"]]
     assert after == list(range(after[0], after[0] + len(after)))
+    candles = by_kind["ohlcv"][0]["candles"]
+    assert candles, "no candles over REST"
+    for _, o, h, low, c, v in candles:
+        assert low <= min(o, c) <= max(o, c) <= h and v > 0
+    assert [c[0] for c in candles] == sorted(c[0] for c in candles)
+    assert by_kind["ohlcv_ws"][0]["candles"]
     top = by_kind["books5"][0]
     assert len(top["bids"]) == len(top["asks"]) == 5 and top["bids"][0][0] < top["asks"][0][0]
     # Text ping every second, answered: no RequestTimeout over the whole run.
@@ -481,6 +487,48 @@ def test_rest_endpoints_and_their_errors(gateway: VenueGateway) -> None:
     assert status == 400 and body["code"] == "51000"
     status, _ = get(gateway, "/okx/api/v5/nothing")
     assert status == 404
+
+
+def test_candles_over_rest_and_the_business_socket(gateway: VenueGateway) -> None:
+    async def main() -> None:
+        url = f"{gateway.ws}/okx/ws/v5/business"
+        async with websockets.connect(url, ssl=gateway.ssl()) as ws:
+            await ws.send(sub_msg(("candle1s", "BTC-USDT"), ("candle1m", "BTC-USDT")))
+            assert (await recv(ws))["arg"] == {"channel": "candle1s", "instId": "BTC-USDT"}
+            assert (await recv(ws))["event"] == "subscribe"
+            rows: dict[str, list[list[str]]] = {"candle1s": [], "candle1m": []}
+            while len(rows["candle1s"]) < 6 or not rows["candle1m"]:
+                msg = await recv(ws)
+                [row] = msg["data"]
+                rows[msg["arg"]["channel"]].append(row)
+            for row in rows["candle1s"] + rows["candle1m"]:
+                assert len(row) == 9 and all(isinstance(x, str) for x in row)
+                ts, o, h, low, c, vol, ccy, _, confirm = row
+                assert dec(low) <= min(dec(o), dec(c)) <= max(dec(o), dec(c)) <= dec(h)
+                assert confirm in ("0", "1") and int(ts) % 1000 == 0
+            # A one-second candle is pushed once more, confirmed, when the next opens.
+            assert any(r[8] == "1" for r in rows["candle1s"])
+            # The business socket serves candles only (as OKX's), public ones not.
+            await ws.send(sub_msg(("books", "BTC-USDT")))
+            while (msg := await recv(ws)).get("event") is None:
+                pass
+            assert msg["event"] == "error" and msg["code"] == "60018"
+
+    asyncio.run(main())
+    status, body = get(gateway, "/okx/api/v5/market/candles?instId=BTC-USDT&bar=1s&limit=5")
+    assert status == 200 and 0 < len(body["data"]) <= 5
+    ts = [int(r[0]) for r in body["data"]]
+    assert ts == sorted(ts, reverse=True)  # newest first
+    status, older = get(
+        gateway, f"/okx/api/v5/market/candles?instId=BTC-USDT&bar=1s&after={ts[0]}&limit=2"
+    )
+    assert [int(r[0]) for r in older["data"]] == ts[1:3]
+    status, newer = get(
+        gateway, f"/okx/api/v5/market/history-candles?instId=BTC-USDT&bar=1s&before={ts[1]}"
+    )
+    assert [int(r[0]) for r in newer["data"]][-1] == ts[0]
+    status, body = get(gateway, "/okx/api/v5/market/candles?instId=BTC-USDT&bar=1D")
+    assert status == 400 and body["code"] == "51000"
 
 
 def test_unknown_okx_path_is_refused(gateway: VenueGateway) -> None:

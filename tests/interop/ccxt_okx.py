@@ -3,9 +3,11 @@
 argv: WS_BASE (wss://127.0.0.1:P) HTTP_BASE (http://127.0.0.1:Q) CAFILE SYMBOL BOOKS
       [resync]
 Prints one JSON object per line: markets, books (nonce = seqId + full book), trades,
-ticker, a REST order book. With ``resync``, it then breaks its own book's nonce (as a
-missed update would) so ccxt takes its InvalidNonce path: unsubscribe, wait for the
-ack, subscribe, rebuild from the new snapshot; and prints the books after that.
+ticker, a REST order book, candles (REST and the business socket). With ``resync``, it
+then breaks its own book's nonce (as a missed update would) so ccxt takes its
+InvalidNonce path: unsubscribe, wait for the ack, subscribe, rebuild from the new
+snapshot; and prints the books after that. Last, a books5 book (another socket) and,
+after more pings every second, a ticker: the keepalive held.
 """
 
 import asyncio
@@ -52,6 +54,10 @@ async def main(ws_base, http_base, cafile, symbol, books, mode=""):
         )
         rest = await ex.fetch_order_book(symbol, 50)
         out(kind="rest_book", bids=rest["bids"], asks=rest["asks"])
+        candles = await ex.fetch_ohlcv(symbol, "1m", limit=5)
+        out(kind="ohlcv", candles=candles)
+        live = await ex.watch_ohlcv(symbol, "1m")  # on /ws/v5/business
+        out(kind="ohlcv_ws", candles=live)
         if mode == "resync":
             # A missed update, as ccxt sees one: its book's nonce no longer matches the
             # next update's prevSeqId -> InvalidNonce on this watch.

@@ -40,7 +40,7 @@ import msgspec
 from ..framing import text_frame
 from ..protocol import Ticker, Trade
 from .binance import _precision, _step, rolling_stats
-from .candles import Candles
+from .candles import INTERVALS, Candle, Candles
 from .feed import DialectFeed, DialectSubscriber, LevelKey, Renderer, Stream, Tap, Window
 from .markets import Market
 from .rest import MarketView, RestError, RestResponse, int_param
@@ -63,6 +63,28 @@ _BOOK_CHANNELS = ("books", "books5", "bbo-tbt")
 
 #: ``/api/v5/public/instruments`` instrument types (only SPOT has instruments).
 _INST_TYPES = ("SPOT", "MARGIN", "SWAP", "FUTURES", "OPTION")
+
+#: OKX candle bars served and the candle interval each is built from: the ones aligned
+#: on UTC (OKX's ``6H``, ``12H``, ``1D``, ``1W``, ``1M`` open at UTC+8 midnight: not
+#: served; their ``utc`` variants are, but for ``1Wutc``).
+BARS = {
+    "1s": "1s",
+    "1m": "1m",
+    "3m": "3m",
+    "5m": "5m",
+    "15m": "15m",
+    "30m": "30m",
+    "1H": "1h",
+    "2H": "2h",
+    "4H": "4h",
+    "6Hutc": "6h",
+    "12Hutc": "12h",
+    "1Dutc": "1d",
+    "1Mutc": "1M",
+}
+
+#: The channels of the ``/ws/v5/business`` socket: ``candle<bar>``.
+CANDLE_CHANNELS = tuple(f"candle{bar}" for bar in BARS)
 
 _DAY_MS = 24 * 3600 * 1000
 _UTC8_MS = 8 * 3600 * 1000
@@ -390,7 +412,54 @@ class Tickers(_Okx):
         return text_frame(_json.encode({"arg": self.arg, "data": [data]}))
 
 
+def candle_row(candles: Candles, c: Candle, interval: str, now_ms: int) -> list[str]:
+    """``[ts, o, h, l, c, vol, volCcy, volCcyQuote, confirm]`` (confirm "1": closed)."""
+    quote = candles.quote(c.quote_volume)
+    closed = c.start + INTERVALS[interval] <= now_ms
+    vol = candles.volume(c.volume)
+    return [str(c.start), c.open, c.high, c.low, c.close, vol, quote, quote, "1" if closed else "0"]
+
+
+class CandleStream(_Okx):
+    """``candle<bar>`` (business socket): the open candle every 500 ms, and each candle
+    once more with ``confirm: "1"`` when the next one opens."""
+
+    source = "timer"
+    interval = 0.5
+
+    def __init__(self, market: Market, channel: str) -> None:
+        super().__init__(market, channel)
+        self.candle_interval = BARS[channel[len("candle") :]]
+        self.open_start = -1
+
+    def timer(self, tap: Tap, now: float) -> bytes | None:
+        candles = tap.candles
+        series = candles.series(self.candle_interval, limit=2)
+        if not series:
+            return None
+        now_ms = _now_ms()
+        rows = []
+        last = series[-1]
+        if self.open_start >= 0 and last.start != self.open_start:
+            rows += [c for c in series if c.start == self.open_start]
+        self.open_start = last.start
+        rows.append(last)
+        return b"".join(
+            text_frame(
+                _json.encode(
+                    {
+                        "arg": self.arg,
+                        "data": [candle_row(candles, c, self.candle_interval, now_ms)],
+                    }
+                )
+            )
+            for c in rows
+        )
+
+
 def _factory(market: Market, channel: str) -> Callable[[], Renderer] | None:
+    if channel in CANDLE_CHANNELS:
+        return lambda: CandleStream(market, channel)
     if channel == "books":
         return lambda: Books(market)
     if channel == "books5":
@@ -422,8 +491,9 @@ class OkxSession:
 
     venue = "okx"
 
-    def __init__(self, feed: DialectFeed) -> None:
+    def __init__(self, feed: DialectFeed, channels: tuple[str, ...] = CHANNELS) -> None:
         self.feed = feed
+        self.channels = channels
         self.conn_id = secrets.token_hex(4)
         # (channel, instId) -> stream.
         self.subs: dict[tuple[str, str], Stream] = {}
@@ -477,7 +547,7 @@ class OkxSession:
             channel = arg["channel"]
             inst = arg.get("instId")
             market = markets.by_okx.get(inst) if isinstance(inst, str) else None
-            if channel not in CHANNELS or market is None:
+            if channel not in self.channels or market is None:
                 msg = (
                     f"Wrong URL or channel:{_clip(channel, 32)},instId:{_clip(str(inst), 32)} "
                     "doesn't exist. Please use the correct URL, channel and parameters "
@@ -533,10 +603,16 @@ class OkxSession:
 
 
 def open_session(feed: DialectFeed, path: str, query: Mapping[str, str]) -> OkxSession | None:
-    """The session for an ``/okx/...`` connect path (``/ws/v5/public``), or None."""
-    if path.rstrip("/") != "/ws/v5/public":
-        return None
-    return OkxSession(feed)
+    """The session for an ``/okx/...`` connect path, or None.
+
+    ``/ws/v5/public``: books, trades, tickers; ``/ws/v5/business``: candles.
+    """
+    path = path.rstrip("/")
+    if path == "/ws/v5/public":
+        return OkxSession(feed)
+    if path == "/ws/v5/business":
+        return OkxSession(feed, CANDLE_CHANNELS)
+    return None
 
 
 # -- REST ------------------------------------------------------------------------------------
@@ -677,7 +753,33 @@ def trades(view: MarketView, params: Mapping[str, str]) -> bytes:
     )
 
 
+def _candles(view: MarketView, params: Mapping[str, str], most: int) -> bytes:
+    """``GET /api/v5/market/candles`` (``history-candles``): newest first.
+
+    ``after``: candles opening before it; ``before``: after it; ``limit`` the newest.
+    """
+    m = _market(view, params)
+    bar = params.get("bar") or "1m"
+    interval = BARS.get(bar)
+    if interval is None:
+        raise _rest_error("51000", "Parameter bar error")
+    bad = _rest_error("51000", "Parameter limit error")
+    limit = int_param(params, "limit", 100, bad, 1, None)
+    after = int_param(params, "after", None, _rest_error("51000", "Parameter after error"))
+    before = int_param(params, "before", None, _rest_error("51000", "Parameter before error"))
+    assert limit is not None
+    limit = min(limit, most)
+    candles = view.candles(m.symbol)
+    start = before + 1 if before is not None else None
+    end = after - 1 if after is not None else None
+    chosen = candles.series(interval, start, end, 1 << 30)[-limit:]
+    now = view.now_ms()
+    return _ok([candle_row(candles, c, interval, now) for c in reversed(chosen)])
+
+
 _ROUTES: dict[str, Callable[[MarketView, Mapping[str, str]], bytes]] = {
+    "/api/v5/market/candles": lambda view, params: _candles(view, params, 300),
+    "/api/v5/market/history-candles": lambda view, params: _candles(view, params, 100),
     "/api/v5/public/time": lambda view, params: _ok([{"ts": str(view.now_ms())}]),
     "/api/v5/public/instruments": instruments,
     "/api/v5/market/books": books,

@@ -1,6 +1,7 @@
 """OKX v5 (spot, public channels), as ccxt.pro and cryptofeed read it (Sans-I/O).
 
-WebSocket path (on the gateway's port): ``/okx/ws/v5/public``. Requests::
+WebSocket paths (on the gateway's port): ``/okx/ws/v5/public`` (books, trades,
+tickers) and ``/okx/ws/v5/business`` (candles). Requests::
 
     {"op": "subscribe",   "args": [{"channel": "books", "instId": "BTC-USDT"}, ...]}
     {"op": "unsubscribe", "args": [...]}
@@ -15,7 +16,8 @@ before, dialects.md §4.1); a repeated book subscribe sends a fresh snapshot.
 
 Channels: ``books`` (a snapshot of up to 400 levels a side, then an update every
 100 ms), ``books5`` (the top 5, every 100 ms when they changed), ``bbo-tbt`` (the top
-level, every pass), ``trades`` (one push per trade), ``tickers`` (at most every 100 ms).
+level, every pass), ``trades`` (one push per trade), ``tickers`` (at most every 100 ms);
+``candle<bar>`` on the business socket (bars aligned on UTC only).
 
 Sequencing: ``seqId`` is the native ``book.<SYM>`` channel's seq; an update's
 ``prevSeqId`` is the ``seqId`` of the previous books push of the connection (-1 on a

@@ -31,7 +31,7 @@ from tickwire.dialects.okx import OkxSession, checksum
 from tickwire.engine import Engine
 from tickwire.framing import text_frame
 from tickwire.hub import Hub
-from tickwire.protocol import BookUpdate, Snapshot
+from tickwire.protocol import BookUpdate, Delta, Snapshot
 from venues import NativeRecorder, VenueGateway, beside_recorder, dec, levels, start_venue_gateway
 
 SYMBOLS = "BTC-USDT,ETH-USDT"
@@ -713,3 +713,50 @@ def test_a_book_replaced_upstream_sends_everyone_a_snapshot() -> None:
     [push] = paused.pushes()
     assert push["action"] == "snapshot" and push["data"][0]["seqId"] == seq
     paused_book.apply(push)
+
+
+def test_a_laggard_from_between_a_replacement_and_the_next_window_chains() -> None:
+    # The replacement's snapshot goes out at once, at the seq the tap has (past the
+    # window's start); a subscriber that stalls before the window emits holds that
+    # seq, and its catch-up must chain to it.
+    mkt = Market(bids=10, asks=10)
+    conn, slow = FakeConn(), FakeConn()
+    client, slow_book = mkt.subscribe(conn), mkt.subscribe(slow)
+    mkt.publish([bu("bid", "995.00", "1.0")])  # a window emits now: next due in 100 ms
+    client.apply(conn.pushes()[0])
+    slow_book.apply(slow.pushes()[0])
+    tap = mkt.feed.taps["BTC-USDT"]
+    ch = "book.BTC-USDT"
+
+    def native(msg: Snapshot | Delta) -> None:
+        tap.receive(text_frame(msgspec.json.encode(msg)))
+
+    x = tap.seq + 100
+    native(Snapshot(ch=ch, seq=x, epoch="e", bids=[("990.00", "1.0")], asks=[("1010.00", "1.0")]))
+    native(Delta(ch=ch, seq=x + 1, prev_seq=x, checksum=0, updates=[bu("bid", "991.00", "2.0")]))
+    mkt.feed.flush(mkt.now + 0.01)  # the 100 ms window is not due yet
+    for c, book in ((conn, client), (slow, slow_book)):
+        [snap] = c.pushes()
+        assert snap["action"] == "snapshot" and snap["data"][0]["seqId"] == x + 1
+        book.apply(snap)
+    mkt.feed.pause(slow, mkt.now + 0.02)
+    native(
+        Delta(ch=ch, seq=x + 2, prev_seq=x + 1, checksum=0, updates=[bu("ask", "1009.00", "3.0")])
+    )
+    mkt.feed.flush(mkt.now + 1)
+    [push] = conn.pushes()
+    client.apply(push)
+    assert push["data"][0]["prevSeqId"] == x + 1 and client.seq == x + 2
+    mkt.feed.resume(slow)
+    mkt.feed.flush(mkt.now + 2)
+    [merged] = slow.pushes()
+    assert merged["action"] == "update"
+    slow_book.apply(merged)  # prevSeqId == x + 1: what it holds
+    assert (
+        slow_book.sorted()
+        == client.sorted()
+        == (
+            [("991.00", "2.0"), ("990.00", "1.0")],
+            [("1009.00", "3.0"), ("1010.00", "1.0")],
+        )
+    )

@@ -250,9 +250,10 @@ class Books(_Okx):
                 else:
                     shown[price] = qty
         else:
-            bids = _window_diff(shown_bids, book.bids(BOOK_DEPTH))
-            asks = _window_diff(shown_asks, book.asks(BOOK_DEPTH))
-            self.shown = (dict(book.bids(BOOK_DEPTH)), dict(book.asks(BOOK_DEPTH)))
+            top_bids, top_asks = book.bids(BOOK_DEPTH), book.asks(BOOK_DEPTH)
+            bids = _window_diff(shown_bids, top_bids)
+            asks = _window_diff(shown_asks, top_asks)
+            self.shown = (dict(top_bids), dict(top_asks))
             self.deep = nb > BOOK_DEPTH or na > BOOK_DEPTH
         self.last = seq
         cs = checksum(book.bids(CHECKSUM_DEPTH), book.asks(CHECKSUM_DEPTH))

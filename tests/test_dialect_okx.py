@@ -197,8 +197,8 @@ def test_cryptofeed_books_pass_every_checksum_and_trades_match(gateway: VenueGat
 
         async def watch_metrics() -> None:
             # While cryptofeed runs: its three channels, each streamed once to it.
-            await asyncio.sleep(4)
-            for _ in range(20):
+            await asyncio.sleep(2)
+            for _ in range(30):
                 _, text = await asyncio.to_thread(_metrics, gateway)
                 m = re.search(r'tickwire_venue_subscriptions\{venue="okx"\} (\S+)', text)
                 assert m
@@ -220,7 +220,9 @@ def test_cryptofeed_books_pass_every_checksum_and_trades_match(gateway: VenueGat
         return rec, lines, subs
 
     rec, lines, subs = asyncio.run(main())
-    assert set(subs) == {3.0}, subs
+    # Once subscribed (the first samples may precede its connect), exactly 3 streams.
+    assert subs.count(3.0) >= 5 and set(subs[subs.index(3.0) :]) == {3.0}, subs
+    assert max(subs) == 3.0
     books = [line for line in lines if line["kind"] == "book"]
     trades = [line for line in lines if line["kind"] == "trade"]
     tickers = [line for line in lines if line["kind"] == "ticker"]
@@ -228,7 +230,7 @@ def test_cryptofeed_books_pass_every_checksum_and_trades_match(gateway: VenueGat
     assert [line for line in lines if line["kind"] == "subscribes"] == [
         {"kind": "subscribes", "count": 1}
     ]
-    assert len(books) >= 40, f"only {len(books)} books in 7 s"
+    assert len(books) >= 30, f"only {len(books)} books in 7 s"
     # Its cumulative subscribe sent `books` up to three times: each time a snapshot,
     # never a second stream. Every update chains to the push before it.
     snapshots = [b for b in books if b["action"] == "snapshot"]

@@ -17,9 +17,9 @@ from tickwire.book import Book
 from tickwire.dialects import binance
 from tickwire.dialects.feed import DialectFeed, Stream
 from tickwire.engine import Engine, StateSnapshot
-from tickwire.framing import frame_payloads
+from tickwire.framing import frame_payloads, text_frame
 from tickwire.hub import Hub
-from tickwire.protocol import BookUpdate
+from tickwire.protocol import BookUpdate, Delta, encode
 
 SYM = "BTC-USDT"
 TS = 1_700_000_000_000_000_000
@@ -273,4 +273,21 @@ def test_a_book_replaced_upstream_closes_binance_diff_subscribers() -> None:
     )
     hub.restore(snap)
     feed.flush(1.0)
+    assert sub.closed is not None and sub.closed[0] == 1011
+
+
+def test_a_broken_native_chain_resnapshots_the_tap_as_a_replacement() -> None:
+    hub, feed = setup()
+    stream = depth_stream(feed)
+    sub = Sub()
+    feed.join(sub, stream)
+    publish(hub, feed, random.Random(7), 3, 0.5)
+    tap = feed.taps[SYM]
+    # A delta that does not chain (it cannot happen to a tap that never lags).
+    bogus = Delta(f"book.{SYM}", tap.seq + 10, tap.seq + 5, 0, [])
+    tap.receive(text_frame(encode(bogus)))
+    assert tap.broken
+    feed.flush(1.0)
+    assert not tap.broken and tap.seq == hub.channels[f"book.{SYM}"].seq
+    # A replacement, not a first load: Binance diff subscribers are closed (1011).
     assert sub.closed is not None and sub.closed[0] == 1011

@@ -210,6 +210,7 @@ class Tap:
         "seq",
         "ts",
         "loaded",
+        "broken",
         "pending",
         "unsettled",
         "mirror",
@@ -237,6 +238,7 @@ class Tap:
         self.seq = 0  # book seq of the last delta received
         self.ts = 0  # its event time (ns)
         self.loaded = False  # a book snapshot arrived
+        self.broken = False  # the native chain broke: a fresh snapshot is due
         self.pending: dict[LevelKey, str] = {}  # this pass's changes
         self.unsettled: dict[LevelKey, str] = {}  # changes not applied to ``mirror``
         self.mirror = Book()
@@ -276,10 +278,14 @@ class Tap:
         for payload in frame_payloads(data):
             msg = decode_message(payload)
             if isinstance(msg, Delta):
+                if self.broken:
+                    continue  # until the fresh snapshot asked for
                 if msg.prev_seq != self.seq and self.loaded:
                     # Never happens to a subscriber that never lags; if the chain
-                    # breaks anyway, the venue streams must not paper over it.
-                    self.loaded = False
+                    # breaks anyway, the venue streams must not paper over it: the
+                    # feed asks the hub for a fresh snapshot (a replacement).
+                    self.broken = True
+                    continue
                 pending = self.pending
                 for u in msg.updates:
                     pending[(u.side, u.price)] = u.qty
@@ -314,6 +320,7 @@ class Tap:
             self.replaced = True
             self.first = not self.loaded
             self.loaded = True
+            self.broken = False
         elif snap.ticker is not None:
             self.last_ticker = snap.ticker
             self.ticker_new = True
@@ -489,6 +496,8 @@ class DialectFeed:
     def flush(self, now: float) -> None:
         """Render and send what is due on every tap (call once per pass)."""
         for tap in self.taps.values():
+            if tap.broken:
+                self._resubscribe(tap)
             tap.fold()
             if tap.replaced:
                 tap.replaced = False
@@ -520,6 +529,14 @@ class DialectFeed:
             for sub in subs:
                 if sub not in self.paused:
                     self._catch_up(sub)
+
+    def _resubscribe(self, tap: Tap) -> None:
+        """Ask the hub for a fresh book snapshot (a repeated subscribe starts over)."""
+        hub = self.hub
+        hub.subscribe(tap, hub.channels[f"book.{tap.symbol}"])
+        if tap.outbox:
+            frames, tap.outbox = tap.outbox, []
+            tap.receive(b"".join(frames))
 
     def _emit_now(self, tap: Tap, w: Window) -> None:
         """Emit what ``w`` holds now, due or not (a join, a catch-up)."""

@@ -212,6 +212,8 @@ class Setting:
             if self.choices:
                 return "a list of " + ", ".join(self.choices)
             return "a list of strings (comma-separated outside the file)"
+        if self.kind == "spec":
+            return "a string or a number"
         if self.choices:
             return "one of " + ", ".join(self.choices)
         if self.kind in ("int", "float"):
@@ -297,14 +299,14 @@ SETTINGS: tuple[Setting, ...] = (
     # [listen]
     S("listen", "host", "str", "127.0.0.1", "address to listen on", flag="--host"),
     S("listen", "port", "int", 8765, "WebSocket port (0: any free)", low=0, high=65535),
-    S("listen", "workers", "int", 1, "gateway processes sharing the port (SO_REUSEPORT), supervised", low=1),
+    S("listen", "workers", "int", 1, "gateway processes sharing the port (SO_REUSEPORT), supervised", low=1, restart="needs a restart (the supervisor starts its workers once)"),
     S("listen", "reuse_port", "bool", False, "listen with SO_REUSEPORT (set on each worker by --workers)"),
     S("listen", "ping_interval", "float", 20.0, "seconds between WebSocket pings to an idle peer (0: off)", low=0),
     S("listen", "ping_timeout", "float", 20.0, "seconds to wait for the pong before closing", low=0),
     S("listen", "deflate", "bool", False, "accept permessage-deflate from clients that offer it (off: market data is CPU-bound; JSON and msgpack are always available by subprotocol)", reload=True),
-    S("listen", "deflate_level", "int", 1, "zlib level of compressed frames (1: the fastest)", low=1, high=9, metavar="1..9"),
+    S("listen", "deflate_level", "int", 1, "zlib level of compressed frames (1: the fastest)", low=1, high=9, metavar="1..9", restart="needs a restart (the hub's compressors are made at start)"),
     # [market]
-    S("market", "source", "str", "sim", "sim (embedded simulator), nats://HOST:PORT (follow `tickwire publish`), or an NDJSON recording to replay"),
+    S("market", "source", "str", "sim", "sim (embedded simulator), nats://HOST:PORT (follow `tickwire publish`), or an NDJSON recording to replay", sample="nats://127.0.0.1:4222"),
     S("market", "nats", "str", None, "publish: the NATS URL to publish to, e.g. nats://127.0.0.1:4222", commands=("publish",), required=("publish",), sample="nats://127.0.0.1:4222"),
     S("market", "replay", "str", None, "publish: this NDJSON recording instead of the simulator", commands=("publish",), sample="recording.ndjson"),
     S("market", "symbols", "list", None, "comma-separated symbols, or a count N for SYM0..SYM{N-1} (default BTC-USD,ETH-USD,SOL-USD; a replay: the recording's)", commands=_ALL, check=_symbols, sample=["BTC-USD", "ETH-USD"]),
@@ -1020,10 +1022,21 @@ def render_docs() -> str:
         "allowed origins and proxies, slow-consumer budgets, test faults. A new rate or "
         "burst applies to open connections at once; a new handshake timeout or origin "
         "list to the next handshakes. It logs each setting it reloaded (INFO) and each "
-        "changed one it did not, with the reason (WARNING), e.g. `not reloaded [listen] "
-        "port: 8765 -> 9000 needs a restart (the listener is set up at start)`. A file "
-        "that does not pass the checks is reported (ERROR) and the running configuration "
-        "kept, whole.",
+        "changed one it did not, with the reason (WARNING), then keeps running with the "
+        "old value:",
+        "",
+        "```",
+        "INFO tickwire.config: reload: reloaded [limits] max_messages_per_s: 50.0 -> 20.0",
+        "WARNING tickwire.config: reload: not reloaded [listen] port: 8765 -> 9000: needs a "
+        "restart (the listener is set up at start); keeping 8765",
+        "ERROR tickwire.config: reload failed, keeping the running configuration: tw.toml: "
+        "[limits] message_burst: expected an integer >= 1, got 0",
+        "```",
+        "",
+        "A file that does not pass the checks is reported (ERROR) and the running "
+        "configuration kept, whole. The log level's own default (WARNING) hides the INFO "
+        "lines; `log_level = \"INFO\"` shows them. What is not reloadable, and why, is "
+        "under each section below.",
         "",
         "## Settings",
         "",

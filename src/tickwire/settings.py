@@ -1035,7 +1035,7 @@ def render_docs() -> str:
         "",
         "A file that does not pass the checks is reported (ERROR) and the running "
         "configuration kept, whole. The log level's own default (WARNING) hides the INFO "
-        "lines; `log_level = \"INFO\"` shows them. What is not reloadable, and why, is "
+        'lines; `log_level = "INFO"` shows them. What is not reloadable, and why, is '
         "under each section below.",
         "",
         "## Settings",

@@ -29,8 +29,8 @@ run: install
 # `make run` serves examples/tickwire.toml; PORT, ADMIN_PORT, SYMBOLS or RATE given to
 # make (make run PORT=9000) become flags, which take precedence over the file.
 override_flag = $(if $(filter-out file,$(origin $(1))),$(2) $($(1)))
-RUN_FLAGS = $(call override_flag,PORT,--port) $(call override_flag,ADMIN_PORT,--admin-port) \
-	$(call override_flag,SYMBOLS,--symbols) $(call override_flag,RATE,--rate)
+RUN_FLAGS = $(strip $(call override_flag,PORT,--port) $(call override_flag,ADMIN_PORT,--admin-port) \
+	$(call override_flag,SYMBOLS,--symbols) $(call override_flag,RATE,--rate))
 
 # docs/configuration.md is generated from the settings' declarations (src/tickwire/settings.py).
 config-docs: install

@@ -438,6 +438,27 @@ def test_bad_configuration_exits_2_with_one_line(tmp_path: Path) -> None:
         assert "Traceback" not in out.stderr and "too-short" not in out.stderr
 
 
+def test_unusable_keys_are_refused_at_start(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a key\n")
+    cfg = tmp_path / "tw.toml"
+    cfg.write_text(f'[security]\njwt_public_key = "{junk}"\n')
+    out = run_cli("serve", "--port", "0", "--config", str(cfg))
+    assert out.returncode == 2
+    assert out.stderr.startswith(
+        f"tickwire serve: error: {cfg}: [security] jwt_public_key: '{junk}': not a PEM public key"
+    )
+    out = run_cli("serve", "--port", "0", env={"TICKWIRE_SECURITY_TLS_CERT": str(junk)})
+    assert out.stderr.startswith("tickwire serve: error: [security] tls_cert = ")
+    out = run_cli("serve", "--port", "0", "--tls-cert", str(junk), "--tls-key", str(junk))
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert out.stderr.startswith(
+        f"tickwire serve: error: [security] tls_cert = '{junk}' (flag --tls-cert) and "
+        f"[security] tls_key = '{junk}' (flag --tls-key): expected a PEM certificate chain "
+        "and its private key ("
+    )
+
+
 def test_short_secret_file_is_refused_without_echo(tmp_path: Path) -> None:
     secret = tmp_path / "jwt.secret"
     secret.write_text("hunter2\n")

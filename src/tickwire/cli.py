@@ -485,6 +485,27 @@ def _check_files(resolved: settings.Resolved) -> None:
                     f"{resolved.where(setting.name)}: expected a secret of at least "
                     f"{settings.MIN_SECRET_BYTES} bytes in {path!r}"
                 )
+        elif setting.name == "security.jwt_public_key":
+            from .auth import TokenVerifier
+
+            try:
+                TokenVerifier(public_key=content)
+            except ConfigError as exc:
+                why = str(exc).removeprefix("--jwt-public-key: ")
+                raise ConfigError(f"{resolved.where(setting.name)}: {path!r}: {why}") from None
+    cert, key = "security.tls_cert", "security.tls_key"
+    if resolved.values.get(cert) is not None and resolved.values.get(key) is not None:
+        import ssl
+
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                resolved[cert], resolved[key]
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"{resolved.describe(cert)} and {resolved.describe(key)}: expected a PEM "
+                f"certificate chain and its private key ({exc})"
+            ) from None
 
 
 def _namespace(resolved: settings.Resolved, loader: _Loader) -> argparse.Namespace:

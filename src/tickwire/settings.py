@@ -31,6 +31,7 @@ import difflib
 import ipaddress
 import json
 import math
+import textwrap
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -939,11 +940,12 @@ def render_example() -> str:
         if not settings:
             lines.append("# (no settings yet)")
         for setting in settings:
-            lines.append(
-                f"# {setting.help} [{setting.option}, {setting.env}"
+            note = (
+                f"{setting.help} [{setting.option}, {setting.env}"
                 f"{'' if setting.commands == ('serve',) else '; ' + '/'.join(setting.commands)}"
                 f"{'; reloads on SIGHUP' if setting.reload else ''}]"
             )
+            lines += textwrap.wrap(note, 88, initial_indent="# ", subsequent_indent="#   ")
             if setting.secret or setting.default is None:
                 example = sample(setting) if not setting.secret else "<secret>"
                 lines.append(f"# {setting.key} = {_toml(example)}")

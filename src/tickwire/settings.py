@@ -641,14 +641,19 @@ def add_arguments(parser: Any, command: str | None) -> None:
 
 
 def _default_note(setting: Setting) -> str:
-    if setting.default is None or "default" in setting.help:
-        return ""
+    """`` (default X; TICKWIRE_..., reloads)`` for ``--help``."""
+    notes = []
     value = setting.default
-    if setting.kind == "list":
-        value = ",".join(value) or "none"
-    elif setting.kind == "bool":
-        value = "on" if value else "off"
-    return f" (default {value})".replace("%", "%%")
+    if value is not None and "default" not in setting.help:
+        if setting.kind == "list":
+            value = ",".join(value) or "none"
+        elif setting.kind == "bool":
+            value = "on" if value else "off"
+        notes.append(f"default {value}")
+    notes.append(setting.env)
+    if setting.reload:
+        notes.append("reloads on SIGHUP")
+    return f" ({'; '.join(notes)})".replace("%", "%%")
 
 
 # -- resolution ------------------------------------------------------------------------------

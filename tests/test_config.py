@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from helpers import RawClient
+from helpers import HandshakeRefused, RawClient
 from tickwire import cli, settings
 from tickwire.exceptions import ConfigError
 from tickwire.server.gateway import Gateway
@@ -215,6 +215,14 @@ ERRORS: list[tuple[dict[str, Any], str]] = [
         {"file": {"listen": {"max_messages_per_s": 3}}},
         "tw.toml: unknown key [listen] max_messages_per_s; "
         "did you mean [limits] max_messages_per_s?",
+    ),
+    (
+        {"file": {"admin": {"admin_port": 9100}}},
+        "tw.toml: unknown key [admin] admin_port; did you mean [admin] port?",
+    ),
+    (
+        {"file": {"faults": {"test-faults": True}}},
+        "tw.toml: unknown key [faults] test-faults; did you mean [faults] enabled?",
     ),
     (
         {"file": {"limit": {}}},
@@ -701,10 +709,11 @@ def test_sighup_reloads_limits_and_keeps_the_rest(tmp_path: Path, served: list[S
     client = RawClient(srv.port)
     assert _pings(client, 8) == ["pong"] * 8
 
-    # A stricter limit, and a change that needs a restart.
+    # A stricter limit, allowed origins, and a change that needs a restart.
     cfg.write_text(
         base.replace("rate = 10.0", "rate = 20.0")
         + "[limits]\nmax_messages_per_s = 1\nmessage_burst = 2\n"
+        + '[security]\nallowed_origins = ["https://ok.example"]\n'
     )
     srv.proc.send_signal(signal.SIGHUP)
     assert "reloaded [limits] max_messages_per_s: 1000.0 -> 1.0" in srv.wait_for(
@@ -719,6 +728,13 @@ def test_sighup_reloads_limits_and_keeps_the_rest(tmp_path: Path, served: list[S
     fresh = RawClient(srv.port)
     assert _pings(fresh, 3) == ["pong"] * 2 + ["rate_limited"]
     fresh.close()
+    assert 'reloaded [security] allowed_origins: [] -> ["https://ok.example"]' in "".join(
+        srv.stderr
+    )
+    with pytest.raises(HandshakeRefused) as refused:
+        RawClient(srv.port, headers={"Origin": "https://evil.example"})
+    assert refused.value.status == 403
+    RawClient(srv.port, headers={"Origin": "https://ok.example"}).close()
 
     # A bad file is reported and the running configuration kept.
     cfg.write_text(base + "[limits]\nmax_messages_per_s = -5\n")

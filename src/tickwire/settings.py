@@ -539,8 +539,8 @@ def _file_values(data: Mapping[str, Any], name: str) -> dict[str, tuple[Any, Ori
     for section, table in data.items():
         if section not in _SECTION_BY_NAME:
             if not isinstance(table, dict):
-                owners = [s for s in SETTINGS if s.key == section]
-                hint = f"; did you mean {owners[0].title}?" if owners else ""
+                owner = _owner(section)
+                hint = f"; did you mean {owner.title}?" if owner else ""
                 raise ConfigError(
                     f"{name}: unknown key {section!r} at the top level "
                     f"(settings go in sections such as [listen]){hint}"
@@ -564,9 +564,22 @@ def _file_values(data: Mapping[str, Any], name: str) -> dict[str, tuple[Any, Ori
     return out
 
 
+def _owner(key: str) -> Setting | None:
+    """The setting a key names by its flag (``admin_port``, ``test-faults``) or its key."""
+    flag = key.replace("-", "_")
+    for setting in SETTINGS:
+        if setting.dest == flag and not setting.positional:
+            return setting
+    return next((s for s in SETTINGS if s.key == key), None)
+
+
 def _unknown_key(name: str, section: str, key: str, keys: Mapping[str, Setting]) -> str:
     close = _suggest(key, keys)
-    if close is not None:
+    owner = _owner(key)
+    if owner is not None:
+        # A flag's name (admin_port, test_faults) or a key of another section.
+        hint = f"; did you mean {owner.title}?"
+    elif close is not None:
         hint = f"; did you mean {close}?"
     else:
         # The right key in the wrong section: name the section it belongs to.

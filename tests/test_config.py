@@ -691,7 +691,7 @@ def test_port_from_file_rate_limit_from_env(tmp_path: Path, served: list[Served]
         f'[listen]\nport = {port}\n[market]\nsymbols = ["A"]\nrate = 10.0\n'
         "[limits]\nmax_messages_per_s = 1000\nmessage_burst = 1000\n"
     )
-    env = {"TICKWIRE_LIMITS_MAX_MESSAGES_PER_S": "1", "TICKWIRE_LIMITS_MESSAGE_BURST": "3"}
+    env = {"TICKWIRE_LIMITS_MAX_MESSAGES_PER_S": "0.1", "TICKWIRE_LIMITS_MESSAGE_BURST": "3"}
     srv = Served(["--config", str(cfg), "--admin-port", "off"], env)
     served.append(srv)
     assert srv.port == port
@@ -712,11 +712,11 @@ def test_sighup_reloads_limits_and_keeps_the_rest(tmp_path: Path, served: list[S
     # A stricter limit, allowed origins, and a change that needs a restart.
     cfg.write_text(
         base.replace("rate = 10.0", "rate = 20.0")
-        + "[limits]\nmax_messages_per_s = 1\nmessage_burst = 2\n"
+        + "[limits]\nmax_messages_per_s = 0.1\nmessage_burst = 2\n"
         + '[security]\nallowed_origins = ["https://ok.example"]\n'
     )
     srv.proc.send_signal(signal.SIGHUP)
-    assert "reloaded [limits] max_messages_per_s: 1000.0 -> 1.0" in srv.wait_for(
+    assert "reloaded [limits] max_messages_per_s: 1000.0 -> 0.1" in srv.wait_for(
         "max_messages_per_s"
     )
     assert "reloaded [limits] message_burst: 1000 -> 2" in srv.wait_for("message_burst")

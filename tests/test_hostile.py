@@ -1,6 +1,6 @@
 """Hostile clients against a real server, while a healthy client keeps its whole stream.
 
-Each case runs beside :func:`test_bad_input.run_beside_healthy_client`: a WebSocket
+Each case runs beside :func:`helpers.run_beside_healthy_client`: a WebSocket
 client on ``book.A`` and ``trades.A`` must receive every update in order (its
 :class:`helpers.StreamChecker` asserts the seq chain and every checksum) before, during
 and after the attack. Oversized, fragmented, invalid-UTF-8 and unmasked frames are in
@@ -29,8 +29,9 @@ from helpers import (
     RawClient,
     ServerProcess,
     client_frame,
+    run_beside_healthy_client,
 )
-from test_bad_input import run_beside_healthy_client, still_open
+from test_bad_input import still_open
 from tickwire.protocol import CloseCode, ErrorCode
 
 Factory = Callable[..., ServerProcess]

@@ -35,7 +35,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from picows import (
     WSUpgradeRequest,
@@ -44,6 +44,7 @@ from picows import (
 )
 
 from ..codec import Wire, negotiate
+from ..dialects import DialectFeed
 from ..engine import Engine
 from ..exceptions import AuthError, ConfigError, RequestError
 from ..hotpath import relax_gc
@@ -56,19 +57,18 @@ from ..protocol import (
     ErrorCode,
     Pong,
     Request,
+    Snapshot,
     decode_request,
     encode,
     parse_channel,
 )
 from ..sources import make_source
-from .guard import Guard, create_ws_server
-from .metrics import TickStats
-
-if TYPE_CHECKING:
-    from .admin import AdminServer
-
+from .admin import AdminServer
 from .config import GatewayConfig
 from .connection import Connection
+from .guard import Guard, create_ws_server
+from .metrics import TickStats
+from .venues import venue_listener
 
 __all__ = ["Gateway"]
 
@@ -101,6 +101,8 @@ class Gateway:
             deflate_level=config.deflate_level,
         )
         self.source = make_source(config)
+        # The venue dialects (Binance, OKX, Kraken) tap the hub's native channels.
+        self.feed = DialectFeed(self.hub)
         # Private channels: tokens, and the simulator's synthetic users' orders.
         self.verifier = config.verifier
         self.guard = Guard(self._listener, config.limits, config.verifier)
@@ -222,7 +224,7 @@ class Gateway:
         for conn in list(self.connections.values()):
             if conn.expires and conn.expires <= wall:
                 conn.fail(CloseCode.AUTH_EXPIRED, "token expired; log in again with a new one")
-            elif idle and not conn.channels and now - conn.last_seen > idle:
+            elif idle and not conn.has_subscriptions() and now - conn.last_seen > idle:
                 conn.fail(CloseCode.IDLE_TIMEOUT, f"idle for {idle:g}s without a subscription")
 
     def _attach_accounts(self) -> None:
@@ -266,7 +268,11 @@ class Gateway:
 
     def _listener(self, request: WSUpgradeRequest) -> Connection | WSUpgradeResponseWithListener:
         self.accepted += 1
-        return self._negotiate(request, next(self._ids))
+        conn_id = next(self._ids)
+        venue = venue_listener(self, request, conn_id)
+        if venue is not None:
+            return venue
+        return self._negotiate(request, conn_id)
 
     def _negotiate(
         self, request: WSUpgradeRequest, conn_id: int
@@ -297,6 +303,33 @@ class Gateway:
         its first full snapshot, by discarding it from :attr:`incomplete_books`.
         """
         return self._server is not None and not self.incomplete_books
+
+    def book_snapshot(self, symbol: str, depth: int | None = None) -> Snapshot:
+        """Return the book of ``symbol`` exactly as a WebSocket subscription would start now.
+
+        Like :meth:`tickwire.hub.Hub.subscribe`, it first sends what is pending on the
+        channel, so the snapshot's ``seq`` is the ``prev_seq`` of the channel's next delta
+        and its ``checksum`` matches that ``seq`` (REST snapshots, native and venue).
+
+        Args:
+            symbol: a served symbol, e.g. ``BTC-USD``.
+            depth: levels per side to include (None: all); the checksum always covers the
+                top 10 levels of the whole book, as on the WebSocket.
+
+        Raises:
+            KeyError: ``symbol`` is not served.
+        """
+        hub = self.hub
+        ch = hub.channels[f"book.{symbol}"]
+        if ch.pending:
+            # Between ticks nothing is pending (the tick publishes and flushes at once);
+            # with --batch-ms 0 or a source that publishes between ticks, send it.
+            hub.flush(time.monotonic())
+        snap = hub.snapshot(ch)
+        if depth is not None:
+            snap.bids = (snap.bids or [])[:depth]
+            snap.asks = (snap.asks or [])[:depth]
+        return snap
 
     def uptime(self) -> float:
         """Seconds since this gateway was created."""
@@ -339,8 +372,6 @@ class Gateway:
 
     async def _start_admin(self, host: str, port: int) -> None:
         """Start the admin HTTP listener (see :mod:`tickwire.server.admin`)."""
-        from .admin import AdminServer
-
         admin = AdminServer(self)
         try:
             await admin.start(host, port)
@@ -432,7 +463,8 @@ class Gateway:
     def _check_paused(self, now: float) -> None:
         """Enforce the hard budget and the stall timeout on paused connections."""
         cfg = self.config
-        for sub, since in list(self.hub.paused.items()):
+        paused = [*self.hub.paused.items(), *self.feed.paused.items()]
+        for sub, since in paused:
             conn = cast(Connection, sub)
             size = conn.buffered()
             if size > conn.max_buffered:
@@ -482,12 +514,14 @@ class Gateway:
         poll = self.source.poll
         publish = hub.publish
         flush_symbol = hub.flush_symbol
+        feed_flush = self.feed.flush
         dirty = cast(list[Connection], hub.dirty)
         tick = self.config.batch_ms / 1000.0 if self.config.batch_ms > 0 else 0.001
         monotonic = time.monotonic
         next_heartbeat = deadline = monotonic()
         next_sweep = next_heartbeat
         paused = hub.paused
+        venue_paused = self.feed.paused
         sleep = asyncio.sleep
         time_ns = time.time_ns
         record = self.tick_stats.tick
@@ -539,6 +573,7 @@ class Gateway:
                 publish(symbol, updates, trades)
                 flush_symbol(symbol, now)
             hub.flush(now)
+            feed_flush(now)
             if now >= next_heartbeat:
                 hub.heartbeats(now)
                 next_heartbeat = now + min(0.25, self.config.heartbeat_s)
@@ -556,7 +591,7 @@ class Gateway:
             else:
                 record(now - target, -1, 0)
             hub.first_relayed = None
-            if paused:
+            if paused or venue_paused:
                 self._check_paused(now)
             if now >= next_sweep:
                 self._sweep()

@@ -387,7 +387,7 @@ def test_required_settings_name_every_way() -> None:
 
 
 def test_other_tickwire_variables_are_left_alone() -> None:
-    env = {"TICKWIRE_TEST_MS": "3", "TICKWIRE_SOMETHING_ELSE": "x", "TICKWIRE_CONFIG": "f"}
+    env = {"TICKWIRE_TEST_MS": "3", "TICKWIRE_NO_CORE": "1", "TICKWIRE_SOMETHING_ELSE": "x"}
     assert settings.resolve("serve", env=env)["listen.port"] == 8765
 
 

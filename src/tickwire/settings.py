@@ -594,7 +594,7 @@ def _unknown_key(name: str, section: str, key: str, keys: Mapping[str, Setting])
 # -- the environment -------------------------------------------------------------------------
 
 #: ``TICKWIRE_*`` variables that are not settings (the test suite's, the config file's).
-OTHER_ENV = (CONFIG_ENV, "TICKWIRE_TEST_MS", "TICKWIRE_HYPOTHESIS_EXAMPLES")
+OTHER_ENV = (CONFIG_ENV, "TICKWIRE_TEST_MS", "TICKWIRE_HYPOTHESIS_EXAMPLES", "TICKWIRE_NO_CORE")
 
 
 def _env_values(env: Mapping[str, str]) -> dict[str, tuple[Any, Origin]]:

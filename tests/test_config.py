@@ -436,7 +436,7 @@ def test_bad_configuration_exits_2_with_one_line(tmp_path: Path) -> None:
         (
             ["publish", "--log-level", "LOUD"],
             {},
-            "--log-level: expected one of DEBUG, INFO, WARNING, ERROR, got 'LOUD'",
+            "--log-level: expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'LOUD'",
         ),
     ]
     for argv, env, message in cases:

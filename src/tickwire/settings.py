@@ -74,7 +74,7 @@ MASK = "***"
 #: Shortest HS256 secret accepted (the same rule as :data:`tickwire.auth.MIN_SECRET_BYTES`).
 MIN_SECRET_BYTES = 32
 
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 CHANNEL_KINDS = ("book", "trades", "ticker")
 
 
@@ -360,7 +360,7 @@ SETTINGS: tuple[Setting, ...] = (
     # [admin]
     S("admin", "port", "spec", "auto", "admin HTTP port: dashboard, /metrics, /healthz, /readyz, /api/v1/book/SYM (auto: --port + 1, off when --port is 0; 0: any free port; off: none)", flag="--admin-port", check=_admin_port, sample="9100"),
     S("admin", "host", "str", None, "address of the admin listener (default: --host)", flag="--admin-host", sample="0.0.0.0"),
-    S("admin", "log_level", "str", "WARNING", "DEBUG, INFO, WARNING or ERROR", commands=_SP, choices=LOG_LEVELS, upper=True, reload=True),
+    S("admin", "log_level", "str", "WARNING", "DEBUG, INFO, WARNING, ERROR or CRITICAL", commands=_SP, choices=LOG_LEVELS, upper=True, reload=True),
     S("admin", "log_json", "bool", False, "log one JSON object per line (ts, level, logger, msg, conn, peer)", restart="needs a restart (the log format is set at start)"),
     S("admin", "stats_file", "str", None, "also write the exit stats JSON here", reload=True, sample="stats.json"),
     S("admin", "max_seconds", "float", 0.0, "exit by itself after this many seconds (0: run until signalled)", commands=_SP, low=0),

@@ -85,7 +85,7 @@ browser: install
 		elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
 			sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
 		else \
-			echo "make: cannot install chromium (not root): the dashboard tests will skip"; \
+			echo "make: cannot install chromium (not root): the dashboard tests will skip, or fail under CI"; \
 		fi; \
 	fi
 

@@ -20,6 +20,10 @@ MS = float(os.environ.get("TICKWIRE_TEST_MS", "1")) / 1000
 _SERVING = re.compile(r"(wss?)://([\d.]+):(\d+)/ws \(epoch (\S+)\)")
 
 
+class ServerHung(AssertionError):
+    """The server did not exit after SIGTERM (it was killed)."""
+
+
 @dataclass
 class ServerProcess:
     """A ``tickwire serve`` subprocess; ``port`` 0 picks a free port on first start."""
@@ -31,8 +35,12 @@ class ServerProcess:
     stats: dict[str, Any] | None = None
     #: Everything the server wrote to stderr, once :meth:`stop` returned.
     stderr: str = ""
+    #: What the server wrote to stdout after its serving line, once :meth:`stop` returned.
+    stdout: str = ""
     #: "wss" when the server was started with --tls-cert.
     scheme: str = "ws"
+    #: A traceback in the server's stderr fails :meth:`stop` unless a test expects one.
+    tracebacks_allowed: bool = False
 
     @property
     def url(self) -> str:
@@ -77,22 +85,30 @@ class ServerProcess:
         raise RuntimeError(f"server did not start: {line!r} {err[-2000:]}")
 
     def stop(self, timeout: float = 10.0) -> dict[str, Any] | None:
-        """SIGTERM, wait, and return the JSON stats line printed at exit."""
+        """SIGTERM, wait, and return the JSON stats line printed at exit.
+
+        Raises :class:`ServerHung` (after killing it) when the server does not exit
+        within ``timeout`` of SIGTERM, and fails when its stderr holds a traceback (an
+        exception the I/O layer logged and survived), unless ``tracebacks_allowed``.
+        """
         if self.proc is None:
             return None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            _, err = self.proc.communicate(timeout=timeout)
+            out, err = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise
+            raise ServerHung(f"the server did not exit within {timeout:g}s of SIGTERM") from None
         self.proc = None
+        self.stdout = out
         self.stderr = err
         for line in reversed(err.splitlines()):
             if line.startswith("{"):
                 self.stats = json.loads(line)
                 break
+        if not self.tracebacks_allowed:
+            assert "Traceback" not in err, f"the server logged a traceback:\n{err[-4000:]}"
         return self.stats
 
     def kill(self) -> None:

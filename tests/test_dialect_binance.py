@@ -245,3 +245,70 @@ def test_unknown_venue_path_is_refused(gateway: VenueGateway) -> None:
         assert info.value.response.status_code == 404
 
     asyncio.run(main())
+
+
+def test_a_stalled_reader_catches_up_with_one_merged_event_per_stream(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    """A Binance client that stops reading: the others are untouched, and when it reads
+    again each diff stream continues with one merged event, U still chained."""
+    from test_slow_consumers import connect
+
+    srv = server_factory(
+        "--symbols", "3", "--rate", "20000", "--sndbuf-kb", "8",
+        "--high-watermark-kb", "16", "--low-watermark-kb", "4", "--stall-timeout", "30",
+    )  # fmt: skip
+    streams = [f"sym{i}usd@depth@100ms" for i in range(3)]
+    url = f"ws://127.0.0.1:{srv.port}/binance/stream"
+    sub = json.dumps({"method": "SUBSCRIBE", "params": streams, "id": 1})
+
+    async def run() -> tuple[Any, Any]:
+        fast = await connect(url)
+        slow = await connect(url, small=True)
+        for c in (fast, slow):
+            c.send(sub)
+        await slow.wait_for(lambda: len(slow.messages) > 10)
+        slow.stall()
+        await asyncio.sleep(3)
+        slow.unstall()
+        await asyncio.sleep(1.5)
+        return fast, slow
+
+    fast, slow = asyncio.run(run())
+    stats = srv.stop()
+    assert stats is not None
+    for client in (fast, slow):
+        for name in streams:
+            events = [m["data"] for m in client.messages if m.get("stream") == name]
+            assert len(events) > 20, (client is slow, len(events), client.close_code, stats)
+            for prev, ev in zip(events, events[1:], strict=False):
+                assert ev["U"] == prev["u"] + 1, f"{name}: hole {prev['u']} -> {ev['U']}"
+    assert stats["venues"]["catch_ups"] >= 1, stats["venues"]
+    assert stats["slow"]["closes"] == {"budget": 0, "stall": 0, "total": 0}
+
+
+def test_freqtrade_validates_loads_candles_and_keeps_them_fresh_over_the_websocket(
+    gateway: VenueGateway,
+) -> None:
+    rec, lines = asyncio.run(
+        beside_recorder(
+            gateway,
+            "BTC-USDT",
+            "freqtrade_binance.py",
+            gateway.ws,
+            gateway.http,
+            str(gateway.cafile),
+            "BTC/USDT",
+        )
+    )
+    by_kind = {line["kind"]: line for line in lines}
+    assert by_kind["markets"]["pairs"] == ["BTC/USDT", "ETH/USDT"]
+    assert by_kind["ohlcv_rest"]["rows"] >= 1
+    ws = by_kind["ohlcv_ws"]
+    assert ws["via_ws"] and len(ws["candles"]) >= 2
+    for _, o, h, low, c, v in ws["candles"]:
+        assert low <= min(o, c) <= max(o, c) <= h and v > 0
+    book = by_kind["rest_book"]
+    rec.assert_book(book["seq"], levels(book["bids"]), levels(book["asks"]), depth=20)
+    ticker = by_kind["ticker"]
+    assert ticker["bid"] < ticker["ask"]

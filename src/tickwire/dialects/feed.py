@@ -178,7 +178,7 @@ class Renderer:
 class Stream:
     """One venue stream of one symbol: its renderer and its subscribers."""
 
-    __slots__ = ("key", "tap", "renderer", "subscribers", "lagging", "window")
+    __slots__ = ("key", "tap", "renderer", "subscribers", "lagging", "held", "window")
 
     def __init__(self, key: str, tap: Tap, renderer: Renderer) -> None:
         self.key = key
@@ -187,6 +187,8 @@ class Stream:
         self.subscribers: dict[DialectSubscriber, None] = {}
         # Paused subscribers -> the seq they have (book) or 0 (others).
         self.lagging: dict[DialectSubscriber, int] = {}
+        # Laggards of a stream that cannot resync in-band: the levels they may hold.
+        self.held: dict[DialectSubscriber, set[LevelKey]] = {}
         self.window: Window | None = None
 
 
@@ -363,6 +365,24 @@ class DialectFeed:
         self.renders = 0
         self.conflated = 0
 
+    def stats(self) -> dict[str, object]:
+        """Counters since start (the gateway's exit stats, ``venues``)."""
+        subscribers: dict[str, int] = {}
+        for stream in self.streams.values():
+            venue = stream.key.partition("|")[0]
+            n = len(stream.subscribers) + len(stream.lagging)
+            subscribers[venue] = subscribers.get(venue, 0) + n
+        return {
+            "taps": len(self.taps),
+            "streams": len(self.streams),
+            "subscribers": subscribers,
+            "renders": self.renders,
+            "frames_out": self.frames_out,
+            "bytes_out": self.bytes_out,
+            "paused": len(self.paused),
+            "catch_ups": self.conflated,
+        }
+
     # -- taps --------------------------------------------------------------------------
 
     def refresh_markets(self) -> Markets:
@@ -457,6 +477,7 @@ class DialectFeed:
             return False
         stream.subscribers.pop(sub, None)
         stream.lagging.pop(sub, None)
+        stream.held.pop(sub, None)
         self._untrack(stream.tap)
         return True
 
@@ -504,11 +525,15 @@ class DialectFeed:
                     self._catch_up(sub)
 
     def _emit(self, tap: Tap, w: Window) -> None:
-        for stream in w.streams:
-            if stream.subscribers:
-                self._send(stream, stream.renderer.book(tap, w))
+        rendered = [
+            (stream, stream.renderer.book(tap, w)) for stream in w.streams if stream.subscribers
+        ]
+        # Advance first: a write may cross a subscriber's high watermark, and the pause
+        # must record the seq this window takes it to.
         w.prev = w.seq
         w.levels = {}
+        for stream, frames in rendered:
+            self._send(stream, frames)
 
     def _send(self, stream: Stream, frames: bytes | None) -> None:
         if not frames:
@@ -534,8 +559,9 @@ class DialectFeed:
         """The tap's book was replaced (a hole upstream): every book stream resyncs."""
         for w in tap.windows.values():
             for stream in w.streams:
-                for sub in stream.lagging:
-                    stream.lagging[sub] = -1
+                if not tap.first:
+                    for sub in stream.lagging:
+                        stream.lagging[sub] = -1
                 if not tap.first and not stream.renderer.resyncs:
                     for sub in (*stream.subscribers, *stream.lagging):
                         sub.close(1011, "the book was resynchronised upstream; reconnect")
@@ -555,6 +581,14 @@ class DialectFeed:
                 w = stream.window
                 stream.lagging[sub] = w.prev if w is not None else 0
                 tap = stream.tap
+                if w is not None and not stream.renderer.resyncs:
+                    # Every level it may hold: the book now, and any changed since
+                    # its seq (its book is at ``w.prev``, the mirror may be past it).
+                    book = tap.book
+                    held = {("bid", p) for p, _ in book.bids()}
+                    held.update(("ask", p) for p, _ in book.asks())
+                    held.update(w.levels)
+                    stream.held[sub] = held
                 if w is not None and tap.touched is None:
                     tap.fold()
                     # Every window got the same folds since its ``prev``: the oldest
@@ -571,6 +605,8 @@ class DialectFeed:
 
     def _catch_up(self, sub: DialectSubscriber) -> None:
         for stream in list(sub.streams.values()):
+            if sub in self.paused:
+                return  # paused again by a catch-up's write: the rest keep lagging
             if sub not in stream.lagging:
                 continue
             since = stream.lagging.pop(sub)
@@ -590,6 +626,9 @@ class DialectFeed:
                     if merged is not None:
                         levels = [((u.side, u.price), u.qty) for u in merged]
                 self._untrack(tap)
+                held = stream.held.pop(sub, None)
+                if levels is None and held is not None and since >= 0:
+                    levels = _whole_book(tap.book, held)
                 if levels is None and not stream.renderer.resyncs:
                     sub.close(1008, "slow consumer: the stream cannot be caught up; reconnect")
                     return
@@ -598,9 +637,11 @@ class DialectFeed:
                 ticker = tap.last_ticker
                 frames = stream.renderer.ticker(tap, ticker, 0.0) if ticker else None
             self.conflated += 1
+            # Back on the stream before the write: if the write pauses it again, the
+            # pause records the seq this catch-up takes it to.
+            stream.subscribers[sub] = None
             if frames:
                 self._write(sub, frames)
-            stream.subscribers[sub] = None
 
     def _untrack(self, tap: Tap) -> None:
         """Stop tracking changed levels when no book stream of ``tap`` has a laggard."""
@@ -611,6 +652,21 @@ class DialectFeed:
                 if stream.lagging:
                     return
         tap.touched = None
+
+
+def _whole_book(book: Book, held: set[LevelKey]) -> list[tuple[LevelKey, str]]:
+    """Changes taking any book whose levels are among ``held`` to ``book``: every level
+    of ``book``, and a delete for each held level it no longer has.
+
+    The catch-up of a laggard whose changes were not tracked (they outgrew the book) on
+    a venue with no in-band snapshot: quantities are absolute, and deleting a level a
+    client does not hold is a no-op for venue clients.
+    """
+    levels: list[tuple[LevelKey, str]] = [(("bid", p), q) for p, q in book.bids()]
+    levels += [(("ask", p), q) for p, q in book.asks()]
+    now = {key for key, _ in levels}
+    levels += [(key, "0") for key in held if key not in now]
+    return levels
 
 
 def _next_due(due: float, interval: float, now: float) -> float:

@@ -180,7 +180,10 @@ class Connection(WSListener):
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type
-        if msg_type == WSMsgType.TEXT or (
+        if frame.rsv2 or frame.rsv3:
+            # RFC 6455 §5.2: no extension defines them; picows passes them through.
+            self.fail(CloseCode.PROTOCOL_ERROR, "RSV2/RSV3 set without an extension")
+        elif msg_type == WSMsgType.TEXT or (
             msg_type == WSMsgType.BINARY and self.wire.encoding is Encoding.MSGPACK
         ):
             binary = msg_type == WSMsgType.BINARY
@@ -231,6 +234,14 @@ class Connection(WSListener):
     def pause_writing(self) -> None:
         """The write buffer crossed the high watermark: conflate books and tickers."""
         if not self.closed:
+            # Its size at the crossing counts towards the maxima; while paused the tick
+            # loop records it after every pass (the only state in which it can grow).
+            size = self.buffered()
+            if size > self.max_buffered:
+                self.max_buffered = size
+                gateway = self.gateway
+                if size > gateway.max_buffered:
+                    gateway.max_buffered = size
             self.gateway.hub.pause(self, time.monotonic())
 
     def resume_writing(self) -> None:

@@ -127,6 +127,9 @@ class Gateway:
         self.slow_closes = {"budget": 0, "stall": 0, "total": 0}
         self.buffered_total = 0
         self.max_buffered_total = 0
+        # The largest one connection's buffer: a true maximum, since a buffer grows past
+        # the high watermark only while paused, which is recorded at the pause and
+        # after every tick's writes (and the sweep samples the unpaused ones).
         self.max_buffered = 0
         self.port = config.port
         self.started = time.monotonic()
@@ -493,6 +496,11 @@ class Gateway:
         self.buffered_total = total
         if total > self.max_buffered_total:
             self.max_buffered_total = total
+        for size, conn in sizes:
+            if size > conn.max_buffered:
+                conn.max_buffered = size
+                if size > self.max_buffered:
+                    self.max_buffered = size
         cap = self.config.max_total_buffer_bytes
         if total <= cap:
             return
@@ -674,6 +682,7 @@ class Gateway:
             "rejected": self.rejected,
             "rejected_by_code": dict(self.rejected_by_code),
             "slow": self.slow_stats(),
+            "venues": self.feed.stats(),
             "security": {
                 **self.guard.stats(),
                 "logins": self.logins,

@@ -421,7 +421,7 @@ class GatewayCollector(Collector):
         )
         yield GaugeMetricFamily(
             "tickwire_buffered_bytes_max",
-            "Largest total of write-buffered bytes seen.",
+            "Largest total of write-buffered bytes seen by the half-second sweep (sampled).",
             float(gw.max_buffered_total),
         )
         yield GaugeMetricFamily(

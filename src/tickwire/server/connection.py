@@ -79,6 +79,7 @@ class Host(Protocol):
 
     rate_limited: int
     rejected: int
+    max_buffered: int
 
     def handle_request(self, conn: Connection, data: bytes, binary: bool = False) -> None:
         """Answer one client message (text, or binary when ``binary``)."""

@@ -752,3 +752,23 @@ def test_sighup_reloads_limits_and_keeps_the_rest(tmp_path: Path, served: list[S
     srv.stop()
     assert srv.proc.returncode == 0
     assert "Traceback" not in "".join(srv.stderr)
+
+
+def test_sighup_reaches_every_worker(tmp_path: Path, served: list[Served]) -> None:
+    """The --workers supervisor passes SIGHUP on; each worker reloads the same file."""
+    cfg = tmp_path / "tw.toml"
+    base = '[listen]\nworkers = 2\n[market]\nsymbols = ["A"]\nrate = 5.0\n'
+    cfg.write_text(base + '[admin]\nport = "off"\nlog_level = "INFO"\n')
+    srv = Served(["--config", str(cfg), "--port", "0"])
+    served.append(srv)
+    cfg.write_text(base + '[admin]\nport = "off"\nlog_level = "INFO"\n[faults]\nenabled = true\n')
+    srv.proc.send_signal(signal.SIGHUP)
+    srv.wait_for("reloaded [faults] enabled: false -> true")
+    srv.wait_for("reloaded [faults] enabled: false -> true")
+    client = RawClient(srv.port)
+    client.send_text('{"op":"fault","id":1,"channels":["book.A"],"fault":"gap"}')
+    reply = client.recv_json()
+    while reply["type"] not in ("ack", "error"):
+        reply = client.recv_json()
+    assert reply["type"] == "ack", reply
+    client.close()

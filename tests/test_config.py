@@ -386,6 +386,16 @@ def test_required_settings_name_every_way() -> None:
     assert ok["market.nats"] == "nats://127.0.0.1:1"
 
 
+def test_an_empty_variable_unsets_a_setting_without_default() -> None:
+    env = {"TICKWIRE_SECURITY_TLS_CERT": "", "TICKWIRE_MARKET_SYMBOLS": " "}
+    resolved = settings.resolve("serve", env=env)
+    assert resolved["security.tls_cert"] is None and resolved["market.symbols"] is None
+    assert resolved.origins["security.tls_cert"] == settings.DEFAULT
+    # Settings with a default take the empty value as given: an empty list here.
+    exempt = settings.resolve("serve", env={"TICKWIRE_LIMITS_PER_IP_EXEMPT": ""})
+    assert exempt["limits.per_ip_exempt"] == []
+
+
 def test_other_tickwire_variables_are_left_alone() -> None:
     env = {"TICKWIRE_TEST_MS": "3", "TICKWIRE_NO_CORE": "1", "TICKWIRE_SOMETHING_ELSE": "x"}
     assert settings.resolve("serve", env=env)["listen.port"] == 8765

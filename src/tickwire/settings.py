@@ -610,6 +610,8 @@ def _env_values(env: Mapping[str, str]) -> dict[str, tuple[Any, Origin]]:
                 hint = f"; did you mean {close[0]}?" if close else ""
                 raise ConfigError(f"unknown environment variable {var}{hint}")
             continue  # someone else's TICKWIRE_ variable
+        if setting.default is None and not raw.strip():
+            continue  # VAR= (empty) leaves a setting without a default unset
         origin = Origin("env", var)
         out[setting.name] = (_validate(setting, _from_text(setting, raw, origin), origin), origin)
     return out
@@ -1025,7 +1027,8 @@ def render_docs() -> str:
         "`jwt_secret` and `jwt_secret_file`, a JWT secret under 32 bytes, and a "
         "certificate, key or secret file that cannot be read. Lists are TOML arrays in "
         "the file (a comma-separated string also works) and comma-separated in the "
-        "environment; a list given on the command line replaces the file's. Booleans "
+        "environment (an empty variable leaves a setting without a default unset); a list "
+        "given on the command line replaces the file's. Booleans "
         "are `true`/`false` in the file, `1/0`, `true/false`, `yes/no`, `on/off` in the "
         "environment, and `--flag`/`--no-flag` on the command line.",
         "",

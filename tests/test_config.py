@@ -776,7 +776,7 @@ def test_sighup_reaches_every_worker(tmp_path: Path, served: list[Served]) -> No
     srv.wait_for("reloaded [faults] enabled: false -> true")
     srv.wait_for("reloaded [faults] enabled: false -> true")
     client = RawClient(srv.port)
-    client.send_text('{"op":"fault","id":1,"channels":["book.A"],"fault":"gap"}')
+    client.send_text('{"op":"fault","id":1,"channels":["book.A"],"fault":"drop"}')
     reply = client.recv_json()
     while reply["type"] not in ("ack", "error"):
         reply = client.recv_json()

@@ -111,7 +111,7 @@ SECTIONS = (
     Section("admin", "admin listener, logs and lifetime", "docs/operations.md",
             "needs a restart (set up at start)"),
     Section("faults", "fault injection (tests only)", "docs/protocol.md"),
-    Section("dialects", "exchange dialects (none yet)", "docs/protocol.md"),
+    Section("dialects", "exchange dialects", "docs/dialects.md"),
     Section("record", "tickwire record", "docs/scaling.md",
             "applies to the next tickwire record"),
 )  # fmt: skip
@@ -978,6 +978,14 @@ def _md(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def _why_not(setting: Setting) -> str:
+    """The reload column of a setting that needs a restart: ``no: <why>``."""
+    reason = setting.restart_reason
+    if "(" in reason and reason.endswith(")"):
+        reason = reason[reason.index("(") + 1 : -1]
+    return f"no: {reason}"
+
+
 def render_docs() -> str:
     """``docs/configuration.md``: every setting, generated from :data:`SETTINGS`."""
     out = [
@@ -1058,8 +1066,8 @@ def render_docs() -> str:
         "",
         "A file that does not pass the checks is reported (ERROR) and the running "
         "configuration kept, whole. The log level's own default (WARNING) hides the INFO "
-        'lines; `log_level = "INFO"` shows them. What is not reloadable, and why, is '
-        "under each section below.",
+        'lines; `log_level = "INFO"` shows them. The *reload* column below says why each '
+        "setting that does not reload needs a restart.",
         "",
         "## Settings",
         "",
@@ -1067,10 +1075,8 @@ def render_docs() -> str:
     for section in SECTIONS:
         settings = [s for s in SETTINGS if s.section == section.name]
         out += [f"### [{section.name}]: {section.title}", ""]
-        out += [
-            f"See [{section.doc.removeprefix('docs/')}]({section.doc.removeprefix('docs/')}).",
-            "",
-        ]  # noqa: E501
+        doc = section.doc.removeprefix("docs/")
+        out += [f"See [{doc}]({doc}).", ""]
         if not settings:
             out += ["No settings yet.", ""]
             continue
@@ -1089,7 +1095,7 @@ def render_docs() -> str:
             extra += " A file that must be readable." if s.path else ""
             out.append(
                 f"| `{s.key}` | `{s.option}` | `{s.env}` | {_md(kind)} | {_md(default)} | "
-                f"{'yes' if s.reload else 'no'} | {_md(s.help)}.{extra} |"
+                f"{'yes' if s.reload else _md(_why_not(s))} | {_md(s.help)}.{extra} |"
             )
         out.append("")
     return "\n".join(out)

@@ -1038,7 +1038,8 @@ def render_docs() -> str:
         "environment (an empty variable leaves a setting without a default unset); a list "
         "given on the command line replaces the file's. Booleans "
         "are `true`/`false` in the file, `1/0`, `true/false`, `yes/no`, `on/off` in the "
-        "environment, and `--flag`/`--no-flag` on the command line.",
+        "environment, and `--flag`/`--no-flag` on the command line. Paths (certificates, "
+        "keys, recordings) are relative to the working directory, not to the file.",
         "",
         "`tickwire config show [--config FILE] [flags...]` prints the effective "
         "configuration as TOML, each value commented with where it came from (`default`, "

@@ -1,5 +1,6 @@
-# tickwire: `make run` starts the gateway with its embedded market; `make test` runs
-# lint, types and the whole suite. Both install what they need into .venv first.
+# tickwire: `make run` starts the gateway with its embedded market (the settings of
+# examples/tickwire.toml); `make test` runs lint, types and the whole suite. Both
+# install what they need into .venv first.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -9,7 +10,7 @@ RATE   ?= 200
 ADMIN_PORT ?= 8766
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install run test lint typecheck format bench coverage clean browser nats interop
+.PHONY: install run test lint typecheck format bench coverage clean browser nats interop config-docs
 
 $(VENV)/.installed: pyproject.toml setup.py src/tickwire/_market.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,7 +35,17 @@ run: install
 	@echo "  dashboard:          http://127.0.0.1:$(ADMIN_PORT)/  (metrics: http://127.0.0.1:$(ADMIN_PORT)/metrics)"
 	@echo "  watch a live book:  $(VENV)/bin/tickwire watch BTC-USD --url ws://127.0.0.1:$(PORT)/ws"
 	@echo "  measure the feed:   $(VENV)/bin/tickwire bench ws://127.0.0.1:$(PORT)/ws"
-	$(VENV)/bin/tickwire serve --port $(PORT) --admin-port $(ADMIN_PORT) --symbols $(SYMBOLS) --rate $(RATE) --burst-every 30 --log-level INFO
+	$(VENV)/bin/tickwire serve --config examples/tickwire.toml $(RUN_FLAGS)
+
+# `make run` serves examples/tickwire.toml; PORT, ADMIN_PORT, SYMBOLS or RATE given to
+# make (make run PORT=9000) become flags, which take precedence over the file.
+override_flag = $(if $(filter-out file,$(origin $(1))),$(2) $($(1)))
+RUN_FLAGS = $(strip $(call override_flag,PORT,--port) $(call override_flag,ADMIN_PORT,--admin-port) \
+	$(call override_flag,SYMBOLS,--symbols) $(call override_flag,RATE,--rate))
+
+# docs/configuration.md is generated from the settings' declarations (src/tickwire/settings.py).
+config-docs: install
+	$(VENV)/bin/tickwire config docs -o docs/configuration.md
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench examples

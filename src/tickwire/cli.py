@@ -1,304 +1,58 @@
-"""The ``tickwire`` command: ``serve``, ``publish``, ``record``, ``token`` (and, from
-the SDK, ``watch`` and ``bench``)."""
+"""The ``tickwire`` command: ``serve``, ``publish``, ``record``, ``config``, ``token``
+(and, from the SDK, ``watch`` and ``bench``).
+
+The options of ``serve``, ``publish`` and ``record`` are declared once, in
+:mod:`tickwire.settings`; this module reads the file and the environment for them,
+hands the resolved values to the commands and reloads ``serve`` on ``SIGHUP``."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
+from . import settings
 from .exceptions import ConfigError
-from .logs import configure_logging
-from .pacing import MAX_PASS_SHARE
+from .logs import configure_logging, set_level
 from .simulator import parse_symbols
 
+if TYPE_CHECKING:
+    from .server import Gateway, GatewayConfig
+
 __all__ = ["main"]
+
+log = logging.getLogger("tickwire.config")
 
 #: Symbols served and published when ``--symbols`` is not given.
 DEFAULT_SYMBOLS = "BTC-USD,ETH-USD,SOL-USD"
 
 
-def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("serve", help="run the gateway with its embedded market simulator")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--port", type=int, default=8765, help="WebSocket port (0: any free)")
+def _settings_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], command: str, help_text: str
+) -> None:
+    """A command whose options are settings (tickwire.settings): flags, file, environment."""
+    p = sub.add_parser(
+        command,
+        help=help_text,
+        description=f"{help_text}. Every option can also be set in the --config file or "
+        "the environment (TICKWIRE_<SECTION>_<KEY>); precedence: flag > environment > "
+        "file > default. See docs/configuration.md.",
+    )
     p.add_argument(
-        "--symbols",
+        "--config",
+        metavar="FILE",
         default=None,
-        help="comma-separated symbols, or a count N for SYM0..SYM{N-1} "
-        f"(default {DEFAULT_SYMBOLS}; a replay: the recording's)",
+        help=f"TOML configuration file (also {settings.CONFIG_ENV}=FILE); "
+        "`tickwire config example` writes one",
     )
-    p.add_argument("--rate", type=float, default=200.0, help="book updates per second per symbol")
-    p.add_argument("--seed", type=int, default=1, help="simulator seed (deterministic flow)")
-    _market_core_argument(p)
-    scale = p.add_argument_group("sources and scaling out (see docs/scaling.md)")
-    scale.add_argument(
-        "--source",
-        default="sim",
-        help="sim (embedded simulator), nats://HOST:PORT (follow `tickwire publish`), "
-        "or an NDJSON recording to replay",
-    )
-    _replay_speed_argument(scale)
-    scale.add_argument("--bus-prefix", default="tickwire", help="NATS subject prefix")
-    scale.add_argument(
-        "--source-timeout",
-        type=float,
-        default=30.0,
-        help="seconds to wait at start for the bus and every book",
-    )
-    scale.add_argument(
-        "--resume-wait",
-        type=float,
-        default=1.0,
-        help="with a bus: seconds a resume ahead of this gateway waits for it to catch up",
-    )
-    scale.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="gateway processes sharing the port (SO_REUSEPORT), supervised",
-    )
-    scale.add_argument(
-        "--reuse-port",
-        action="store_true",
-        help="listen with SO_REUSEPORT (set on each worker by --workers)",
-    )
-    p.add_argument(
-        "--batch-ms",
-        type=float,
-        default=1.0,
-        help="tick: a channel's updates within it share one frame (0: one each)",
-    )
-    _tick_pacing_argument(p, "--batch-ms")
-    p.add_argument(
-        "--pass-share",
-        type=float,
-        default=MAX_PASS_SHARE,
-        help="once a pass outlasts --batch-ms (write-bound), the share of the core passes "
-        "may take: the next starts that much later, with longer batches per write "
-        "(1: never spaced beyond the pacing)",
-    )
-    p.add_argument(
-        "--history-mb", type=float, default=2.0, help="resume history kept per channel, in MiB"
-    )
-    p.add_argument(
-        "--heartbeat",
-        type=float,
-        default=1.0,
-        help="seconds of silence before a channel sends a heartbeat",
-    )
-    p.add_argument(
-        "--ping-interval",
-        type=float,
-        default=20.0,
-        help="seconds between WebSocket pings to an idle peer (0: off)",
-    )
-    p.add_argument(
-        "--ping-timeout",
-        type=float,
-        default=20.0,
-        help="seconds to wait for the pong before closing",
-    )
-    p.add_argument(
-        "--max-message-kb",
-        type=float,
-        default=64.0,
-        help="largest client frame or message accepted, in KiB",
-    )
-    p.add_argument(
-        "--max-subscriptions",
-        type=int,
-        default=1024,
-        help="channels one connection may subscribe to",
-    )
-    p.add_argument(
-        "--burst-every",
-        type=float,
-        default=0.0,
-        help="seconds between automatic bursts of the simulator (0: none)",
-    )
-    p.add_argument("--burst-factor", type=float, default=10.0, help="rate multiplier in a burst")
-    p.add_argument("--burst-seconds", type=float, default=2.0, help="length of a burst")
-    p.add_argument(
-        "--max-seconds",
-        type=float,
-        default=0.0,
-        help="exit by itself after this many seconds (0: run until signalled)",
-    )
-    p.add_argument("--stats-file", default=None, help="also write the exit stats JSON here")
-    slow = p.add_argument_group("slow consumers (see docs/slow-consumers.md)")
-    slow.add_argument(
-        "--high-watermark-kb",
-        type=float,
-        default=256.0,
-        help="per-connection write buffer past which books and tickers conflate, in KiB",
-    )
-    slow.add_argument(
-        "--low-watermark-kb",
-        type=float,
-        default=64.0,
-        help="write buffer below which a conflated connection catches up, in KiB",
-    )
-    slow.add_argument(
-        "--max-buffer-kb",
-        type=float,
-        default=4096.0,
-        help="hard per-connection budget: past it, close 4001 (slow consumer), in KiB",
-    )
-    slow.add_argument(
-        "--max-total-buffer-mb",
-        type=float,
-        default=512.0,
-        help="server-wide cap on buffered bytes; past it the largest buffers close, in MiB",
-    )
-    slow.add_argument(
-        "--stall-timeout",
-        type=float,
-        default=30.0,
-        help="seconds a connection may stay over the high watermark before close 4001",
-    )
-    slow.add_argument(
-        "--sndbuf-kb",
-        type=float,
-        default=256.0,
-        help="kernel send buffer per connection, in KiB (0: kernel autotuning, up to MiBs)",
-    )
-    enc = p.add_argument_group("encodings (see docs/protocol.md, Encodings)")
-    enc.add_argument(
-        "--deflate",
-        action="store_true",
-        help="accept permessage-deflate from clients that offer it (off: market data is "
-        "CPU-bound; JSON and msgpack are always available by subprotocol)",
-    )
-    enc.add_argument(
-        "--deflate-level",
-        type=int,
-        default=1,
-        choices=range(1, 10),
-        metavar="1..9",
-        help="zlib level of compressed frames (default 1, the fastest)",
-    )
-    p.add_argument(
-        "--test-faults",
-        action="store_true",
-        help="accept {'op':'fault'} requests that corrupt the stream (tests only)",
-    )
-    p.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING or ERROR")
-    p.add_argument(
-        "--log-json",
-        action="store_true",
-        help="log one JSON object per line (ts, level, logger, msg, conn, peer)",
-    )
-    ops = p.add_argument_group("operations (see docs/operations.md)")
-    ops.add_argument(
-        "--admin-port",
-        default="auto",
-        help="admin HTTP port: dashboard, /metrics, /healthz, /readyz, /api/v1/book/SYM "
-        "(auto: --port + 1, off when --port is 0; 0: any free port; off: none)",
-    )
-    ops.add_argument(
-        "--admin-host", default=None, help="address of the admin listener (default: --host)"
-    )
-    _security_arguments(p)
-
-
-def _security_arguments(p: argparse.ArgumentParser) -> None:
-    """``serve`` options of docs/security.md: TLS, tokens, limits, proxies."""
-    from .limits import Limits
-
-    d = Limits()
-    sec = p.add_argument_group("security and limits (see docs/security.md)")
-    sec.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve wss://")
-    sec.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
-    sec.add_argument(
-        "--jwt-secret",
-        default=None,
-        help="HS256 shared secret for private channels (>= 32 bytes; visible in ps: "
-        "prefer --jwt-secret-file)",
-    )
-    sec.add_argument("--jwt-secret-file", default=None, help="file holding the HS256 secret")
-    sec.add_argument(
-        "--jwt-public-key", default=None, help="PEM EC P-256 public key: accept ES256 tokens"
-    )
-    sec.add_argument(
-        "--jwt-leeway", type=float, default=0.0, help="seconds of clock skew allowed on exp"
-    )
-    sec.add_argument(
-        "--sim-users",
-        default="alice,bob,carol",
-        help="simulator users with orders on orders.<user> (only with JWT keys; '' none)",
-    )
-    sec.add_argument(
-        "--sim-order-fraction",
-        type=float,
-        default=0.01,
-        help="share of size-adding book updates that become a simulated user's order",
-    )
-    sec.add_argument(
-        "--max-connections-per-ip",
-        type=int,
-        default=d.max_connections_per_ip,
-        help="open connections per client address, past it HTTP 429 (0: unlimited)",
-    )
-    sec.add_argument(
-        "--handshakes-per-ip",
-        type=float,
-        default=d.handshakes_per_s,
-        help="WebSocket handshakes per second per client address, past it HTTP 429",
-    )
-    sec.add_argument(
-        "--handshake-burst",
-        type=int,
-        default=d.handshake_burst,
-        help="handshakes one address may make at once",
-    )
-    sec.add_argument(
-        "--handshake-timeout",
-        type=float,
-        default=d.handshake_timeout_s,
-        help="seconds a connection may take to send its upgrade request",
-    )
-    sec.add_argument(
-        "--max-messages-per-s",
-        type=float,
-        default=d.max_messages_per_s,
-        help="inbound messages per second per connection: error rate_limited, then "
-        "close 4008 (0: unlimited)",
-    )
-    sec.add_argument(
-        "--message-burst",
-        type=int,
-        default=d.message_burst,
-        help="inbound messages a connection may send at once",
-    )
-    sec.add_argument(
-        "--idle-timeout",
-        type=float,
-        default=d.idle_timeout_s,
-        help="close 4002 a connection without subscription silent this long (0: never)",
-    )
-    sec.add_argument(
-        "--allowed-origin",
-        action="append",
-        default=[],
-        help="accept browser Origin (fnmatch pattern; repeat); others get HTTP 403",
-    )
-    sec.add_argument(
-        "--trusted-proxy",
-        action="append",
-        default=[],
-        help="address or CIDR of a load balancer whose X-Forwarded-For is believed (repeat)",
-    )
-    sec.add_argument(
-        "--per-ip-exempt",
-        default=",".join(d.exempt),
-        help="comma-separated networks the per-IP limits skip (default loopback; '' none)",
-    )
+    settings.add_arguments(p, command)
 
 
 def _security_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The GatewayConfig fields of :func:`_security_arguments`."""
+    """The GatewayConfig fields of the ``[security]`` and ``[limits]`` settings."""
     from .auth import TokenVerifier
     from .limits import Limits
 
@@ -311,7 +65,7 @@ def _security_config(args: argparse.Namespace) -> dict[str, Any]:
             public_key_file=args.jwt_public_key,
             leeway=args.jwt_leeway,
         ),
-        "sim_users": [u.strip() for u in args.sim_users.split(",") if u.strip()],
+        "sim_users": list(args.sim_users),
         "sim_order_fraction": args.sim_order_fraction,
         "limits": Limits(
             max_connections_per_ip=args.max_connections_per_ip,
@@ -321,25 +75,17 @@ def _security_config(args: argparse.Namespace) -> dict[str, Any]:
             max_messages_per_s=args.max_messages_per_s,
             message_burst=args.message_burst,
             idle_timeout_s=args.idle_timeout,
-            allowed_origins=args.allowed_origin,
-            trusted_proxies=args.trusted_proxy,
-            exempt=[n.strip() for n in args.per_ip_exempt.split(",") if n.strip()],
+            allowed_origins=list(args.allowed_origin),
+            trusted_proxies=list(args.trusted_proxy),
+            exempt=list(args.per_ip_exempt),
         ),
     }
 
 
-def _replay_speed_argument(group: argparse._ActionsContainer) -> None:
-    group.add_argument(
-        "--replay-speed",
-        default="1",
-        help="replay pace: 1 = as recorded, x10 = ten times faster, max = as fast as possible",
-    )
-
-
-def _symbols(spec: str | None, source: str) -> list[str]:
+def _symbols(spec: list[str] | None, source: str) -> list[str]:
     """Resolve ``--symbols``: given, else a recording's own, else the default three."""
     if spec is not None:
-        return parse_symbols(spec)
+        return parse_symbols(",".join(spec))
     if source != "sim" and not source.startswith(("nats://", "tls://")):
         from .sources.replay import read_recording
 
@@ -350,16 +96,12 @@ def _symbols(spec: str | None, source: str) -> list[str]:
     return parse_symbols(DEFAULT_SYMBOLS)
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from . import hotpath
-    from .server import Gateway, GatewayConfig
+def _gateway_config(args: argparse.Namespace) -> GatewayConfig:
+    """The gateway's options from the resolved ``serve`` settings."""
+    from .server import GatewayConfig
 
-    if args.workers < 1:
-        raise ConfigError("--workers must be at least 1")
-    if args.workers > 1:
-        return _supervise(args)
     admin_port, admin_optional = _admin_port(args.admin_port, args.port)
-    config = GatewayConfig(
+    return GatewayConfig(
         host=args.host,
         port=args.port,
         symbols=_symbols(args.symbols, args.source),
@@ -401,8 +143,20 @@ def _serve(args: argparse.Namespace) -> int:
         **_security_config(args),
     )
 
+
+def _serve(args: argparse.Namespace, loader: _Loader) -> int:
+    from . import hotpath
+    from .server import Gateway
+
+    if args.workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    if args.workers > 1:
+        return _supervise(args)
+    config = _gateway_config(args)
+
     async def run() -> None:
         gateway = Gateway(config)
+        gateway.on_hangup = _Reloader(gateway, loader, args.resolved).reload
         await gateway.start()
         feed = config.source
         if config.source == "sim":
@@ -425,6 +179,38 @@ def _serve(args: argparse.Namespace) -> int:
 
     hotpath.run(run())
     return 0
+
+
+class _Reloader:
+    """``SIGHUP``: resolve the settings again and apply what can change while serving.
+
+    The same command line on top of the file and the environment read again; the
+    settings marked ``reload`` are applied (:meth:`Gateway.apply_config`), every other
+    change is logged with why it needs a restart. A configuration that fails its checks
+    is logged and the running one kept, whole.
+    """
+
+    def __init__(self, gateway: Gateway, loader: _Loader, running: settings.Resolved) -> None:
+        self.gateway = gateway
+        self.loader = loader
+        self.running = running
+
+    def reload(self) -> None:
+        try:
+            plan = settings.reload_plan(self.running, self.loader.load())
+            config = _gateway_config(_namespace(plan.merged, self.loader))
+        except ConfigError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return
+        set_level(plan.merged["admin.log_level"])
+        self.gateway.apply_config(config)
+        self.running = plan.merged
+        if not plan.applied and not plan.skipped:
+            log.info("reload: no setting changed")
+        for setting, old, new in plan.applied:
+            log.info("reload: %s", settings.change_line(setting, old, new))
+        for setting, old, new in plan.skipped:
+            log.warning("reload: %s", settings.change_line(setting, old, new))
 
 
 def _supervise(args: argparse.Namespace) -> int:
@@ -458,52 +244,6 @@ def _supervise(args: argparse.Namespace) -> int:
     )
     asyncio.run(supervisor.run())
     return 0
-
-
-def _publish_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "publish", help="run a market (simulator or recording) and publish it to NATS"
-    )
-    p.add_argument("--nats", required=True, help="NATS URL, e.g. nats://127.0.0.1:4222")
-    p.add_argument(
-        "--symbols",
-        default=None,
-        help=f"symbols or a count (default {DEFAULT_SYMBOLS}; a replay: the recording's)",
-    )
-    p.add_argument("--rate", type=float, default=200.0, help="book updates per second per symbol")
-    p.add_argument("--seed", type=int, default=1, help="simulator seed")
-    _market_core_argument(p)
-    p.add_argument("--replay", default=None, help="publish this NDJSON recording instead")
-    _replay_speed_argument(p)
-    p.add_argument("--bus-prefix", default="tickwire", help="NATS subject prefix")
-    p.add_argument("--tick-ms", type=float, default=1.0, help="batching period per symbol")
-    _tick_pacing_argument(p, "--tick-ms")
-    p.add_argument("--burst-every", type=float, default=0.0, help="seconds between bursts")
-    p.add_argument("--burst-factor", type=float, default=10.0, help="rate multiplier in a burst")
-    p.add_argument("--burst-seconds", type=float, default=2.0, help="length of a burst")
-    p.add_argument("--max-seconds", type=float, default=0.0, help="exit after this long")
-    p.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING or ERROR")
-
-
-def _tick_pacing_argument(p: argparse.ArgumentParser, period: str) -> None:
-    p.add_argument(
-        "--tick-pacing",
-        choices=("pause", "clock"),
-        default="pause",
-        help=f"pause: wait {period} after each pass, as the peer servers' sleep loops do "
-        f"(passes stretch with the work, so writes get fewer under load); clock: start "
-        f"a pass every {period}, however long the last one took",
-    )
-
-
-def _market_core_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--market-core",
-        choices=("auto", "c", "python"),
-        default="auto",
-        help="the simulator's implementation: c (compiled: the same messages at a "
-        "fraction of the CPU), python, or auto (c when built and usable)",
-    )
 
 
 def _publish(args: argparse.Namespace) -> int:
@@ -551,33 +291,19 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
-def _record_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("record", help="write what a gateway streams as NDJSON (for replay)")
-    p.add_argument("url", help="gateway WebSocket URL, e.g. ws://127.0.0.1:8765/ws")
-    p.add_argument("--out", required=True, help="NDJSON file to write")
-    p.add_argument("--symbols", default=DEFAULT_SYMBOLS, help="symbols to record")
-    p.add_argument(
-        "--kinds", default="book,trades,ticker", help="channel kinds to record, comma-separated"
-    )
-    p.add_argument(
-        "--duration", type=float, default=0.0, help="seconds to record (0: until Ctrl-C)"
-    )
-
-
 def _record(args: argparse.Namespace) -> int:
     import uvloop
 
     from .protocol import CHANNEL_KINDS
     from .record import record
 
-    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    kinds = tuple(args.kinds)
     if not kinds or any(k not in CHANNEL_KINDS for k in kinds):
         raise ConfigError(f"--kinds must name some of {','.join(CHANNEL_KINDS)}")
     if args.duration < 0:
         raise ConfigError("--duration must be >= 0")
-    uvloop.run(
-        record(args.url, args.out, parse_symbols(args.symbols), kinds=kinds, duration=args.duration)
-    )
+    symbols = parse_symbols(",".join(args.symbols or [DEFAULT_SYMBOLS]))
+    uvloop.run(record(args.url, args.out, symbols, kinds=kinds, duration=args.duration))
     return 0
 
 
@@ -695,37 +421,201 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Loader:
+    """Resolves one command's settings from its command line, the environment and the
+    file (the I/O around :func:`tickwire.settings.resolve`); again on each reload."""
+
+    def __init__(
+        self, command: str | None, args: argparse.Namespace, environ: Mapping[str, str]
+    ) -> None:
+        self.command = command
+        self.given = {
+            s.dest: getattr(args, s.dest)
+            for s in settings.for_command(command)
+            if hasattr(args, s.dest)
+        }
+        self.environ = environ
+        self.path: str | None = args.config
+        self.path_from = "--config"
+        if self.path is None and environ.get(settings.CONFIG_ENV):
+            self.path = environ[settings.CONFIG_ENV]
+            self.path_from = settings.CONFIG_ENV
+
+    def load(self) -> settings.Resolved:
+        """Read the file (if any) and resolve; raise ConfigError on any mistake."""
+        data = None
+        if self.path is not None:
+            try:
+                with open(self.path, "rb") as f:
+                    text = f.read().decode("utf-8")
+            except OSError as exc:
+                raise ConfigError(
+                    f"{self.path_from} {self.path}: cannot read: {exc.strerror}"
+                ) from None
+            except UnicodeDecodeError:
+                raise ConfigError(f"{self.path}: not UTF-8 text") from None
+            data = settings.parse_toml(text, self.path)
+        resolved = settings.resolve(
+            self.command,
+            flags=self.given,
+            env=self.environ,
+            file=data,
+            file_name=self.path or "config file",
+        )
+        _check_files(resolved)
+        return resolved
+
+
+def _check_files(resolved: settings.Resolved) -> None:
+    """Every file a setting names (certificates, keys, secrets) must be readable now."""
+    for setting in resolved.settings():
+        path = resolved[setting.name]
+        if not setting.path or path is None:
+            continue
+        try:
+            with open(path, "rb") as f:
+                content = f.read()
+        except OSError as exc:
+            raise ConfigError(
+                f"{resolved.where(setting.name)}: cannot read {path!r}: {exc.strerror}"
+            ) from None
+        if setting.name == "security.jwt_secret_file":
+            if len(content.strip()) < settings.MIN_SECRET_BYTES:
+                raise ConfigError(
+                    f"{resolved.where(setting.name)}: expected a secret of at least "
+                    f"{settings.MIN_SECRET_BYTES} bytes in {path!r}"
+                )
+        elif setting.name == "security.jwt_public_key":
+            from .auth import TokenVerifier
+
+            try:
+                TokenVerifier(public_key=content)
+            except ConfigError as exc:
+                why = str(exc).removeprefix("--jwt-public-key: ")
+                raise ConfigError(f"{resolved.where(setting.name)}: {path!r}: {why}") from None
+    cert, key = "security.tls_cert", "security.tls_key"
+    if resolved.values.get(cert) is not None and resolved.values.get(key) is not None:
+        import ssl
+
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                resolved[cert], resolved[key]
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"{resolved.describe(cert)} and {resolved.describe(key)}: expected a PEM "
+                f"certificate chain and its private key ({exc})"
+            ) from None
+
+
+def _namespace(resolved: settings.Resolved, loader: _Loader) -> argparse.Namespace:
+    """The resolved settings as the attributes the commands read (``args.port``)."""
+    return argparse.Namespace(
+        **resolved.by_dest(), command=resolved.command, config=loader.path, resolved=resolved
+    )
+
+
+def _config_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "config",
+        help="the configuration: effective values (show), an example file, the reference",
+    )
+    cmds = p.add_subparsers(dest="config_command", required=True)
+    show = cmds.add_parser(
+        "show",
+        help="print the effective configuration and where each value came from",
+        description="Print the effective configuration as TOML, each value commented "
+        "with its origin (default, file, env, flag), secrets masked. It runs every check "
+        "serve does: a mistake exits with status 2 and one line naming it.",
+    )
+    show.add_argument("--config", metavar="FILE", default=None, help="TOML configuration file")
+    show.add_argument(
+        "--for",
+        dest="for_command",
+        choices=settings.COMMANDS,
+        default=None,
+        help="only the settings of this command, with its checks (default: every setting)",
+    )
+    settings.add_arguments(show, None)
+    for name, what in (
+        ("example", "a commented example file: every setting at its default"),
+        ("docs", "docs/configuration.md, generated from the declarations"),
+    ):
+        c = cmds.add_parser(name, help=f"write {what}")
+        c.add_argument("-o", "--out", metavar="FILE", default=None, help="(default: stdout)")
+
+
+def _config(args: argparse.Namespace) -> int:
+    if args.config_command == "show":
+        loader = _Loader(args.for_command, args, os.environ)
+        text = settings.render_show(loader.load())
+    elif args.config_command == "example":
+        text = settings.render_example()
+    else:
+        text = settings.render_docs()
+    if getattr(args, "out", None):
+        try:
+            with open(args.out, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as exc:
+            raise ConfigError(f"--out {args.out}: cannot write: {exc.strerror}") from None
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _fail(command: str, exc: ConfigError, json_logs: bool) -> int:
+    """Report a configuration mistake once (one line, or one JSON log record): exit 2."""
+    if json_logs:
+        logging.getLogger("tickwire.config").error("%s", exc)
+    else:
+        sys.stderr.write(f"tickwire {command}: error: {exc}\n")
+        sys.stderr.flush()
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tickwire`` command."""
     parser = argparse.ArgumentParser(prog="tickwire", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    _serve_parser(sub)
-    _publish_parser(sub)
-    _record_parser(sub)
+    _settings_parser(sub, "serve", "run the gateway with its embedded market simulator")
+    _settings_parser(sub, "publish", "run a market (simulator or recording) and publish it to NATS")
+    _settings_parser(sub, "record", "write what a gateway streams as NDJSON (for replay)")
+    _config_parser(sub)
     _bench_parser(sub)
     _watch_parser(sub)
     _token_parser(sub)
     raw_argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(raw_argv)
-    args.raw_argv = raw_argv
-    configure_logging(getattr(args, "log_level", "WARNING"), getattr(args, "log_json", False))
+    command = args.command
+    json_logs = False
     try:
-        if args.command == "serve":
-            return _serve(args)
-        if args.command == "publish":
+        loader = None
+        if command in settings.COMMANDS:
+            loader = _Loader(command, args, os.environ)
+            args = _namespace(loader.load(), loader)
+        args.raw_argv = raw_argv
+        json_logs = bool(getattr(args, "log_json", False))
+        configure_logging(getattr(args, "log_level", "WARNING"), json_logs)
+        if command == "serve":
+            assert loader is not None
+            return _serve(args, loader)
+        if command == "publish":
             return _publish(args)
-        if args.command == "record":
+        if command == "record":
             return _record(args)
-        if args.command == "bench":
+        if command == "config":
+            return _config(args)
+        if command == "bench":
             from .loadtest.command import bench_main
 
             return bench_main(args)
-        if args.command == "watch":
+        if command == "watch":
             return _watch(args)
-        if args.command == "token":
+        if command == "token":
             return _token(args)
     except ConfigError as exc:
-        parser.error(str(exc))
+        return _fail(command, exc, json_logs)
     except KeyboardInterrupt:
         return 130
     return 2

@@ -16,7 +16,8 @@ The tree::
     │   ├── SequenceGap                     ``prev_seq`` did not chain to the local ``seq``
     │   └── ChecksumMismatch                the book's CRC32 differs after applying
     ├── ConnectionClosed                    the WebSocket link ended (client side)
-    └── ConfigError (ValueError)            a command-line or constructor option is invalid
+    └── ConfigError (ValueError)            a setting (flag, environment variable, file
+                                             key) or constructor option is invalid
 
 "Sans-I/O" classes are raised by the core modules (``protocol``, ``book``, ``hub``)
 without any socket involved. Remote errors (the peer misbehaved) are ``ProtocolError``;
@@ -120,4 +121,11 @@ class ConnectionClosed(TickwireError):
 
 
 class ConfigError(TickwireError, ValueError):
-    """An option given on the command line or to a constructor is invalid."""
+    """A setting or a constructor option is invalid.
+
+    Raised by :mod:`tickwire.settings` (and the CLI around it) with one message naming
+    where the value came from -- the file and ``[section] key``, the environment
+    variable or the flag -- and what is expected, never a secret's value. The ``tickwire``
+    command prints it as one line and exits with status 2; a ``SIGHUP`` reload logs it
+    and keeps the running configuration.
+    """

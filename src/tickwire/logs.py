@@ -17,7 +17,7 @@ import logging
 import time
 from typing import Any
 
-__all__ = ["FIELDS", "JsonFormatter", "configure_logging"]
+__all__ = ["FIELDS", "JsonFormatter", "configure_logging", "set_level"]
 
 #: ``extra`` fields copied into JSON records; everything else is left out.
 FIELDS = ("conn", "peer", "code", "close_code", "channel", "cause", "event")
@@ -66,7 +66,17 @@ def configure_logging(level: str, json_lines: bool) -> None:
     # Like logging.basicConfig (which this calls): a no-op when the root logger already
     # has handlers, e.g. when main() runs inside a test that captures logs.
     logging.basicConfig(level=level.upper(), handlers=[handler])
-    if logging.getLevelName(level.upper()) != logging.DEBUG:
-        # picows logs every connect and disconnect at INFO; tickwire's own connection
-        # records carry the same at DEBUG with ids, so keep picows to warnings.
-        logging.getLogger("picows").setLevel(logging.WARNING)
+    _quiet_picows(level)
+
+
+def set_level(level: str) -> None:
+    """Change the log level of a running process (``SIGHUP`` reload)."""
+    logging.getLogger().setLevel(level.upper())
+    _quiet_picows(level)
+
+
+def _quiet_picows(level: str) -> None:
+    # picows logs every connect and disconnect at INFO; tickwire's own connection
+    # records carry the same at DEBUG with ids, so keep picows to warnings.
+    debug = logging.getLevelName(level.upper()) == logging.DEBUG
+    logging.getLogger("picows").setLevel(logging.NOTSET if debug else logging.WARNING)

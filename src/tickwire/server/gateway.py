@@ -34,6 +34,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 from picows import (
@@ -142,6 +143,9 @@ class Gateway:
         # True while the clock is quiet because the source keeps pushing data.
         self._quiet = False
         self.source.on_arrival(self._wake)
+        #: Called on SIGHUP when set (``tickwire serve`` reloads its configuration);
+        #: None leaves SIGHUP's default action.
+        self.on_hangup: Callable[[], None] | None = None
 
     # -- requests ----------------------------------------------------------------------
 
@@ -352,7 +356,6 @@ class Gateway:
             # frame. Its 16 KiB default was most of a connection's memory (bench/
             # memory_per_conn.sh).
             read_buffer_init_size=2048,
-            websocket_handshake_timeout=cfg.limits.handshake_timeout_s,
             ssl=cfg.ssl_context(),
             backlog=4096,
             reuse_port=cfg.reuse_port,
@@ -365,6 +368,8 @@ class Gateway:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGUSR1, self.burst)
+        if self.on_hangup is not None:
+            loop.add_signal_handler(signal.SIGHUP, self.on_hangup)
         if cfg.admin_port is not None:
             await self._start_admin(cfg.admin_host or cfg.host, cfg.admin_port)
 
@@ -392,6 +397,42 @@ class Gateway:
         await self._stopping.wait()
         ticker.cancel()
         await self._shutdown()
+
+    #: The :class:`GatewayConfig` fields :meth:`apply_config` changes while serving.
+    RELOADABLE = (
+        "limits",
+        "max_subscriptions",
+        "heartbeat_s",
+        "test_faults",
+        "max_buffer_bytes",
+        "max_total_buffer_bytes",
+        "stall_timeout_s",
+        "stats_path",
+        "deflate",
+    )
+
+    def apply_config(self, new: GatewayConfig) -> None:
+        """Take the :attr:`RELOADABLE` fields of ``new`` while serving (a reload).
+
+        Limits apply at once: open connections' message buckets take the new rate and
+        burst, the guard the new per-IP limits, origins, proxies and exemptions (its
+        handshake timeout applies to the next connections); the slow-consumer budgets
+        and the idle timeout at the next sweep; the subscription cap and heartbeat at
+        the next request and pass. Every other field needs a restart and is left as
+        it is.
+        """
+        cfg = self.config
+        for name in self.RELOADABLE:
+            setattr(cfg, name, getattr(new, name))
+        self.hub.max_subscriptions = cfg.max_subscriptions
+        self.hub.heartbeat_interval = cfg.heartbeat_s
+        limits = cfg.limits
+        self.guard.reconfigure(limits)
+        for conn in self.connections.values():
+            bucket = conn.bucket
+            if bucket is not None:
+                bucket.rate = limits.max_messages_per_s
+                bucket.burst = limits.message_burst
 
     def stop(self) -> None:
         """Begin a graceful shutdown."""

@@ -96,6 +96,21 @@ class Guard:
         self.log_budget = LogBudget()
         self.dropped_at_accept = 0
 
+    def reconfigure(self, limits: Limits) -> None:
+        """Adopt new limits while serving (a reload).
+
+        Per-IP counts carry over (each connection remembers the address it was counted
+        against); handshake buckets keep their tokens and take the new rate and burst.
+        """
+        self.limits = limits
+        self.ips.limits = limits
+        self.ips.exempt = parse_networks(limits.exempt)
+        for bucket in self.ips.buckets.values():
+            bucket.rate = limits.handshakes_per_s
+            bucket.burst = limits.handshake_burst
+        self.origins = OriginPolicy(limits.allowed_origins)
+        self.proxies = parse_networks(limits.trusted_proxies)
+
     # -- TCP ------------------------------------------------------------------------------
 
     def accepted(self, peer_ip: str) -> tuple[str | None, bool]:
@@ -250,7 +265,6 @@ async def create_ws_server(
     port: int | None = None,
     *,
     disconnect_on_exception: bool = True,
-    websocket_handshake_timeout: float | None = 5,
     logger_name: str = "tickwire.picows",
     enable_auto_ping: bool = False,
     auto_ping_idle_timeout: float = 20,
@@ -265,7 +279,9 @@ async def create_ws_server(
 
     Takes the same arguments (``ssl=`` an :class:`ssl.SSLContext` serves ``wss://``;
     other keyword arguments go to ``loop.create_server``), except that the listener
-    factory comes from the guard.
+    factory comes from the guard, and the handshake timeout is the guard's
+    ``limits.handshake_timeout_s``, read at each accept (a reload applies it to the
+    next connections).
     """
     loop = asyncio.get_running_loop()
     logger = logging.getLogger(f"picows.{logger_name}")
@@ -283,7 +299,7 @@ async def create_ws_server(
             _Peer(guard),
             logger,
             disconnect_on_exception,
-            websocket_handshake_timeout,
+            guard.limits.handshake_timeout_s,
             enable_auto_ping,
             auto_ping_idle_timeout,
             auto_ping_reply_timeout,

@@ -13,6 +13,8 @@ so the kernel spreads new connections across them. It does no I/O on the data pa
 * **Supervision**: a worker that exits while the supervisor is not stopping is started
   again (after 0.5 s, doubling up to 5 s while it keeps dying within 10 s of its start).
   Its clients reconnect -- the kernel sends them to a live worker -- and resume.
+* **Reload**: SIGHUP is passed on to every worker, which reloads its configuration
+  (``docs/configuration.md``).
 * **Shutdown**: SIGTERM or SIGINT is forwarded to every worker, which drains (going-away
   close to each client); workers still alive after ``drain_timeout`` are killed. The
   supervisor then prints one JSON line of stats on stderr: each worker's exit stats and
@@ -136,6 +138,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.hangup)
         watchers = [asyncio.create_task(self._watch(w)) for w in self.workers]
         ready: asyncio.Future[Any] = asyncio.gather(*(w.ready.wait() for w in self.workers))
         stop: asyncio.Future[Any] = asyncio.ensure_future(self.stopping.wait())
@@ -178,12 +181,23 @@ class Supervisor:
         total["per_worker"] = per
         return total
 
+    def hangup(self) -> None:
+        """SIGHUP: pass it on; each worker reloads its configuration itself."""
+        for w in self.workers:
+            if w.proc is not None and w.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    w.proc.send_signal(signal.SIGHUP)
+
     # -- one worker --------------------------------------------------------------------
 
     async def _spawn(self, w: Worker) -> asyncio.subprocess.Process:
         admin = None if self.admin_port is None else self.admin_port + w.index
         args = worker_argv(self.argv, self.port, admin)
-        cmd = [sys.executable, "-m", "tickwire", "serve", *args, "--stats-file", w.stats_path]
+        # --workers 1: a [listen] workers of the file or environment is the supervisor's.
+        cmd = [
+            *(sys.executable, "-m", "tickwire", "serve", *args),
+            *("--workers", "1", "--stats-file", w.stats_path),
+        ]
         w.started = time.monotonic()
         return await asyncio.create_subprocess_exec(
             *cmd, stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL

@@ -35,6 +35,7 @@ run: install
 	@echo "  dashboard:          http://127.0.0.1:$(ADMIN_PORT)/  (metrics: http://127.0.0.1:$(ADMIN_PORT)/metrics)"
 	@echo "  watch a live book:  $(VENV)/bin/tickwire watch BTC-USD --url ws://127.0.0.1:$(PORT)/ws"
 	@echo "  measure the feed:   $(VENV)/bin/tickwire bench ws://127.0.0.1:$(PORT)/ws"
+	@echo "  as an exchange:     ws://127.0.0.1:$(PORT)/binance/stream, /okx/ws/v5/public, /kraken/v2; REST http://127.0.0.1:$(ADMIN_PORT)/binance/api/v3 (docs/dialects.md)"
 	$(VENV)/bin/tickwire serve --config examples/tickwire.toml $(RUN_FLAGS)
 
 # `make run` serves examples/tickwire.toml; PORT, ADMIN_PORT, SYMBOLS or RATE given to

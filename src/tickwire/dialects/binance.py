@@ -39,7 +39,7 @@ from ..protocol import Ticker, Trade
 from .candles import INTERVALS, Candle, Candles
 from .feed import DialectFeed, DialectSubscriber, LevelKey, Renderer, Stream, Tap, Window
 from .markets import Market, Markets
-from .rest import MarketView, RestError, RestResponse, int_param
+from .rest import MarketView, RestError, RestResponse, Route, answer, int_param
 
 __all__ = ["BinanceSession", "open_session", "parse_stream", "rest"]
 
@@ -823,7 +823,7 @@ def ticker_price(view: MarketView, params: Mapping[str, str]) -> bytes:
     return _json.encode(rows[0] if params.get("symbol") else rows)
 
 
-_ROUTES: dict[str, Callable[[MarketView, Mapping[str, str]], bytes]] = {
+_ROUTES: dict[str, Route] = {
     "/api/v3/ping": lambda view, params: b"{}",
     "/api/v3/time": lambda view, params: _json.encode({"serverTime": view.now_ms()}),
     "/api/v3/exchangeInfo": exchange_info,
@@ -841,10 +841,10 @@ REST_PATHS = tuple(_ROUTES)
 
 def rest(view: MarketView, path: str, params: Mapping[str, str]) -> RestResponse:
     """Answer ``GET /binance<path>``: the body, or Binance's error with its status."""
-    route = _ROUTES.get(path)
-    if route is None:
-        return RestResponse(_json.encode({"code": -1000, "msg": f"Unknown path {path[:64]}."}), 404)
-    try:
-        return RestResponse(route(view, params))
-    except RestError as exc:
-        return RestResponse(exc.body, exc.status)
+    return answer(
+        _ROUTES,
+        view,
+        path,
+        params,
+        _json.encode({"code": -1000, "msg": f"Unknown path {path[:64]}."}),
+    )

@@ -45,7 +45,7 @@ from .binance import _precision, _step, rolling_stats
 from .candles import INTERVALS, Candle, Candles
 from .feed import DialectFeed, DialectSubscriber, LevelKey, Renderer, Stream, Tap, Window
 from .markets import Market
-from .rest import MarketView, RestError, RestResponse, int_param
+from .rest import MarketView, RestError, RestResponse, Route, answer, int_param
 
 __all__ = ["CHANNELS", "OkxSession", "checksum", "open_session", "rest"]
 
@@ -639,14 +639,23 @@ def _market(view: MarketView, params: Mapping[str, str]) -> Market:
     return market
 
 
-def instruments(view: MarketView, params: Mapping[str, str]) -> bytes:
-    """``GET /api/v5/public/instruments?instType=SPOT[&instId=]``."""
+def _spot(params: Mapping[str, str]) -> bool:
+    """Whether ``instType`` asks for spot instruments (the only ones served).
+
+    Raises:
+        RestError: ``instType`` is missing or not one of OKX's.
+    """
     inst_type = params.get("instType")
     if not inst_type:
         raise _rest_error("50014", "Parameter instType can not be empty.")
     if inst_type not in _INST_TYPES:
         raise _rest_error("51000", "Parameter instType error")
-    if inst_type != "SPOT":
+    return inst_type == "SPOT"
+
+
+def instruments(view: MarketView, params: Mapping[str, str]) -> bytes:
+    """``GET /api/v5/public/instruments?instType=SPOT[&instId=]``."""
+    if not _spot(params):
         return _ok([])
     chosen = [_market(view, params)] if params.get("instId") else list(view.markets)
     data = []
@@ -719,12 +728,7 @@ def ticker(view: MarketView, params: Mapping[str, str]) -> bytes:
 
 def tickers(view: MarketView, params: Mapping[str, str]) -> bytes:
     """``GET /api/v5/market/tickers?instType=SPOT``."""
-    inst_type = params.get("instType")
-    if not inst_type:
-        raise _rest_error("50014", "Parameter instType can not be empty.")
-    if inst_type not in _INST_TYPES:
-        raise _rest_error("51000", "Parameter instType error")
-    if inst_type != "SPOT":
+    if not _spot(params):
         return _ok([])
     return _ok(
         [
@@ -780,7 +784,7 @@ def _candles(view: MarketView, params: Mapping[str, str], most: int) -> bytes:
     return _ok([candle_row(candles, c, interval, now) for c in reversed(chosen)])
 
 
-_ROUTES: dict[str, Callable[[MarketView, Mapping[str, str]], bytes]] = {
+_ROUTES: dict[str, Route] = {
     "/api/v5/market/candles": lambda view, params: _candles(view, params, 300),
     "/api/v5/market/history-candles": lambda view, params: _candles(view, params, 100),
     "/api/v5/public/time": lambda view, params: _ok([{"ts": str(view.now_ms())}]),
@@ -797,10 +801,6 @@ REST_PATHS = tuple(_ROUTES)
 
 def rest(view: MarketView, path: str, params: Mapping[str, str]) -> RestResponse:
     """Answer ``GET /okx<path>``: the body, or OKX's error with its status."""
-    route = _ROUTES.get(path.rstrip("/"))
-    if route is None:
-        return RestResponse(_json.encode({"code": "404", "msg": "Not Found", "data": []}), 404)
-    try:
-        return RestResponse(route(view, params))
-    except RestError as exc:
-        return RestResponse(exc.body, exc.status)
+    return answer(
+        _ROUTES, view, path, params, _json.encode({"code": "404", "msg": "Not Found", "data": []})
+    )

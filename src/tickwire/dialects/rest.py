@@ -8,14 +8,14 @@ these functions, so every answer is testable without a socket.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from ..protocol import Ticker, Trade
 from .candles import Candles
 from .markets import Markets
 
-__all__ = ["BookView", "MarketView", "RestError", "RestResponse", "int_param"]
+__all__ = ["BookView", "MarketView", "RestError", "RestResponse", "Route", "answer", "int_param"]
 
 
 class BookView(Protocol):
@@ -86,3 +86,25 @@ def int_param(
     if value < low or (high is not None and value > high):
         raise bad
     return value
+
+
+#: One REST endpoint: the view and the query parameters to the JSON body.
+Route = Callable[["MarketView", Mapping[str, str]], bytes]
+
+
+def answer(
+    routes: Mapping[str, Route],
+    view: MarketView,
+    path: str,
+    params: Mapping[str, str],
+    unknown: bytes,
+) -> RestResponse:
+    """Answer ``GET path`` from a venue's ``routes``: its body, the venue's error with
+    its status, or ``unknown`` with a 404."""
+    route = routes.get(path.rstrip("/") or "/")
+    if route is None:
+        return RestResponse(unknown, 404)
+    try:
+        return RestResponse(route(view, params))
+    except RestError as exc:
+        return RestResponse(exc.body, exc.status)

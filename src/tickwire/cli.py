@@ -36,7 +36,9 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     scale.add_argument(
         "--source",
         default="sim",
-        help="sim (embedded simulator), nats://HOST:PORT (follow `tickwire publish`), "
+        help="sim (embedded simulator), nats://HOST:PORT (follow `tickwire publish`; "
+        "without --symbols: all of its symbols, and those it adds later), "
+        "ingest+nats://HOST:PORT (the ingest protocol from any source: docs/ingest.md), "
         "or an NDJSON recording to replay",
     )
     _replay_speed_argument(scale)
@@ -47,6 +49,7 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=30.0,
         help="seconds to wait at start for the bus and every book",
     )
+    _ingest_silent_argument(scale)
     scale.add_argument(
         "--resume-wait",
         type=float,
@@ -336,10 +339,70 @@ def _replay_speed_argument(group: argparse._ActionsContainer) -> None:
     )
 
 
+# -- the ingest protocol (docs/ingest.md): its options, kept together ----------------------
+
+
+def _ingest_silent_argument(p: argparse._ActionsContainer) -> None:
+    p.add_argument(
+        "--ingest-silent-after",
+        type=float,
+        default=5.0,
+        help="ingest: seconds without a message after which a symbol's source is reported "
+        "silent (log, metric, stats)",
+    )
+
+
+def _ingest_arguments(p: argparse.ArgumentParser) -> None:
+    """``tickwire publish --ingest URL``: the leading engine takes the ingest protocol."""
+    g = p.add_argument_group("ingest protocol (docs/ingest.md)")
+    g.add_argument(
+        "--ingest",
+        default=None,
+        help="take the market from any process publishing the ingest protocol on this "
+        "NATS (nats://HOST:PORT) instead of the simulator; --symbols (optional) limits "
+        "the symbols accepted",
+    )
+    g.add_argument(
+        "--ingest-prefix",
+        default=None,
+        help="subject prefix of PREFIX.ingest.<SYMBOL> (default: --bus-prefix)",
+    )
+    _ingest_silent_argument(g)
+    g.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics (tickwire_ingest_*, tickwire_publisher_*) on this port",
+    )
+
+
+def _ingest_source(args: argparse.Namespace) -> tuple[list[str], Any]:
+    """The symbols and the source of ``publish --ingest``."""
+    from .sources.ingest import IngestSource
+
+    symbols = parse_symbols(args.symbols) if args.symbols else []
+    source = IngestSource(
+        args.ingest,
+        symbols,
+        prefix=args.ingest_prefix or args.bus_prefix,
+        silent_after=args.ingest_silent_after,
+    )
+    return symbols, source
+
+
+# -- symbols --------------------------------------------------------------------------------
+
+
 def _symbols(spec: str | None, source: str) -> list[str]:
-    """Resolve ``--symbols``: given, else a recording's own, else the default three."""
+    """Resolve ``--symbols``: given, else a recording's own, else the default three.
+
+    A bus or ingest source without ``--symbols`` gets none: it serves what its leader
+    (or its source) has, and follows symbols added later.
+    """
     if spec is not None:
         return parse_symbols(spec)
+    if source.startswith(("nats://", "tls://", "ingest+")):
+        return []
     if source != "sim" and not source.startswith(("nats://", "tls://")):
         from .sources.replay import read_recording
 
@@ -394,6 +457,7 @@ def _serve(args: argparse.Namespace) -> int:
         replay_speed=args.replay_speed,
         bus_prefix=args.bus_prefix,
         source_timeout_s=args.source_timeout,
+        ingest_silent_s=args.ingest_silent_after,
         resume_wait_s=args.resume_wait,
         reuse_port=args.reuse_port,
         deflate=args.deflate,
@@ -483,6 +547,7 @@ def _publish_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--burst-seconds", type=float, default=2.0, help="length of a burst")
     p.add_argument("--max-seconds", type=float, default=0.0, help="exit after this long")
     p.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING or ERROR")
+    _ingest_arguments(p)
 
 
 def _tick_pacing_argument(p: argparse.ArgumentParser, period: str) -> None:
@@ -511,12 +576,42 @@ def _publish(args: argparse.Namespace) -> int:
 
     from . import hotpath
     from .publisher import Publisher
+
+    source_spec = "sim" if args.replay is None else args.replay
+    if args.ingest is not None:
+        symbols, source = _ingest_source(args)
+    else:
+        symbols = _symbols(args.symbols, source_spec)
+        source = _publish_source(args, symbols, source_spec)
+    publisher = Publisher(
+        args.nats,
+        symbols,
+        source,
+        prefix=args.bus_prefix,
+        tick_ms=args.tick_ms,
+        tick_pacing=args.tick_pacing,
+        max_seconds=args.max_seconds,
+        metrics_port=args.metrics_port,
+    )
+    feed = f"from {args.ingest} " if args.ingest is not None else ""
+
+    def ready(pub: Publisher) -> None:
+        print(
+            f"tickwire: publishing {len(symbols)} symbols {feed}to {args.nats} "
+            f"as {args.bus_prefix}.md.<SYMBOL> (epoch {pub.engine.epoch})",
+            flush=True,
+        )
+
+    hotpath.run(publisher.run(ready))
+    sys.stderr.write(json.dumps(publisher.stats()) + "\n")
+    return 0
+
+
+def _publish_source(args: argparse.Namespace, symbols: list[str], source_spec: str) -> Any:
     from .server.config import GatewayConfig
     from .sources import make_source
 
-    source_spec = "sim" if args.replay is None else args.replay
-    symbols = _symbols(args.symbols, source_spec)
-    source = make_source(
+    return make_source(
         GatewayConfig(
             symbols=symbols,
             rate=args.rate,
@@ -529,26 +624,6 @@ def _publish(args: argparse.Namespace) -> int:
             replay_speed=args.replay_speed,
         )
     )
-    publisher = Publisher(
-        args.nats,
-        symbols,
-        source,
-        prefix=args.bus_prefix,
-        tick_ms=args.tick_ms,
-        tick_pacing=args.tick_pacing,
-        max_seconds=args.max_seconds,
-    )
-
-    def ready(pub: Publisher) -> None:
-        print(
-            f"tickwire: publishing {len(symbols)} symbols to {args.nats} "
-            f"as {args.bus_prefix}.md.<SYMBOL> (epoch {pub.engine.epoch})",
-            flush=True,
-        )
-
-    hotpath.run(publisher.run(ready))
-    sys.stderr.write(json.dumps(publisher.stats()) + "\n")
-    return 0
 
 
 def _record_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

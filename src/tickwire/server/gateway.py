@@ -575,7 +575,7 @@ class Gateway:
             "pid": os.getpid(),
             "elapsed_s": round(elapsed, 3),
             "epoch": self.engine.epoch,
-            "symbols": len(self.config.symbols),
+            "symbols": len(self.engine.symbols),
             "generated": self.source.generated,
             "skipped": self.source.skipped,
             "gen_per_s": round(self.source.generated / max(elapsed, 1e-9), 1),

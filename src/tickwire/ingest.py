@@ -428,8 +428,15 @@ class SymbolFeed:
     def snapshot(self, snap: Snapshot) -> list[Action]:
         """Take a snapshot: load it (waiting, stale, ahead or different), else check it.
 
-        Buffered messages after it are applied at once.
+        Buffered messages after it are applied at once, in seq order.
+
+        Raises:
+            IngestError: the snapshot is invalid, or older than the live book.
+            _Recovered: it was loaded, but something is reported (a gap or a mismatch
+                with the live book, or a buffered message rejected after it).
         """
+        actions: list[Action] = []
+        error: IngestError | None = None
         if self.state == "live":
             if snap.seq < self.seq:
                 raise IngestError(
@@ -437,19 +444,21 @@ class SymbolFeed:
                 )
             if snap.seq == self.seq and self._matches(snap):
                 return []  # the source confirms the book: nothing to do
-            reason = "gap" if snap.seq > self.seq else "mismatch"
-            detail = (
-                f"snapshot at seq {snap.seq}, the book at {self.seq}"
-                if reason == "gap"
-                else f"snapshot at seq {snap.seq} differs from the book built from the stream"
-            )
+            if snap.seq > self.seq:
+                error = IngestError("gap", f"snapshot at seq {snap.seq}, the book at {self.seq}")
+            else:
+                error = IngestError(
+                    "mismatch", f"snapshot at seq {snap.seq} differs from the book built so far"
+                )
             # Loaded anyway (it is the source's truth), but reported.
-            self.state = "stale"
-            out: list[Action] = [Invalidate(self.symbol, reason), self.load(snap)]
-            out.extend(self._drain())
-            raise _Recovered(IngestError(reason, detail), out)
-        actions: list[Action] = [self.load(snap)]
-        actions.extend(self._drain())
+            actions.append(Invalidate(self.symbol, error.reason))
+        actions.append(self.load(snap))
+        try:
+            self._drain(actions)
+        except IngestError as exc:
+            raise _Recovered(exc, actions, stale=True) from None
+        if error is not None:
+            raise _Recovered(error, actions, stale=False)
         return actions
 
     def _matches(self, snap: Snapshot) -> bool:
@@ -460,15 +469,12 @@ class SymbolFeed:
             return False
         return fresh.book == self.book and fresh.kind == self.kind
 
-    def _drain(self) -> list[Action]:
-        """Apply the buffered messages that follow the loaded snapshot."""
-        out: list[Action] = []
+    def _drain(self, out: list[Action]) -> None:
+        """Apply the buffered messages that follow the loaded snapshot, in seq order."""
         buffered, self.buffer = self.buffer, deque()
-        for msg in buffered:
-            if msg.seq <= self.seq:
-                continue
-            out.extend(self.take(msg))
-        return out
+        for msg in sorted(buffered, key=lambda m: m.seq):
+            if msg.seq > self.seq:
+                out.extend(self.take(msg))
 
     # -- the stream ----------------------------------------------------------------------
 
@@ -600,10 +606,11 @@ class SymbolFeed:
 class _Recovered(Exception):
     """Internal: a rejection that was healed at once (the actions still apply)."""
 
-    def __init__(self, error: IngestError, actions: list[Action]) -> None:
+    def __init__(self, error: IngestError, actions: list[Action], stale: bool) -> None:
         super().__init__(str(error))
         self.error = error
         self.actions = actions
+        self.stale = stale
 
 
 def _check_crossed(book: Book) -> None:
@@ -679,7 +686,7 @@ class IngestFeed:
         except _Recovered as rec:
             self.out.extend(rec.actions)
             self.loads += 1
-            self._reject(subject_symbol, rec.error, now, stale=False)
+            self._reject(subject_symbol, rec.error, now, stale=rec.stale)
 
     def _new(self, symbol: str, now: float) -> SymbolFeed:
         if self.symbols:

@@ -1,0 +1,597 @@
+"""The ingest protocol: the Sans-I/O decoder and state machine, then real processes.
+
+The Sans-I/O half feeds :class:`~tickwire.ingest.IngestFeed` bytes (JSON and msgpack)
+and checks the actions, the rejection reasons and the recovery; hypothesis fuzzes it.
+The I/O half runs a real nats-server, ``tickwire publish --ingest`` and ``tickwire serve``
+processes, the example feeder (``examples/ingest/feeder.py``, nats-py) and WebSocket
+clients that verify every message's chain and checksum against the feeder's own book.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Coroutine, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from helpers import RawClient, ServerProcess, StreamChecker
+from nats_helpers import NatsServer, Proc, free_port, publisher, stream, subscribe
+from tickwire.book import Book
+from tickwire.exceptions import IngestError
+from tickwire.ingest import REASONS, IngestFeed, Invalidate, Load, Publish, canonical, decode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "ingest"))
+from feeder import Feeder  # noqa: E402
+
+TS = 1_700_000_000_000_000_000
+T = TypeVar("T")
+
+
+def j(**msg: Any) -> bytes:
+    return json.dumps({"v": 1, "ts": TS, **msg}).encode()
+
+
+def snap(symbol: str = "X", seq: int = 10, bids: Any = None, asks: Any = None) -> bytes:
+    return j(
+        type="snapshot",
+        symbol=symbol,
+        seq=seq,
+        bids=bids if bids is not None else [["99.50", "1"], ["99", "2.000"]],
+        asks=asks if asks is not None else [["100.5", "3"]],
+    )
+
+
+def upd(seq: int, changes: Any = (), trades: Any = (), symbol: str = "X") -> bytes:
+    return j(type="update", symbol=symbol, seq=seq, changes=list(changes), trades=list(trades))
+
+
+def actions(feed: IngestFeed) -> list[Any]:
+    out, feed.out = feed.out, []
+    return out
+
+
+# -- Sans-I/O -----------------------------------------------------------------------------
+
+
+def test_decimals_are_canonical_and_exact() -> None:
+    assert canonical("001.500") == "1.5"
+    assert canonical("0.000") == "0"
+    assert canonical("42") == "42"
+    for bad, reason in [
+        ("1e5", "decimal"),
+        ("1.", "decimal"),
+        (".5", "decimal"),
+        ("NaN", "decimal"),
+        (" 1", "decimal"),
+        ("١", "decimal"),  # a Unicode digit
+        ("-1", "negative"),
+    ]:
+        with pytest.raises(IngestError) as err:
+            canonical(bad)
+        assert err.value.reason == reason, bad
+
+
+def test_l2_snapshot_then_bundles_become_engine_batches() -> None:
+    feed = IngestFeed()
+    feed.receive("X", snap(), 0.0)
+    (load,) = actions(feed)
+    assert isinstance(load, Load)
+    assert load.bids == [("99.5", "1"), ("99", "2")] and load.asks == [("100.5", "3")]
+    feed.receive("X", upd(11, [["bid", "99.5", "0"], ["ask", "101.00", "4"]]), 0.1)
+    feed.receive("X", upd(12, trades=[["100.5", "1", "buy"]]), 0.2)
+    b1, b2 = actions(feed)
+    assert isinstance(b1, Publish) and isinstance(b2, Publish)
+    assert [(u.side, u.price, u.qty, u.ts) for u in b1.updates] == [
+        ("bid", "99.5", "0", TS),
+        ("ask", "101", "4", TS),
+    ]
+    assert b2.updates == [] and b2.trades == [("100.5", "1", "buy", TS)]
+    assert feed.feeds["X"].seq == 12 and feed.feeds["X"].state == "live"
+    # msgpack, same message.
+    data = msgspec.msgpack.encode(json.loads(upd(13, [["ask", "102", "1"]])))
+    feed.receive("X", data, 0.3)
+    (b3,) = actions(feed)
+    assert isinstance(b3, Publish) and b3.updates[0].price == "102"
+
+
+def test_l3_orders_derive_levels_and_trades() -> None:
+    feed = IngestFeed()
+    orders = [["a", "bid", "99", "1"], ["b", "bid", "99", "2"], ["c", "ask", "101", "5"]]
+    feed.receive("X", j(type="orders_snapshot", symbol="X", seq=5, orders=orders), 0.0)
+    (load,) = actions(feed)
+    assert isinstance(load, Load) and load.bids == [("99", "3")] and load.asks == [("101", "5")]
+    events = [
+        ["add", "d", "bid", "99.5", "1.5"],
+        ["execute", "c", "2"],  # a buyer takes 2 of the resting ask
+        ["modify", "a", "0.5"],
+        ["cancel", "b"],
+        ["execute", "d", "1.5", "99.5"],
+    ]
+    feed.receive("X", j(type="orders", symbol="X", seq=6, events=events), 0.1)
+    (batch,) = actions(feed)
+    assert isinstance(batch, Publish)
+    assert [(u.side, u.price, u.qty) for u in batch.updates] == [
+        ("bid", "99.5", "0"),
+        ("ask", "101", "3"),
+        ("bid", "99", "0.5"),
+    ]
+    assert batch.trades == [("101", "2", "buy", TS), ("99.5", "1.5", "sell", TS)]
+    book = feed.feeds["X"].book
+    assert book.bids() == [("99", "0.5")] and book.asks() == [("101", "3")]
+
+
+BAD: list[tuple[str, bytes]] = [
+    ("schema", b"{not json"),
+    ("schema", j(type="update", symbol="X", seq=11, changes=[["bid", 99.5, "1"]])),
+    ("schema", j(type="update", symbol="X", seq=11, changes=[["middle", "99", "1"]])),
+    ("schema", b"\x93\x01\x02\x03"),
+    (
+        "version",
+        json.dumps({"v": 2, "type": "update", "symbol": "X", "seq": 11, "ts": TS}).encode(),
+    ),
+    ("time", json.dumps({"v": 1, "type": "update", "symbol": "X", "seq": 11, "ts": 1700}).encode()),
+    ("decimal", upd(11, [["bid", "99.5e1", "1"]])),
+    ("negative", upd(11, [["bid", "99", "-1"]])),
+    ("negative", upd(11, [["bid", "0", "1"]])),
+    ("crossed", upd(11, [["bid", "100.5", "1"]])),
+    ("gap", upd(13, [["bid", "98", "1"]])),
+    ("symbol", upd(11, [["bid", "98", "1"]], symbol="Y")),
+    ("kind", j(type="orders", symbol="X", seq=11, events=[["cancel", "z"]])),
+]
+
+
+@pytest.mark.parametrize(("reason", "data"), BAD, ids=[f"{r}-{i}" for i, (r, _) in enumerate(BAD)])
+def test_each_bad_input_is_counted_makes_the_symbol_stale_and_a_snapshot_heals(
+    reason: str, data: bytes
+) -> None:
+    feed = IngestFeed()
+    feed.receive("X", snap(seq=10), 0.0)
+    actions(feed)
+    feed.receive("X", data, 1.0)
+    assert feed.rejected[reason] == 1, feed.rejected
+    assert sum(feed.rejected.values()) == 1
+    assert actions(feed) == [Invalidate("X", reason)]
+    assert feed.feeds["X"].state == "stale" and "X" in feed.requests
+    # Data while stale is held, not served.
+    feed.receive("X", upd(12, [["bid", "98.5", "1"]]), 1.1)
+    assert actions(feed) == []
+    # The snapshot (a reply) loads, and what was held after it applies.
+    feed.receive("X", snap(seq=11), 1.2, reply=True)
+    out = actions(feed)
+    assert isinstance(out[0], Load) and isinstance(out[1], Publish)
+    assert feed.feeds["X"].state == "live" and feed.feeds["X"].seq >= 12
+    assert "X" not in feed.requests
+
+
+def test_l3_order_faults_are_rejected() -> None:
+    for events in (
+        [["cancel", "nope"]],
+        [["add", "a", "bid", "99", "1"]],  # already resting
+        [["execute", "a", "5"]],  # more than is left
+        [["modify", "zz", "1"]],
+    ):
+        feed = IngestFeed()
+        o = [["a", "bid", "99", "1"]]
+        feed.receive("X", j(type="orders_snapshot", symbol="X", seq=1, orders=o), 0.0)
+        actions(feed)
+        feed.receive("X", j(type="orders", symbol="X", seq=2, events=events), 0.0)
+        assert feed.rejected["order"] == 1, events
+        assert actions(feed) == [Invalidate("X", "order")]
+
+
+def test_duplicates_are_dropped_and_the_book_stays_live() -> None:
+    feed = IngestFeed()
+    feed.receive("X", snap(seq=10), 0.0)
+    feed.receive("X", upd(11, [["bid", "98", "1"]]), 0.0)
+    actions(feed)
+    feed.receive("X", upd(11, [["bid", "98", "7"]]), 0.0)
+    feed.receive("X", upd(5), 0.0)
+    assert feed.rejected["duplicate"] == 2 and actions(feed) == []
+    assert feed.feeds["X"].state == "live"
+
+
+def test_unknown_symbols_and_the_allow_list() -> None:
+    feed = IngestFeed(["X"])
+    feed.receive("Y", snap("Y"), 0.0)
+    feed.receive("bad name!", snap("bad name!"), 0.0)
+    assert feed.rejected["symbol"] == 2 and "Y" not in feed.feeds and actions(feed) == []
+    open_feed = IngestFeed(max_symbols=1)
+    open_feed.receive("A", snap("A"), 0.0)
+    open_feed.receive("B", snap("B"), 0.0)
+    assert list(open_feed.feeds) == ["A"] and open_feed.rejected["symbol"] == 1
+
+
+def test_a_heartbeat_ahead_is_a_gap_and_a_snapshot_at_the_same_seq_verifies() -> None:
+    feed = IngestFeed()
+    feed.receive("X", snap(seq=10), 0.0)
+    actions(feed)
+    feed.receive("X", snap(seq=10), 0.1)  # the same book: nothing to do
+    assert actions(feed) == [] and sum(feed.rejected.values()) == 0
+    feed.receive("X", snap(seq=10, bids=[["98", "1"]]), 0.2)  # differs: mismatch, loaded
+    out = actions(feed)
+    assert feed.rejected["mismatch"] == 1 and isinstance(out[0], Invalidate)
+    assert isinstance(out[1], Load) and out[1].bids == [("98", "1")]
+    feed.receive("X", j(type="heartbeat", symbol="X", seq=12), 0.3)
+    assert feed.rejected["gap"] == 1 and actions(feed) == [Invalidate("X", "gap")]
+
+
+def test_rejections_are_logged_once_per_symbol_and_reason(caplog: pytest.LogCaptureFixture) -> None:
+    feed = IngestFeed()
+    with caplog.at_level(logging.INFO, logger="tickwire.ingest"):
+        for i in range(100):
+            feed.receive("X", b"garbage", i * 0.01)
+    lines = [r for r in caplog.records if "rejected" in r.getMessage()]
+    assert len(lines) == 1 and "schema" in lines[0].getMessage()
+    assert feed.rejected["schema"] == 100
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tickwire.ingest"):
+        feed.receive("X", b"garbage", 20.0)
+    (line,) = caplog.records
+    assert "99 more like it" in line.getMessage()
+
+
+def test_silence_is_reported_once_until_the_source_speaks() -> None:
+    feed = IngestFeed(silent_after=2.0)
+    feed.receive("X", snap(), 0.0)
+    assert feed.check(1.0) == []
+    assert feed.check(2.5) == ["X"] and feed.check(3.0) == []
+    assert feed.silences == 1 and feed.stats()["symbols"]["X"]["silent"] is True  # type: ignore[index]
+    feed.receive("X", j(type="heartbeat", symbol="X", seq=10), 3.5)
+    assert feed.feeds["X"].silent is False and feed.check(4.0) == []
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.text(max_size=8)
+    | st.floats(allow_nan=False),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_prices = st.sampled_from(["99", "99.5", "100", "100.5", "101", "0", "-1", "1e2", "abc", "98.25"])
+_change = st.tuples(st.sampled_from(["bid", "ask", "x"]), _prices, _prices)
+_event = st.one_of(
+    st.tuples(
+        st.just("add"), st.sampled_from("abc"), st.sampled_from(["bid", "ask"]), _prices, _prices
+    ),
+    st.tuples(st.sampled_from(["cancel"]), st.sampled_from("abcd")),
+    st.tuples(st.sampled_from(["modify", "execute"]), st.sampled_from("abcd"), _prices),
+)
+_message = st.one_of(
+    st.builds(
+        lambda seq, ch: {"type": "update", "seq": seq, "changes": ch},
+        st.integers(0, 6),
+        st.lists(_change, max_size=4),
+    ),
+    st.builds(
+        lambda seq, ev: {"type": "orders", "seq": seq, "events": ev},
+        st.integers(0, 6),
+        st.lists(_event, max_size=4),
+    ),
+    st.builds(
+        lambda seq, b, a: {"type": "snapshot", "seq": seq, "bids": b, "asks": a},
+        st.integers(0, 6),
+        st.lists(st.tuples(_prices, _prices), max_size=3),
+        st.lists(st.tuples(_prices, _prices), max_size=3),
+    ),
+    st.builds(
+        lambda seq, o: {"type": "orders_snapshot", "seq": seq, "orders": o},
+        st.integers(0, 6),
+        st.lists(
+            st.tuples(st.sampled_from("abc"), st.sampled_from(["bid", "ask"]), _prices, _prices),
+            max_size=3,
+        ),
+    ),
+    st.builds(lambda seq: {"type": "heartbeat", "seq": seq}, st.integers(0, 8)),
+    _json_values,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(_message, st.binary(max_size=40)), max_size=20), st.booleans())
+def test_fuzz_nothing_a_source_sends_raises_or_serves_a_bad_book(
+    messages: list[Any], msgpack: bool
+) -> None:
+    feed = IngestFeed()
+    other = Book()
+    for i, item in enumerate(messages):
+        if isinstance(item, bytes):
+            data = item
+        else:
+            body = {"v": 1, "symbol": "X", "ts": TS, **item} if isinstance(item, dict) else item
+            data = msgspec.msgpack.encode(body) if msgpack else json.dumps(body).encode()
+        feed.receive("X", data, i * 0.1)
+        feed.check(i * 0.1)
+        for action in actions(feed):
+            assert isinstance(action, Publish | Invalidate | Load)
+        x = feed.feeds.get("X")
+        if x is not None and x.state == "live":
+            bid, ask = x.book.best_bid(), x.book.best_ask()
+            assert bid is None or ask is None or Decimal(bid[0]) < Decimal(ask[0])
+            for _, qty in x.book.bids() + x.book.asks():
+                assert Decimal(qty) > 0
+    assert other.depth() == (0, 0)
+
+
+def test_decode_rejects_every_reason_it_owns() -> None:
+    for reason in ("schema", "version", "time"):
+        assert reason in REASONS
+    with pytest.raises(IngestError):
+        decode(b"")
+
+
+# -- real processes -----------------------------------------------------------------------
+
+
+class Loop:
+    """An asyncio loop in a thread, for the feeders (nats-py) beside sync clients."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.conns: list[Any] = []
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def close(self) -> None:
+        for nc in self.conns:
+            try:
+                self.run(nc.close(), 5.0)
+            except Exception:
+                pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture
+def nats_server() -> Iterator[NatsServer]:
+    srv = NatsServer().start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Any]]:
+    started: list[Any] = []
+    yield started
+    for p in reversed(started):
+        try:
+            p.stop()
+        except Exception:
+            p.kill()
+
+
+@pytest.fixture
+def aio() -> Iterator[Loop]:
+    loop = Loop()
+    yield loop
+    loop.close()
+
+
+async def _connect(url: str) -> Any:
+    import nats
+
+    return await nats.connect(url)
+
+
+def feeders(aio: Loop, url: str, specs: list[tuple[str, str]], **kw: Any) -> list[Feeder]:
+    nc = aio.run(_connect(url))
+    aio.conns.append(nc)
+    out = [Feeder(nc, s, kind=k, seed=i, **kw) for i, (s, k) in enumerate(specs)]
+    for f in out:
+        aio.run(f.serve_snapshots())
+    return out
+
+
+async def _pump(f: Feeder, n: int, bundle: int = 5, period: float = 0.004) -> None:
+    for _ in range(n):
+        await f.publish(f.next_message(bundle))
+        await asyncio.sleep(period)
+
+
+def book_of(checker: StreamChecker, symbol: str) -> dict[str, dict[Decimal, Decimal]]:
+    book = checker.books[f"book.{symbol}"]
+    return {
+        "bid": {Decimal(p): Decimal(q) for p, q in book.bids()},
+        "ask": {Decimal(p): Decimal(q) for p, q in book.asks()},
+    }
+
+
+def metrics(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("tickwire_") and " " in line:
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def until(client: RawClient, checker: StreamChecker, ch: str, timeout: float) -> dict[str, Any]:
+    """Apply messages until a snapshot of ``ch`` comes; return it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = client.recv_json(timeout=max(deadline - time.monotonic(), 0.01))
+        checker.apply(msg)
+        if msg.get("ch") == ch and msg["type"] == "snapshot":
+            return msg
+    raise TimeoutError(f"no snapshot of {ch}")
+
+
+def ingest_publisher(url: str, procs: list[Any], *args: str) -> tuple[Proc, int]:
+    port = free_port()
+    p = Proc(
+        [
+            "publish",
+            "--nats",
+            url,
+            "--ingest",
+            url,
+            "--max-seconds",
+            "120",
+            "--metrics-port",
+            str(port),
+            "--log-level",
+            "INFO",
+            *args,
+        ],
+        r"publishing .* \(epoch (\S+)\)",
+    ).start()
+    procs.append(p)
+    return p, port
+
+
+def test_l2_and_l3_feeders_through_the_leader_reach_a_gateway_without_symbols(
+    nats_server: NatsServer, procs: list[Any], aio: Loop
+) -> None:
+    """Feeder -> publish --ingest -> bus -> serve (no --symbols) -> verified clients,
+    with a symbol the source adds after the gateway started."""
+    url = nats_server.url
+    pub, mport = ingest_publisher(url, procs)
+    l2, l3 = feeders(aio, url, [("L2-X", "l2"), ("L3-X", "l3")])
+    for f in (l2, l3):
+        aio.run(f.publish(f.snapshot()))
+    gw = ServerProcess(["--source", url, "--admin-port", "off"]).start(timeout=30)
+    procs.append(gw)
+    client = RawClient(gw.port)
+    subscribe(client, ["book.L2-X", "trades.L2-X", "book.L3-X", "trades.L3-X"])
+    checker = StreamChecker()
+    pumps = [aio.spawn(_pump(f, 150)) for f in (l2, l3)]
+    stream(client, checker, 0.5)
+    # A symbol the source starts after the gateway: followed.
+    (late,) = feeders(aio, url, [("LATE", "l3")])
+    aio.run(late.publish(late.snapshot()))
+    pumps.append(aio.spawn(_pump(late, 60)))
+    time.sleep(0.8)
+    other = RawClient(gw.port)
+    subscribe(other, ["book.LATE"])
+    late_checker = StreamChecker()
+    for p in pumps:
+        p.result(30)
+    stream(client, checker, 1.0)
+    stream(other, late_checker, 0.3)
+    checker.books["book.LATE"] = late_checker.books["book.LATE"]
+    assert checker.deltas > 100
+    for f in (l2, l3, late):
+        assert book_of(checker, f.symbol) == f.book(), f.symbol
+    assert checker.trades > 0
+    m = metrics(mport)
+    assert m["tickwire_ingest_messages_total"] >= 360
+    assert all(m[f'tickwire_ingest_rejected_total{{reason="{r}"}}'] == 0 for r in REASONS)
+    assert m['tickwire_ingest_symbols{state="live"}'] == 3
+
+
+def test_bad_inputs_make_one_symbol_stale_others_stream_and_a_snapshot_heals(
+    nats_server: NatsServer, procs: list[Any], aio: Loop
+) -> None:
+    """serve --source ingest+nats:// directly: each fault class on BAD-X, GOOD-X untouched."""
+    url = nats_server.url
+    admin = free_port()
+    gw = ServerProcess(
+        [
+            "--source",
+            f"ingest+{url}",
+            "--admin-port",
+            str(admin),
+            "--ingest-silent-after",
+            "1",
+            "--log-level",
+            "INFO",
+        ]
+    ).start(timeout=30)
+    procs.append(gw)
+    bad, good = feeders(aio, url, [("BAD-X", "l2"), ("GOOD-X", "l3")], encoding="msgpack")
+    for f in (bad, good):
+        aio.run(f.publish(f.snapshot()))
+    time.sleep(0.3)
+    client = RawClient(gw.port)
+    subscribe(client, ["book.BAD-X", "book.GOOD-X", "trades.GOOD-X"])
+    checker = StreamChecker()
+    pump = aio.spawn(_pump(good, 400, period=0.01))
+    stream(client, checker, 0.3)
+
+    def fault(kind: str) -> None:
+        if kind == "gap":
+            bad.seq += 1  # a message never sent
+            aio.run(bad.publish(bad.next_message(2)))
+        elif kind == "duplicate":
+            msg = bad.next_message(2)
+            aio.run(bad.publish(msg))
+            aio.run(bad.publish(msg))
+            return
+        else:
+            bad.seq += 1
+            head = {"v": 1, "symbol": "BAD-X", "seq": bad.seq, "ts": time.time_ns()}
+            body = {
+                "schema": {**head, "type": "update", "changes": [["bid", 99.5, "1"]]},
+                "decimal": {**head, "type": "update", "changes": [["bid", "99,5", "1"]]},
+                "negative": {**head, "type": "update", "changes": [["ask", "101", "-2"]]},
+                "crossed": {**head, "type": "update", "changes": [["bid", "200", "1"]]},
+            }[kind]
+            aio.run(bad.publish(body))
+
+    kinds = ["gap", "schema", "decimal", "negative", "crossed", "duplicate"]
+    for kind in kinds:
+        for _ in range(3):  # three of each: logged once
+            fault(kind)
+            if kind != "duplicate":
+                # Stale: BAD-X's channel goes silent; it heals from the snapshot reply.
+                heal = until(client, checker, "book.BAD-X", 5.0)
+                assert heal["resumed"] is False, kind
+        aio.run(bad.publish(bad.next_message(3)))
+    # An unknown symbol (not a valid name) and a body for another subject.
+    stranger = json.dumps({**json.loads(snap("no!such")), "symbol": "no!such"}).encode()
+    aio.run(bad.publish_raw(stranger, "tickwire.ingest.no!such"))
+    # Let a silent source be seen: BAD-X says nothing for a while.
+    stream(client, checker, 1.6)
+    pump.result(30)
+    stream(client, checker, 0.5)
+    assert book_of(checker, "BAD-X") == bad.book()
+    assert book_of(checker, "GOOD-X") == good.book()
+    assert checker.deltas > 100
+    m = metrics(admin)
+    for kind in kinds:
+        assert m[f'tickwire_ingest_rejected_total{{reason="{kind}"}}'] == 3, kind
+    assert m['tickwire_ingest_rejected_total{reason="symbol"}'] == 1
+    assert m["tickwire_ingest_silences_total"] >= 1
+    assert m['tickwire_ingest_symbols{state="live"}'] == 2
+    stats = gw.stop()
+    assert stats is not None
+    logged = gw.stderr.count("ingest BAD-X rejected")
+    assert logged == len(kinds) - 1 + 0, gw.stderr[-3000:]  # duplicates log at INFO too
+    assert "no message from the source" in gw.stderr
+
+
+def test_a_gateway_without_symbols_serves_a_simulator_publishers_symbols(
+    nats_server: NatsServer, procs: list[Any]
+) -> None:
+    """The reproduction of issue 21's item 3: publish --symbols 4, serve without."""
+    procs.append(publisher(nats_server.url, "--symbols", "4", "--rate", "200"))
+    gw = ServerProcess(["--source", nats_server.url, "--admin-port", "off"]).start(timeout=20)
+    procs.append(gw)
+    client = RawClient(gw.port)
+    subscribe(client, [f"book.SYM{i}" for i in range(4)])
+    checker = StreamChecker()
+    stream(client, checker, 1.0)
+    assert set(checker.books) == {f"book.SYM{i}" for i in range(4)} and checker.deltas > 20

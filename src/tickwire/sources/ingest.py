@@ -193,6 +193,7 @@ class IngestSource:
             last_ts=max(current.last_ts, action.ts),
         )
         sink.restore(snap)
+        self._asked.pop(symbol, None)  # the next episode asks at once
         log.info("ingest %s: loaded %d bids, %d asks", symbol, len(action.bids), len(action.asks))
 
     def _ask(self, now: float) -> None:

@@ -595,3 +595,31 @@ def test_a_gateway_without_symbols_serves_a_simulator_publishers_symbols(
     checker = StreamChecker()
     stream(client, checker, 1.0)
     assert set(checker.books) == {f"book.SYM{i}" for i in range(4)} and checker.deltas > 20
+
+
+def test_the_json_schema_matches_the_decoder() -> None:
+    """schema/ingest-v1.schema.json names every message type, with the decoder's
+    required fields (msgspec's structs are the implementation; the schema documents it)."""
+    from tickwire import ingest
+
+    schema = json.loads(
+        (Path(__file__).resolve().parent.parent / "schema" / "ingest-v1.schema.json").read_text()
+    )
+    defs = schema["$defs"]
+    for cls in (
+        ingest.L2Snapshot,
+        ingest.L2Update,
+        ingest.OrdersSnapshot,
+        ingest.OrderEvents,
+        ingest.Status,
+        ingest.SourceHeartbeat,
+    ):
+        info = msgspec.inspect.type_info(cls)
+        assert isinstance(info, msgspec.inspect.StructType)
+        tag = info.tag
+        assert defs[tag]["properties"]["type"] == {"const": tag}
+        required = {f.encode_name for f in info.fields if f.required} | {"type"}
+        assert set(defs[tag]["required"]) == required, tag
+        assert set(defs[tag]["properties"]) == {f.encode_name for f in info.fields} | {"type"}
+    events = defs["orders"]["properties"]["events"]["items"]["oneOf"]
+    assert [e["prefixItems"][0]["const"] for e in events] == ["add", "modify", "cancel", "execute"]

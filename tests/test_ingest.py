@@ -623,3 +623,120 @@ def test_the_json_schema_matches_the_decoder() -> None:
         assert set(defs[tag]["properties"]) == {f.encode_name for f in info.fields} | {"type"}
     events = defs["orders"]["properties"]["events"]["items"]["oneOf"]
     assert [e["prefixItems"][0]["const"] for e in events] == ["add", "modify", "cancel", "execute"]
+
+
+# -- without NATS: an async iterator in process, NDJSON on standard input ----------------
+
+
+def test_an_in_process_gateway_on_an_async_iterator_serves_verified_books() -> None:
+    """``Gateway(config, source=StreamIngestSource(iterator))``: the SDK verifies every
+    checksum; a bad message makes the symbol stale until the next snapshot in stream."""
+    from tickwire.client import Client
+    from tickwire.server import Gateway, GatewayConfig
+    from tickwire.sources.ingest import StreamIngestSource
+
+    feeder = Feeder(None, "L3-Y", kind="l3", seed=3)
+    more = asyncio.Event()
+
+    async def messages() -> Any:
+        yield feeder.snapshot()
+        for _ in range(100):
+            yield feeder.next_message(4)
+            await asyncio.sleep(0.002)
+        await more.wait()
+        yield {
+            "v": 1,
+            "type": "orders",
+            "symbol": "L3-Y",
+            "seq": feeder.seq + 1,
+            "ts": 1,
+            "events": [],
+        }
+        feeder.seq += 1
+        for _ in range(20):
+            yield feeder.next_message(4)
+        yield json.dumps(feeder.snapshot())  # heals (JSON text is fine too)
+        for _ in range(50):
+            yield feeder.next_message(4)
+            await asyncio.sleep(0.002)
+
+    async def run() -> tuple[dict[str, Any], dict[str, Any], bool]:
+        source = StreamIngestSource(messages())
+        gateway = Gateway(GatewayConfig(port=0, symbols=[]), source=source)
+        await gateway.start()
+        serving = asyncio.create_task(gateway.run())
+        try:
+            async with asyncio.timeout(20):
+                while "L3-Y" in gateway.incomplete_books or "L3-Y" not in gateway.engine.symbols:
+                    await asyncio.sleep(0.01)
+                url = f"ws://127.0.0.1:{gateway.port}/ws"
+                async with Client(url, ["book.L3-Y", "trades.L3-Y"]) as client:
+                    await client.wait_live()
+                    await client.wait_until(lambda: source.feed.feeds["L3-Y"].messages >= 100)
+                    more.set()
+                    await client.wait_until(lambda: source.ended)
+                    await asyncio.sleep(0.3)
+                    book = client.book("L3-Y")
+                    got = {
+                        "bid": {Decimal(p): Decimal(q) for p, q in book.bids()},
+                        "ask": {Decimal(p): Decimal(q) for p, q in book.asks()},
+                    }
+                    same = got == feeder.book()
+                    return client.counters(), source.stats(), same
+        finally:
+            gateway.stop()
+            await serving
+
+    counters, stats, same = asyncio.run(run())
+    assert same
+    assert counters["book.L3-Y"]["checksum_failures"] == 0
+    assert counters["book.L3-Y"]["snapshots"] >= 2  # the first, and the heal
+    assert counters["book.L3-Y"]["updates"] > 300
+    assert stats["rejected"]["time"] == 1 and stats["loads"] == 2
+
+
+def test_ndjson_on_standard_input_feeds_serve(procs: list[Any]) -> None:
+    """``my-feed | tickwire serve --source -``."""
+    feeder = Feeder(None, "PIPE-X", kind="l2", seed=4)
+    lines = [feeder.snapshot()] + [feeder.next_message(5) for _ in range(200)]
+    srv = _start_with_stdin(ServerProcess(["--source", "-", "--admin-port", "off"]))
+    procs.append(srv)
+    assert srv.proc is not None and srv.proc.stdin is not None
+    srv.proc.stdin.write("".join(json.dumps(m) + "\n" for m in lines[:1]))
+    srv.proc.stdin.flush()
+    time.sleep(0.5)
+    client = RawClient(srv.port)
+    subscribe(client, ["book.PIPE-X"])
+    checker = StreamChecker()
+    srv.proc.stdin.write("".join(json.dumps(m) + "\n" for m in lines[1:]))
+    srv.proc.stdin.flush()
+    stream(client, checker, 1.0)
+    assert book_of(checker, "PIPE-X") == feeder.book()
+    assert checker.deltas >= 1 and checker.updates > 100
+
+
+def _start_with_stdin(srv: ServerProcess) -> ServerProcess:
+    """Start ``srv`` with a pipe on its standard input (ServerProcess has none)."""
+    import re
+    import subprocess
+
+    cmd = [sys.executable, "-m", "tickwire", "serve", "--host", "127.0.0.1", "--port", "0"]
+    srv.proc = subprocess.Popen(
+        [*cmd, "--max-seconds", "60", *srv.args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert srv.proc.stdout is not None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        line = srv.proc.stdout.readline()
+        m = re.search(r"on ws://127\.0\.0\.1:(\d+)/ws \(epoch (\S+)\)", line)
+        if m:
+            srv.port, srv.epoch = int(m.group(1)), m.group(2)
+            return srv
+        if not line and srv.proc.poll() is not None:
+            break
+    raise RuntimeError("serve --source - did not start")

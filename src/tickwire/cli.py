@@ -39,6 +39,7 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="sim (embedded simulator), nats://HOST:PORT (follow `tickwire publish`; "
         "without --symbols: all of its symbols, and those it adds later), "
         "ingest+nats://HOST:PORT (the ingest protocol from any source: docs/ingest.md), "
+        "- or ingest:PATH (the ingest protocol as NDJSON from stdin, a file or a pipe), "
         "or an NDJSON recording to replay",
     )
     _replay_speed_argument(scale)
@@ -401,7 +402,7 @@ def _symbols(spec: str | None, source: str) -> list[str]:
     """
     if spec is not None:
         return parse_symbols(spec)
-    if source.startswith(("nats://", "tls://", "ingest+")):
+    if source == "-" or source.startswith(("nats://", "tls://", "ingest+", "ingest:")):
         return []
     if source != "sim" and not source.startswith(("nats://", "tls://")):
         from .sources.replay import read_recording

@@ -657,36 +657,50 @@ class IngestFeed:
     silences: int = 0
     _logs: dict[tuple[str, str], _LogState] = field(default_factory=dict)
 
-    def receive(self, subject_symbol: str, data: bytes, now: float, reply: bool = False) -> None:
+    def receive(
+        self, subject_symbol: str | None, data: bytes, now: float, reply: bool = False
+    ) -> None:
         """Take one message of ``subject_symbol`` (from its subject) at ``now``.
 
+        ``subject_symbol`` None: a stream without subjects (NDJSON), the body names it.
         ``reply``: it answers a snapshot request (only snapshots are accepted).
         Never raises: a rejection is counted, logged (rate-limited) and acted on.
         """
         self.received += 1
-        feed = self.feeds.get(subject_symbol)
-        if feed is not None:
-            feed.last_arrival = now
-            if feed.silent:
-                feed.silent = False
-                log.warning("ingest %s: the source speaks again", subject_symbol)
         try:
             msg = decode(data)
-            if msg.symbol != subject_symbol:
+        except IngestError as exc:
+            if subject_symbol is not None:
+                self._arrival(subject_symbol, now)
+            self._reject(subject_symbol or "?", exc, now)
+            return
+        symbol = msg.symbol if subject_symbol is None else subject_symbol
+        feed = self._arrival(symbol, now)
+        try:
+            if msg.symbol != symbol:
                 raise IngestError(
-                    "symbol", f"body names {msg.symbol[:40]!r}, the subject {subject_symbol!r}"
+                    "symbol", f"body names {msg.symbol[:40]!r}, the subject {symbol[:40]!r}"
                 )
             if feed is None:
-                feed = self._new(subject_symbol, now)
+                feed = self._new(symbol, now)
             if reply and not isinstance(msg, L2Snapshot | OrdersSnapshot):
                 raise IngestError("schema", "a snapshot reply must be a snapshot")
             self._dispatch(feed, msg)
         except IngestError as exc:
-            self._reject(subject_symbol, exc, now)
+            self._reject(symbol, exc, now)
         except _Recovered as rec:
             self.out.extend(rec.actions)
             self.loads += 1
-            self._reject(subject_symbol, rec.error, now, stale=rec.stale)
+            self._reject(symbol, rec.error, now, stale=rec.stale)
+
+    def _arrival(self, symbol: str, now: float) -> SymbolFeed | None:
+        feed = self.feeds.get(symbol)
+        if feed is not None:
+            feed.last_arrival = now
+            if feed.silent:
+                feed.silent = False
+                log.warning("ingest %s: the source speaks again", symbol)
+        return feed
 
     def _new(self, symbol: str, now: float) -> SymbolFeed:
         if self.symbols:

@@ -59,7 +59,7 @@ from ..protocol import (
     encode,
     parse_channel,
 )
-from ..sources import make_source
+from ..sources import Source, make_source
 from .guard import Guard, create_ws_server
 from .metrics import TickStats
 
@@ -85,9 +85,12 @@ class Gateway:
 
     Args:
         config: the options; ``port`` 0 picks a free port (read :attr:`port`).
+        source: the market source (None: the one ``config.source`` names); e.g. a
+            :class:`~tickwire.sources.ingest.StreamIngestSource` on the caller's own
+            async iterator of ingest messages (``docs/ingest.md``).
     """
 
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, source: Source | None = None) -> None:
         self.config = config
         self.engine = Engine(config.symbols)
         self.hub = Hub(
@@ -99,7 +102,7 @@ class Gateway:
             resume_wait=config.resume_wait_s if config.source.startswith("nats") else 0.0,
             deflate_level=config.deflate_level,
         )
-        self.source = make_source(config)
+        self.source = source if source is not None else make_source(config)
         # Private channels: tokens, and the simulator's synthetic users' orders.
         self.verifier = config.verifier
         self.guard = Guard(self._listener, config.limits, config.verifier)

@@ -22,10 +22,12 @@ protocol, from any matching engine or feed handler: ``docs/ingest.md``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..engine import Engine, LeaderBatch, RawTrade, StateSnapshot
+from ..exceptions import ConfigError
 from ..protocol import BookUpdate
 
 if TYPE_CHECKING:
@@ -114,7 +116,8 @@ def make_source(config: GatewayConfig) -> Source:
 
     ``sim`` (default) is the embedded simulator; ``nats://HOST:PORT`` (comma-separated
     for a cluster) follows a ``tickwire publish`` over NATS; ``ingest+nats://HOST:PORT``
-    takes the ingest protocol (``docs/ingest.md``) from any process; anything else is the path
+    takes the ingest protocol (``docs/ingest.md``) from any process, ``-`` or
+    ``ingest:PATH`` as NDJSON from standard input or a file; anything else is the path
     of an NDJSON recording (``replay:PATH`` also works) played at ``replay_speed``.
 
     Raises:
@@ -135,6 +138,15 @@ def make_source(config: GatewayConfig) -> Source:
                 burst_seconds=config.burst_seconds,
             ),
             core={"auto": None, "c": True, "python": False}[config.market_core],
+        )
+    if spec == "-" or spec.startswith("ingest:"):
+        from .ingest import StreamIngestSource, ndjson_lines
+
+        path = "-" if spec == "-" else spec.removeprefix("ingest:")
+        if path != "-" and not os.path.exists(path):
+            raise ConfigError(f"--source {spec}: no such file or pipe")
+        return StreamIngestSource(
+            ndjson_lines(path), config.symbols, silent_after=config.ingest_silent_s
         )
     if spec.startswith("ingest+"):
         from .ingest import IngestSource

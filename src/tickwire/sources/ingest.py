@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -33,10 +34,17 @@ from nats.aio.msg import Msg
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ..exceptions import ConfigError
-from ..ingest import REASONS, IngestFeed, Invalidate, Load, Publish
+from ..ingest import REASONS, IngestFeed, Invalidate, Load, Message, Publish
 from . import Batch, Sink
 
-__all__ = ["IngestSource", "ingest_metrics", "ingest_subject", "snapshot_request_subject"]
+__all__ = [
+    "IngestSource",
+    "StreamIngestSource",
+    "ingest_metrics",
+    "ingest_subject",
+    "ndjson_lines",
+    "snapshot_request_subject",
+]
 
 log = logging.getLogger("tickwire.ingest")
 
@@ -49,6 +57,8 @@ MAX_INBOX_BYTES = 64 << 20
 #: Seconds between two silence checks.
 CHECK_EVERY = 0.5
 
+_json_encoder = msgspec.json.Encoder()
+
 
 def ingest_subject(prefix: str, symbol: str) -> str:
     """The subject a source publishes ``symbol``'s messages on."""
@@ -60,33 +70,13 @@ def snapshot_request_subject(prefix: str, symbol: str) -> str:
     return f"{prefix}.ingest.{symbol}.snapshot"
 
 
-class IngestSource:
-    """A source fed by ``PREFIX.ingest.*`` (see the module docstring).
+class _FeedSource:
+    """What every ingest transport shares: the inbox, the feed, and applying its actions."""
 
-    Args:
-        url: ``nats://HOST:PORT``, or several comma-separated.
-        symbols: the symbols accepted (empty: any valid name, added as they come).
-        prefix: subject prefix.
-        silent_after: seconds without a message after which a symbol is reported.
-        timeout: seconds :meth:`start` tries to reach NATS.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        symbols: list[str],
-        *,
-        prefix: str = "tickwire",
-        silent_after: float = 5.0,
-        timeout: float = 30.0,
-    ) -> None:
-        self.url = url
-        self.prefix = prefix
-        self.timeout = timeout
+    def __init__(self, symbols: list[str], silent_after: float) -> None:
         self.feed = IngestFeed(list(symbols), silent_after=silent_after)
         self.sink: Sink | None = None
-        self.nc: NatsClient | None = None
-        self._inbox: list[tuple[str, bytes, bool]] = []
+        self._inbox: list[tuple[str | None, bytes, bool]] = []
         self._inbox_bytes = 0
         self._wake: Callable[[], None] | None = None
         self._asked: dict[str, float] = {}
@@ -104,48 +94,18 @@ class IngestSource:
         """Book level changes taken from the source."""
         return sum(f.changes for f in self.feed.feeds.values())
 
-    async def start(self, sink: Sink) -> None:
-        """Connect and subscribe; symbols are served as their snapshots come.
-
-        Raises:
-            ConfigError: NATS cannot be reached within ``timeout`` seconds.
-        """
+    def _attach(self, sink: Sink) -> None:
+        """Take ``sink``: its symbols (if any) are the ones accepted, stale until loaded."""
         self.sink = sink
-        # Named symbols are served only once loaded: stale until their snapshot.
+        if not self.feed.symbols:
+            self.feed.symbols = list(sink.engine.symbols)
         for symbol in list(sink.engine.symbols):
             sink.invalidate(symbol)
             self.feed.requests.add(symbol)
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                self.nc = await nats.connect(
-                    self.url.split(","),
-                    name="tickwire-ingest",
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.25,
-                    connect_timeout=2,
-                    disconnected_cb=self._disconnected,
-                    error_cb=self._error,
-                )
-                break
-            except Exception as exc:  # nats-py raises several unrelated types here
-                if time.monotonic() > deadline:
-                    raise ConfigError(f"cannot connect to NATS at {self.url}: {exc}") from None
-                log.warning("NATS at %s: %s; retrying", self.url, exc)
-                await asyncio.sleep(0.5)
-        await self.nc.subscribe(f"{self.prefix}.ingest.*", cb=self._arrived)
-        log.info("taking the ingest protocol on %s.ingest.<SYMBOL>", self.prefix)
 
-    async def stop(self) -> None:
-        """Close the connection and cancel pending requests."""
-        self._closing = True
-        for task in list(self._tasks):
-            task.cancel()
-        if self.nc is not None and not self.nc.is_closed:
-            try:
-                await asyncio.wait_for(self.nc.close(), 2.0)
-            except Exception as exc:  # closing a broken link may fail in many ways
-                log.debug("NATS close: %s", exc)
+    def _ask(self, now: float) -> None:
+        """Request the snapshots the feed wants (a transport without requests: none)."""
+        self.feed.requests.clear()
 
     # -- per tick ------------------------------------------------------------------------
 
@@ -196,16 +156,6 @@ class IngestSource:
         self._asked.pop(symbol, None)  # the next episode asks at once
         log.info("ingest %s: loaded %d bids, %d asks", symbol, len(action.bids), len(action.asks))
 
-    def _ask(self, now: float) -> None:
-        asked = self._asked
-        for symbol in list(self.feed.requests):
-            if now < asked.get(symbol, 0.0):
-                continue
-            asked[symbol] = now + REQUEST_INTERVAL
-            task = asyncio.get_running_loop().create_task(self._request(symbol))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
     def burst(self, now: float) -> None:
         """Bursts belong to the source."""
 
@@ -213,7 +163,6 @@ class IngestSource:
         """The feed's counters and symbol states, plus the transport's."""
         return {
             "kind": "ingest",
-            "url": self.url,
             "bytes": self.bytes,
             "dropped": self.dropped,
             "snapshot_requests": self.snapshot_requests,
@@ -224,6 +173,97 @@ class IngestSource:
     def metrics(self) -> Iterator[Metric]:
         """Prometheus metrics of the feed (the gateway's and publisher's /metrics)."""
         yield from ingest_metrics(self)
+
+    def _queue(self, symbol: str | None, data: bytes, reply: bool) -> None:
+        size = len(data)
+        self.bytes += size
+        if self._inbox_bytes + size > MAX_INBOX_BYTES:
+            self.dropped += 1
+            return
+        self._inbox.append((symbol, data, reply))
+        self._inbox_bytes += size
+        if self._wake is not None:
+            self._wake()
+
+    def on_arrival(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever a message arrives (the tick loop polls at once)."""
+        self._wake = callback
+
+
+class IngestSource(_FeedSource):
+    """A source fed by ``PREFIX.ingest.*`` over NATS (see the module docstring).
+
+    Args:
+        url: ``nats://HOST:PORT``, or several comma-separated.
+        symbols: the symbols accepted (empty: any valid name, added as they come).
+        prefix: subject prefix.
+        silent_after: seconds without a message after which a symbol is reported.
+        timeout: seconds :meth:`start` tries to reach NATS.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        symbols: list[str],
+        *,
+        prefix: str = "tickwire",
+        silent_after: float = 5.0,
+        timeout: float = 30.0,
+    ) -> None:
+        super().__init__(symbols, silent_after)
+        self.url = url
+        self.prefix = prefix
+        self.timeout = timeout
+        self.nc: NatsClient | None = None
+
+    async def start(self, sink: Sink) -> None:
+        """Connect and subscribe; symbols are served as their snapshots come.
+
+        Raises:
+            ConfigError: NATS cannot be reached within ``timeout`` seconds.
+        """
+        self._attach(sink)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                self.nc = await nats.connect(
+                    self.url.split(","),
+                    name="tickwire-ingest",
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.25,
+                    connect_timeout=2,
+                    disconnected_cb=self._disconnected,
+                    error_cb=self._error,
+                )
+                break
+            except Exception as exc:  # nats-py raises several unrelated types here
+                if time.monotonic() > deadline:
+                    raise ConfigError(f"cannot connect to NATS at {self.url}: {exc}") from None
+                log.warning("NATS at %s: %s; retrying", self.url, exc)
+                await asyncio.sleep(0.5)
+        await self.nc.subscribe(f"{self.prefix}.ingest.*", cb=self._arrived)
+        log.info("taking the ingest protocol on %s.ingest.<SYMBOL>", self.prefix)
+
+    async def stop(self) -> None:
+        """Close the connection and cancel pending requests."""
+        self._closing = True
+        for task in list(self._tasks):
+            task.cancel()
+        if self.nc is not None and not self.nc.is_closed:
+            try:
+                await asyncio.wait_for(self.nc.close(), 2.0)
+            except Exception as exc:  # closing a broken link may fail in many ways
+                log.debug("NATS close: %s", exc)
+
+    def _ask(self, now: float) -> None:
+        asked = self._asked
+        for symbol in list(self.feed.requests):
+            if now < asked.get(symbol, 0.0):
+                continue
+            asked[symbol] = now + REQUEST_INTERVAL
+            task = asyncio.get_running_loop().create_task(self._request(symbol))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     # -- callbacks and tasks -------------------------------------------------------------
 
@@ -248,20 +288,9 @@ class IngestSource:
     async def _arrived(self, msg: Msg) -> None:
         self._queue(msg.subject.rpartition(".")[2], msg.data, False)
 
-    def _queue(self, symbol: str, data: bytes, reply: bool) -> None:
-        size = len(data)
-        self.bytes += size
-        if self._inbox_bytes + size > MAX_INBOX_BYTES:
-            self.dropped += 1
-            return
-        self._inbox.append((symbol, data, reply))
-        self._inbox_bytes += size
-        if self._wake is not None:
-            self._wake()
-
-    def on_arrival(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` whenever a message arrives (the tick loop polls at once)."""
-        self._wake = callback
+    def stats(self) -> dict[str, Any]:
+        """The feed's counters, and the NATS URL."""
+        return {**super().stats(), "url": self.url}
 
     async def _disconnected(self) -> None:
         if not self._closing:
@@ -271,7 +300,117 @@ class IngestSource:
         log.debug("NATS error: %s", exc)
 
 
-def ingest_metrics(source: IngestSource) -> Iterator[Metric]:
+IngestItem = bytes | str | dict[str, Any] | Message
+
+
+class StreamIngestSource(_FeedSource):
+    """A source fed by an async iterator of ingest messages: no NATS.
+
+    ``tickwire serve --source -`` (standard input) or ``--source ingest:PATH`` (a file
+    or a named pipe) read NDJSON, one message per line (:func:`ndjson_lines`); a
+    Python program runs a gateway in-process on its own iterator (``docs/ingest.md``)::
+
+        gateway = Gateway(GatewayConfig(symbols=[]), source=StreamIngestSource(feed()))
+
+    Items are JSON or msgpack bytes, JSON text, dicts or :mod:`tickwire.ingest`
+    structs. A stream cannot be asked for a snapshot: a stale symbol recovers from the
+    next snapshot in the stream, so such a source should send one now and then. When
+    the iterator ends, the symbols stay served as they are (and are reported silent).
+
+    Args:
+        messages: the messages, in order.
+        symbols: the symbols accepted (empty: the sink's, or any valid name).
+        silent_after: seconds without a message after which a symbol is reported.
+    """
+
+    def __init__(
+        self,
+        messages: AsyncIterator[IngestItem] | AsyncIterable[IngestItem],
+        symbols: list[str] | None = None,
+        *,
+        silent_after: float = 5.0,
+    ) -> None:
+        super().__init__(symbols or [], silent_after)
+        self.messages = messages
+        self.ended = False
+        self._room = asyncio.Event()
+        self._room.set()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, sink: Sink) -> None:
+        """Start reading the iterator; symbols are served as their snapshots come."""
+        self._attach(sink)
+        self._task = asyncio.get_running_loop().create_task(self._read())
+
+    async def stop(self) -> None:
+        """Stop reading."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait({self._task}, timeout=1.0)
+
+    def poll(self, now: float) -> Iterator[Batch]:
+        """As :meth:`_FeedSource.poll`; then let the reader go on."""
+        yield from super().poll(now)
+        self._room.set()
+
+    async def _read(self) -> None:
+        n = 0
+        try:
+            async for item in self.messages:
+                if isinstance(item, bytes):
+                    data = item
+                elif isinstance(item, str):
+                    data = item.encode()
+                else:
+                    data = _json_encoder.encode(item)
+                if not data.strip():
+                    continue
+                self._queue(None, data, False)
+                n += 1
+                # Back-pressure rather than drops: a pipe can wait for the tick loop.
+                if self._inbox_bytes > MAX_INBOX_BYTES // 4:
+                    self._room.clear()
+                    await self._room.wait()
+                elif n % 256 == 0:
+                    await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the user's iterator failed
+            log.error("ingest stream failed: %s", exc)
+        self.ended = True
+        log.warning("ingest stream ended after %d messages; the books stay as they are", n)
+
+    def stats(self) -> dict[str, Any]:
+        """The feed's counters, and whether the stream ended."""
+        return {**super().stats(), "ended": self.ended}
+
+
+async def ndjson_lines(path: str, chunk: int = 1 << 16) -> AsyncIterator[bytes]:
+    """The lines of a file, a named pipe or standard input (``-``), read off the loop.
+
+    Raises:
+        OSError: the file cannot be opened (a pipe's open waits for its writer).
+    """
+    fd = 0 if path == "-" else await asyncio.to_thread(os.open, path, os.O_RDONLY)
+    rest = b""
+    try:
+        while True:
+            # What is there (a pipe's writer may be slow), up to ``chunk``.
+            data = await asyncio.to_thread(os.read, fd, chunk)
+            if not data:
+                break
+            lines = (rest + data).split(b"\n")
+            rest = lines.pop()
+            for line in lines:
+                yield line
+        if rest.strip():
+            yield rest
+    finally:
+        if fd != 0:
+            os.close(fd)
+
+
+def ingest_metrics(source: _FeedSource) -> Iterator[Metric]:
     """``tickwire_ingest_*``: what the source sent, what was rejected and why, and
     where each symbol stands."""
     feed = source.feed

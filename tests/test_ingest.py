@@ -742,3 +742,43 @@ def _start_with_stdin(srv: ServerProcess) -> ServerProcess:
         if not line and srv.proc.poll() is not None:
             break
     raise RuntimeError("serve --source - did not start")
+
+
+def test_through_the_leader_a_fault_makes_every_gateway_stop_and_resnapshot(
+    nats_server: NatsServer, procs: list[Any], aio: Loop
+) -> None:
+    """publish --ingest: a rejected message makes the symbol stale on the bus (named in
+    the heartbeats); two gateways stop serving it, then resnapshot at the same seq."""
+    url = nats_server.url
+    ingest_publisher(url, procs, "--ingest-silent-after", "30")
+    (f,) = feeders(aio, url, [("LEAD-X", "l2")])
+    aio.run(f.publish(f.snapshot()))
+    gws = []
+    for _ in range(2):
+        gw = ServerProcess(["--source", url, "--admin-port", "off"]).start(timeout=30)
+        procs.append(gw)
+        gws.append(gw)
+    clients = [RawClient(gw.port) for gw in gws]
+    checkers = [StreamChecker() for _ in gws]
+    for c in clients:
+        subscribe(c, ["book.LEAD-X"])
+    aio.run(_pump(f, 30))
+    for c, k in zip(clients, checkers, strict=True):
+        stream(c, k, 0.3)
+    f.answer = False  # no snapshot replies for now: the symbol stays stale
+    f.seq += 1
+    aio.run(f.publish(f.next_message(2)))  # a gap
+    time.sleep(0.3)
+    aio.run(_pump(f, 10))
+    # Stale everywhere: nothing but silence (no delta, no heartbeat vouching for a seq).
+    for c, k in zip(clients, checkers, strict=True):
+        stream(c, k, 0.3)
+        assert stream(c, k, 1.2) == []
+    f.answer = True
+    heals = [until(c, k, "book.LEAD-X", 5.0) for c, k in zip(clients, checkers, strict=True)]
+    assert heals[0]["seq"] == heals[1]["seq"] and heals[0]["checksum"] == heals[1]["checksum"]
+    assert all(h["resumed"] is False for h in heals)
+    aio.run(_pump(f, 20))
+    for c, k in zip(clients, checkers, strict=True):
+        stream(c, k, 0.5)
+        assert book_of(k, "LEAD-X") == f.book()

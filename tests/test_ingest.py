@@ -782,3 +782,57 @@ def test_through_the_leader_a_fault_makes_every_gateway_stop_and_resnapshot(
     for c, k in zip(clients, checkers, strict=True):
         stream(c, k, 0.5)
         assert book_of(k, "LEAD-X") == f.book()
+
+
+def test_a_nodejs_feeder_streams_an_l3_book_that_a_client_verifies(procs: list[Any]) -> None:
+    """examples/ingest/feeder.js (the `nats` npm package) -> serve --source ingest+nats://."""
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    here = Path(__file__).resolve().parent.parent / "examples" / "ingest"
+    if node is None:
+        pytest.skip("node is not installed")
+    if not (here / "node_modules" / "nats").exists():
+        npm = shutil.which("npm")
+        done = (
+            subprocess.run(
+                [npm, "install", "--no-audit", "--no-fund"],
+                cwd=here,
+                capture_output=True,
+                timeout=120,
+            )
+            if npm
+            else None
+        )
+        if done is None or done.returncode != 0:
+            pytest.skip("cannot install the nats npm package (make test installs it)")
+    nats_srv = NatsServer().start()
+    try:
+        gw = ServerProcess(
+            ["--source", f"ingest+{nats_srv.url}", "--symbols", "NODE-X", "--admin-port", "off"]
+        ).start(timeout=30)
+        procs.append(gw)
+        client = RawClient(gw.port)
+        subscribe(client, ["book.NODE-X", "trades.NODE-X"])
+        feeder = subprocess.Popen(
+            [node, str(here / "feeder.js"), "--nats", nats_srv.url, "--symbol", "NODE-X"]
+            + ["--messages", "300", "--rate", "300"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        checker = StreamChecker()
+        stream(client, checker, 2.0)
+        out, err = feeder.communicate(timeout=30)
+        assert feeder.returncode == 0, err
+        stream(client, checker, 0.5)
+        report = json.loads(out.strip().splitlines()[-1])
+        expected = {
+            side: {Decimal(p): Decimal(q) for p, q in levels}
+            for side, levels in report["book"].items()
+        }
+        assert book_of(checker, "NODE-X") == expected
+        assert checker.updates > 500 and checker.trades > 0
+    finally:
+        nats_srv.stop()

@@ -286,10 +286,19 @@ def canonical(text: str) -> str:
     return out
 
 
+_prices: dict[str, str] = {}
+
+
 def _price(text: str) -> str:
+    price = _prices.get(text)
+    if price is not None:
+        return price
     price = canonical(text)
     if price == "0":
         raise IngestError("negative", "price 0")
+    if len(_prices) > 200_000:
+        _prices.clear()
+    _prices[text] = price
     return price
 
 
@@ -528,7 +537,12 @@ class SymbolFeed:
 
     def _l2(self, msg: L2Update) -> Publish:
         ts = msg.ts
-        updates = [BookUpdate(side, _price(p), canonical(q), ts) for side, p, q in msg.changes]
+        # The caches inlined (the common case: a price and a quantity seen before).
+        prices, qtys = _prices.get, _canonical.get
+        updates = [
+            BookUpdate(side, prices(p) or _price(p), qtys(q) or canonical(q), ts)
+            for side, p, q in msg.changes
+        ]
         trades: list[tuple[str, str, str, int]] = [
             (_price(p), _positive(q, "trade"), side, ts) for p, q, side in msg.trades
         ]

@@ -836,3 +836,31 @@ def test_a_nodejs_feeder_streams_an_l3_book_that_a_client_verifies(procs: list[A
         assert checker.updates > 500 and checker.trades > 0
     finally:
         nats_srv.stop()
+
+
+def test_a_snapshot_reply_racing_the_stream_is_not_a_gap() -> None:
+    """A reply travels apart from the stream: ahead of or behind a live book, it is
+    ignored (the stream shows real gaps); at the book's seq it is checked."""
+    feed = IngestFeed()
+    feed.receive("X", snap(seq=10), 0.0)
+    actions(feed)
+    feed.receive("X", snap(seq=12), 0.1, reply=True)
+    feed.receive("X", snap(seq=8), 0.1, reply=True)
+    assert actions(feed) == [] and sum(feed.rejected.values()) == 0
+    feed.receive("X", upd(11, [["bid", "98", "1"]]), 0.2)
+    assert isinstance(actions(feed)[0], Publish)
+
+
+def test_messages_held_for_a_snapshot_are_bounded_and_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tickwire import ingest
+
+    monkeypatch.setattr(ingest, "MAX_BUFFERED", 5)
+    feed = IngestFeed()
+    for seq in range(1, 9):
+        feed.receive("X", upd(seq, [["bid", "98", "1"]]), 0.0)
+    assert len(feed.feeds["X"].buffer) == 5 and feed.rejected["overflow"] == 3
+    feed.receive("X", snap(seq=3), 0.0)  # 4..8 held: everything after it applies
+    out = actions(feed)
+    assert isinstance(out[0], Load) and len(out) == 6 and feed.feeds["X"].seq == 8

@@ -102,8 +102,9 @@ REASONS = (
 #: Seconds between two log lines of one (symbol, reason).
 LOG_EVERY = 10.0
 
-#: Messages buffered per symbol while waiting for a snapshot; past it the oldest go.
-MAX_BUFFERED = 10_000
+#: Messages held per symbol while waiting for a snapshot; past it the oldest go (then
+#: the snapshot that ends the wait must be newer than them, or the symbol asks again).
+MAX_BUFFERED = 2_000
 
 #: Event times below this are not nanoseconds (1973 in ns; 10^15 ms is year 33658).
 MIN_TS = 10**17
@@ -379,6 +380,7 @@ class SymbolFeed:
         "messages",
         "changes",
         "trades",
+        "overflowed",
     )
 
     def __init__(self, symbol: str, now: float) -> None:
@@ -398,6 +400,8 @@ class SymbolFeed:
         self.messages = 0
         self.changes = 0
         self.trades = 0
+        #: Buffered messages dropped (oldest first) since the feed last counted them.
+        self.overflowed = 0
 
     # -- snapshots -----------------------------------------------------------------------
 
@@ -497,6 +501,7 @@ class SymbolFeed:
             self.buffer.append(msg)
             if len(self.buffer) > MAX_BUFFERED:
                 self.buffer.popleft()
+                self.overflowed += 1
             return []
         if msg.seq != self.seq + 1:
             if msg.seq <= self.seq:
@@ -699,7 +704,7 @@ class IngestFeed:
                 feed = self._new(symbol, now)
             if reply and not isinstance(msg, L2Snapshot | OrdersSnapshot):
                 raise IngestError("schema", "a snapshot reply must be a snapshot")
-            self._dispatch(feed, msg)
+            self._dispatch(feed, msg, reply)
         except IngestError as exc:
             self._reject(symbol, exc, now)
         except _Recovered as rec:
@@ -727,13 +732,25 @@ class IngestFeed:
         feed = self.feeds[symbol] = SymbolFeed(symbol, now)
         return feed
 
-    def _dispatch(self, feed: SymbolFeed, msg: Message) -> None:
+    def _dispatch(self, feed: SymbolFeed, msg: Message, reply: bool) -> None:
         if isinstance(msg, L2Update | OrderEvents):
             was_live = feed.state == "live"
             self.out.extend(feed.take(msg))
+            if feed.overflowed:
+                self.rejected["overflow"] += feed.overflowed
+                feed.overflowed = 0
+                self._log(
+                    feed.symbol,
+                    IngestError("overflow", f"over {MAX_BUFFERED} messages held for a snapshot"),
+                    feed.last_arrival,
+                )
             if not was_live and msg.seq > feed.seq:
                 self.requests.add(feed.symbol)  # waiting or stale: ask (again)
         elif isinstance(msg, L2Snapshot | OrdersSnapshot):
+            if reply and feed.state == "live" and msg.seq != feed.seq:
+                # A late or early reply (it does not travel with the stream): the book
+                # is live, and the stream itself shows any gap.
+                return
             actions = feed.snapshot(msg)
             if actions:
                 self.loads += 1

@@ -215,6 +215,7 @@ class IngestSource(_FeedSource):
         self.prefix = prefix
         self.timeout = timeout
         self.nc: NatsClient | None = None
+        self._inflight: set[str] = set()
 
     async def start(self, sink: Sink) -> None:
         """Connect and subscribe; symbols are served as their snapshots come.
@@ -258,7 +259,7 @@ class IngestSource(_FeedSource):
     def _ask(self, now: float) -> None:
         asked = self._asked
         for symbol in list(self.feed.requests):
-            if now < asked.get(symbol, 0.0):
+            if now < asked.get(symbol, 0.0) or symbol in self._inflight:
                 continue
             asked[symbol] = now + REQUEST_INTERVAL
             task = asyncio.get_running_loop().create_task(self._request(symbol))
@@ -272,6 +273,7 @@ class IngestSource(_FeedSource):
         if nc is None or nc.is_closed:
             return
         self.snapshot_requests += 1
+        self._inflight.add(symbol)
         try:
             reply = await nc.request(
                 snapshot_request_subject(self.prefix, symbol), b"", timeout=REQUEST_TIMEOUT
@@ -282,6 +284,8 @@ class IngestSource(_FeedSource):
             self.snapshot_failures += 1
             log.debug("snapshot request of %s: %s", symbol, type(exc).__name__)
             return
+        finally:
+            self._inflight.discard(symbol)
         if reply.data:
             self._queue(symbol, reply.data, True)
 

@@ -864,3 +864,18 @@ def test_messages_held_for_a_snapshot_are_bounded_and_counted(
     feed.receive("X", snap(seq=3), 0.0)  # 4..8 held: everything after it applies
     out = actions(feed)
     assert isinstance(out[0], Load) and len(out) == 6 and feed.feeds["X"].seq == 8
+
+
+def test_ndjson_lines_skips_a_line_too_long(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tickwire.sources import ingest as source
+
+    monkeypatch.setattr(source, "MAX_LINE_BYTES", 100)
+    path = tmp_path / "feed.ndjson"
+    path.write_bytes(b"first\n" + b"x" * 1000 + b"\nlast\nno newline")
+
+    async def read() -> list[bytes]:
+        return [line async for line in source.ndjson_lines(str(path), chunk=64)]
+
+    assert asyncio.run(read()) == [b"first", b"last", b"no newline"]

@@ -54,6 +54,8 @@ REQUEST_TIMEOUT = 2.0
 #: Bytes held for the tick loop at most; past it messages are dropped (the feed sees
 #: the gap and recovers), so a stalled loop cannot grow memory without bound.
 MAX_INBOX_BYTES = 64 << 20
+#: An NDJSON line longer than this is skipped (a source cannot grow memory unbounded).
+MAX_LINE_BYTES = 4 << 20
 #: Seconds between two silence checks.
 CHECK_EVERY = 0.5
 
@@ -397,6 +399,7 @@ async def ndjson_lines(path: str, chunk: int = 1 << 16) -> AsyncIterator[bytes]:
     """
     fd = 0 if path == "-" else await asyncio.to_thread(os.open, path, os.O_RDONLY)
     rest = b""
+    skipping = False
     try:
         while True:
             # What is there (a pipe's writer may be slow), up to ``chunk``.
@@ -406,8 +409,15 @@ async def ndjson_lines(path: str, chunk: int = 1 << 16) -> AsyncIterator[bytes]:
             lines = (rest + data).split(b"\n")
             rest = lines.pop()
             for line in lines:
+                if skipping:  # the end of a line too long to take
+                    skipping = False
+                    continue
                 yield line
-        if rest.strip():
+            if len(rest) > MAX_LINE_BYTES:
+                if not skipping:
+                    log.error("ingest %s: a line over %d bytes, skipped", path, MAX_LINE_BYTES)
+                rest, skipping = b"", True
+        if rest.strip() and not skipping:
             yield rest
     finally:
         if fd != 0:

@@ -501,6 +501,11 @@ def _supervise(args: argparse.Namespace) -> int:
     admin_port, _ = _admin_port(args.admin_port, args.port)
     if admin_port == 0:
         raise ConfigError("--admin-port 0 cannot be shared by workers; give a port or off")
+    if args.source == "-" or args.source.startswith(("ingest+", "ingest:")):
+        raise ConfigError(
+            "--workers with an ingest source would number the feed once per worker; put "
+            "`tickwire publish --ingest` in front and serve --source nats://... (docs/ingest.md)"
+        )
     raw = list(args.raw_argv)
     argv = raw[raw.index("serve") + 1 :]
     if args.source == "sim":

@@ -9,7 +9,7 @@ RATE   ?= 200
 ADMIN_PORT ?= 8766
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install run test lint typecheck format bench coverage clean browser nats node-example
+.PHONY: install run test lint typecheck format bench coverage clean browser nats interop node-example
 
 $(VENV)/.installed: pyproject.toml setup.py src/tickwire/_market.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,17 @@ $(VENV)/.installed: pyproject.toml setup.py src/tickwire/_market.c
 	touch $@
 
 install: $(VENV)/.installed
+
+# Third-party implementations the tests compare tickwire with (cryptofeed's order_book
+# checksums, ccxt, cryptofeed): a virtualenv of their own, because they pin exact
+# versions of packages tickwire also uses. tests/helpers.py:interop_python() runs it.
+INTEROP ?= .venv-interop
+$(INTEROP)/.installed: tests/interop/requirements.txt
+	test -x $(INTEROP)/bin/python || $(PYTHON) -m venv $(INTEROP)
+	$(INTEROP)/bin/python -m pip install -q --disable-pip-version-check -r tests/interop/requirements.txt
+	touch $@
+
+interop: $(INTEROP)/.installed
 
 run: install
 	@echo "tickwire gateway on ws://127.0.0.1:$(PORT)/ws  (Ctrl-C stops it)"
@@ -36,7 +47,7 @@ format: install
 	$(VENV)/bin/ruff format src tests bench examples
 	$(VENV)/bin/ruff check --fix src tests bench examples
 
-test: lint typecheck browser nats node-example
+test: lint typecheck browser nats interop node-example
 	$(PY) -m pytest -q -ra
 
 # The scale-out tests (tests/test_nats.py, test_workers.py) start and stop a real
@@ -63,7 +74,7 @@ browser: install
 		elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
 			sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
 		else \
-			echo "make: cannot install chromium (not root): the dashboard tests will skip"; \
+			echo "make: cannot install chromium (not root): the dashboard tests will skip, or fail under CI"; \
 		fi; \
 	fi
 
@@ -74,7 +85,7 @@ coverage: install nats
 		--cov=tickwire.codec --cov=tickwire.engine --cov-branch --cov-report=term-missing
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(INTEROP) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
 
 # The Node.js ingest example's `nats` package (tests/test_ingest.py runs the example).
 node-example:

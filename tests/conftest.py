@@ -20,12 +20,18 @@ def server_factory() -> Iterator[Callable[..., ServerProcess]]:
         return srv
 
     yield start
+    # A server that ignores SIGTERM (a graceful-shutdown hang) or logged a traceback
+    # fails the test that started it; every server is stopped either way.
+    failures = []
     for srv in started:
-        if srv.proc is not None:
-            try:
-                srv.stop()
-            except Exception:
-                srv.kill()
+        try:
+            srv.stop()
+        except AssertionError as exc:
+            failures.append(str(exc))
+        finally:
+            srv.kill()
+    if failures:
+        pytest.fail("\n".join(failures))
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +18,10 @@ from typing import Any
 MS = float(os.environ.get("TICKWIRE_TEST_MS", "1")) / 1000
 
 _SERVING = re.compile(r"(wss?)://([\d.]+):(\d+)/ws \(epoch (\S+)\)")
+
+
+class ServerHung(AssertionError):
+    """The server did not exit after SIGTERM (it was killed)."""
 
 
 @dataclass
@@ -29,8 +35,12 @@ class ServerProcess:
     stats: dict[str, Any] | None = None
     #: Everything the server wrote to stderr, once :meth:`stop` returned.
     stderr: str = ""
+    #: What the server wrote to stdout after its serving line, once :meth:`stop` returned.
+    stdout: str = ""
     #: "wss" when the server was started with --tls-cert.
     scheme: str = "ws"
+    #: A traceback in the server's stderr fails :meth:`stop` unless a test expects one.
+    tracebacks_allowed: bool = False
 
     @property
     def url(self) -> str:
@@ -75,22 +85,30 @@ class ServerProcess:
         raise RuntimeError(f"server did not start: {line!r} {err[-2000:]}")
 
     def stop(self, timeout: float = 10.0) -> dict[str, Any] | None:
-        """SIGTERM, wait, and return the JSON stats line printed at exit."""
+        """SIGTERM, wait, and return the JSON stats line printed at exit.
+
+        Raises :class:`ServerHung` (after killing it) when the server does not exit
+        within ``timeout`` of SIGTERM, and fails when its stderr holds a traceback (an
+        exception the I/O layer logged and survived), unless ``tracebacks_allowed``.
+        """
         if self.proc is None:
             return None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            _, err = self.proc.communicate(timeout=timeout)
+            out, err = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise
+            raise ServerHung(f"the server did not exit within {timeout:g}s of SIGTERM") from None
         self.proc = None
+        self.stdout = out
         self.stderr = err
         for line in reversed(err.splitlines()):
             if line.startswith("{"):
                 self.stats = json.loads(line)
                 break
+        if not self.tracebacks_allowed:
+            assert "Traceback" not in err, f"the server logged a traceback:\n{err[-4000:]}"
         return self.stats
 
     def kill(self) -> None:
@@ -340,3 +358,163 @@ class StreamChecker:
                 self.allow_conflation and msg["seq"] > msg["prev_seq"]
             ), msg
         self.seq[ch] = msg["seq"]
+
+
+# -- a healthy client beside an attack ------------------------------------------------------
+
+#: What the healthy client follows: a book (prev_seq chain and every checksum), the
+#: trades of the same symbol (ids contiguous) and its ticker (seqs chained).
+HEALTHY_CHANNELS = ("book.A", "trades.A", "ticker.A")
+
+
+@dataclass
+class HealthyReport:
+    """What the healthy client read, and for how long."""
+
+    checker: Any
+    #: Seconds from its first delta to its last read (the attack and ``after``).
+    seconds: float
+    #: Book updates per second per symbol the server was started with (``--rate``).
+    rate: float
+    tickers: int = 0
+
+
+def server_rate(srv: ServerProcess) -> float:
+    """The ``--rate`` a server was started with (book updates per second per symbol)."""
+    args = srv.args
+    return float(args[args.index("--rate") + 1]) if "--rate" in args else 200.0
+
+
+def run_beside_healthy_client(
+    srv: ServerProcess,
+    bad: Callable[[], Any],
+    *,
+    after: float = 1.0,
+    stall: float = 5.0,
+    floor: float = 0.25,
+) -> Any:
+    """Run blocking ``bad()`` while a healthy client streams; return ``bad()``'s result.
+
+    The healthy client (on 127.0.0.1) subscribes to :data:`HEALTHY_CHANNELS`, waits for
+    20 deltas, then starts ``bad()`` in a thread and reads **continuously** for the
+    whole of it and ``after`` seconds more, applying every message to a
+    :class:`StreamChecker` (every ``prev_seq``, every checksum, every trade id, every
+    ticker seq). It fails when:
+
+    - any message breaks the chain or a checksum (the checker's assertion);
+    - the server closes its connection, or sends nothing for ``stall`` seconds
+      (heartbeats come every second even on a quiet channel);
+    - it received fewer than ``floor`` x ``--rate`` x (seconds read) book updates: a
+      server that stopped streaming for part of the attack falls short;
+    - the server process is no longer running afterwards.
+    """
+    rate = server_rate(srv)
+
+    async def healthy(ready: asyncio.Event, done: asyncio.Event) -> HealthyReport:
+        import websockets
+
+        checker = StreamChecker()
+        tickers = 0
+        async with websockets.connect(srv.url, max_queue=None, close_timeout=2) as ws:
+            channels = json.dumps(list(HEALTHY_CHANNELS))
+            await ws.send(f'{{"op":"subscribe","channels":{channels}}}')
+            start = 0.0
+            end: float | None = None
+            while True:
+                now = time.monotonic()
+                if end is None and done.is_set():
+                    end = now + after
+                if end is not None and now >= end:
+                    break
+                left = stall if end is None else min(stall, end - now)
+                try:
+                    raw = await asyncio.wait_for(ws.recv(), left)
+                except TimeoutError:
+                    if end is not None and time.monotonic() >= end - 0.001:
+                        break
+                    raise AssertionError(
+                        f"the server stopped streaming: nothing for {stall:g}s "
+                        f"after {checker.updates} updates"
+                    ) from None
+                except websockets.ConnectionClosed as exc:
+                    raise AssertionError(
+                        f"the server closed the healthy client ({exc!r}) "
+                        f"after {checker.updates} updates"
+                    ) from None
+                msg = json.loads(raw)
+                checker.apply(msg)
+                tickers += msg["type"] == "ticker"
+                if not ready.is_set() and checker.deltas >= 20 and len(checker.seq) == 3:
+                    start = time.monotonic()
+                    ready.set()
+        return HealthyReport(checker, time.monotonic() - start, rate, tickers)
+
+    async def run() -> tuple[Any, HealthyReport]:
+        ready, done = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(healthy(ready, done))
+        waiting = asyncio.create_task(ready.wait())
+        await asyncio.wait({task, waiting}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.is_set():
+            waiting.cancel()
+            if task.done():
+                task.result()  # its failure, if it failed
+            task.cancel()
+            raise AssertionError("the healthy client got no stream within 15 s")
+        try:
+            result = await asyncio.to_thread(bad)
+        finally:
+            done.set()
+        return result, await task
+
+    result, report = asyncio.run(run())
+    checker = report.checker
+    assert set(checker.seq) == set(HEALTHY_CHANNELS), checker.seq
+    want = floor * rate * report.seconds
+    assert checker.updates >= want, (
+        f"the healthy client got {checker.updates} book updates in {report.seconds:.1f}s "
+        f"at --rate {rate:g}: fewer than {want:.0f}; the server stopped streaming"
+    )
+    assert report.tickers > 0 and checker.deltas > 20
+    assert srv.proc is None or srv.proc.poll() is None, "the server died during the attack"
+    return result
+
+
+# -- the interop virtualenv: third-party implementations to compare with --------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INTEROP_DIR = os.path.join(ROOT, "tests", "interop")
+
+
+def interop_python() -> str:
+    """The Python of ``.venv-interop`` (ccxt, cryptofeed, order_book; ``make interop``).
+
+    Fails (never skips) when it is missing: ``make test`` builds it, and a comparison
+    with an independent implementation that silently did not run proves nothing.
+    """
+    import pytest
+
+    python = os.path.join(ROOT, ".venv-interop", "bin", "python")
+    if not os.access(python, os.X_OK):
+        pytest.fail(f"{python} is missing: run `make interop` (make test does)")
+    return python
+
+
+def run_interop(
+    script: str, *args: str, input: str | None = None, timeout: float = 120.0
+) -> subprocess.CompletedProcess[str]:
+    """Run ``tests/interop/<script>`` (or a path) in the interop virtualenv; check it.
+
+    Returns the completed process (text mode); fails the test with its stderr when it
+    exits non-zero.
+    """
+    path = script if os.path.isabs(script) else os.path.join(INTEROP_DIR, script)
+    done = subprocess.run(
+        [interop_python(), path, *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, f"{script} exited {done.returncode}: {done.stderr[-3000:]}"
+    return done

@@ -123,7 +123,10 @@ def parse_metrics(text: str) -> Metrics:
 
 
 def value(metrics: Metrics, name: str, **labels: str) -> float:
-    return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
+    """One sample; a metric that is not rendered (missing, renamed) fails the test."""
+    key = (name, tuple(sorted(labels.items())))
+    assert key in metrics, f"metric {name}{labels or ''} is not rendered"
+    return metrics[key]
 
 
 async def scrape(session: aiohttp.ClientSession, base: str) -> Metrics:
@@ -525,6 +528,7 @@ def test_admin_port_taken_fails_explicit_and_tolerated_when_auto() -> None:
             # ... and its signal handlers are in place once it answered: it exits cleanly.
             stats = srv.stop()
             assert stats is not None and stats["epoch"] == srv.epoch
+            assert "tickwire: dashboard on" not in srv.stdout, srv.stdout
         finally:
             if srv.proc is not None:
                 srv.kill()

@@ -1,67 +1,47 @@
 """Bad input gets its documented error or close code, and nobody else notices.
 
 Each case runs against a real server while a healthy WebSocket client follows
-``book.A`` and ``trades.A`` on the same server: it must keep receiving every update in
-order (its :class:`helpers.StreamChecker` asserts the ``prev_seq`` chain and every
-checksum) before, during and after the bad client's misbehaviour. Malformed frames are
+``book.A``, ``trades.A`` and ``ticker.A`` on the same server
+(:func:`helpers.run_beside_healthy_client`): it reads continuously, before, during and
+for a second after the bad client's misbehaviour, and must keep receiving every update in
+order (its :class:`helpers.StreamChecker` asserts the ``prev_seq`` chain, every checksum
+and every trade id), at the server's rate. Malformed frames are
 built by hand on raw sockets (:class:`helpers.RawClient`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
+import os
+import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-import websockets
 
-from helpers import OP_BINARY, OP_CONT, OP_PING, OP_TEXT, RawClient, ServerProcess, StreamChecker
+from helpers import (
+    OP_BINARY,
+    OP_CONT,
+    OP_PING,
+    OP_TEXT,
+    RawClient,
+    ServerProcess,
+    run_beside_healthy_client,
+)
 from tickwire.protocol import MAX_CHANNELS_PER_REQUEST, CloseCode, ErrorCode
 
 Factory = Callable[..., ServerProcess]
 
-#: Small limits so that the cases stay small: 4 KiB messages, 2 channels a connection.
+#: Small limits so that the cases stay small: 4 KiB messages, 3 channels a connection
+#: (the healthy client's book.A, trades.A and ticker.A).
 SERVER_ARGS = ("--symbols", "A,B", "--rate", "500", "--max-message-kb", "4")
-SERVER_ARGS += ("--max-subscriptions", "2", "--log-level", "INFO")
+SERVER_ARGS += ("--max-subscriptions", "3", "--log-level", "INFO")
 
 
 @pytest.fixture
 def srv(server_factory: Factory) -> ServerProcess:
     return server_factory(*SERVER_ARGS)
-
-
-def run_beside_healthy_client(srv: ServerProcess, bad: Callable[[], Any]) -> Any:
-    """Run blocking ``bad()`` while a healthy client streams; return ``bad()``'s result."""
-
-    async def healthy(ready: asyncio.Event, done: asyncio.Event) -> StreamChecker:
-        checker = StreamChecker()
-        async with websockets.connect(srv.url, max_queue=None) as ws:
-            await ws.send('{"op":"subscribe","channels":["book.A","trades.A"]}')
-            while checker.deltas < 20:
-                checker.apply(json.loads(await asyncio.wait_for(ws.recv(), 5)))
-            ready.set()
-            await done.wait()
-            # Keep following well after the bad client is done.
-            target = checker.deltas + 50
-            while checker.deltas < target:
-                checker.apply(json.loads(await asyncio.wait_for(ws.recv(), 5)))
-        return checker
-
-    async def run() -> tuple[Any, StreamChecker]:
-        ready, done = asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(healthy(ready, done))
-        await asyncio.wait_for(ready.wait(), 10)
-        try:
-            result = await asyncio.to_thread(bad)
-        finally:
-            done.set()
-        return result, await task
-
-    result, checker = asyncio.run(run())
-    assert checker.deltas >= 70 and set(checker.seq) == {"book.A", "trades.A"}
-    return result
 
 
 def still_open(raw: RawClient) -> bool:
@@ -111,7 +91,7 @@ ERROR_CASES = [
         id="too-many-channels-per-request",
     ),
     pytest.param(
-        b'{"op":"subscribe","channels":["book.A","book.B","trades.A"],"id":11}',
+        b'{"op":"subscribe","channels":["book.A","book.B","trades.A","ticker.B"],"id":11}',
         11,
         ErrorCode.TOO_MANY_CHANNELS,
         id="too-many-channels-per-connection",
@@ -144,7 +124,7 @@ def test_bad_request_gets_error_and_connection_stays_open(
 
 
 def test_too_many_per_request_boundary_is_accepted_then_limited(srv: ServerProcess) -> None:
-    # 256 names pass the per-request check; the connection cap (2) then rejects them.
+    # 256 names pass the per-request check; the connection cap (3) then rejects them.
     names = [f"book.S{i}" for i in range(MAX_CHANNELS_PER_REQUEST)]
 
     def bad() -> dict[str, Any]:
@@ -165,7 +145,7 @@ def test_subscription_cap_per_connection(srv: ServerProcess) -> None:
         raw = RawClient(srv.port)
         out = []
         try:
-            raw.send_text('{"op":"subscribe","channels":["book.B","trades.B"],"id":1}')
+            raw.send_text('{"op":"subscribe","channels":["book.B","trades.B","ticker.A"],"id":1}')
             raw.send_text('{"op":"subscribe","channels":["ticker.B"],"id":2}')
             raw.send_text('{"op":"subscribe","channels":["book.B"],"id":3}')  # again: fine
             raw.send_text('{"op":"unsubscribe","channels":["trades.B"],"id":4}')
@@ -320,3 +300,35 @@ def test_rejections_are_logged_once_per_code(srv: ServerProcess) -> None:
     log = srv.stderr
     assert log.count("rejected request: bad_json") == 1
     assert log.count("rejected request: unknown_op") == 1
+
+
+# -- the healthy client itself can fail ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sig", "reason"),
+    [
+        pytest.param(signal.SIGSTOP, "stopped streaming", id="server-frozen"),
+        pytest.param(signal.SIGKILL, "closed the healthy client", id="server-killed"),
+    ],
+)
+def test_the_healthy_client_fails_when_the_server_stops_streaming_mid_attack(
+    srv: ServerProcess, sig: signal.Signals, reason: str
+) -> None:
+    # The evidence behind every case in this module, test_hostile.py and
+    # test_security.py must be able to fail: a server that freezes (or dies) a moment
+    # into an attack fails the healthy client, however much it streamed before.
+    assert srv.proc is not None
+    pid = srv.proc.pid
+
+    def bad() -> None:
+        time.sleep(0.3)
+        os.kill(pid, sig)
+        time.sleep(2.0)
+
+    try:
+        with pytest.raises(AssertionError, match=reason):
+            run_beside_healthy_client(srv, bad)
+    finally:
+        if sig == signal.SIGSTOP:
+            os.kill(pid, signal.SIGCONT)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -104,13 +105,20 @@ def test_short_lived_tokens_are_refreshed_without_a_disconnect(
     auth_server: ServerProcess,
 ) -> None:
     async def run() -> None:
-        tokens = Tokens("bob", 3)
+        # 6 s tokens: the client logs in again at 4.5 s, 1.5 s before the expiry (the
+        # server checks every 0.5 s), a margin a loaded machine does not eat.
+        ttl = 6.0
+        tokens = Tokens("bob", ttl)
         events: list[Event] = []
         client = Client(auth_server.url, ["orders.bob"], on_event=events.append, token=tokens)
         async with client:
-            # Past two expiries of the first token's lifetime: the server would have
-            # closed with 4003 (AUTH_EXPIRED) had the client not logged in again.
-            await asyncio.sleep(7)
+            start = time.monotonic()
+            # Wait for two refreshes and past the first token's expiry (and a sweep):
+            # the server would have closed with 4003 (AUTH_EXPIRED) had the client not
+            # logged in again.
+            while tokens.calls < 3 or time.monotonic() - start < ttl + 1:
+                assert time.monotonic() - start < 4 * ttl, f"{tokens.calls} token calls"
+                await asyncio.sleep(0.1)
             assert client.stats.disconnects == 0 and client.state("orders.bob") is SyncState.LIVE
         assert tokens.calls >= 3
         ids = order_ids(events, "orders.bob")
@@ -184,8 +192,11 @@ def test_a_failing_or_hanging_token_provider_fails_start(auth_server: ServerProc
         with pytest.raises(PermissionError, match="vault unreachable"):
             await asyncio.wait_for(client.start(), 10)
         client = Client(auth_server.url, ["orders.alice"], token=hanging, connect_timeout=0.5)
+        start = time.monotonic()
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(client.start(), 10)
+        # The client's connect_timeout raised it, not this test's outer wait_for (10 s).
+        assert time.monotonic() - start < 5
         assert client.stats.connects == 0  # no socket was opened for it
 
     asyncio.run(run())

@@ -366,8 +366,8 @@ def test_resume_after_history_gone_sends_snapshot() -> None:
     seed(hub)
     first_seq = ch.seq
     run_market(hub, 50)
-    assert sum(len(f) for _, _, f in ch.history) == ch.history_bytes
-    assert ch.history_bytes <= 2000 or len(ch.history) == 1
+    assert sum(len(f) for _, _, f in ch.history) == ch.history.size
+    assert ch.history.size <= 2000 or len(ch.history) == 1
     assert ch.history[0][0] > first_seq  # trimmed
     sub = Recorder()
     assert hub.subscribe(sub, ch, EPOCH, first_seq) is False
@@ -384,7 +384,7 @@ def test_history_keeps_last_frame_even_if_too_big() -> None:
     hub = make_hub(history_bytes=10)
     seed(hub)
     ch = hub.channel("book.AAA")
-    assert len(ch.history) == 1 and ch.history_bytes > 10
+    assert len(ch.history) == 1 and ch.history.size > 10
 
 
 # -- heartbeats ---------------------------------------------------------------------------

@@ -10,6 +10,8 @@ processes, and real WebSocket clients verifying every message (chain and checksu
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -293,13 +295,14 @@ def test_resume_inside_a_batched_message_splits_it() -> None:
         checker.apply(msgspec.to_builtins(m))
     assert checker.seq["book.AAA"] == book.seq
     # Trades: ids are seqs, so any id inside a message is a valid resume point.
-    (tp, ts_, _), *_ = [h for h in trades.history if h[1] - h[0] >= 2] or [(0, 0, b"")]
-    if ts_:
-        tsub = Recorder()
-        assert hub.subscribe(tsub, trades, EPOCH, tp + 1) is True
-        first = tsub.drain()[0]
-        assert isinstance(first, Trades) and first.prev_seq == tp + 1
-        assert [t.id for t in first.trades][0] == tp + 2
+    batched = [h for h in trades.history if h[1] - h[0] >= 2]
+    assert batched, "no trades message with 2 or more trades: the case was not exercised"
+    tp, _, _ = batched[0]
+    tsub = Recorder()
+    assert hub.subscribe(tsub, trades, EPOCH, tp + 1) is True
+    first = tsub.drain()[0]
+    assert isinstance(first, Trades) and first.prev_seq == tp + 1
+    assert [t.id for t in first.trades][0] == tp + 2
 
 
 def test_relayed_messages_are_byte_identical_to_the_ones_a_gateway_builds() -> None:
@@ -772,13 +775,43 @@ def test_publisher_stops_on_sigterm_when_the_bus_stops_reading(nats_server: Nats
     assert nats_server.proc is not None
     try:
         nats_server.proc.send_signal(signal.SIGSTOP)
-        time.sleep(4.0)
-        assert p.proc is not None and p.proc.poll() is None
+        assert p.proc is not None
+        # Wait for the blocked state itself, not a fixed time: the publisher's loop
+        # stops (no CPU, no writes) once nats-py's 64 MiB buffer is full.
+        blocked_after = _wait_until_blocked(p.proc.pid, deadline=time.monotonic() + 40)
+        assert p.proc.poll() is None
         stderr = p.stop(timeout=10.0)
     finally:
         p.kill()
         nats_server.proc.send_signal(signal.SIGCONT)
-    assert '"publisher": "tickwire"' in stderr  # its exit stats: run() returned
+    assert blocked_after is not None, "the publisher never blocked on the full buffer"
+    stats = json.loads(stderr.strip().splitlines()[-1])
+    assert stats["publisher"] == "tickwire"  # its exit stats: run() returned
+    # It had filled nats-py's pending buffer (pending_size 64 MiB): the flush wait.
+    assert stats["bytes"] > 64 << 20, stats
+
+
+def _cpu_and_writes(pid: int) -> tuple[float, int]:
+    """CPU seconds used and bytes written by a process so far (from /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    with open(f"/proc/{pid}/io") as f:
+        wchar = next(int(line.split()[1]) for line in f if line.startswith("wchar:"))
+    return cpu, wchar
+
+
+def _wait_until_blocked(pid: int, deadline: float, window: float = 1.5) -> float | None:
+    """Seconds until a process used under 3% of a core and wrote nothing for ``window``."""
+    start = time.monotonic()
+    before = _cpu_and_writes(pid)
+    while time.monotonic() < deadline:
+        time.sleep(window)
+        now = _cpu_and_writes(pid)
+        if now[0] - before[0] < 0.03 * window and now[1] == before[1]:
+            return time.monotonic() - start
+        before = now
+    return None
 
 
 def test_relayed_passes_are_paced_by_how_long_their_writes_take() -> None:

@@ -1,7 +1,7 @@
 """Private channels, tokens, origins, proxies and TLS against a real server.
 
 Every case runs beside a healthy client that must keep its whole ``book.A`` and
-``trades.A`` stream (:func:`test_bad_input.run_beside_healthy_client`), except the TLS
+``trades.A`` stream (:func:`helpers.run_beside_healthy_client`), except the TLS
 one, whose healthy client is itself on ``wss://``. Tokens are signed here with the same
 secret or key the server was given; the server's stderr is searched for every token at
 the end: tokens must never be logged.
@@ -26,8 +26,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from helpers import HandshakeRefused, RawClient, ServerProcess, StreamChecker
-from test_bad_input import run_beside_healthy_client, still_open
+from helpers import (
+    HandshakeRefused,
+    RawClient,
+    ServerProcess,
+    StreamChecker,
+    run_beside_healthy_client,
+)
+from test_bad_input import still_open
 from tickwire.auth import make_token
 from tickwire.protocol import CloseCode, ErrorCode
 
@@ -349,8 +355,17 @@ def test_tls_serves_wss(server_factory: Factory, tmp_path: Path, secret_file: Pa
         # A client that does not trust the certificate is refused; plain ws:// fails.
         with pytest.raises(ssl.SSLCertVerificationError):
             await websockets.connect(srv.url)
-        with pytest.raises((websockets.exceptions.InvalidMessage, ConnectionError, OSError)):
-            await asyncio.wait_for(websockets.connect(srv.url.replace("wss", "ws", 1)), 5)
+        # Refused, not left hanging: a TimeoutError (an OSError too) fails this test.
+        plain = srv.url.replace("wss", "ws", 1)
+        try:
+            await asyncio.wait_for(websockets.connect(plain), 5)
+        except TimeoutError:
+            raise AssertionError("plain ws:// to the TLS port hung instead of failing") from None
+        except (websockets.exceptions.InvalidMessage, ConnectionError) as exc:
+            refused = exc
+        else:
+            raise AssertionError("plain ws:// to the TLS port was served")
+        assert refused is not None
         return checker, orders
 
     checker, orders = asyncio.run(run())

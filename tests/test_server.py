@@ -209,14 +209,18 @@ def test_unsubscribe_ping_and_not_subscribed(server: ServerProcess) -> None:
                 elif msg["type"] == "pong":
                     assert seen_ack and msg["id"] == "p"
                     break
-            # After the ack, nothing more of book.BTC-USD arrives.
+            # After the ack, nothing more of book.BTC-USD arrives; unsubscribing again
+            # is answered with not_subscribed (required, not merely allowed).
             await request(ws, "unsubscribe", ["book.BTC-USD"], id=3)
+            errors = []
             deadline = time.monotonic() + 0.5
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline or not errors:
+                assert time.monotonic() < deadline + 5, "no not_subscribed error"
                 msg = await recv(ws)
                 assert msg.get("ch") != "book.BTC-USD", msg
                 if msg["type"] == "error":
-                    assert msg["code"] == "not_subscribed" and msg["id"] == 3
+                    errors.append(msg)
+            assert [(e["code"], e["id"]) for e in errors] == [("not_subscribed", 3)]
 
     asyncio.run(run())
 

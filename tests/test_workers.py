@@ -126,12 +126,15 @@ async def _kill_and_resume(port: int, pids: list[int]) -> list[dict[str, Any]]:
     # Every client must be live again and have moved past the kill.
     await asyncio.wait_for(asyncio.gather(*(c.wait_live() for c in clients)), 15)
     marks = [c.channel("book.BTC-USD").position or 0 for c in clients]
-    while time.monotonic() < deadline:
-        if all(
+
+    def progressed() -> list[bool]:
+        return [
             (c.channel("book.BTC-USD").position or 0) > m + 50
             for c, m in zip(clients, marks, strict=True)
-        ):
-            break
+        ]
+
+    while not all(progressed()):
+        assert time.monotonic() < deadline, f"clients stuck after the kill: {progressed()}"
         await asyncio.sleep(0.1)
     out = []
     for c in clients:

@@ -8,7 +8,7 @@ first byte, so it is shared the same way.
 
 from __future__ import annotations
 
-__all__ = ["binary_frame", "compressed_frame", "frame_payload", "text_frame"]
+__all__ = ["binary_frame", "compressed_frame", "frame_payload", "frame_payloads", "text_frame"]
 
 
 def _frame(first: int, payload: bytes) -> bytes:
@@ -49,3 +49,26 @@ def frame_payload(frame: bytes) -> bytes:
     """
     n = frame[1] & 0x7F
     return frame[2 if n < 126 else 4 if n == 126 else 10 :]
+
+
+def frame_payloads(data: bytes) -> list[bytes]:
+    """Split joined unmasked frames built by this module into their payloads.
+
+    The hub writes a connection's frames of one pass in one ``write``; a subscriber
+    inside the process (a dialect tap) gets those bytes and splits them here.
+    """
+    out: list[bytes] = []
+    i, end = 0, len(data)
+    while i < end:
+        n = data[i + 1] & 0x7F
+        if n < 126:
+            start = i + 2
+        elif n == 126:
+            n = int.from_bytes(data[i + 2 : i + 4], "big")
+            start = i + 4
+        else:
+            n = int.from_bytes(data[i + 2 : i + 10], "big")
+            start = i + 10
+        out.append(data[start : start + n])
+        i = start + n
+    return out

@@ -13,24 +13,32 @@ is set (a connection on one channel) gets it by a direct transport write; the ot
 get it appended to their ``outbox``, are listed in :attr:`Hub.dirty`, and the I/O layer
 writes each outbox with a single ``write`` (all channels of a connection joined).
 
-Channel state::
+Channel state (:class:`~tickwire.channels.Channel`)::
 
     seq        last seq delivered to subscribers (book: updates, trades: trades,
                ticker: ticker messages)
     pending    updates applied to the engine but not yet sent
     history    ring of (prev_seq, seq, frame), bounded in bytes, for resume
+               (:class:`~tickwire.history.History`)
+
+The hub owns the hot path -- publish, relay, flush, fan-out -- and the subscription
+lifecycle; the pieces that are not per delivery live in their own Sans-I/O modules:
+:mod:`tickwire.channels` (the channel records and the ``Subscriber`` protocol),
+:mod:`tickwire.history` (the resume ring and the re-encoding of a message's tail) and
+:mod:`tickwire.lag` (the slow-consumer records and the level tracker that conflates).
 
 Slow consumers (see ``docs/slow-consumers.md``)
 -----------------------------------------------
 The I/O layer calls :meth:`Hub.pause` when a connection's write buffer crosses its high
 watermark and :meth:`Hub.resume` when it drains below the low one. A paused
 subscriber's book and ticker subscriptions leave the channel's shared ``subscribers``
-set for its ``lagging`` map (subscriber -> :class:`Lag`, the last ``seq`` it was sent):
-the shared frames are no longer sent to it, so healthy subscribers still cost one
-write (or list append) per frame and share the same ``bytes``. While a book channel has lagging
-subscribers it records, per price level, the latest update and its seq (``touched``,
-one dict store per update, shared by all of its lagging subscribers; bounded by the
-book's size, past which the laggards get a snapshot). At the first flush after a
+set for its ``lagging`` map (subscriber -> :class:`~tickwire.lag.Lag`, the last ``seq``
+it was sent): the shared frames are no longer sent to it, so healthy subscribers still
+cost one write (or list append) per frame and share the same ``bytes``. While a book
+channel has lagging subscribers it records, per price level, the latest update and its
+seq (``touched``, a :class:`~tickwire.lag.LevelTracker`: one dict store per update,
+shared by all of its lagging subscribers; bounded by the book's size, past which the
+laggards get a snapshot). At the first flush after a
 resume each lagging subscription gets **one** catch-up message -- a merged delta
 ``(lag.seq, ch.seq]`` holding the current quantity of every level touched since, with
 the current checksum, or a snapshot when that is smaller; a ticker gets the latest
@@ -86,10 +94,9 @@ The hub never reads a clock: ``now`` (monotonic seconds) is passed in.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol, cast
 
+from .channels import RECENT_ORDERS, Channel, PrivateChannel, Subscriber
 from .codec import (
     JSON_WIRE,
     Deflater,
@@ -100,9 +107,10 @@ from .codec import (
     frame_message,
     transcode_frame,
 )
-from .engine import Engine, LeaderBatch, RawTrade, StateSnapshot, SymbolState
+from .engine import Engine, LeaderBatch, RawTrade, StateSnapshot
 from .exceptions import RequestError
 from .framing import frame_payload, text_frame
+from .lag import CONFLATED_KINDS, Lag, LevelTracker, SubscriptionStats, lagging_subscriptions
 from .protocol import (
     BookUpdate,
     Delta,
@@ -134,140 +142,6 @@ __all__ = [
 #: An order event before the hub numbers it:
 #: ``(order id, symbol, event, side, price, qty, left, ts)`` (see ``OrderUpdate``).
 RawOrder = tuple[str, str, str, str, str, str, str, int]
-
-#: Recent order events kept per private channel for its snapshots.
-RECENT_ORDERS = 50
-
-#: Channel kinds whose paused subscribers are conflated rather than queued: a book
-#: delta or a ticker can be merged into a newer one without losing information.
-#: Trades cannot, so ``trades.*`` subscriptions never lag.
-CONFLATED_KINDS = frozenset(("book", "ticker"))
-
-#: A merged delta update costs about this many times the bytes of a snapshot level
-#: (``{"side":"bid","price":"..","qty":"..","ts":..}`` vs ``["..",".."]``); past it a
-#: snapshot is the smaller catch-up.
-_UPDATE_VS_LEVEL = 3.3
-
-
-class Lag:
-    """A paused subscription: not sent frames since ``seq`` (at monotonic ``since``)."""
-
-    __slots__ = ("seq", "since")
-
-    def __init__(self, seq: int, since: float) -> None:
-        self.seq = seq
-        self.since = since
-
-
-class SubscriptionStats:
-    """Slow-consumer telemetry of one subscription (created the first time it lags).
-
-    Attributes:
-        lags: times the subscription was paused (its connection over the high mark).
-        conflated: merged deltas (or latest tickers) sent on catch-up.
-        snapshots: catch-ups sent as a snapshot because it was smaller.
-        skipped: updates the subscriber never received one by one (seq span of the
-            catch-ups minus the updates they carried).
-        max_lag_seq: largest seq distance behind the channel seen at a catch-up.
-        max_lag_s: longest time spent lagging, in seconds.
-    """
-
-    __slots__ = ("lags", "conflated", "snapshots", "skipped", "max_lag_seq", "max_lag_s")
-
-    def __init__(self) -> None:
-        self.lags = 0
-        self.conflated = 0
-        self.snapshots = 0
-        self.skipped = 0
-        self.max_lag_seq = 0
-        self.max_lag_s = 0.0
-
-
-class Subscriber(Protocol):
-    """What the hub needs from a connection.
-
-    ``outbox`` collects the frames to write at the end of the tick; ``channels`` is
-    owned by the hub (the channels this subscriber is in); ``slow`` holds the
-    slow-consumer telemetry of its subscriptions that ever lagged (hub-owned too).
-
-    ``deliver`` is None (frames are queued in ``outbox`` and the subscriber listed in
-    :attr:`Hub.dirty`, so a connection on several channels gets one write per tick) or a
-    callable that writes a frame at once, in order. The gateway sets it to the
-    transport's ``write`` for a connection on exactly one channel: that is the common
-    market-data case, and it makes a delivery one C call, as in a bare fan-out loop.
-    Frames the hub leaves in ``outbox`` (subscribe answers) must be written before
-    anything else is delivered.
-    """
-
-    outbox: list[bytes]
-    channels: dict[str, Channel]
-    slow: dict[str, SubscriptionStats]
-    deliver: Callable[[bytes], object] | None
-
-
-class Channel:
-    """One channel: its sequence, pending batch, history ring and subscribers."""
-
-    __slots__ = (
-        "name",
-        "kind",
-        "state",
-        "seq",
-        "pending",
-        "subscribers",
-        "groups",
-        "history",
-        "history_bytes",
-        "last_sent",
-        "ticker_due",
-        "fault",
-        "lagging",
-        "touched",
-        "touched_from",
-        "stale",
-        "waiting",
-    )
-
-    def __init__(self, name: str, kind: str, state: SymbolState) -> None:
-        self.name = name
-        self.kind = kind
-        self.state = state
-        self.seq = 0
-        self.pending: list[BookUpdate] | list[Trade] = []
-        # JSON subscribers; those on other wires (msgpack, deflate) are grouped by wire
-        # in ``groups``, which holds no empty group (see "Encodings" above).
-        self.subscribers: dict[Subscriber, None] = {}
-        self.groups: dict[Wire, dict[Subscriber, None]] = {}
-        self.history: deque[tuple[int, int, bytes]] = deque()
-        self.history_bytes = 0
-        self.last_sent = 0.0
-        self.ticker_due = False
-        # Test-only fault for the next message (see Hub.inject_fault); None in production.
-        self.fault: str | None = None
-        # Paused subscribers, out of ``subscribers`` until they catch up.
-        self.lagging: dict[Subscriber, Lag] = {}
-        # Book only, while ``lagging``: (side, price) -> (seq, latest update) of every
-        # level changed after ``touched_from``.
-        self.touched: dict[tuple[str, str], tuple[int, BookUpdate]] | None = None
-        self.touched_from = 0
-        # True while the source knows this channel's state has a hole (Hub.invalidate).
-        self.stale = False
-        # Subscriptions not served yet: subscriber -> (epoch, since, deadline or None).
-        self.waiting: dict[Subscriber, tuple[str | None, int | None, float | None]] = {}
-
-
-class PrivateChannel(Channel):
-    """One user's ``orders.<USER>`` channel: seq, history and subscribers like trades.
-
-    It has no market state (``state`` is None); snapshots carry :attr:`recent`.
-    """
-
-    __slots__ = ("user", "recent")
-
-    def __init__(self, user: str) -> None:
-        super().__init__(f"orders.{user}", "orders", cast(SymbolState, None))
-        self.user = user
-        self.recent: deque[OrderUpdate] = deque(maxlen=RECENT_ORDERS)
 
 
 class Hub:
@@ -319,7 +193,7 @@ class Hub:
                 ("trades", self.trades),
                 ("ticker", self.tickers),
             ):
-                ch = Channel(f"{kind}.{symbol}", kind, state)
+                ch = Channel(f"{kind}.{symbol}", kind, state, history_bytes)
                 self.channels[ch.name] = ch
                 group.append(ch)
         self._book_of = {ch.state.symbol: ch for ch in self.books}
@@ -415,7 +289,7 @@ class Hub:
         for batch in batches:
             defer(symbol, batch)
             if book_ch.touched is not None and batch.book > batch.prev_book:
-                self._track(book_ch, batch.book_updates(), batch.book)
+                self._track(book_ch, book_ch.touched, batch.book_updates(), batch.book)
         if book_seq > book_ch.seq:
             book_ch.last_sent = now
             self._ticker_of[symbol].ticker_due = True
@@ -511,7 +385,7 @@ class Hub:
         state = ch.state
         seq = ch.seq + len(updates)
         if ch.touched is not None:
-            self._track(ch, updates, seq)
+            self._track(ch, ch.touched, updates, seq)
         msg = Delta(ch.name, seq, ch.seq, state.book.checksum(), updates)
         self._send(ch, ch.seq, seq, encode(msg), len(updates), msg)
 
@@ -547,11 +421,7 @@ class Hub:
         """Make ``frame`` message ``(prev_seq, seq]`` of ``ch``, kept for resume."""
         ch.seq = seq
         self.messages_built += 1
-        history = ch.history
-        history.append((prev_seq, seq, frame))
-        ch.history_bytes += len(frame)
-        while ch.history_bytes > self.history_limit and len(history) > 1:
-            ch.history_bytes -= len(history.popleft()[2])
+        ch.history.append(prev_seq, seq, frame)
 
     def inject_fault(self, ch: Channel, kind: str) -> None:
         """Corrupt the next message of ``ch`` for its current subscribers (tests only).
@@ -685,7 +555,7 @@ class Hub:
         """
         ch = self.private.get(user)
         if ch is None:
-            ch = self.private[user] = PrivateChannel(user)
+            ch = self.private[user] = PrivateChannel(user, self.history_limit)
         return ch
 
     def publish_orders(self, user: str, orders: Iterable[RawOrder]) -> None:
@@ -822,45 +692,9 @@ class Hub:
 
         ``since`` may fall inside one of this hub's messages: another gateway on the
         same feed batched the updates differently. That message's tail is re-encoded
-        (see :meth:`_split`); the rest of the history follows as stored.
+        (:func:`tickwire.history.split`); the rest of the history follows as stored.
         """
-        if since == ch.seq:
-            return []
-        if since > ch.seq:
-            return None
-        history = ch.history
-        for i in range(len(history) - 1, -1, -1):
-            prev_seq, seq, frame = history[i]
-            if prev_seq == since:
-                return [history[j][2] for j in range(i, len(history))]
-            if prev_seq < since:
-                tail = self._split(frame, since) if since < seq else None
-                if tail is None:
-                    return None
-                return [tail] + [history[j][2] for j in range(i + 1, len(history))]
-        return None
-
-    @staticmethod
-    def _split(frame: bytes, since: int) -> bytes | None:
-        """Re-encode the part of a history message after ``since``, or None if it cannot.
-
-        A delta's update ``i`` has seq ``prev_seq + 1 + i`` (history deltas are never
-        conflated); its checksum is the state after its last update, which the tail
-        shares. A trade carries its own seq as ``id``. Tickers are whole states with one
-        seq each, so ``since`` never falls inside one.
-        """
-        msg = decode_message(frame_payload(frame))
-        if isinstance(msg, Delta):
-            if msg.seq - msg.prev_seq != len(msg.updates):
-                return None
-            tail = msg.updates[since - msg.prev_seq :]
-            return text_frame(encode(Delta(msg.ch, msg.seq, since, msg.checksum, tail)))
-        if isinstance(msg, Trades):
-            trades = [t for t in msg.trades if t.id > since]
-            if not trades or trades[0].id != since + 1:
-                return None
-            return text_frame(encode(Trades(msg.ch, msg.seq, since, trades)))
-        return None
+        return ch.history.replay(since, ch.seq)
 
     # -- following a leading engine ----------------------------------------------------
 
@@ -906,15 +740,13 @@ class Hub:
                 ch.ticker_due = True
             if ch.kind != "ticker":
                 ch.history.clear()
-                ch.history_bytes = 0
             # Laggards must catch up with a snapshot: their seq is from before the hole.
             for sub, lag in ch.lagging.items():
                 lag.seq = -1
                 if sub not in self.paused and sub not in self.catching_up:
                     self.catching_up.append(sub)
             if ch.touched is not None:
-                ch.touched.clear()
-                ch.touched_from = ch.seq
+                ch.touched.clear(ch.seq)
             if ch.subscribers or ch.groups:
                 fresh = self.snapshot(ch, False)
                 self._deliver(ch, text_frame(encode(fresh)), fresh)
@@ -931,7 +763,6 @@ class Hub:
             ch.seq = 0
             ch.pending = []
             ch.history.clear()
-            ch.history_bytes = 0
         self.incomplete.update(self.engine.symbols)
 
     def add_symbol(self, symbol: str) -> None:
@@ -949,7 +780,7 @@ class Hub:
             ("trades", self.trades, self._trades_of),
             ("ticker", self.tickers, self._ticker_of),
         ):
-            ch = Channel(f"{kind}.{symbol}", kind, state)
+            ch = Channel(f"{kind}.{symbol}", kind, state, self.history_limit)
             ch.stale = True
             self.channels[ch.name] = ch
             group.append(ch)
@@ -1036,8 +867,7 @@ class Hub:
     def _lag(self, sub: Subscriber, ch: Channel, now: float) -> None:
         ch.lagging[sub] = Lag(ch.seq, now)
         if ch.kind == "book" and ch.touched is None:
-            ch.touched = {}
-            ch.touched_from = ch.seq
+            ch.touched = LevelTracker(ch.seq)
         stats = sub.slow.get(ch.name)
         if stats is None:
             stats = sub.slow[ch.name] = SubscriptionStats()
@@ -1050,22 +880,12 @@ class Hub:
         return lag
 
     @staticmethod
-    def _track(ch: Channel, updates: list[BookUpdate], seq: int) -> None:
+    def _track(ch: Channel, touched: LevelTracker, updates: list[BookUpdate], seq: int) -> None:
         """Record the levels of one batch ``(seq - len(updates), seq]`` for the laggards."""
-        touched = ch.touched
-        assert touched is not None
-        n = seq - len(updates)
-        for u in updates:
-            n += 1
-            touched[(u.side, u.price)] = (n, u)
         # The depth as last settled: settling here, per batch, would apply (or load)
         # what a relaying hub defers, for a threshold that needs no precision.
         bids, asks = ch.state.settled_depth()
-        if len(touched) > max(64, bids + asks):
-            # More levels changed than the book holds: a snapshot is the smaller
-            # catch-up for everyone lagging now; start over for later laggards.
-            touched.clear()
-            ch.touched_from = seq
+        touched.track(updates, seq, bids + asks)
 
     def _catch_up_all(self, now: float) -> None:
         subs, self.catching_up = self.catching_up, []
@@ -1105,11 +925,11 @@ class Hub:
         sub: Subscriber,
         ch: Channel,
         lag: Lag,
-        touched: dict[tuple[str, str], tuple[int, BookUpdate]] | None,
+        touched: LevelTracker | None,
     ) -> Message | None:
         """Build the one message taking ``sub`` from ``lag.seq`` to ``ch.seq`` on ``ch``.
 
-        ``touched`` is the channel's level map as it was while ``sub`` lagged (None
+        ``touched`` is the channel's level tracker as it was while ``sub`` lagged (None
         for tickers).
         """
         if lag.seq == ch.seq:
@@ -1124,12 +944,9 @@ class Hub:
             return ch.state.ticker(ch.name, ch.seq, lag.seq)
         book = ch.state.book
         merged: list[BookUpdate] | None = None
-        if touched is not None and lag.seq >= ch.touched_from:
-            since = lag.seq
-            merged = [u for n, u in touched.values() if n > since]
+        if touched is not None:
             bids, asks = book.depth()
-            if len(merged) * _UPDATE_VS_LEVEL > bids + asks:
-                merged = None
+            merged = touched.merged_since(lag.seq, bids + asks)
         skipped = ch.seq - lag.seq - (len(merged) if merged is not None else 0)
         stats.skipped += skipped
         self.updates_skipped += skipped
@@ -1145,15 +962,7 @@ class Hub:
     def lagging_subscriptions(self, now: float, limit: int = 20) -> list[dict[str, object]]:
         """Return the ``limit`` subscriptions lagging the most, for telemetry.
 
-        Each entry: ``ch``, ``lag_seq`` (channel seq minus the subscriber's), ``lag_ms``
-        (time since it stopped receiving frames) and the subscriber itself (``sub``).
+        See :func:`tickwire.lag.lagging_subscriptions` for the entries.
         """
-        rows: list[tuple[float, int, Subscriber, Channel]] = []
-        for ch in (*self.books, *self.tickers):  # the CONFLATED_KINDS: only they lag
-            for sub, lag in ch.lagging.items():
-                rows.append((now - lag.since, ch.seq - lag.seq, sub, ch))
-        rows.sort(key=lambda r: (r[0], r[1]), reverse=True)
-        return [
-            {"ch": ch.name, "lag_seq": lag_seq, "lag_ms": round(age * 1000, 1), "sub": sub}
-            for age, lag_seq, sub, ch in rows[:limit]
-        ]
+        # The CONFLATED_KINDS: only they lag.
+        return lagging_subscriptions((*self.books, *self.tickers), now, limit)

@@ -46,14 +46,15 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import CollectorRegistry
 
-from ..protocol import Snapshot, encode
-from .metrics import Sampler, make_registry
+from ..dialects import VENUES, rest
+from ..protocol import encode
+from .metrics import GatewayView, Sampler, make_registry
+from .venues import VenueView
 
 if TYPE_CHECKING:
     from .connection import Connection
-    from .gateway import Gateway
 
-__all__ = ["AdminServer", "book_snapshot"]
+__all__ = ["AdminServer"]
 
 log = logging.getLogger("tickwire.admin")
 
@@ -71,38 +72,6 @@ _CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'"
 )
-
-
-def book_snapshot(gateway: Gateway, symbol: str, depth: int | None = None) -> Snapshot:
-    """Return the book of ``symbol`` exactly as a WebSocket subscription would start now.
-
-    Like :meth:`tickwire.hub.Hub.subscribe`, it first sends what is pending on the
-    channel, so the snapshot's ``seq`` is the ``prev_seq`` of the channel's next delta
-    and its ``checksum`` matches that ``seq``.
-
-    Args:
-        gateway: the running gateway.
-        symbol: a served symbol, e.g. ``BTC-USD``.
-        depth: levels per side to include (None: all); the checksum always covers the
-            top 10 levels of the whole book, as on the WebSocket.
-
-    Returns:
-        The ``snapshot`` message, ready for :func:`tickwire.protocol.encode`.
-
-    Raises:
-        KeyError: ``symbol`` is not served.
-    """
-    hub = gateway.hub
-    ch = hub.channels[f"book.{symbol}"]
-    if ch.pending:
-        # Between ticks nothing is pending (the tick publishes and flushes at once);
-        # with --batch-ms 0 or a future source that publishes between ticks, send it.
-        hub.flush(time.monotonic())
-    snap = hub.snapshot(ch)
-    if depth is not None:
-        snap.bids = (snap.bids or [])[:depth]
-        snap.asks = (snap.asks or [])[:depth]
-    return snap
 
 
 def _sse(event: str, data: Any) -> bytes:
@@ -172,11 +141,12 @@ class AdminServer:
     """
 
     def __init__(
-        self, gateway: Gateway, *, sample_interval: float = 1.0, book_interval: float = 0.25
+        self, gateway: GatewayView, *, sample_interval: float = 1.0, book_interval: float = 0.25
     ) -> None:
         self.gateway = gateway
         self.sampler = Sampler()
         self.registry = make_registry(gateway, self.sampler)
+        self.view = VenueView(gateway)
         self.sample_interval = sample_interval
         self.book_interval = book_interval
         self.host = ""
@@ -184,7 +154,6 @@ class AdminServer:
         self._runner: web.AppRunner | None = None
         self._task: asyncio.Task[None] | None = None
         self._viewers: set[_Viewer] = set()
-        self._samples: list[dict[str, Any]] = []
 
     @property
     def url(self) -> str:
@@ -205,6 +174,8 @@ class AdminServer:
         app.router.add_get("/api/v1/stats", self._stats)
         app.router.add_get("/api/v1/stream", self._stream)
         app.router.add_static("/static/", STATIC_DIR, append_version=False)
+        for venue in VENUES:
+            app.router.add_get(f"/{venue}/{{path:.*}}", self._venue)
         return app
 
     async def start(self, host: str, port: int) -> None:
@@ -285,7 +256,7 @@ class AdminServer:
 
     def book_view(self, symbol: str, depth: int) -> dict[str, Any]:
         """The dashboard's book payload: ``depth`` levels a side plus the top of book."""
-        snap = book_snapshot(self.gateway, symbol, depth)
+        snap = self.gateway.book_snapshot(symbol, depth)
         state = self.gateway.engine.symbols[symbol]
         bids, asks = state.book.depth()
         best_bid = snap.bids[0] if snap.bids else None
@@ -423,10 +394,21 @@ class AdminServer:
         symbol = request.match_info["symbol"]
         depth = self._depth(request)
         try:
-            snap = book_snapshot(self.gateway, symbol, depth)
+            snap = self.gateway.book_snapshot(symbol, depth)
         except KeyError:
             return _error(404, "unknown_channel", f"no such symbol {symbol[:48]!r}")
         return web.Response(body=encode(snap), content_type="application/json")
+
+    async def _venue(self, request: web.Request) -> web.Response:
+        """A venue's REST endpoint (``/binance/api/v3/depth`` ...), in its dialect."""
+        venue = request.path.split("/", 2)[1]
+        answer = rest(self.view, venue, "/" + request.match_info["path"], request.query)
+        return web.Response(
+            body=answer.body,
+            status=answer.status,
+            content_type="application/json",
+            headers=answer.headers,
+        )
 
     async def _stats(self, request: web.Request) -> web.Response:
         return _json(self.gateway.stats())

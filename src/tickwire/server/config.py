@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from ..auth import TokenVerifier
 from ..exceptions import ConfigError
 from ..limits import Limits
 from ..pacing import MAX_PASS_SHARE
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["GatewayConfig"]
 

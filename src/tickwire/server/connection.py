@@ -9,11 +9,12 @@ channel) or its outbox (written once per tick).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from picows import (
     WSCloseCode,
@@ -24,10 +25,11 @@ from picows import (
 )
 
 from ..auth import Claims
+from ..channels import Channel
 from ..codec import JSON_WIRE, Encoding, Wire, inflate, transcode
 from ..exceptions import MessageTooBig, ProtocolError, RequestError
 from ..framing import text_frame
-from ..hub import Channel, SubscriptionStats
+from ..lag import SubscriptionStats
 from ..limits import TokenBucket
 from ..protocol import (
     CloseCode,
@@ -37,9 +39,10 @@ from ..protocol import (
 )
 
 if TYPE_CHECKING:
-    from .gateway import Gateway
+    from ..hub import Hub
+    from .config import GatewayConfig
 
-__all__ = ["Connection"]
+__all__ = ["Connection", "Host"]
 
 
 log = logging.getLogger("tickwire.server")
@@ -52,6 +55,34 @@ def _discard(_data: bytes) -> None:
 def _no_buffer() -> int:
     """Stand-in ``get_write_buffer_size`` until the transport is connected."""
     return 0
+
+
+class Host(Protocol):
+    """What a connection needs of its gateway (:class:`~tickwire.server.gateway.Gateway`).
+
+    The gateway creates connections, so this module does not import it: a connection
+    is handed its host and uses only this much of it.
+    """
+
+    @property
+    def config(self) -> GatewayConfig: ...
+    @property
+    def hub(self) -> Hub: ...
+    @property
+    def connections(self) -> dict[int, Connection]: ...
+    @property
+    def draining(self) -> asyncio.Event | None: ...
+    @property
+    def rejected_by_code(self) -> dict[str, int]: ...
+    @property
+    def closes_by_code(self) -> dict[int, int]: ...
+
+    rate_limited: int
+    rejected: int
+    max_buffered: int
+
+    def handle_request(self, conn: Connection, data: bytes, binary: bool = False) -> None:
+        """Answer one client message (text, or binary when ``binary``)."""
 
 
 class Connection(WSListener):
@@ -89,7 +120,7 @@ class Connection(WSListener):
         "_fragments_kind",
     )
 
-    def __init__(self, gateway: Gateway, conn_id: int, wire: Wire = JSON_WIRE) -> None:
+    def __init__(self, gateway: Host, conn_id: int, wire: Wire = JSON_WIRE) -> None:
         super().__init__()
         self.gateway = gateway
         self.id = conn_id
@@ -150,7 +181,10 @@ class Connection(WSListener):
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type
-        if msg_type == WSMsgType.TEXT or (
+        if frame.rsv2 or frame.rsv3:
+            # RFC 6455 §5.2: no extension defines them; picows passes them through.
+            self.fail(CloseCode.PROTOCOL_ERROR, "RSV2/RSV3 set without an extension")
+        elif msg_type == WSMsgType.TEXT or (
             msg_type == WSMsgType.BINARY and self.wire.encoding is Encoding.MSGPACK
         ):
             binary = msg_type == WSMsgType.BINARY
@@ -190,9 +224,25 @@ class Connection(WSListener):
         direct = len(self.channels) == 1 and self.transport is not None and not self.closed
         self.deliver = self.write if direct else None
 
+    def has_subscriptions(self) -> bool:
+        """True while the connection is subscribed to something (idle timeout)."""
+        return bool(self.channels)
+
+    def drop_subscriptions(self) -> None:
+        """Forget every subscription (the connection is closing)."""
+        self.gateway.hub.drop(self)
+
     def pause_writing(self) -> None:
         """The write buffer crossed the high watermark: conflate books and tickers."""
         if not self.closed:
+            # Its size at the crossing counts towards the maxima; while paused the tick
+            # loop records it after every pass (the only state in which it can grow).
+            size = self.buffered()
+            if size > self.max_buffered:
+                self.max_buffered = size
+                gateway = self.gateway
+                if size > gateway.max_buffered:
+                    gateway.max_buffered = size
             self.gateway.hub.pause(self, time.monotonic())
 
     def resume_writing(self) -> None:
@@ -210,7 +260,7 @@ class Connection(WSListener):
         self.closed = True
         self.deliver = None
         self.outbox.clear()
-        self.gateway.hub.drop(self)
+        self.drop_subscriptions()
         gateway = self.gateway
         gateway.connections.pop(self.id, None)
         if not gateway.connections and gateway.draining is not None:
@@ -377,7 +427,7 @@ class Connection(WSListener):
         self.flush()
         self.closed = True
         self.deliver = None
-        self.gateway.hub.drop(self)
+        self.drop_subscriptions()
         self.transport.send_close(WSCloseCode(code), reason.encode())
         self.transport.disconnect()
 

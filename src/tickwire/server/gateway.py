@@ -34,7 +34,7 @@ import os
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from picows import (
     WSUpgradeRequest,
@@ -43,6 +43,7 @@ from picows import (
 )
 
 from ..codec import Wire, negotiate
+from ..dialects import DialectFeed
 from ..engine import Engine
 from ..exceptions import AuthError, ConfigError, RequestError
 from ..hotpath import relax_gc
@@ -55,19 +56,18 @@ from ..protocol import (
     ErrorCode,
     Pong,
     Request,
+    Snapshot,
     decode_request,
     encode,
     parse_channel,
 )
 from ..sources import Source, make_source
-from .guard import Guard, create_ws_server
-from .metrics import TickStats
-
-if TYPE_CHECKING:
-    from .admin import AdminServer
-
+from .admin import AdminServer
 from .config import GatewayConfig
 from .connection import Connection
+from .guard import Guard, create_ws_server
+from .metrics import TickStats
+from .venues import venue_listener
 
 __all__ = ["Gateway"]
 
@@ -103,6 +103,8 @@ class Gateway:
             deflate_level=config.deflate_level,
         )
         self.source = source if source is not None else make_source(config)
+        # The venue dialects (Binance, OKX, Kraken) tap the hub's native channels.
+        self.feed = DialectFeed(self.hub)
         # Private channels: tokens, and the simulator's synthetic users' orders.
         self.verifier = config.verifier
         self.guard = Guard(self._listener, config.limits, config.verifier)
@@ -127,6 +129,9 @@ class Gateway:
         self.slow_closes = {"budget": 0, "stall": 0, "total": 0}
         self.buffered_total = 0
         self.max_buffered_total = 0
+        # The largest one connection's buffer: a true maximum, since a buffer grows past
+        # the high watermark only while paused, which is recorded at the pause and
+        # after every tick's writes (and the sweep samples the unpaused ones).
         self.max_buffered = 0
         self.port = config.port
         self.started = time.monotonic()
@@ -221,7 +226,7 @@ class Gateway:
         for conn in list(self.connections.values()):
             if conn.expires and conn.expires <= wall:
                 conn.fail(CloseCode.AUTH_EXPIRED, "token expired; log in again with a new one")
-            elif idle and not conn.channels and now - conn.last_seen > idle:
+            elif idle and not conn.has_subscriptions() and now - conn.last_seen > idle:
                 conn.fail(CloseCode.IDLE_TIMEOUT, f"idle for {idle:g}s without a subscription")
 
     def _attach_accounts(self) -> None:
@@ -265,7 +270,11 @@ class Gateway:
 
     def _listener(self, request: WSUpgradeRequest) -> Connection | WSUpgradeResponseWithListener:
         self.accepted += 1
-        return self._negotiate(request, next(self._ids))
+        conn_id = next(self._ids)
+        venue = venue_listener(self, request, conn_id)
+        if venue is not None:
+            return venue
+        return self._negotiate(request, conn_id)
 
     def _negotiate(
         self, request: WSUpgradeRequest, conn_id: int
@@ -296,6 +305,33 @@ class Gateway:
         its first full snapshot, by discarding it from :attr:`incomplete_books`.
         """
         return self._server is not None and not self.incomplete_books
+
+    def book_snapshot(self, symbol: str, depth: int | None = None) -> Snapshot:
+        """Return the book of ``symbol`` exactly as a WebSocket subscription would start now.
+
+        Like :meth:`tickwire.hub.Hub.subscribe`, it first sends what is pending on the
+        channel, so the snapshot's ``seq`` is the ``prev_seq`` of the channel's next delta
+        and its ``checksum`` matches that ``seq`` (REST snapshots, native and venue).
+
+        Args:
+            symbol: a served symbol, e.g. ``BTC-USD``.
+            depth: levels per side to include (None: all); the checksum always covers the
+                top 10 levels of the whole book, as on the WebSocket.
+
+        Raises:
+            KeyError: ``symbol`` is not served.
+        """
+        hub = self.hub
+        ch = hub.channels[f"book.{symbol}"]
+        if ch.pending:
+            # Between ticks nothing is pending (the tick publishes and flushes at once);
+            # with --batch-ms 0 or a source that publishes between ticks, send it.
+            hub.flush(time.monotonic())
+        snap = hub.snapshot(ch)
+        if depth is not None:
+            snap.bids = (snap.bids or [])[:depth]
+            snap.asks = (snap.asks or [])[:depth]
+        return snap
 
     def uptime(self) -> float:
         """Seconds since this gateway was created."""
@@ -337,8 +373,6 @@ class Gateway:
 
     async def _start_admin(self, host: str, port: int) -> None:
         """Start the admin HTTP listener (see :mod:`tickwire.server.admin`)."""
-        from .admin import AdminServer
-
         admin = AdminServer(self)
         try:
             await admin.start(host, port)
@@ -394,7 +428,8 @@ class Gateway:
     def _check_paused(self, now: float) -> None:
         """Enforce the hard budget and the stall timeout on paused connections."""
         cfg = self.config
-        for sub, since in list(self.hub.paused.items()):
+        paused = [*self.hub.paused.items(), *self.feed.paused.items()]
+        for sub, since in paused:
             conn = cast(Connection, sub)
             size = conn.buffered()
             if size > conn.max_buffered:
@@ -423,6 +458,11 @@ class Gateway:
         self.buffered_total = total
         if total > self.max_buffered_total:
             self.max_buffered_total = total
+        for size, conn in sizes:
+            if size > conn.max_buffered:
+                conn.max_buffered = size
+                if size > self.max_buffered:
+                    self.max_buffered = size
         cap = self.config.max_total_buffer_bytes
         if total <= cap:
             return
@@ -444,12 +484,14 @@ class Gateway:
         poll = self.source.poll
         publish = hub.publish
         flush_symbol = hub.flush_symbol
+        feed_flush = self.feed.flush
         dirty = cast(list[Connection], hub.dirty)
         tick = self.config.batch_ms / 1000.0 if self.config.batch_ms > 0 else 0.001
         monotonic = time.monotonic
         next_heartbeat = deadline = monotonic()
         next_sweep = next_heartbeat
         paused = hub.paused
+        venue_paused = self.feed.paused
         sleep = asyncio.sleep
         time_ns = time.time_ns
         record = self.tick_stats.tick
@@ -501,6 +543,7 @@ class Gateway:
                 publish(symbol, updates, trades)
                 flush_symbol(symbol, now)
             hub.flush(now)
+            feed_flush(now)
             if now >= next_heartbeat:
                 hub.heartbeats(now)
                 next_heartbeat = now + min(0.25, self.config.heartbeat_s)
@@ -518,7 +561,7 @@ class Gateway:
             else:
                 record(now - target, -1, 0)
             hub.first_relayed = None
-            if paused:
+            if paused or venue_paused:
                 self._check_paused(now)
             if now >= next_sweep:
                 self._sweep()
@@ -601,6 +644,7 @@ class Gateway:
             "rejected": self.rejected,
             "rejected_by_code": dict(self.rejected_by_code),
             "slow": self.slow_stats(),
+            "venues": self.feed.stats(),
             "security": {
                 **self.guard.stats(),
                 "logins": self.logins,

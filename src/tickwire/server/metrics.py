@@ -17,12 +17,14 @@ Nothing here reads a clock or touches a socket: times are passed in.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence, Set
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -32,8 +34,15 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from ..dialects import VENUES, DialectFeed
+
 if TYPE_CHECKING:
-    from .gateway import Gateway
+    from ..engine import Engine
+    from ..hub import Hub
+    from ..protocol import Snapshot
+    from ..sources import Source
+    from .config import GatewayConfig
+    from .connection import Connection
 
 __all__ = [
     "BATCH_BUCKETS",
@@ -41,6 +50,7 @@ __all__ = [
     "LATENCY_BUCKETS",
     "FixedHistogram",
     "GatewayCollector",
+    "GatewayView",
     "Sample",
     "Sampler",
     "TickStats",
@@ -198,6 +208,61 @@ def _histogram(name: str, doc: str, hist: FixedHistogram, unit: str = "") -> His
     )
 
 
+class GatewayView(Protocol):
+    """What telemetry reads of a gateway (:class:`~tickwire.server.gateway.Gateway`).
+
+    The collector, the sampler and the admin listener only read these; they are
+    handed the gateway, which this module does not import (the gateway imports it).
+    """
+
+    @property
+    def config(self) -> GatewayConfig: ...
+    @property
+    def engine(self) -> Engine: ...
+    @property
+    def hub(self) -> Hub: ...
+    @property
+    def source(self) -> Source: ...
+    @property
+    def connections(self) -> Mapping[int, Connection]: ...
+    @property
+    def tick_stats(self) -> TickStats: ...
+    @property
+    def incomplete_books(self) -> Set[str]: ...
+    @property
+    def draining(self) -> asyncio.Event | None: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def accepted(self) -> int: ...
+    @property
+    def rejected(self) -> int: ...
+    @property
+    def rejected_by_code(self) -> Mapping[str, int]: ...
+    @property
+    def closes_by_code(self) -> Mapping[int, int]: ...
+    @property
+    def slow_closes(self) -> Mapping[str, int]: ...
+    @property
+    def buffered_total(self) -> int: ...
+    @property
+    def max_buffered_total(self) -> int: ...
+    @property
+    def feed(self) -> DialectFeed: ...
+
+    def books_complete(self) -> bool:
+        """True once every served book holds a complete state."""
+
+    def uptime(self) -> float:
+        """Seconds since the gateway was created."""
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since start."""
+
+    def book_snapshot(self, symbol: str, depth: int | None = None) -> Snapshot:
+        """The book of ``symbol`` as a subscription would start now."""
+
+
 class GatewayCollector(Collector):
     """Builds every ``tickwire_*`` metric from the gateway's counters at scrape time.
 
@@ -206,7 +271,7 @@ class GatewayCollector(Collector):
         sampler: the dashboard sampler, for the per-second rate gauges.
     """
 
-    def __init__(self, gateway: Gateway, sampler: Sampler | None = None) -> None:
+    def __init__(self, gateway: GatewayView, sampler: Sampler | None = None) -> None:
         self.gateway = gateway
         self.sampler = sampler
 
@@ -231,19 +296,22 @@ class GatewayCollector(Collector):
         )
         subs = GaugeMetricFamily(
             "tickwire_subscriptions",
-            "Subscribers per channel (lagging ones included).",
+            "Client subscribers per channel (lagging ones included; the venue dialects'"
+            " taps are counted in tickwire_venue_subscriptions).",
             labels=["channel", "kind"],
         )
+        taps = {name for tap in gw.feed.taps.values() for name in tap.channels}
         seqs = GaugeMetricFamily(
             "tickwire_channel_seq", "Last seq sent on each channel.", labels=["channel", "kind"]
         )
         for ch in hub.channels.values():
             grouped = sum(map(len, ch.groups.values())) if ch.groups else 0
-            count = len(ch.subscribers) + grouped + len(ch.lagging)
+            count = len(ch.subscribers) + grouped + len(ch.lagging) - (ch.name in taps)
             subs.add_metric([ch.name, ch.kind], float(count))
             seqs.add_metric([ch.name, ch.kind], float(ch.seq))
         yield subs
         yield seqs
+        yield from _venue_metrics(gw)
         yield CounterMetricFamily(
             "tickwire_deliveries",
             "Updates (book levels, trades, tickers) delivered to subscribers, summed over "
@@ -353,7 +421,7 @@ class GatewayCollector(Collector):
         )
         yield GaugeMetricFamily(
             "tickwire_buffered_bytes_max",
-            "Largest total of write-buffered bytes seen.",
+            "Largest total of write-buffered bytes seen by the half-second sweep (sampled).",
             float(gw.max_buffered_total),
         )
         yield GaugeMetricFamily(
@@ -364,14 +432,12 @@ class GatewayCollector(Collector):
             yield from source_metrics()  # an ingest source's tickwire_ingest_*
 
 
-def make_registry(gateway: Gateway, sampler: Sampler | None = None) -> CollectorRegistry:
+def make_registry(gateway: GatewayView, sampler: Sampler | None = None) -> CollectorRegistry:
     """Return a registry with the gateway's collector and the process/GC collectors.
 
     A registry of its own, not prometheus-client's global one, so two gateways in one
     process (tests) never share or clash on metrics.
     """
-    from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
-
     registry = CollectorRegistry(auto_describe=False)
     registry.register(GatewayCollector(gateway, sampler))
     ProcessCollector(registry=registry)
@@ -447,7 +513,7 @@ class Sampler:
         """The newest point, if any."""
         return self.points[-1] if self.points else None
 
-    def sample(self, gateway: Gateway, now: float, wall: float) -> Sample | None:
+    def sample(self, gateway: GatewayView, now: float, wall: float) -> Sample | None:
         """Read the counters; return the new point (None the first time).
 
         Args:
@@ -493,3 +559,48 @@ class Sampler:
         )
         self.points.append(point)
         return point
+
+
+def _venue_metrics(gw: GatewayView) -> Iterator[Metric]:
+    """The venue dialects' connections, subscriptions and output."""
+    feed = gw.feed
+    conns = GaugeMetricFamily(
+        "tickwire_venue_connections", "Open connections per venue dialect.", labels=["venue"]
+    )
+    subs = GaugeMetricFamily(
+        "tickwire_venue_subscriptions",
+        "Subscribers of venue streams, per venue (lagging ones included).",
+        labels=["venue"],
+    )
+    by_venue: dict[str, int] = {}
+    for conn in gw.connections.values():
+        session = getattr(conn, "session", None)
+        if session is not None:
+            by_venue[session.venue] = by_venue.get(session.venue, 0) + 1
+    streams: dict[str, int] = {}
+    for stream in feed.streams.values():
+        venue = stream.key.partition("|")[0]
+        streams[venue] = streams.get(venue, 0) + len(stream.subscribers) + len(stream.lagging)
+    for venue in VENUES:
+        conns.add_metric([venue], float(by_venue.get(venue, 0)))
+        subs.add_metric([venue], float(streams.get(venue, 0)))
+    yield conns
+    yield subs
+    yield CounterMetricFamily(
+        "tickwire_venue_frames_out",
+        "Frame writes to venue subscribers (one write may carry several frames).",
+        float(feed.frames_out),
+    )
+    yield CounterMetricFamily(
+        "tickwire_venue_sent_bytes", "Bytes written to venue subscribers.", float(feed.bytes_out)
+    )
+    yield CounterMetricFamily(
+        "tickwire_venue_renders",
+        "Venue stream payloads rendered (once each, shared by the stream's subscribers).",
+        float(feed.renders),
+    )
+    yield CounterMetricFamily(
+        "tickwire_venue_catch_ups",
+        "Catch-ups sent to venue subscribers that lagged (merged book events, tickers).",
+        float(feed.conflated),
+    )

@@ -187,57 +187,43 @@ class PartialDepth(_Binance):
 
 
 class TradeStream(_Binance):
-    """``<sym>@trade``: one event per trade (``m``: the buyer was the maker)."""
+    """``<sym>@trade`` (or ``@aggTrade``): one event per trade, each its own aggregate;
+    ``m``: the buyer was the maker (the taker sold)."""
 
     source = "trades"
     conflates = False
+
+    def __init__(self, market: Market, name: str, combined: bool, aggregate: bool) -> None:
+        super().__init__(market, name, combined)
+        self.aggregate = aggregate
 
     def trades(self, tap: Tap, trades: list[Trade]) -> bytes | None:
         sym = self.market.binance
         encode, frame = _json.encode, self.frame
         now = _now_ms()
-        return b"".join(
-            frame(
-                encode(
-                    _Trade(
-                        "trade", now, sym, t.id, t.price, t.qty, _ms(t.ts), t.side == "sell", True
-                    )
-                )
-            )
-            for t in trades
-        )
-
-
-class AggTradeStream(_Binance):
-    """``<sym>@aggTrade``: one event per trade (each trade its own aggregate)."""
-
-    source = "trades"
-    conflates = False
-
-    def trades(self, tap: Tap, trades: list[Trade]) -> bytes | None:
-        sym = self.market.binance
-        encode, frame = _json.encode, self.frame
-        now = _now_ms()
-        return b"".join(
-            frame(
-                encode(
-                    _AggTrade(
-                        "aggTrade",
-                        now,
-                        sym,
-                        t.id,
-                        t.price,
-                        t.qty,
-                        t.id,
-                        t.id,
-                        _ms(t.ts),
-                        t.side == "sell",
-                        True,
-                    )
-                )
-            )
-            for t in trades
-        )
+        if self.aggregate:
+            events: list[msgspec.Struct] = [
+                _AggTrade(
+                    "aggTrade",
+                    now,
+                    sym,
+                    t.id,
+                    t.price,
+                    t.qty,
+                    t.id,
+                    t.id,
+                    _ms(t.ts),
+                    t.side == "sell",
+                    True,
+                )  # fmt: skip
+                for t in trades
+            ]
+        else:
+            events = [
+                _Trade("trade", now, sym, t.id, t.price, t.qty, _ms(t.ts), t.side == "sell", True)
+                for t in trades
+            ]
+        return b"".join(frame(encode(ev)) for ev in events)
 
 
 class BookTickerStream(_Binance):
@@ -407,10 +393,8 @@ def _factory(market: Market, name: str, kind: str, combined: bool) -> Callable[[
         if levels:
             return lambda: PartialDepth(market, name, combined, levels, speed)
         return lambda: DiffDepth(market, name, combined, speed)
-    if kind == "trade":
-        return lambda: TradeStream(market, name, combined)
-    if kind == "aggTrade":
-        return lambda: AggTradeStream(market, name, combined)
+    if kind in ("trade", "aggTrade"):
+        return lambda: TradeStream(market, name, combined, kind == "aggTrade")
     if kind == "bookTicker":
         return lambda: BookTickerStream(market, name, combined)
     if kind in ("ticker", "miniTicker"):

@@ -454,12 +454,9 @@ class DialectFeed:
         if stream.key in sub.streams:
             return False
         tap = stream.tap
-        w = stream.window
-        if w is not None:
+        if stream.window is not None:
             # Emit what the window holds, so the opening frames are at its seq.
-            tap.fold()
-            if w.seq > w.prev:
-                self._emit(tap, w)
+            self._emit_now(tap, stream.window)
         sub.streams[stream.key] = stream
         if sub in self.paused and stream.renderer.conflates:
             stream.lagging[sub] = -1
@@ -523,6 +520,12 @@ class DialectFeed:
             for sub in subs:
                 if sub not in self.paused:
                     self._catch_up(sub)
+
+    def _emit_now(self, tap: Tap, w: Window) -> None:
+        """Emit what ``w`` holds now, due or not (a join, a catch-up)."""
+        tap.fold()
+        if w.seq > w.prev:
+            self._emit(tap, w)
 
     def _emit(self, tap: Tap, w: Window) -> None:
         rendered = [
@@ -613,9 +616,7 @@ class DialectFeed:
             tap = stream.tap
             w = stream.window
             if w is not None:
-                tap.fold()
-                if w.seq > w.prev:
-                    self._emit(tap, w)
+                self._emit_now(tap, w)
                 levels: list[tuple[LevelKey, str]] | None = None
                 touched = tap.touched
                 if since == w.prev:

@@ -243,12 +243,20 @@ class Connection(WSListener):
                 gateway = self.gateway
                 if size > gateway.max_buffered:
                     gateway.max_buffered = size
-            self.gateway.hub.pause(self, time.monotonic())
+            self.pause_subscriptions()
 
     def resume_writing(self) -> None:
         """The write buffer drained below the low watermark: catch up at the next tick."""
         if not self.closed:
-            self.gateway.hub.resume(self)
+            self.resume_subscriptions()
+
+    def pause_subscriptions(self) -> None:
+        """Stop sending what can be conflated (the hub's books and tickers)."""
+        self.gateway.hub.pause(self, time.monotonic())
+
+    def resume_subscriptions(self) -> None:
+        """Catch up what was conflated at the next pass."""
+        self.gateway.hub.resume(self)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         log.debug(
@@ -351,16 +359,23 @@ class Connection(WSListener):
         self.flush()
         return False
 
-    def _text(self, data: bytes) -> None:
+    def accept_text(self, data: bytes) -> bool:
+        """Charge a text message to the rate limit and check it: valid UTF-8, not too
+        big. False: it must not be handled (answered or the connection failed)."""
         if not self.admit():
-            return
+            return False
         try:
             data.decode("utf-8")
         except UnicodeDecodeError:
             self.fail(CloseCode.INVALID_TEXT, "text frame is not valid UTF-8")
-            return
+            return False
         if len(data) > self.gateway.config.max_message_bytes:
             self.fail(CloseCode.MESSAGE_TOO_BIG, "message too big")
+            return False
+        return True
+
+    def _text(self, data: bytes) -> None:
+        if not self.accept_text(data):
             return
         self.gateway.handle_request(self, data)
         self.flush()

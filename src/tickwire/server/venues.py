@@ -45,8 +45,6 @@ class VenueHost(Host, Protocol):
     @property
     def feed(self) -> DialectFeed: ...
 
-    rejected: int
-
 
 class MarketHost(Protocol):
     """What venue REST reads of the gateway."""
@@ -86,17 +84,8 @@ class VenueConnection(Connection):
         return bool(self.streams)
 
     def _text(self, data: bytes) -> None:
-        if not self.admit():
-            return
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError:
-            self.fail(CloseCode.INVALID_TEXT, "text frame is not valid UTF-8")
-            return
-        if len(data) > self.gateway.config.max_message_bytes:
-            self.fail(CloseCode.MESSAGE_TOO_BIG, "message too big")
-            return
-        self.session.receive(self, data)
+        if self.accept_text(data):
+            self.session.receive(self, data)
 
     def _message(self, data: bytes, binary: bool, compressed: bool) -> None:
         self.fail(CloseCode.UNSUPPORTED_DATA, "binary frames are not accepted")
@@ -126,13 +115,11 @@ class VenueConnection(Connection):
         """End the connection with ``code`` (the feed's venue-level closes)."""
         self.fail(CloseCode(code), reason)
 
-    def pause_writing(self) -> None:
-        if not self.closed:
-            self.host.feed.pause(self, time.monotonic())
+    def pause_subscriptions(self) -> None:
+        self.host.feed.pause(self, time.monotonic())
 
-    def resume_writing(self) -> None:
-        if not self.closed:
-            self.host.feed.resume(self)
+    def resume_subscriptions(self) -> None:
+        self.host.feed.resume(self)
 
     def drop_subscriptions(self) -> None:
         super().drop_subscriptions()

@@ -879,3 +879,54 @@ def test_ndjson_lines_skips_a_line_too_long(
         return [line async for line in source.ndjson_lines(str(path), chunk=64)]
 
     assert asyncio.run(read()) == [b"first", b"last", b"no newline"]
+
+
+def test_an_ingested_symbol_is_served_in_the_binance_dialect_too(
+    nats_server: NatsServer, procs: list[Any], aio: Loop
+) -> None:
+    """A venue client (Binance diff stream + REST snapshot, U/u chained) keeps the same
+    book as the source: the dialects tap the hub like any symbol, added at run time."""
+    import websockets
+
+    url = nats_server.url
+    admin = free_port()
+    gw = ServerProcess(["--source", f"ingest+{url}", "--admin-port", str(admin)]).start(30)
+    procs.append(gw)
+    (f,) = feeders(aio, url, [("ING-USDT", "l3")])
+    aio.run(f.publish(f.snapshot()))
+    time.sleep(0.3)
+    pump = aio.spawn(_pump(f, 150, bundle=3, period=0.005))
+
+    async def binance() -> dict[str, dict[Decimal, Decimal]]:
+        book: dict[str, dict[Decimal, Decimal]] = {"bid": {}, "ask": {}}
+        ws_url = f"ws://127.0.0.1:{gw.port}/binance/ws/ingusdt@depth@100ms"
+        async with websockets.connect(ws_url) as ws:
+            events = [json.loads(await asyncio.wait_for(ws.recv(), 5)) for _ in range(2)]
+            rest = f"http://127.0.0.1:{admin}/binance/api/v3/depth?symbol=INGUSDT&limit=1000"
+            snap = json.loads(await asyncio.to_thread(lambda: urllib.request.urlopen(rest).read()))
+            last = snap["lastUpdateId"]
+            for side, key in (("bid", "bids"), ("ask", "asks")):
+                book[side] = {Decimal(p): Decimal(q) for p, q in snap[key]}
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                if not events:
+                    try:
+                        events.append(json.loads(await asyncio.wait_for(ws.recv(), 1.5)))
+                    except TimeoutError:
+                        break  # the source stopped: the stream is quiet
+                ev = events.pop(0)
+                if ev["u"] <= last:
+                    continue
+                assert ev["U"] <= last + 1 <= ev["u"], (ev["U"], ev["u"], last)
+                for side, key in (("bid", "b"), ("ask", "a")):
+                    for p, q in ev[key]:
+                        if Decimal(q):
+                            book[side][Decimal(p)] = Decimal(q)
+                        else:
+                            book[side].pop(Decimal(p), None)
+                last = ev["u"]
+        return book
+
+    book = asyncio.run(binance())
+    pump.result(30)
+    assert book == f.book()

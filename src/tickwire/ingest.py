@@ -781,7 +781,7 @@ class IngestFeed:
         key = (symbol if symbol in self.feeds else "?", exc.reason)
         st = self._logs.get(key)
         if st is None:
-            if len(self._logs) > 10_000:
+            if len(self._logs) > 50_000:  # symbols x reasons, bounded
                 self._logs.clear()
             st = self._logs[key] = _LogState()
         if now < st.next_at:

@@ -156,7 +156,11 @@ class _FeedSource:
         )
         sink.restore(snap)
         self._asked.pop(symbol, None)  # the next episode asks at once
-        log.info("ingest %s: loaded %d bids, %d asks", symbol, len(action.bids), len(action.asks))
+        # The first load says so; reloads follow a rejection, which was logged already.
+        level = logging.INFO if current.book_seq == 0 else logging.DEBUG
+        log.log(
+            level, "ingest %s: loaded %d bids, %d asks", symbol, len(action.bids), len(action.asks)
+        )
 
     def burst(self, now: float) -> None:
         """Bursts belong to the source."""

@@ -474,8 +474,11 @@ def _serve(args: argparse.Namespace) -> int:
             core = gateway.source.stats().get("core") == "c"
             market = "compiled market" if core else "Python market"
             feed = f"at {config.rate:g} updates/s each ({market})"
+        count = f"{len(gateway.engine.symbols)} symbols"
+        if not config.symbols:
+            count += " (and those its source adds)"
         print(
-            f"tickwire: serving {len(config.symbols)} symbols {feed} "
+            f"tickwire: serving {count} {feed} "
             f"on {'wss' if config.tls_cert else 'ws'}://{config.host}:{gateway.port}/ws "
             f"(epoch {gateway.engine.epoch})",
             flush=True,

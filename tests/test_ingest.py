@@ -930,3 +930,35 @@ def test_an_ingested_symbol_is_served_in_the_binance_dialect_too(
     book = asyncio.run(binance())
     pump.result(30)
     assert book == f.book()
+
+
+def test_a_follower_of_all_symbols_adds_them_and_obeys_the_leaders_stale_list() -> None:
+    """Sans-I/O: BusFollower(follow_all) on a real Hub, fed a leader's bus messages."""
+    from tickwire.engine import Engine
+    from tickwire.hub import Hub
+    from tickwire.protocol import BookUpdate
+    from tickwire.sources.bus import BusFollower, BusHeartbeat, BusState, FollowState, leader_batch
+
+    leader = Engine(["NEW"], epoch="e1")
+    leader_batch(leader, "NEW", [BookUpdate("bid", "99", "1", TS)], [])
+    hub = Hub(Engine([]))
+    follower = BusFollower(hub, follow_all=True)
+    follower.message(BusHeartbeat("e1", {"NEW": (1, 0)}))
+    assert "book.NEW" in hub.channels and hub.channels["book.NEW"].stale
+    assert follower.state["NEW"] is FollowState.RECOVERING and "NEW" in follower.requests
+    follower.message(BusState(leader.export("NEW")))
+    assert not hub.channels["book.NEW"].stale and hub.channels["book.NEW"].seq == 1
+    assert follower.state["NEW"] is FollowState.LIVE and "NEW" not in hub.incomplete
+    # The leader's source is being recovered: named stale, the follower stops serving.
+    follower.message(BusHeartbeat("e1", {"NEW": (1, 0)}, ["NEW"]))
+    assert hub.channels["book.NEW"].stale and follower.state["NEW"] is FollowState.RECOVERING
+    assert "NEW" not in follower.requests  # the leader would not answer
+    # Healed: the leader's state one seq past, in stream.
+    leader.restore(msgspec.structs.replace(leader.export("NEW"), book_seq=2, bids=[("98", "3")]))
+    follower.message(BusState(leader.export("NEW")))
+    assert not hub.channels["book.NEW"].stale and hub.channels["book.NEW"].seq == 2
+    assert hub.engine.symbols["NEW"].book.bids() == [("98", "3")]
+    # A follower of named symbols ignores the others.
+    named = BusFollower(Hub(Engine(["A"])))
+    named.message(BusHeartbeat("e1", {"A": (0, 0), "NEW": (2, 0)}))
+    assert "NEW" not in named.state

@@ -962,3 +962,37 @@ def test_a_follower_of_all_symbols_adds_them_and_obeys_the_leaders_stale_list() 
     named = BusFollower(Hub(Engine(["A"])))
     named.message(BusHeartbeat("e1", {"A": (0, 0), "NEW": (2, 0)}))
     assert "NEW" not in named.state
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(_message, st.binary(max_size=30)), max_size=25))
+def test_fuzz_through_a_real_hub_the_served_book_is_the_validated_one(messages: list[Any]) -> None:
+    """The source's actions applied to a real Hub (as the tick loop does): nothing
+    raises, and a live symbol's served book is the one the feed validated."""
+    from tickwire.engine import Engine
+    from tickwire.hub import Hub
+    from tickwire.sources.ingest import StreamIngestSource
+
+    async def nothing() -> Any:
+        yield b""
+
+    hub = Hub(Engine([]))
+    source = StreamIngestSource(nothing())
+    source._attach(hub)
+    for i, item in enumerate(messages):
+        if isinstance(item, bytes):
+            data = item
+        else:
+            body = {"v": 1, "symbol": "X", "ts": TS, **item} if isinstance(item, dict) else item
+            data = json.dumps(body).encode()
+        source._queue(None, data, False)
+        for symbol, updates, trades in source.poll(float(i)):
+            hub.publish(symbol, updates, trades)
+            hub.flush_symbol(symbol, float(i))
+        hub.flush(float(i))
+        x = source.feed.feeds.get("X")
+        if x is not None and x.state == "live":
+            assert not hub.channels["book.X"].stale
+            assert hub.engine.symbols["X"].book == x.book
+        elif x is not None and "book.X" in hub.channels:
+            assert hub.channels["book.X"].stale

@@ -588,6 +588,8 @@ def _publish(args: argparse.Namespace) -> int:
 
     source_spec = "sim" if args.replay is None else args.replay
     if args.ingest is not None:
+        if args.replay is not None:
+            raise ConfigError("--ingest and --replay are two sources: give one")
         symbols, source = _ingest_source(args)
     else:
         symbols = _symbols(args.symbols, source_spec)

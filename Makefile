@@ -10,7 +10,7 @@ RATE   ?= 200
 ADMIN_PORT ?= 8766
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install run test lint typecheck format bench coverage clean browser nats interop config-docs
+.PHONY: install run test lint typecheck format bench coverage clean browser nats interop config-docs node-example
 
 $(VENV)/.installed: pyproject.toml setup.py src/tickwire/_market.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,7 +59,7 @@ format: install
 	$(VENV)/bin/ruff format src tests bench examples
 	$(VENV)/bin/ruff check --fix src tests bench examples
 
-test: lint typecheck browser nats interop
+test: lint typecheck browser nats interop node-example
 	$(PY) -m pytest -q -ra
 
 # The scale-out tests (tests/test_nats.py, test_workers.py) start and stop a real
@@ -98,3 +98,8 @@ coverage: install nats
 
 clean:
 	rm -rf $(VENV) $(INTEROP) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+
+# The Node.js ingest example's `nats` package (tests/test_ingest.py runs the example).
+node-example:
+	@if command -v npm >/dev/null 2>&1 && [ ! -d examples/ingest/node_modules/nats ]; then \
+		cd examples/ingest && npm install --no-audit --no-fund --silent; fi

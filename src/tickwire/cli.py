@@ -82,10 +82,36 @@ def _security_config(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# -- the ingest protocol (docs/ingest.md) ------------------------------------------------
+
+
+def _ingest_source(args: argparse.Namespace) -> tuple[list[str], Any]:
+    """The symbols and the source of ``publish --ingest``."""
+    from .sources.ingest import IngestSource
+
+    symbols = parse_symbols(",".join(args.symbols)) if args.symbols else []
+    source = IngestSource(
+        args.ingest,
+        symbols,
+        prefix=args.ingest_prefix or args.bus_prefix,
+        silent_after=args.ingest_silent_after,
+    )
+    return symbols, source
+
+
+# -- symbols --------------------------------------------------------------------------------
+
+
 def _symbols(spec: list[str] | None, source: str) -> list[str]:
-    """Resolve ``--symbols``: given, else a recording's own, else the default three."""
+    """Resolve ``--symbols``: given, else a recording's own, else the default three.
+
+    A bus or ingest source without ``--symbols`` gets none: it serves what its leader
+    (or its source) has, and follows symbols added later.
+    """
     if spec is not None:
         return parse_symbols(",".join(spec))
+    if source == "-" or source.startswith(("nats://", "tls://", "ingest+", "ingest:")):
+        return []
     if source != "sim" and not source.startswith(("nats://", "tls://")):
         from .sources.replay import read_recording
 
@@ -136,6 +162,7 @@ def _gateway_config(args: argparse.Namespace) -> GatewayConfig:
         replay_speed=args.replay_speed,
         bus_prefix=args.bus_prefix,
         source_timeout_s=args.source_timeout,
+        ingest_silent_s=args.ingest_silent_after,
         resume_wait_s=args.resume_wait,
         reuse_port=args.reuse_port,
         deflate=args.deflate,
@@ -163,8 +190,11 @@ def _serve(args: argparse.Namespace, loader: _Loader) -> int:
             core = gateway.source.stats().get("core") == "c"
             market = "compiled market" if core else "Python market"
             feed = f"at {config.rate:g} updates/s each ({market})"
+        count = f"{len(gateway.engine.symbols)} symbols"
+        if not config.symbols:
+            count += " (and those its source adds)"
         print(
-            f"tickwire: serving {len(config.symbols)} symbols {feed} "
+            f"tickwire: serving {count} {feed} "
             f"on {'wss' if config.tls_cert else 'ws'}://{config.host}:{gateway.port}/ws "
             f"(epoch {gateway.engine.epoch})",
             flush=True,
@@ -222,6 +252,11 @@ def _supervise(args: argparse.Namespace) -> int:
     admin_port, _ = _admin_port(args.admin_port, args.port)
     if admin_port == 0:
         raise ConfigError("--admin-port 0 cannot be shared by workers; give a port or off")
+    if args.source == "-" or args.source.startswith(("ingest+", "ingest:")):
+        raise ConfigError(
+            "--workers with an ingest source would number the feed once per worker; put "
+            "`tickwire publish --ingest` in front and serve --source nats://... (docs/ingest.md)"
+        )
     raw = list(args.raw_argv)
     argv = raw[raw.index("serve") + 1 :]
     if args.source == "sim":
@@ -251,12 +286,44 @@ def _publish(args: argparse.Namespace) -> int:
 
     from . import hotpath
     from .publisher import Publisher
+
+    source_spec = "sim" if args.replay is None else args.replay
+    if args.ingest is not None:
+        if args.replay is not None:
+            raise ConfigError("--ingest and --replay are two sources: give one")
+        symbols, source = _ingest_source(args)
+    else:
+        symbols = _symbols(args.symbols, source_spec)
+        source = _publish_source(args, symbols, source_spec)
+    publisher = Publisher(
+        args.nats,
+        symbols,
+        source,
+        prefix=args.bus_prefix,
+        tick_ms=args.tick_ms,
+        tick_pacing=args.tick_pacing,
+        max_seconds=args.max_seconds,
+        metrics_port=args.metrics_port,
+    )
+    feed = f"from {args.ingest} " if args.ingest is not None else ""
+
+    def ready(pub: Publisher) -> None:
+        print(
+            f"tickwire: publishing {len(symbols)} symbols {feed}to {args.nats} "
+            f"as {args.bus_prefix}.md.<SYMBOL> (epoch {pub.engine.epoch})",
+            flush=True,
+        )
+
+    hotpath.run(publisher.run(ready))
+    sys.stderr.write(json.dumps(publisher.stats()) + "\n")
+    return 0
+
+
+def _publish_source(args: argparse.Namespace, symbols: list[str], source_spec: str) -> Any:
     from .server.config import GatewayConfig
     from .sources import make_source
 
-    source_spec = "sim" if args.replay is None else args.replay
-    symbols = _symbols(args.symbols, source_spec)
-    source = make_source(
+    return make_source(
         GatewayConfig(
             symbols=symbols,
             rate=args.rate,
@@ -269,26 +336,6 @@ def _publish(args: argparse.Namespace) -> int:
             replay_speed=args.replay_speed,
         )
     )
-    publisher = Publisher(
-        args.nats,
-        symbols,
-        source,
-        prefix=args.bus_prefix,
-        tick_ms=args.tick_ms,
-        tick_pacing=args.tick_pacing,
-        max_seconds=args.max_seconds,
-    )
-
-    def ready(pub: Publisher) -> None:
-        print(
-            f"tickwire: publishing {len(symbols)} symbols to {args.nats} "
-            f"as {args.bus_prefix}.md.<SYMBOL> (epoch {pub.engine.epoch})",
-            flush=True,
-        )
-
-    hotpath.run(publisher.run(ready))
-    sys.stderr.write(json.dumps(publisher.stats()) + "\n")
-    return 0
 
 
 def _record(args: argparse.Namespace) -> int:

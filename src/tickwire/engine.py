@@ -308,6 +308,16 @@ class Engine:
         self.epoch = epoch or new_epoch()
         self.symbols: dict[str, SymbolState] = {s: SymbolState(s) for s in symbols}
 
+    def add_symbol(self, symbol: str) -> SymbolState:
+        """Start keeping ``symbol`` (a source found it at run time): empty, at seq 0.
+
+        Returns its state (the existing one if it is kept already).
+        """
+        state = self.symbols.get(symbol)
+        if state is None:
+            state = self.symbols[symbol] = SymbolState(symbol)
+        return state
+
     def export(self, symbol: str) -> StateSnapshot:
         """Return the complete state of ``symbol`` (the snapshot service's answer)."""
         st = self.symbols[symbol]

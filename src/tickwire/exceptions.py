@@ -15,6 +15,8 @@ The tree::
     ├── IntegrityError (Sans-I/O)           a client's local view diverged from the feed
     │   ├── SequenceGap                     ``prev_seq`` did not chain to the local ``seq``
     │   └── ChecksumMismatch                the book's CRC32 differs after applying
+    ├── IngestError (Sans-I/O)              a market source's ingest message is rejected
+    │                                        (``reason``: gap, crossed, decimal, ...)
     ├── ConnectionClosed                    the WebSocket link ended (client side)
     └── ConfigError (ValueError)            a setting (flag, environment variable, file
                                              key) or constructor option is invalid
@@ -32,6 +34,7 @@ __all__ = [
     "ChecksumMismatch",
     "ConfigError",
     "ConnectionClosed",
+    "IngestError",
     "IntegrityError",
     "MessageTooBig",
     "ProtocolError",
@@ -129,3 +132,16 @@ class ConfigError(TickwireError, ValueError):
     command prints it as one line and exits with status 2; a ``SIGHUP`` reload logs it
     and keeps the running configuration.
     """
+
+
+class IngestError(TickwireError):
+    """A source's ingest message was rejected (Sans-I/O, :mod:`tickwire.ingest`).
+
+    ``reason`` is one of :data:`tickwire.ingest.REASONS` (the metric label), ``detail``
+    says exactly what was wrong, for the log.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail

@@ -765,6 +765,28 @@ class Hub:
             ch.history.clear()
         self.incomplete.update(self.engine.symbols)
 
+    def add_symbol(self, symbol: str) -> None:
+        """Serve a symbol a source found at run time (a leader's new symbol, an ingest).
+
+        Its engine state and three channels are created empty and *stale*: like a
+        symbol with a hole, it is served (subscriptions waiting meanwhile) once
+        :meth:`restore` loads its first complete state. A known symbol is left alone.
+        """
+        if symbol in self._book_of:
+            return
+        state = self.engine.add_symbol(symbol)
+        for kind, group, index in (
+            ("book", self.books, self._book_of),
+            ("trades", self.trades, self._trades_of),
+            ("ticker", self.tickers, self._ticker_of),
+        ):
+            ch = Channel(f"{kind}.{symbol}", kind, state, self.history_limit)
+            ch.stale = True
+            self.channels[ch.name] = ch
+            group.append(ch)
+            index[symbol] = ch
+        self.incomplete.add(symbol)
+
     def _channels_of(self, symbol: str) -> tuple[Channel, Channel, Channel]:
         return self._book_of[symbol], self._trades_of[symbol], self._ticker_of[symbol]
 

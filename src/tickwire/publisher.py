@@ -29,11 +29,12 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import nats
 from nats.aio.msg import Msg
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .engine import Engine, LeaderBatch, StateSnapshot
 from .exceptions import ConfigError
@@ -52,6 +53,17 @@ from .sources.bus import (
 )
 
 __all__ = ["BusSink", "Publisher"]
+
+
+class _Collector:
+    """Prometheus collector of one publisher (read at scrape time)."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self.publisher = publisher
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.publisher.metrics()
+
 
 log = logging.getLogger("tickwire.publisher")
 
@@ -123,16 +135,30 @@ class BusSink:
         self.out.append(encode_bus(BusState(self.engine.export(symbol))))
 
     def restore(self, snap: StateSnapshot) -> None:
-        """Load a state (a recording's snapshot): followers see the jump as a gap and
-        fetch this state from the snapshot service."""
+        """Load a state (a recording's snapshot, an ingest source's): it goes out in
+        stream at once, so followers with a hole (or a stale symbol) heal on it."""
         self.engine.restore(snap)
         self.incomplete.discard(snap.symbol)
+        self.queue_state(snap.symbol)
 
     def invalidate(self, symbol: str) -> None:
-        """Not used by the publisher's sources."""
+        """Stop serving ``symbol`` (an ingest source sent what cannot be trusted).
+
+        A heartbeat naming it stale goes out at once (then with every heartbeat until
+        :meth:`restore`): followers stop serving it, and the snapshot service does not
+        answer for it meanwhile.
+        """
+        if symbol not in self.incomplete:
+            self.incomplete.add(symbol)
+            self.out.append(self.heartbeat())
 
     def revalidate(self, symbol: str) -> None:
         """Not used by the publisher's sources."""
+
+    def add_symbol(self, symbol: str) -> None:
+        """Publish a new symbol (an ingest source's): not served until restored."""
+        self.engine.add_symbol(symbol)
+        self.incomplete.add(symbol)
 
     def reset(self, epoch: str) -> None:
         """Not used by the publisher's sources."""
@@ -140,7 +166,8 @@ class BusSink:
     def heartbeat(self) -> bytes:
         """Return the heartbeat payload: the epoch and both seqs of every symbol."""
         seqs = {s: (st.book_seq, st.trade_seq) for s, st in self.engine.symbols.items()}
-        return encode_bus(BusHeartbeat(self.engine.epoch, seqs))
+        stale = sorted(self.incomplete) if self.incomplete else []
+        return encode_bus(BusHeartbeat(self.engine.epoch, seqs, stale))
 
 
 class Publisher:
@@ -155,6 +182,8 @@ class Publisher:
         tick_pacing: ``"pause"`` waits ``tick_ms`` after each pass ends, ``"clock"``
             starts one every ``tick_ms``.
         max_seconds: exit by itself after this long (0: never).
+        metrics_port: serve Prometheus ``/metrics`` on this port of ``metrics_host``
+            (None: off; the ingest source's ``tickwire_ingest_*`` among them).
     """
 
     def __init__(
@@ -167,6 +196,8 @@ class Publisher:
         tick_ms: float = 1.0,
         tick_pacing: str = "pause",
         max_seconds: float = 0.0,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         if tick_pacing not in ("pause", "clock"):
             raise ConfigError("--tick-pacing is pause or clock")
@@ -176,6 +207,8 @@ class Publisher:
         self.tick = max(tick_ms, 0.1) / 1000.0
         self.pause = tick_pacing == "pause"
         self.max_seconds = max_seconds
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
         self.engine = Engine(symbols)
         self.sink = BusSink(self.engine, prefix)
         self.snapshots_served = 0
@@ -207,6 +240,9 @@ class Publisher:
             raise ConfigError(f"cannot connect to NATS at {self.url}: {exc}") from None
         await nc.subscribe(f"{self.prefix}.snapshot.*", cb=self._on_snapshot(nc))
         await self.source.start(self.sink)
+        metrics = None
+        if self.metrics_port is not None:
+            metrics = await self._serve_metrics(self.metrics_host, self.metrics_port)
         relax_gc()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -236,6 +272,8 @@ class Publisher:
             await asyncio.wait({closing}, timeout=1.0)
         elif not closing.cancelled() and closing.exception() is not None:
             log.warning("closing the NATS connection: %s", closing.exception())
+        if metrics is not None:
+            metrics.close()
         await self.source.stop()
         error = task.exception() if task.done() and not task.cancelled() else None
         if error is not None:
@@ -258,11 +296,68 @@ class Publisher:
             "source": self.source.stats(),
         }
 
+    async def _serve_metrics(self, host: str, port: int) -> asyncio.Server:
+        """Answer any HTTP request with the Prometheus text of :meth:`metrics`.
+
+        Raises:
+            ConfigError: the port cannot be bound.
+        """
+        from prometheus_client import generate_latest
+        from prometheus_client.registry import CollectorRegistry
+
+        registry = CollectorRegistry()
+        registry.register(_Collector(self))
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+                body = generate_latest(registry)
+                head = (
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                )
+                writer.write(head.encode() + body)
+                await writer.drain()
+            except Exception as exc:  # a client gone, a malformed request, a timeout
+                log.debug("metrics request: %s", exc)
+            finally:
+                writer.close()
+
+        try:
+            return await asyncio.start_server(handle, host, port)
+        except OSError as exc:
+            raise ConfigError(f"--metrics-port {host}:{port}: {exc.strerror or exc}") from None
+
+    def metrics(self) -> Iterator[Metric]:
+        """``tickwire_publisher_*``, and the source's own metrics if it has any."""
+        yield CounterMetricFamily(
+            "tickwire_publisher_messages", "Bus messages published.", float(self.messages)
+        )
+        yield CounterMetricFamily(
+            "tickwire_publisher_updates", "Book updates published.", float(self.sink.updates)
+        )
+        yield CounterMetricFamily(
+            "tickwire_publisher_trades", "Trades published.", float(self.sink.trades)
+        )
+        yield GaugeMetricFamily(
+            "tickwire_publisher_symbols", "Symbols of the engine.", float(len(self.engine.symbols))
+        )
+        yield GaugeMetricFamily(
+            "tickwire_publisher_stale",
+            "Symbols not served now (never loaded, or their source is recovering).",
+            float(len(self.sink.incomplete)),
+        )
+        source_metrics = getattr(self.source, "metrics", None)
+        if source_metrics is not None:
+            yield from source_metrics()
+
     def _on_snapshot(self, nc: Any) -> Any:
         engine = self.engine
 
         async def on_snapshot(msg: Msg) -> None:
             symbol = msg.subject.rpartition(".")[2]
+            if symbol in self.sink.incomplete:
+                return  # not served now (stale): the follower asks again later
             if symbol in engine.symbols:
                 self.snapshots_served += 1
                 payload = encode_bus(engine.export(symbol))
@@ -282,8 +377,9 @@ class Publisher:
         pause = self.pause
         subject = md_subject(self.prefix, TICK_SUBJECT)
         deadline = next_hb = next_state = monotonic()
-        symbols = list(self.engine.symbols)
-        state_every = STATE_INTERVAL / len(symbols)
+        # The symbols whose states go out in turn: those served, listed again at the
+        # end of each round (an ingest source adds symbols and makes them stale).
+        order: list[str] = []
         turn = 0
         stopping = self._stopping
         while not stopping.is_set():
@@ -300,10 +396,15 @@ class Publisher:
                 publish(symbol, updates, trades)
             if now >= next_state:
                 # One symbol's state per turn, after its batches: it is at their seqs.
-                next_state = now + state_every
-                symbol = symbols[turn % len(symbols)]
-                turn += 1
-                sink.queue_state(symbol)
+                if turn >= len(order):
+                    order = [s for s in self.engine.symbols if s not in sink.incomplete]
+                    turn = 0
+                next_state = now + STATE_INTERVAL / max(len(order), 1)
+                if order:
+                    symbol = order[turn]
+                    turn += 1
+                    if symbol not in sink.incomplete:
+                        sink.queue_state(symbol)
             if now >= next_hb:
                 next_hb = now + HEARTBEAT_INTERVAL
                 sink.out.append(sink.heartbeat())

@@ -307,7 +307,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("listen", "deflate", "bool", False, "accept permessage-deflate from clients that offer it (off: market data is CPU-bound; JSON and msgpack are always available by subprotocol)", reload=True),
     S("listen", "deflate_level", "int", 1, "zlib level of compressed frames (1: the fastest)", low=1, high=9, metavar="1..9", restart="needs a restart (the hub's compressors are made at start)"),
     # [market]
-    S("market", "source", "str", "sim", "sim (embedded simulator), nats://HOST:PORT (follow `tickwire publish`), or an NDJSON recording to replay", sample="nats://127.0.0.1:4222"),
+    S("market", "source", "str", "sim", "sim (embedded simulator), nats://HOST:PORT (follow `tickwire publish`), ingest+nats://HOST:PORT or ingest:FILE or - (the ingest protocol, docs/ingest.md), or an NDJSON recording to replay", sample="nats://127.0.0.1:4222"),
     S("market", "nats", "str", None, "publish: the NATS URL to publish to, e.g. nats://127.0.0.1:4222", commands=("publish",), required=("publish",), sample="nats://127.0.0.1:4222"),
     S("market", "replay", "str", None, "publish: this NDJSON recording instead of the simulator", commands=("publish",), sample="recording.ndjson"),
     S("market", "symbols", "list", None, "comma-separated symbols, or a count N for SYM0..SYM{N-1} (default BTC-USD,ETH-USD,SOL-USD; a replay: the recording's)", commands=_ALL, check=_symbols, sample=["BTC-USD", "ETH-USD"]),
@@ -316,6 +316,9 @@ SETTINGS: tuple[Setting, ...] = (
     S("market", "market_core", "str", "auto", "the simulator's implementation: c (compiled: the same messages at a fraction of the CPU), python, or auto (c when built and usable)", commands=_SP, choices=("auto", "c", "python")),
     S("market", "replay_speed", "spec", "1", "replay pace: 1 = as recorded, x10 = ten times faster, max = as fast as possible", commands=_SP, check=_replay_speed, sample="x10"),
     S("market", "bus_prefix", "str", "tickwire", "NATS subject prefix", commands=_SP),
+    S("market", "ingest", "str", None, "publish: take the market from any process publishing the ingest protocol on this NATS (nats://HOST:PORT) instead of the simulator; --symbols (optional) limits the symbols accepted", commands=("publish",), sample="nats://127.0.0.1:4222"),
+    S("market", "ingest_prefix", "str", None, "publish: subject prefix of PREFIX.ingest.<SYMBOL> (default: --bus-prefix)", commands=("publish",), sample="tickwire"),
+    S("market", "ingest_silent_after", "float", 5.0, "ingest: seconds without a message after which a symbol's source is reported silent (log, metric, stats)", commands=_SP, low=0),
     S("market", "source_timeout", "float", 30.0, "seconds to wait at start for the bus and every book", low=0),
     S("market", "resume_wait", "float", 1.0, "with a bus: seconds a resume ahead of this gateway waits for it to catch up", low=0),
     S("market", "burst_every", "float", 0.0, "seconds between automatic bursts of the simulator (0: none)", commands=_SP, low=0),
@@ -363,6 +366,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("admin", "log_level", "str", "WARNING", "DEBUG, INFO, WARNING, ERROR or CRITICAL", commands=_SP, choices=LOG_LEVELS, upper=True, reload=True),
     S("admin", "log_json", "bool", False, "log one JSON object per line (ts, level, logger, msg, conn, peer)", restart="needs a restart (the log format is set at start)"),
     S("admin", "stats_file", "str", None, "also write the exit stats JSON here", reload=True, sample="stats.json"),
+    S("admin", "metrics_port", "int", None, "publish: serve Prometheus metrics (tickwire_ingest_*, tickwire_publisher_*) on this port", commands=("publish",), low=0, high=65535, sample=9101),
     S("admin", "max_seconds", "float", 0.0, "exit by itself after this many seconds (0: run until signalled)", commands=_SP, low=0),
     # [faults]
     S("faults", "enabled", "bool", False, "accept {'op':'fault'} requests that corrupt the stream (tests only)", flag="--test-faults", reload=True),

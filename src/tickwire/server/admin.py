@@ -415,7 +415,10 @@ class AdminServer:
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
         gw = self.gateway
-        symbols = gw.config.symbols
+        # The engine's: a gateway following a leader (or an ingest source) adds symbols.
+        symbols = list(gw.engine.symbols)
+        if not symbols:
+            return _error(503, "no_symbols", "no symbol served yet: the source sent none")
         symbol = request.query.get("symbol") or symbols[0]
         if symbol not in gw.engine.symbols:
             # A stale link or bookmark: show the first book (``hello`` names it) rather

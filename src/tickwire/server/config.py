@@ -63,6 +63,9 @@ class GatewayConfig:
     replay_speed: str = "1"
     bus_prefix: str = "tickwire"
     source_timeout_s: float = 30.0
+    # An ingest source (source "ingest+nats://..."): seconds without a message after
+    # which a symbol is reported silent (docs/ingest.md).
+    ingest_silent_s: float = 5.0
     # A resume ahead of this gateway (from a faster one on the same bus) waits this long.
     resume_wait_s: float = 1.0
     # SO_REUSEPORT: several gateway processes share the port (tickwire serve --workers).

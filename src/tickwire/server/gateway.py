@@ -62,7 +62,7 @@ from ..protocol import (
     encode,
     parse_channel,
 )
-from ..sources import make_source
+from ..sources import Source, make_source
 from .admin import AdminServer
 from .config import GatewayConfig
 from .connection import Connection
@@ -86,9 +86,12 @@ class Gateway:
 
     Args:
         config: the options; ``port`` 0 picks a free port (read :attr:`port`).
+        source: the market source (None: the one ``config.source`` names); e.g. a
+            :class:`~tickwire.sources.ingest.StreamIngestSource` on the caller's own
+            async iterator of ingest messages (``docs/ingest.md``).
     """
 
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, source: Source | None = None) -> None:
         self.config = config
         self.engine = Engine(config.symbols)
         self.hub = Hub(
@@ -100,7 +103,7 @@ class Gateway:
             resume_wait=config.resume_wait_s if config.source.startswith("nats") else 0.0,
             deflate_level=config.deflate_level,
         )
-        self.source = make_source(config)
+        self.source = source if source is not None else make_source(config)
         # The venue dialects (Binance, OKX, Kraken) tap the hub's native channels.
         self.feed = DialectFeed(self.hub)
         # Private channels: tokens, and the simulator's synthetic users' orders.
@@ -659,7 +662,7 @@ class Gateway:
             "pid": os.getpid(),
             "elapsed_s": round(elapsed, 3),
             "epoch": self.engine.epoch,
-            "symbols": len(self.config.symbols),
+            "symbols": len(self.engine.symbols),
             "generated": self.source.generated,
             "skipped": self.source.skipped,
             "gen_per_s": round(self.source.generated / max(elapsed, 1e-9), 1),

@@ -281,7 +281,7 @@ class GatewayCollector(Collector):
         yield InfoMetricFamily(
             "tickwire_build",
             "Gateway identity: engine epoch and symbol count.",
-            value={"epoch": gw.engine.epoch, "symbols": str(len(gw.config.symbols))},
+            value={"epoch": gw.engine.epoch, "symbols": str(len(gw.engine.symbols))},
         )
         yield GaugeMetricFamily(
             "tickwire_ready", "1 when every book is complete (/readyz).", float(gw.books_complete())
@@ -427,6 +427,9 @@ class GatewayCollector(Collector):
         yield GaugeMetricFamily(
             "tickwire_uptime_seconds", "Seconds since the gateway started.", gw.uptime()
         )
+        source_metrics = getattr(gw.source, "metrics", None)
+        if source_metrics is not None:
+            yield from source_metrics()  # an ingest source's tickwire_ingest_*
 
 
 def make_registry(gateway: GatewayView, sampler: Sampler | None = None) -> CollectorRegistry:

@@ -14,16 +14,20 @@ way whatever it is (``docs/scaling.md``):
 
 Sources: :class:`~tickwire.sources.simulated.SimulatorSource` (the embedded market, the
 default), :class:`~tickwire.sources.replay.ReplaySource` (an NDJSON recording at recorded
-or scaled speed) and :class:`~tickwire.sources.nats.NatsSource` (a publisher's engine
-followed over NATS). :func:`make_source` picks one from ``--source``.
+or scaled speed), :class:`~tickwire.sources.nats.NatsSource` (a publisher's engine
+followed over NATS) and :class:`~tickwire.sources.ingest.IngestSource` (the ingest
+protocol, from any matching engine or feed handler: ``docs/ingest.md``).
+:func:`make_source` picks one from ``--source``.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..engine import Engine, LeaderBatch, RawTrade, StateSnapshot
+from ..exceptions import ConfigError
 from ..protocol import BookUpdate
 
 if TYPE_CHECKING:
@@ -69,6 +73,9 @@ class Sink(Protocol):
     def reset(self, epoch: str) -> None:
         """Adopt the leading engine's new epoch: every symbol is empty until restored."""
 
+    def add_symbol(self, symbol: str) -> None:
+        """Start serving a symbol found at run time; it is stale until restored."""
+
 
 class Source(Protocol):
     """A market source driven by the tick loop (see the module docstring)."""
@@ -108,7 +115,9 @@ def make_source(config: GatewayConfig) -> Source:
     """Build the source ``config.source`` names.
 
     ``sim`` (default) is the embedded simulator; ``nats://HOST:PORT`` (comma-separated
-    for a cluster) follows a ``tickwire publish`` over NATS; anything else is the path
+    for a cluster) follows a ``tickwire publish`` over NATS; ``ingest+nats://HOST:PORT``
+    takes the ingest protocol (``docs/ingest.md``) from any process, ``-`` or
+    ``ingest:PATH`` as NDJSON from standard input or a file; anything else is the path
     of an NDJSON recording (``replay:PATH`` also works) played at ``replay_speed``.
 
     Raises:
@@ -129,6 +138,25 @@ def make_source(config: GatewayConfig) -> Source:
                 burst_seconds=config.burst_seconds,
             ),
             core={"auto": None, "c": True, "python": False}[config.market_core],
+        )
+    if spec == "-" or spec.startswith("ingest:"):
+        from .ingest import StreamIngestSource, ndjson_lines
+
+        path = "-" if spec == "-" else spec.removeprefix("ingest:")
+        if path != "-" and not os.path.exists(path):
+            raise ConfigError(f"--source {spec}: no such file or pipe")
+        return StreamIngestSource(
+            ndjson_lines(path), config.symbols, silent_after=config.ingest_silent_s
+        )
+    if spec.startswith("ingest+"):
+        from .ingest import IngestSource
+
+        return IngestSource(
+            spec.removeprefix("ingest+"),
+            config.symbols,
+            prefix=config.bus_prefix,
+            silent_after=config.ingest_silent_s,
+            timeout=config.source_timeout_s,
         )
     if spec.startswith(("nats://", "tls://")):
         from .nats import NatsSource

@@ -136,10 +136,17 @@ class BusBatch(msgspec.Struct, array_like=True, tag="b", frozen=True, gc=False):
 
 
 class BusHeartbeat(msgspec.Struct, array_like=True, tag="h", frozen=True):
-    """The publisher's epoch and ``(book_seq, trade_seq)`` of every symbol."""
+    """The publisher's epoch, ``(book_seq, trade_seq)`` of every symbol, and the
+    symbols it does not serve now (``stale``: its source sent something it rejected;
+    followers stop serving them until the state that heals them comes in stream).
+
+    Its symbols are the leader's: a follower of all of them (a gateway without
+    ``--symbols``) adds the ones it does not know.
+    """
 
     epoch: str
     seqs: dict[str, tuple[int, int]]
+    stale: list[str] = []
 
 
 class BusState(msgspec.Struct, array_like=True, tag="s", frozen=True):
@@ -287,8 +294,14 @@ class BusFollower:
         sink: the hub (or any sink); its engine's symbols are the ones followed.
     """
 
-    def __init__(self, sink: Sink) -> None:
+    def __init__(self, sink: Sink, follow_all: bool = False) -> None:
         self.sink = sink
+        #: Follow every symbol of the leader, adding the new ones (no ``--symbols``).
+        self.follow_all = follow_all
+        #: The symbols the leader said it does not serve now (its last heartbeat).
+        self.leader_stale: set[str] = set()
+        self.heartbeats = 0
+        self.added = 0
         self.epoch: str | None = None
         symbols = list(sink.engine.symbols)
         self.state = dict.fromkeys(symbols, FollowState.RECOVERING)
@@ -333,14 +346,24 @@ class BusFollower:
         if msg.epoch != self.epoch:
             self._new_epoch(msg.epoch)
         if isinstance(msg, BusHeartbeat):
+            self.heartbeats += 1
+            stale = self.leader_stale = set(msg.stale)
             for symbol, seqs in msg.seqs.items():
-                if symbol in self.state:
+                if symbol not in self.state:
+                    if not self.follow_all:
+                        continue
+                    self._add(symbol)
+                if symbol in stale:
+                    self._leader_stale(symbol)
+                else:
                     self._heartbeat(symbol, seqs)
             return
         symbol = msg.symbol
         state = self.state.get(symbol)
         if state is None:
-            return
+            if not self.follow_all:
+                return
+            state = self._add(symbol)
         if state is FollowState.RECOVERING:
             self._buffer(msg)
             return
@@ -471,7 +494,10 @@ class BusFollower:
             self._new_epoch(snap.epoch)
         state = self.state.get(symbol)
         if state is None:
-            return
+            if not self.follow_all:
+                return
+            state = self._add(symbol)
+        self.leader_stale.discard(symbol)
         if state is not FollowState.RECOVERING:
             book, trade = self.expected[symbol]
             seqs = (snap.book_seq, snap.trade_seq)
@@ -485,6 +511,26 @@ class BusFollower:
             log.warning("bus gap on %s: state at %s, have (%d, %d)", symbol, seqs, book, trade)
             self._recover(symbol)
         self.snapshot(snap)
+
+    def _add(self, symbol: str) -> FollowState:
+        """Follow a symbol the leader has and this gateway did not know yet."""
+        log.info("following %s, new on the bus", symbol)
+        self.added += 1
+        self.sink.add_symbol(symbol)
+        self.state[symbol] = FollowState.RECOVERING
+        self.buffers[symbol] = deque()
+        if symbol not in self.leader_stale:
+            self.requests.add(symbol)
+        return FollowState.RECOVERING
+
+    def _leader_stale(self, symbol: str) -> None:
+        """The leader does not serve ``symbol`` now: neither do we, until its state."""
+        if self.state[symbol] is FollowState.RECOVERING:
+            self.requests.discard(symbol)  # the leader would not answer
+            return
+        log.warning("the leader stopped serving %s (its source is being recovered)", symbol)
+        self.state[symbol] = FollowState.RECOVERING
+        self.sink.invalidate(symbol)
 
     def _emit(self, msg: BusBatch) -> None:
         self.expected[msg.symbol] = (msg.book, msg.trade)

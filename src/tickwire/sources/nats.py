@@ -51,7 +51,8 @@ class NatsSource:
     Args:
         url: ``nats://HOST:PORT``, or several comma-separated (a cluster).
         symbols: the symbols to follow (the gateway's ``--symbols``: the publisher's
-            or a subset of them).
+            or a subset of them); empty: all of the publisher's, including those it
+            adds later.
         prefix: subject prefix (``--bus-prefix``).
         timeout: seconds :meth:`start` waits for the bus and every book.
     """
@@ -96,7 +97,8 @@ class NatsSource:
         Raises:
             ConfigError: no bus or no complete books within ``timeout`` seconds.
         """
-        self.follower = BusFollower(sink)
+        # No symbols named: follow all of the leader's, and those it adds later.
+        self.follower = BusFollower(sink, follow_all=not self.symbols)
         deadline = time.monotonic() + self.timeout
         while True:
             try:
@@ -119,9 +121,14 @@ class NatsSource:
         # The callback only queues the payload and wakes the tick loop, which relays it
         # at once: one bundle per publisher tick, so one wake-up per tick, not per symbol.
         self._sub = await self.nc.subscribe(f"{self.prefix}.md.>", cb=self._arrived)
-        while sink.incomplete:
+        follower = self.follower
+        # Ready once every book is complete, the leader's first heartbeat seen when
+        # following all (the symbols it names), those it does not serve itself aside.
+        while (follower.follow_all and not follower.heartbeats) or (
+            sink.incomplete - follower.leader_stale
+        ):
             if time.monotonic() > deadline:
-                missing = ", ".join(sorted(sink.incomplete)[:10])
+                missing = ", ".join(sorted(sink.incomplete)[:10]) or "its heartbeat"
                 raise ConfigError(
                     f"no complete books from {self.url} within {self.timeout:g}s (missing "
                     f"{missing}); is `tickwire publish` running with these --symbols?"
@@ -202,6 +209,8 @@ class NatsSource:
             "revalidated": f.revalidated if f else 0,
             "epoch_changes": f.epoch_changes if f else 0,
             "states": {s: st.value for s, st in f.state.items()} if f else {},
+            "added": f.added if f else 0,
+            "leader_stale": sorted(f.leader_stale) if f else [],
         }
 
     # -- callbacks and tasks -------------------------------------------------------------

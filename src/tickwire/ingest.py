@@ -1,0 +1,832 @@
+"""The ingest protocol v1: a market from any matching engine or feed handler (Sans-I/O).
+
+An external source publishes, per symbol, JSON or msgpack messages (``docs/ingest.md``,
+``schema/ingest-v1.schema.json``): an L2 ``snapshot`` and ``update`` bundles (level
+changes with absolute quantities, 0 deletes, and trades), or an L3 ``orders_snapshot``
+and ``orders`` bundles (add / modify / cancel / execute), plus ``status`` and
+``heartbeat``. Every data message carries the source's own sequence number ``seq``
+(per symbol, +1 per message) and its event time ``ts`` (ns since the Unix epoch).
+
+This module turns bytes into validated events and keeps, per symbol, the state machine
+that decides what may be served:
+
+* :func:`decode` -- bytes to one :data:`Message` (msgspec tagged union), or an
+  :class:`~tickwire.exceptions.IngestError` with a precise reason;
+* :class:`SymbolFeed` -- one symbol: source seq tracking, the L3 order book and the L2
+  levels derived from it, checks (crossed, negative, unknown orders), and what to do;
+* :class:`IngestFeed` -- every symbol of a source: routes, counts rejections by reason,
+  rate-limits the log (one line per symbol and reason, then a summary every
+  :data:`LOG_EVERY` seconds), reports silence, and lists the snapshots to request.
+
+Nothing here touches a socket or a clock: the I/O layer (:mod:`tickwire.sources.ingest`)
+passes ``now`` and applies :attr:`IngestFeed.out` to its sink in order: a
+:class:`Publish` is an engine batch, :class:`Invalidate` makes the symbol stale
+(``Hub.invalidate``: clients get nothing until it recovers), :class:`Load` loads a
+complete book (``Hub.restore``: every client gets a fresh snapshot).
+
+States of a symbol::
+
+    WAITING  no snapshot yet: data is buffered, a snapshot is requested
+    LIVE     in sync: each message applies if its seq is the next one
+    STALE    a message was rejected: the book is not served; data is buffered
+             until a snapshot (in stream, or the reply to a request) loads it
+
+A duplicate (``seq`` at or below the last applied) is dropped and counted; the book
+is unaffected, so the symbol stays live. Everything else the source gets wrong makes
+the symbol stale.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Literal
+
+import msgspec
+
+from .book import Book
+from .exceptions import IngestError
+from .protocol import BookUpdate
+
+__all__ = [
+    "LOG_EVERY",
+    "REASONS",
+    "VERSION",
+    "Add",
+    "Cancel",
+    "Execute",
+    "IngestFeed",
+    "Invalidate",
+    "L2Snapshot",
+    "L2Update",
+    "Load",
+    "Message",
+    "Modify",
+    "OrderEvents",
+    "OrdersSnapshot",
+    "Publish",
+    "SourceHeartbeat",
+    "Status",
+    "SymbolFeed",
+    "canonical",
+    "decode",
+    "encode_json",
+    "encode_msgpack",
+]
+
+log = logging.getLogger("tickwire.ingest")
+
+#: The protocol version this module speaks (``"v": 1`` in every message).
+VERSION = 1
+
+#: Rejection reasons, the ``reason`` label of ``tickwire_ingest_rejected_total``.
+REASONS = (
+    "schema",  # not a v1 message: bad JSON/msgpack, a missing or mistyped field
+    "version",  # "v" is not 1
+    "decimal",  # a price or quantity is not an exact decimal string
+    "negative",  # a negative quantity, or a price <= 0
+    "crossed",  # best bid >= best ask after a message
+    "gap",  # seq skipped ahead (a lost or reordered message)
+    "duplicate",  # seq at or below the last applied: dropped, book unaffected
+    "order",  # L3: unknown or duplicate order id, execute above the remaining qty
+    "mismatch",  # a snapshot at the current seq differs from the book built so far
+    "symbol",  # unknown or malformed symbol, or the body names another than the subject
+    "kind",  # L2 data for an L3 symbol or the reverse
+    "time",  # ts is not nanoseconds since the Unix epoch
+    "overflow",  # too many buffered messages while waiting for a snapshot
+)
+
+#: Seconds between two log lines of one (symbol, reason).
+LOG_EVERY = 10.0
+
+#: Messages held per symbol while waiting for a snapshot; past it the oldest go (then
+#: the snapshot that ends the wait must be newer than them, or the symbol asks again).
+MAX_BUFFERED = 2_000
+
+#: Event times below this are not nanoseconds (1973 in ns; 10^15 ms is year 33658).
+MIN_TS = 10**17
+
+Side = Literal["bid", "ask"]
+TakerSide = Literal["buy", "sell"]
+
+
+# -- messages ----------------------------------------------------------------------------
+
+
+class L2Snapshot(msgspec.Struct, tag="snapshot", tag_field="type", frozen=True):
+    """All levels of ``symbol`` after source message ``seq``: ``[price, qty]`` pairs."""
+
+    v: int
+    symbol: str
+    seq: int
+    ts: int
+    bids: list[tuple[str, str]]
+    asks: list[tuple[str, str]]
+
+
+class L2Update(msgspec.Struct, tag="update", tag_field="type", frozen=True):
+    """Source message ``seq``: level changes ``[side, price, qty]`` (absolute, "0"
+    deletes) and trades ``[price, qty, taker side]``, all at ``ts``."""
+
+    v: int
+    symbol: str
+    seq: int
+    ts: int
+    changes: list[tuple[Side, str, str]] = []
+    trades: list[tuple[str, str, TakerSide]] = []
+
+
+class Add(msgspec.Struct, tag="add", array_like=True, frozen=True):
+    """``["add", order id, side, price, qty]``: a new resting order."""
+
+    id: str
+    side: Side
+    price: str
+    qty: str
+
+
+class Modify(msgspec.Struct, tag="modify", array_like=True, frozen=True):
+    """``["modify", order id, qty]`` or ``[..., qty, price]``: its new remaining
+    quantity (and price)."""
+
+    id: str
+    qty: str
+    price: str | None = None
+
+
+class Cancel(msgspec.Struct, tag="cancel", array_like=True, frozen=True):
+    """``["cancel", order id]``: the order leaves the book."""
+
+    id: str
+
+
+class Execute(msgspec.Struct, tag="execute", array_like=True, frozen=True):
+    """``["execute", order id, qty]`` or ``[..., qty, price]``: a trade against a
+    resting order (at its price unless given); the taker is the other side."""
+
+    id: str
+    qty: str
+    price: str | None = None
+
+
+OrderEvent = Add | Modify | Cancel | Execute
+
+
+class OrdersSnapshot(msgspec.Struct, tag="orders_snapshot", tag_field="type", frozen=True):
+    """Every resting order of ``symbol`` after source message ``seq``:
+    ``[order id, side, price, qty]``."""
+
+    v: int
+    symbol: str
+    seq: int
+    ts: int
+    orders: list[tuple[str, Side, str, str]]
+
+
+class OrderEvents(msgspec.Struct, tag="orders", tag_field="type", frozen=True):
+    """Source message ``seq``: L3 events in order, all at ``ts``."""
+
+    v: int
+    symbol: str
+    seq: int
+    ts: int
+    events: list[OrderEvent]
+
+
+class Status(msgspec.Struct, tag="status", tag_field="type", frozen=True):
+    """The symbol's trading status (no seq: out of band)."""
+
+    v: int
+    symbol: str
+    status: Literal["open", "halted", "closed"]
+    ts: int = 0
+
+
+class SourceHeartbeat(msgspec.Struct, tag="heartbeat", tag_field="type", frozen=True):
+    """The source is alive and its last message of ``symbol`` was ``seq``."""
+
+    v: int
+    symbol: str
+    seq: int
+    ts: int = 0
+
+
+Message = L2Snapshot | L2Update | OrdersSnapshot | OrderEvents | Status | SourceHeartbeat
+Snapshot = L2Snapshot | OrdersSnapshot
+
+_json = msgspec.json.Decoder(Message)
+_msgpack = msgspec.msgpack.Decoder(Message)
+_json_encoder = msgspec.json.Encoder()
+_msgpack_encoder = msgspec.msgpack.Encoder()
+
+
+def encode_json(msg: Message) -> bytes:
+    """Encode a message as JSON (what a Python feeder may use)."""
+    return _json_encoder.encode(msg)
+
+
+def encode_msgpack(msg: Message) -> bytes:
+    """Encode a message as msgpack."""
+    return _msgpack_encoder.encode(msg)
+
+
+def decode(data: bytes) -> Message:
+    """Decode one ingest message: JSON when it starts with ``{``, else msgpack.
+
+    Raises:
+        IngestError: ``schema`` (not a v1 message, with msgspec's path to the fault),
+            ``version``, or ``time``.
+    """
+    try:
+        if data[:1] == b"{" or data[:1].isspace():
+            msg: Message = _json.decode(data)
+        else:
+            msg = _msgpack.decode(data)
+    except msgspec.DecodeError as exc:  # ValidationError is a subclass
+        raise IngestError("schema", str(exc)[:200]) from None
+    if msg.v != VERSION:
+        raise IngestError("version", f"version {msg.v} (this gateway speaks {VERSION})")
+    ts = msg.ts
+    if (ts or not isinstance(msg, Status | SourceHeartbeat)) and not MIN_TS <= ts < 1 << 63:
+        raise IngestError("time", f"ts {ts} is not nanoseconds since the Unix epoch")
+    return msg
+
+
+# -- decimals ----------------------------------------------------------------------------
+
+_DECIMAL = re.compile(r"([0-9]{1,24})(?:\.([0-9]{1,18}))?\Z")
+_canonical: dict[str, str] = {}
+
+
+def canonical(text: str) -> str:
+    """The canonical form of a non-negative decimal string: no leading zeros, no
+    trailing fractional zeros, no lone point ("001.50" -> "1.5", "0.0" -> "0").
+
+    Raises:
+        IngestError: ``negative`` for a leading minus, ``decimal`` for anything that is
+            not digits with an optional fraction (floats, exponents, blanks, NaN).
+    """
+    out = _canonical.get(text)
+    if out is not None:
+        return out
+    m = _DECIMAL.match(text)
+    if m is None:
+        if text[:1] == "-" and _DECIMAL.match(text[1:]):
+            raise IngestError("negative", f"negative value {text[:40]!r}")
+        raise IngestError("decimal", f"{text[:40]!r} is not an exact decimal string")
+    whole, frac = m.groups()
+    whole = whole.lstrip("0") or "0"
+    frac = (frac or "").rstrip("0")
+    out = f"{whole}.{frac}" if frac else whole
+    if len(_canonical) > 200_000:
+        _canonical.clear()
+    _canonical[text] = out
+    return out
+
+
+_prices: dict[str, str] = {}
+
+
+def _price(text: str) -> str:
+    price = _prices.get(text)
+    if price is not None:
+        return price
+    price = canonical(text)
+    if price == "0":
+        raise IngestError("negative", "price 0")
+    if len(_prices) > 200_000:
+        _prices.clear()
+    _prices[text] = price
+    return price
+
+
+def _positive(text: str, what: str) -> str:
+    qty = canonical(text)
+    if qty == "0":
+        raise IngestError("negative", f"{what} quantity 0")
+    return qty
+
+
+def _decimal_text(value: Decimal) -> str:
+    return canonical(format(value, "f"))
+
+
+# -- actions for the I/O layer -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """An engine batch: book updates in order, then raw trades ``(price, qty, side, ts)``."""
+
+    symbol: str
+    updates: list[BookUpdate]
+    trades: list[tuple[str, str, str, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Invalidate:
+    """Stop serving ``symbol``: the source's state can no longer be trusted."""
+
+    symbol: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """Serve this complete book of ``symbol`` (a snapshot loaded): ``ts`` its time."""
+
+    symbol: str
+    bids: list[tuple[str, str]]
+    asks: list[tuple[str, str]]
+    ts: int
+
+
+Action = Publish | Invalidate | Load
+
+
+# -- one symbol --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Order:
+    side: str
+    price: str
+    qty: Decimal
+
+
+class SymbolFeed:
+    """The state machine of one symbol (see the module docstring).
+
+    :meth:`take` returns the actions one message leads to, or raises
+    :class:`~tickwire.exceptions.IngestError` (the symbol is then stale: the caller
+    emits :class:`Invalidate` and asks for a snapshot).
+    """
+
+    __slots__ = (
+        "symbol",
+        "state",
+        "kind",
+        "seq",
+        "book",
+        "orders",
+        "levels",
+        "buffer",
+        "status",
+        "last_arrival",
+        "silent",
+        "messages",
+        "changes",
+        "trades",
+        "overflowed",
+    )
+
+    def __init__(self, symbol: str, now: float) -> None:
+        self.symbol = symbol
+        self.state = "waiting"
+        #: "l2" or "l3" once a snapshot said so.
+        self.kind: str | None = None
+        self.seq = 0
+        self.book = Book()
+        # L3: order id -> order; (side, price) -> total quantity.
+        self.orders: dict[str, _Order] = {}
+        self.levels: dict[tuple[str, str], Decimal] = {}
+        self.buffer: deque[L2Update | OrderEvents] = deque()
+        self.status = "open"
+        self.last_arrival = now
+        self.silent = False
+        self.messages = 0
+        self.changes = 0
+        self.trades = 0
+        #: Buffered messages dropped (oldest first) since the feed last counted them.
+        self.overflowed = 0
+
+    # -- snapshots -----------------------------------------------------------------------
+
+    def load(self, snap: Snapshot) -> Load:
+        """Build the book of ``snap`` (validated: decimals, no crossed book).
+
+        Raises:
+            IngestError: the snapshot is invalid (the symbol stays or goes stale).
+        """
+        book = Book()
+        orders: dict[str, _Order] = {}
+        levels: dict[tuple[str, str], Decimal] = {}
+        if isinstance(snap, L2Snapshot):
+            for side, pairs in (("bid", snap.bids), ("ask", snap.asks)):
+                for price, qty in pairs:
+                    p, q = _price(price), canonical(qty)
+                    if q != "0":
+                        book.apply(side, p, q)
+        else:
+            for oid, side, price, qty in snap.orders:
+                if oid in orders:
+                    raise IngestError("order", f"order {oid[:40]!r} twice in the snapshot")
+                p, q = _price(price), _positive(qty, "order")
+                size = Decimal(q)
+                orders[oid] = _Order(side, p, size)
+                key = (side, p)
+                levels[key] = levels.get(key, Decimal(0)) + size
+            for (side, p), total in levels.items():
+                book.apply(side, p, _decimal_text(total))
+        _check_crossed(book)
+        self.kind = "l2" if isinstance(snap, L2Snapshot) else "l3"
+        self.book, self.orders, self.levels = book, orders, levels
+        self.seq = snap.seq
+        self.state = "live"
+        return Load(self.symbol, book.bids(), book.asks(), snap.ts)
+
+    def snapshot(self, snap: Snapshot) -> list[Action]:
+        """Take a snapshot: load it (waiting, stale, ahead or different), else check it.
+
+        Buffered messages after it are applied at once, in seq order.
+
+        Raises:
+            IngestError: the snapshot is invalid, or older than the live book.
+            _Recovered: it was loaded, but something is reported (a gap or a mismatch
+                with the live book, or a buffered message rejected after it).
+        """
+        actions: list[Action] = []
+        error: IngestError | None = None
+        if self.state == "live":
+            if snap.seq < self.seq:
+                raise IngestError(
+                    "duplicate", f"snapshot at seq {snap.seq}, behind the book at {self.seq}"
+                )
+            if snap.seq == self.seq and self._matches(snap):
+                return []  # the source confirms the book: nothing to do
+            if snap.seq > self.seq:
+                error = IngestError("gap", f"snapshot at seq {snap.seq}, the book at {self.seq}")
+            else:
+                error = IngestError(
+                    "mismatch", f"snapshot at seq {snap.seq} differs from the book built so far"
+                )
+            # Loaded anyway (it is the source's truth), but reported.
+            actions.append(Invalidate(self.symbol, error.reason))
+        actions.append(self.load(snap))
+        try:
+            self._drain(actions)
+        except IngestError as exc:
+            raise _Recovered(exc, actions, stale=True) from None
+        if error is not None:
+            raise _Recovered(error, actions, stale=False)
+        return actions
+
+    def _matches(self, snap: Snapshot) -> bool:
+        try:
+            fresh = SymbolFeed(self.symbol, self.last_arrival)
+            fresh.load(snap)
+        except IngestError:
+            return False
+        return fresh.book == self.book and fresh.kind == self.kind
+
+    def _drain(self, out: list[Action]) -> None:
+        """Apply the buffered messages that follow the loaded snapshot, in seq order."""
+        buffered, self.buffer = self.buffer, deque()
+        for msg in sorted(buffered, key=lambda m: m.seq):
+            if msg.seq > self.seq:
+                out.extend(self.take(msg))
+
+    # -- the stream ----------------------------------------------------------------------
+
+    def take(self, msg: L2Update | OrderEvents) -> list[Action]:
+        """Apply one data message in stream order.
+
+        Raises:
+            IngestError: rejected; the symbol is stale (``duplicate``: dropped, still live).
+        """
+        if self.state != "live":
+            self.buffer.append(msg)
+            if len(self.buffer) > MAX_BUFFERED:
+                self.buffer.popleft()
+                self.overflowed += 1
+            return []
+        if msg.seq != self.seq + 1:
+            if msg.seq <= self.seq:
+                raise IngestError(
+                    "duplicate", f"seq {msg.seq} at or below the last applied {self.seq}"
+                )
+            self.state = "stale"
+            self.buffer.append(msg)
+            raise IngestError(
+                "gap", f"seq {msg.seq} after {self.seq}: {msg.seq - self.seq - 1} lost"
+            )
+        self.state = "stale"  # until the message proves valid
+        if isinstance(msg, L2Update):
+            if self.kind != "l2":
+                raise IngestError("kind", "an L2 update for a symbol loaded from orders")
+            action = self._l2(msg)
+        else:
+            if self.kind != "l3":
+                raise IngestError("kind", "L3 orders for a symbol loaded from levels")
+            action = self._l3(msg)
+        _check_crossed(self.book)
+        self.state = "live"
+        self.seq = msg.seq
+        self.messages += 1
+        self.changes += len(action.updates)
+        self.trades += len(action.trades)
+        return [action] if action.updates or action.trades else []
+
+    def heartbeat(self, seq: int) -> None:
+        """The source's last message is ``seq``: one ahead of the book is a lost one.
+
+        Raises:
+            IngestError: ``gap``.
+        """
+        if self.state == "live" and seq > self.seq:
+            self.state = "stale"
+            raise IngestError("gap", f"heartbeat at seq {seq}, the book at {self.seq}")
+
+    def _l2(self, msg: L2Update) -> Publish:
+        ts = msg.ts
+        # The caches inlined (the common case: a price and a quantity seen before).
+        prices, qtys = _prices.get, _canonical.get
+        updates = [
+            BookUpdate(side, prices(p) or _price(p), qtys(q) or canonical(q), ts)
+            for side, p, q in msg.changes
+        ]
+        trades: list[tuple[str, str, str, int]] = [
+            (_price(p), _positive(q, "trade"), side, ts) for p, q, side in msg.trades
+        ]
+        self.book.apply_updates(updates)
+        return Publish(self.symbol, updates, trades)
+
+    def _l3(self, msg: OrderEvents) -> Publish:
+        ts = msg.ts
+        orders, levels = self.orders, self.levels
+        touched: dict[tuple[str, str], None] = {}
+        trades: list[tuple[str, str, str, int]] = []
+
+        def move(side: str, price: str, delta: Decimal) -> None:
+            key = (side, price)
+            total = levels.get(key, Decimal(0)) + delta
+            if total:
+                levels[key] = total
+            else:
+                levels.pop(key, None)
+            touched[key] = None
+
+        for ev in msg.events:
+            if isinstance(ev, Add):
+                if ev.id in orders:
+                    raise IngestError("order", f"add of order {ev.id[:40]!r}, already resting")
+                price = _price(ev.price)
+                size = Decimal(_positive(ev.qty, "add"))
+                orders[ev.id] = _Order(ev.side, price, size)
+                move(ev.side, price, size)
+                continue
+            order = orders.get(ev.id)
+            if order is None:
+                kind = type(ev).__name__.lower()
+                raise IngestError("order", f"{kind} of unknown order {ev.id[:40]!r}")
+            if isinstance(ev, Cancel):
+                del orders[ev.id]
+                move(order.side, order.price, -order.qty)
+            elif isinstance(ev, Modify):
+                size = Decimal(canonical(ev.qty))
+                price = order.price if ev.price is None else _price(ev.price)
+                move(order.side, order.price, -order.qty)
+                if size:
+                    order.qty, order.price = size, price
+                    move(order.side, price, size)
+                else:
+                    del orders[ev.id]
+            else:
+                size = Decimal(_positive(ev.qty, "execute"))
+                if size > order.qty:
+                    raise IngestError(
+                        "order",
+                        f"execute of {ev.qty[:40]} on order {ev.id[:40]!r} "
+                        f"with {_decimal_text(order.qty)} left",
+                    )
+                price = order.price if ev.price is None else _price(ev.price)
+                order.qty -= size
+                move(order.side, order.price, -size)
+                if not order.qty:
+                    del orders[ev.id]
+                taker = "sell" if order.side == "bid" else "buy"
+                trades.append((price, _decimal_text(size), taker, ts))
+        updates = [
+            BookUpdate(
+                side,  # type: ignore[arg-type]
+                price,
+                _decimal_text(levels[(side, price)]) if (side, price) in levels else "0",
+                ts,
+            )
+            for side, price in touched
+        ]
+        self.book.apply_updates(updates)
+        return Publish(self.symbol, updates, trades)
+
+
+class _Recovered(Exception):
+    """Internal: a rejection that was healed at once (the actions still apply)."""
+
+    def __init__(self, error: IngestError, actions: list[Action], stale: bool) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.actions = actions
+        self.stale = stale
+
+
+def _check_crossed(book: Book) -> None:
+    bid, ask = book.best_bid(), book.best_ask()
+    if bid is not None and ask is not None and Decimal(bid[0]) >= Decimal(ask[0]):
+        raise IngestError("crossed", f"best bid {bid[0]} >= best ask {ask[0]}")
+
+
+# -- every symbol of a source ------------------------------------------------------------
+
+
+_SYMBOL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-/:]{0,31}\Z")
+
+
+@dataclass
+class _LogState:
+    next_at: float = 0.0
+    suppressed: int = 0
+
+
+@dataclass
+class IngestFeed:
+    """All symbols of one ingest source (Sans-I/O).
+
+    Args:
+        symbols: the symbols allowed (empty: any valid name, up to ``max_symbols``).
+        silent_after: seconds without a message after which a symbol is reported silent.
+        max_symbols: symbols at most when any are allowed.
+    """
+
+    symbols: list[str] = field(default_factory=list)
+    silent_after: float = 5.0
+    max_symbols: int = 1000
+    #: Per symbol state machines, created by the symbol's first valid message.
+    feeds: dict[str, SymbolFeed] = field(default_factory=dict)
+    #: Actions for the sink, in order; the I/O layer takes and clears it.
+    out: list[Action] = field(default_factory=list)
+    #: Symbols whose snapshot the I/O layer should request from the source.
+    requests: set[str] = field(default_factory=set)
+    #: Rejections by reason (every reason of :data:`REASONS` present).
+    rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
+    received: int = 0
+    loads: int = 0
+    silences: int = 0
+    _logs: dict[tuple[str, str], _LogState] = field(default_factory=dict)
+
+    def receive(
+        self, subject_symbol: str | None, data: bytes, now: float, reply: bool = False
+    ) -> None:
+        """Take one message of ``subject_symbol`` (from its subject) at ``now``.
+
+        ``subject_symbol`` None: a stream without subjects (NDJSON), the body names it.
+        ``reply``: it answers a snapshot request (only snapshots are accepted).
+        Never raises: a rejection is counted, logged (rate-limited) and acted on.
+        """
+        self.received += 1
+        try:
+            msg = decode(data)
+        except IngestError as exc:
+            if subject_symbol is not None:
+                self._arrival(subject_symbol, now)
+            self._reject(subject_symbol or "?", exc, now)
+            return
+        symbol = msg.symbol if subject_symbol is None else subject_symbol
+        feed = self._arrival(symbol, now)
+        try:
+            if msg.symbol != symbol:
+                raise IngestError(
+                    "symbol", f"body names {msg.symbol[:40]!r}, the subject {symbol[:40]!r}"
+                )
+            if feed is None:
+                feed = self._new(symbol, now)
+            if reply and not isinstance(msg, L2Snapshot | OrdersSnapshot):
+                raise IngestError("schema", "a snapshot reply must be a snapshot")
+            self._dispatch(feed, msg, reply)
+        except IngestError as exc:
+            self._reject(symbol, exc, now)
+        except _Recovered as rec:
+            self.out.extend(rec.actions)
+            self.loads += 1
+            self._reject(symbol, rec.error, now, stale=rec.stale)
+
+    def _arrival(self, symbol: str, now: float) -> SymbolFeed | None:
+        feed = self.feeds.get(symbol)
+        if feed is not None:
+            feed.last_arrival = now
+            if feed.silent:
+                feed.silent = False
+                log.warning("ingest %s: the source speaks again", symbol)
+        return feed
+
+    def _new(self, symbol: str, now: float) -> SymbolFeed:
+        if self.symbols:
+            if symbol not in self.symbols:
+                raise IngestError("symbol", f"{symbol[:40]!r} is not one of --symbols")
+        elif _SYMBOL.match(symbol) is None:
+            raise IngestError("symbol", f"{symbol[:40]!r} is not a valid symbol name")
+        elif len(self.feeds) >= self.max_symbols:
+            raise IngestError("symbol", f"more than {self.max_symbols} symbols")
+        feed = self.feeds[symbol] = SymbolFeed(symbol, now)
+        return feed
+
+    def _dispatch(self, feed: SymbolFeed, msg: Message, reply: bool) -> None:
+        if isinstance(msg, L2Update | OrderEvents):
+            was_live = feed.state == "live"
+            self.out.extend(feed.take(msg))
+            if feed.overflowed:
+                self.rejected["overflow"] += feed.overflowed
+                feed.overflowed = 0
+                self._log(
+                    feed.symbol,
+                    IngestError("overflow", f"over {MAX_BUFFERED} messages held for a snapshot"),
+                    feed.last_arrival,
+                )
+            if not was_live and msg.seq > feed.seq:
+                self.requests.add(feed.symbol)  # waiting or stale: ask (again)
+        elif isinstance(msg, L2Snapshot | OrdersSnapshot):
+            if reply and feed.state == "live" and msg.seq != feed.seq:
+                # A late or early reply (it does not travel with the stream): the book
+                # is live, and the stream itself shows any gap.
+                return
+            actions = feed.snapshot(msg)
+            if actions:
+                self.loads += 1
+            self.out.extend(actions)
+            self.requests.discard(feed.symbol)
+        elif isinstance(msg, SourceHeartbeat):
+            if feed.state != "live":
+                if msg.seq > feed.seq or feed.state == "waiting":
+                    self.requests.add(feed.symbol)
+                return
+            feed.heartbeat(msg.seq)
+        else:
+            if msg.status != feed.status:
+                log.warning("ingest %s: status %s -> %s", feed.symbol, feed.status, msg.status)
+                feed.status = msg.status
+
+    def _reject(self, symbol: str, exc: IngestError, now: float, stale: bool = True) -> None:
+        self.rejected[exc.reason] += 1
+        feed = self.feeds.get(symbol)
+        if feed is not None and exc.reason != "duplicate" and stale:
+            if feed.state != "waiting":
+                feed.state = "stale"
+                self.out.append(Invalidate(symbol, exc.reason))
+            self.requests.add(symbol)
+        self._log(symbol, exc, now)
+
+    def _log(self, symbol: str, exc: IngestError, now: float) -> None:
+        key = (symbol if symbol in self.feeds else "?", exc.reason)
+        st = self._logs.get(key)
+        if st is None:
+            if len(self._logs) > 50_000:  # symbols x reasons, bounded
+                self._logs.clear()
+            st = self._logs[key] = _LogState()
+        if now < st.next_at:
+            st.suppressed += 1
+            return
+        more = (
+            f" ({st.suppressed} more like it in the last {LOG_EVERY:g}s)" if st.suppressed else ""
+        )
+        level = logging.INFO if exc.reason == "duplicate" else logging.WARNING
+        log.log(level, "ingest %s rejected: %s: %s%s", symbol[:40], exc.reason, exc.detail, more)
+        st.next_at = now + LOG_EVERY
+        st.suppressed = 0
+
+    def check(self, now: float) -> list[str]:
+        """Report symbols silent for :attr:`silent_after` seconds (once each); return them."""
+        newly: list[str] = []
+        limit = now - self.silent_after
+        for feed in self.feeds.values():
+            if not feed.silent and feed.last_arrival < limit:
+                feed.silent = True
+                self.silences += 1
+                newly.append(feed.symbol)
+                log.warning(
+                    "ingest %s: no message from the source for %gs", feed.symbol, self.silent_after
+                )
+        return newly
+
+    def stats(self) -> dict[str, object]:
+        """Counters and the state of every symbol."""
+        return {
+            "received": self.received,
+            "loads": self.loads,
+            "silences": self.silences,
+            "rejected": dict(self.rejected),
+            "symbols": {
+                s: {
+                    "state": f.state,
+                    "kind": f.kind,
+                    "seq": f.seq,
+                    "status": f.status,
+                    "silent": f.silent,
+                    "messages": f.messages,
+                    "changes": f.changes,
+                    "trades": f.trades,
+                }
+                for s, f in self.feeds.items()
+            },
+        }

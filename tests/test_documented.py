@@ -54,19 +54,20 @@ ATTACKER = "127.0.0.3"
 def test_server_wide_buffer_cap_closes_the_largest_buffers_with_4001(
     server_factory: Factory,
 ) -> None:
-    # Per connection 256 KiB would be allowed, but all of them together only 256 KiB:
-    # three stalled trades readers (trades never conflate) pass the total first. A
-    # small socket send buffer makes the server's own buffers grow at once.
+    # Per connection 1 MiB would be allowed, but all of them together only 1 MiB: six
+    # stalled trades readers (trades never conflate) pass the total when each holds a
+    # sixth of it, long before one reaches its own budget (the sweep checks the total
+    # every 0.5 s). A small socket send buffer makes the server's own buffers grow.
     srv = server_factory(
-        "--symbols", "3", "--rate", "20000", "--sndbuf-kb", "8",
+        "--symbols", "3", "--rate", "3000", "--sndbuf-kb", "8",
         "--high-watermark-kb", "16", "--low-watermark-kb", "4",
-        "--max-buffer-kb", "256", "--max-total-buffer-mb", "0.25", "--stall-timeout", "60",
+        "--max-buffer-kb", "1024", "--max-total-buffer-mb", "1", "--stall-timeout", "60",
     )  # fmt: skip
     trades = [f"trades.SYM{i}" for i in range(3)]
 
     async def run() -> tuple[list[Any], Any]:
         fast = await connect(srv.url)
-        stalled = [await connect(srv.url, small=True) for _ in range(3)]
+        stalled = [await connect(srv.url, small=True) for _ in range(6)]
         for c in [fast, *stalled]:
             subscribe(c, trades)
         for c in stalled:
@@ -82,7 +83,21 @@ def test_server_wide_buffer_cap_closes_the_largest_buffers_with_4001(
         while not any(c.close_code for c in stalled):
             assert time.monotonic() < deadline, "nothing was closed at the server-wide cap"
             await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
         return stalled, fast
+
+    stalled, fast = asyncio.run(run())
+    stats = srv.stop()
+    assert stats is not None
+    closed = [c for c in stalled if c.close_code is not None]
+    codes = [(c.close_code, c.close_reason) for c in stalled]
+    assert closed and all(c.close_code == CloseCode.SLOW_CONSUMER for c in closed), codes
+    assert all("server buffer cap" in c.close_reason for c in closed), codes
+    assert stats["slow"]["closes"]["total"] == len(closed), (codes, stats["slow"])
+    assert stats["slow"]["closes"]["budget"] == stats["slow"]["closes"]["stall"] == 0
+    assert fast.close_code is None  # the reader that kept up was never a candidate
+    assert stats["slow"]["max_buffered_total"] > 1 << 20
+
 
 # -- 1002: bad opcodes, RSV2/RSV3, invalid deflate data ---------------------------------
 

@@ -80,9 +80,11 @@ class ServerProcess:
                 self.port = int(m.group(3))
                 self.epoch = m.group(4)
                 return self
+        code = self.proc.poll()
         err = self.proc.stderr.read() if self.proc.stderr else ""
         self.kill()
-        raise RuntimeError(f"server did not start: {line!r} {err[-2000:]}")
+        # A negative exit code is the signal that ended it (-9: killed from outside).
+        raise RuntimeError(f"server did not start (exit {code}): {line!r} {err[-2000:]}")
 
     def stop(self, timeout: float = 10.0) -> dict[str, Any] | None:
         """SIGTERM, wait, and return the JSON stats line printed at exit.

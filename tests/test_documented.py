@@ -560,6 +560,34 @@ def test_exactly_100_rejected_requests_keep_the_connection_open(server_factory: 
     assert errors == 100 and alive and code == CloseCode.POLICY_VIOLATION
 
 
+# -- the log budget for picows' per-violation lines (security.md) -------------------------
+
+
+def test_picows_violation_lines_are_budgeted_at_10_per_s(server_factory: Factory) -> None:
+    srv = server_factory(*BASE)
+    n = 150
+
+    def attack() -> float:
+        start = time.monotonic()
+        for _ in range(n):
+            raw = RawClient(srv.port, source=ATTACKER)
+            try:
+                raw.send(OP_PING, b"x" * 126)  # picows logs this one at ERROR
+                assert raw.wait_close(timeout=5)[0] == CloseCode.PROTOCOL_ERROR
+            finally:
+                raw.close()
+        return time.monotonic() - start
+
+    elapsed = run_beside_healthy_client(srv, attack)
+    stats = srv.stop()
+    assert stats is not None
+    logged = sum("picows" in line and "WS parser error" in line for line in srv.stderr.splitlines())
+    suppressed = stats["security"]["log_lines_suppressed"]
+    # Each violation was either logged or counted; at most the burst (50) plus 10/s.
+    assert logged + suppressed >= n and suppressed > 0, (logged, suppressed)
+    assert 0 < logged <= 50 + 10 * (elapsed + 1), (logged, elapsed)
+
+
 # -- the msgpack byte layout ------------------------------------------------------------
 
 

@@ -60,7 +60,7 @@ format: install
 	$(VENV)/bin/ruff check --fix src tests bench examples
 
 test: lint typecheck browser nats interop node-example
-	$(PY) -m pytest -q -ra
+	TICKWIRE_INTEROP_VENV=$(abspath $(INTEROP)) $(PY) -m pytest -q -ra
 
 # The scale-out tests (tests/test_nats.py, test_workers.py) start and stop a real
 # nats-server themselves, on a free port; install Debian's nats-server when missing.

@@ -80,9 +80,11 @@ class ServerProcess:
                 self.port = int(m.group(3))
                 self.epoch = m.group(4)
                 return self
+        code = self.proc.poll()
         err = self.proc.stderr.read() if self.proc.stderr else ""
         self.kill()
-        raise RuntimeError(f"server did not start: {line!r} {err[-2000:]}")
+        # A negative exit code is the signal that ended it (-9: killed from outside).
+        raise RuntimeError(f"server did not start (exit {code}): {line!r} {err[-2000:]}")
 
     def stop(self, timeout: float = 10.0) -> dict[str, Any] | None:
         """SIGTERM, wait, and return the JSON stats line printed at exit.
@@ -488,12 +490,15 @@ INTEROP_DIR = os.path.join(ROOT, "tests", "interop")
 def interop_python() -> str:
     """The Python of ``.venv-interop`` (ccxt, cryptofeed, order_book; ``make interop``).
 
+    ``TICKWIRE_INTEROP_VENV`` points elsewhere (``make test INTEROP=...`` sets it).
+
     Fails (never skips) when it is missing: ``make test`` builds it, and a comparison
     with an independent implementation that silently did not run proves nothing.
     """
     import pytest
 
-    python = os.path.join(ROOT, ".venv-interop", "bin", "python")
+    venv = os.environ.get("TICKWIRE_INTEROP_VENV", os.path.join(ROOT, ".venv-interop"))
+    python = os.path.join(venv, "bin", "python")
     if not os.access(python, os.X_OK):
         pytest.fail(f"{python} is missing: run `make interop` (make test does)")
     return python

@@ -91,6 +91,8 @@ class Proc:
     match: re.Match[str] | None = None
     stderr: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    #: A traceback in its stderr fails :meth:`stop` unless a test expects one.
+    tracebacks_allowed: bool = False
 
     def start(self, timeout: float = 30.0) -> Proc:
         self.proc = subprocess.Popen(
@@ -131,6 +133,10 @@ class Proc:
                 self.kill()
                 raise
             self.proc = None
+            if not self.tracebacks_allowed:
+                assert "Traceback" not in self.stderr, (
+                    f"{self.args[0]} logged a traceback:\n{self.stderr[-4000:]}"
+                )
         return self.stderr
 
     def kill(self) -> None:

@@ -1,11 +1,12 @@
 """Hostile clients against a real server, while a healthy client keeps its whole stream.
 
 Each case runs beside :func:`helpers.run_beside_healthy_client`: a WebSocket
-client on ``book.A`` and ``trades.A`` must receive every update in order (its
-:class:`helpers.StreamChecker` asserts the seq chain and every checksum) before, during
-and after the attack. Oversized, fragmented, invalid-UTF-8 and unmasked frames are in
-``test_bad_input.py``; here: slow-loris handshakes, thousands of connection attempts from
-one address, control-frame abuse, interleaved fragments and request floods.
+client on ``book.A``, ``trades.A`` and ``ticker.A`` reads continuously and must receive
+every update in order, at the server's rate (its :class:`helpers.StreamChecker` asserts
+the seq chain, every checksum and every trade id) before, during and after the attack.
+Oversized, fragmented, invalid-UTF-8 and unmasked frames are in ``test_bad_input.py``;
+here: slow-loris handshakes, thousands of connection attempts from one address,
+control-frame abuse, interleaved fragments and request floods.
 
 Attackers connect from 127.0.0.3 and the healthy client from 127.0.0.1, which the
 servers here exempt from per-IP limits (``--per-ip-exempt 127.0.0.1``): on loopback every

@@ -1,10 +1,10 @@
 """Private channels, tokens, origins, proxies and TLS against a real server.
 
-Every case runs beside a healthy client that must keep its whole ``book.A`` and
-``trades.A`` stream (:func:`helpers.run_beside_healthy_client`), except the TLS
-one, whose healthy client is itself on ``wss://``. Tokens are signed here with the same
-secret or key the server was given; the server's stderr is searched for every token at
-the end: tokens must never be logged.
+Every case runs beside a healthy client that must keep its whole ``book.A``,
+``trades.A`` and ``ticker.A`` stream (:func:`helpers.run_beside_healthy_client`),
+except the TLS one, whose healthy client is itself on ``wss://``. Tokens are signed
+here with the same secret or key the server was given; the server's stderr is searched
+for every token at the end: tokens must never be logged.
 """
 
 from __future__ import annotations

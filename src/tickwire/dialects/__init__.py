@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from . import binance
+from . import binance, kraken
 from .feed import DialectFeed, DialectSubscriber
 from .markets import DEFAULT_QUOTE, Market, Markets
 from .rest import MarketView, RestResponse
@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 #: The venues served, by URL prefix (``/binance/...``).
-VENUES = ("binance",)
+VENUES = ("binance", "kraken")
 
 
 class Session(Protocol):
@@ -60,9 +60,13 @@ def open_session(
     """The session for a venue connect path (after its prefix), or None if unknown."""
     if venue == "binance":
         return binance.open_session(feed, path, query)
+    if venue == "kraken":
+        return kraken.open_session(feed, path, query)
     return None
 
 
 def rest(view: MarketView, venue: str, path: str, params: Mapping[str, str]) -> RestResponse:
     """Answer a venue REST ``GET`` (``path`` after the venue prefix)."""
+    if venue == "kraken":
+        return kraken.rest(view, path, params)
     return binance.rest(view, path, params)

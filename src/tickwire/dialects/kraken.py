@@ -427,7 +427,8 @@ class TradeV2(Renderer):
         if not self.snapshot:
             return None
         recent = list(tap.recent)[-TRADE_SNAPSHOT:]
-        return self._frame(b"snapshot", recent)
+        # ccxt reads the symbol from data[0]: never an empty list.
+        return self._frame(b"snapshot", recent) if recent else None
 
 
 class TickerV2(_Ticker):

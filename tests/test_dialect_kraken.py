@@ -181,9 +181,9 @@ def test_cryptofeed_v1_books_trades_ticker_match_the_native_feed(gateway: VenueG
 # -- the wire, by hand ----------------------------------------------------------------------
 
 
-async def next_dict(ws: Any, timeout: float = 5.0) -> dict[str, Any]:
+async def next_dict(ws: Any) -> dict[str, Any]:
     """The next object frame (v1 data frames are arrays; heartbeats skipped)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + 5.0
     while True:
         msg = json.loads(await asyncio.wait_for(ws.recv(), deadline - time.monotonic()))
         if isinstance(msg, dict) and msg.get("event") != "heartbeat":
@@ -672,8 +672,9 @@ def test_rest_endpoints_and_their_errors(gateway: VenueGateway) -> None:
     assert all(len(x) == 7 for x in tr["result"]["XBTUSD"]) and tr["result"]["last"]
     status, ohlc = get(gateway, "/kraken/0/public/OHLC?pair=XBTUSD&interval=1")
     assert status == 200
-    for ts, o, h, low, c, vwap, vol, n in ohlc["result"]["XBTUSD"]:
+    for _ts, o, h, low, c, vwap, vol, n in ohlc["result"]["XBTUSD"]:
         assert dec(low) <= min(dec(o), dec(c)) <= max(dec(o), dec(c)) <= dec(h)
+        assert dec(low) <= dec(vwap) <= dec(h) and dec(vol) > 0 and n > 0
     status, t = get(gateway, "/kraken/0/public/Time")
     assert status == 200 and abs(t["result"]["unixtime"] - time.time()) < 5
     assert get(gateway, "/kraken/0/public/SystemStatus")[1]["result"]["status"] == "online"

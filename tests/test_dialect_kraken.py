@@ -591,19 +591,22 @@ def test_kraken_guide_vector_through_the_v1_renderer() -> None:
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
-@pytest.mark.parametrize("depth", [10, 25])
-def test_window_renderer_against_random_books(version: str, depth: int) -> None:
-    """Random passes on a 60-level book: a truncating and a non-truncating client of
-    the stream hold the book's top N after every frame, with its checksum."""
-    rng = random.Random(depth * 7 + len(version))
+@pytest.mark.parametrize(("depth", "levels_per_side"), [(10, 30), (25, 30), (10, 3)])
+def test_window_renderer_against_random_books(
+    version: str, depth: int, levels_per_side: int
+) -> None:
+    """Random passes on a book of 60 levels (or a thin one, under 10 levels a side at
+    times): a truncating and a non-truncating client of the stream hold the book's
+    top N after every frame, with its checksum."""
+    rng = random.Random(depth * 7 + len(version) + levels_per_side)
     market = Market("BTC-USD")
     renderer = BookV1(market, depth) if version == "v1" else BookV2(market, depth)
 
     def price(i: int) -> str:
         return f"{100 + i * 0.5:.2f}"
 
-    bids = [(price(i), "1.0000") for i in range(0, 30)]
-    asks = [(price(i), "1.0000") for i in range(31, 61)]
+    bids = [(price(i), "1.0000") for i in range(30 - levels_per_side, 30)]
+    asks = [(price(i), "1.0000") for i in range(31, 31 + levels_per_side)]
     tap = tap_with(bids, asks)
     clients = [WindowClient(depth, True), WindowClient(depth, False)]
     if version == "v1":
@@ -615,19 +618,17 @@ def test_window_renderer_against_random_books(version: str, depth: int) -> None:
         window = Window(0.0, n - 1, 0.0)
         window.seq = n
         for _ in range(rng.randint(1, 8)):
-            best_bid = book.best_bid()
-            best_ask = book.best_ask()
-            assert best_bid is not None and best_ask is not None
+            bid = Decimal((book.best_bid() or (price(29), ""))[0])
+            ask = Decimal((book.best_ask() or (price(31), ""))[0])
             side = rng.choice(("bid", "ask"))
+            i = rng.randint(-2, 40 if levels_per_side > 10 else 6)
             if side == "bid":
-                i = rng.randint(-2, 40)
-                p = f"{Decimal(best_bid[0]) - Decimal('0.5') * i:.2f}"
-                if Decimal(p) >= Decimal(best_ask[0]) or Decimal(p) <= 0:
+                p = f"{bid - Decimal('0.5') * i:.2f}"
+                if Decimal(p) >= ask or Decimal(p) <= 0:
                     continue
             else:
-                i = rng.randint(-2, 40)
-                p = f"{Decimal(best_ask[0]) + Decimal('0.5') * i:.2f}"
-                if Decimal(p) <= Decimal(best_bid[0]):
+                p = f"{ask + Decimal('0.5') * i:.2f}"
+                if Decimal(p) <= bid:
                     continue
             q = "0.0000" if rng.random() < 0.45 else f"{rng.randint(1, 500) / 100:.4f}"
             book.apply(side, p, q)
@@ -698,3 +699,83 @@ def test_unknown_kraken_path_is_refused(gateway: VenueGateway) -> None:
         assert info.value.response.status_code == 404
 
     asyncio.run(main())
+
+
+# -- a slow consumer, Sans-I/O -----------------------------------------------------------------
+
+
+class FakeSub:
+    """A venue connection that keeps the frames it is sent."""
+
+    def __init__(self) -> None:
+        self.streams: dict[str, Any] = {}
+        self.frames: list[Any] = []
+        self.deliver = self.take
+
+    def take(self, data: bytes) -> None:
+        for one in frame_payloads(data):
+            self.frames.append(json.loads(one, parse_float=str, parse_int=str))
+
+    def close(self, code: int, reason: str) -> None:
+        raise AssertionError(f"closed {code} {reason}")
+
+    def rejected(self, code: str, reason: str) -> None:
+        raise AssertionError(f"rejected {code} {reason}")
+
+
+def test_a_slow_subscriber_restarts_from_a_snapshot() -> None:
+    from tickwire.dialects.feed import DialectFeed
+    from tickwire.dialects.kraken import KrakenV2Session
+    from tickwire.engine import Engine
+    from tickwire.hub import Hub
+    from tickwire.simulator import MarketSimulator
+
+    sim = MarketSimulator(["BTC-USD"], rate=1000, seed=7)
+    hub = Hub(Engine(["BTC-USD"]))
+    feed = DialectFeed(hub)
+    now = 0.0
+
+    def market(batches: int) -> None:
+        nonlocal now
+        for _ in range(batches):
+            for symbol, updates, trades in sim.generate(20):
+                hub.publish(symbol, updates, trades)
+            now += 0.01
+            hub.flush(now)
+            for sub in hub.dirty:
+                if sub.outbox:
+                    sub.write(b"".join(sub.outbox))
+                    sub.outbox.clear()
+            hub.dirty.clear()
+            feed.flush(now)
+
+    for symbol, updates, trades in sim.seed_books():
+        hub.publish(symbol, updates, trades)
+    market(1)
+    fast, slow = FakeSub(), FakeSub()
+    request = {"method": "subscribe", "params": {"channel": "book", "symbol": ["BTC/USD"]}}
+    for sub in (fast, slow):
+        session = KrakenV2Session(feed)
+        session.open(sub)  # type: ignore[arg-type]
+        session.receive(sub, json.dumps(request).encode())  # type: ignore[arg-type]
+    market(5)
+    feed.pause(slow, now)  # type: ignore[arg-type]
+    paused_at = len(slow.frames)
+    market(30)
+    assert all(f.get("channel") != "book" for f in slow.frames[paused_at:])
+    feed.resume(slow)  # type: ignore[arg-type]
+    market(1)
+    books = [f for f in slow.frames[paused_at:] if f.get("channel") == "book"]
+    assert books[0]["type"] == "snapshot" and all(b["type"] == "update" for b in books[1:])
+    market(5)
+    held = []
+    for sub in (fast, slow):
+        client = WindowClient(10, True)
+        for frame in sub.frames:
+            if frame.get("channel") == "book":
+                c = apply_v2([client], frame)
+                assert client.checksum() == c
+        held.append(client.sides())
+    tap = feed.taps["BTC-USD"]
+    assert held[0] == held[1] == (tap.book.bids(10), tap.book.asks(10))
+    assert [f["type"] for f in fast.frames if f.get("channel") == "book"].count("snapshot") == 1

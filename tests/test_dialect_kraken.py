@@ -129,6 +129,12 @@ def test_ccxt_v2_books_trades_ticker_match_the_native_feed(gateway: VenueGateway
     rest = by_kind["rest_book"][0]
     bids, asks = written(rest["bids"], pdec, qdec), written(rest["asks"], pdec, qdec)
     assert matches_native(rec, crc(asks, bids), levels(bids), levels(asks), 50)
+    for _, o, h, low, c, v in by_kind["ohlcv"][0]["candles"]:
+        assert low <= min(o, c) <= max(o, c) <= h and v > 0
+    rt = by_kind["rest_ticker"][0]
+    assert rt["bid"] < rt["ask"]
+    for tid, price, amount, side in by_kind["rest_trades"][0]["trades"]:
+        assert rec.trades[int(tid)] == (dec(price), dec(amount), side)
     # ccxt pings every 6 s and closes after 12 s without a pong: it saw the pongs and
     # still had its book after 15 s.
     assert by_kind["pongs"][0]["count"] >= 2

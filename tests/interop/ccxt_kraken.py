@@ -3,7 +3,7 @@
 argv: WS_BASE (wss://127.0.0.1:P) HTTP_BASE (http://127.0.0.1:Q) CAFILE SYMBOL (BTC/USD)
       SECONDS
 Prints one JSON object per line: markets, books of depth 10 and 100 (full book), trades,
-tickers, the pongs ccxt saw, a REST order book. Runs for SECONDS (ccxt pings every 6 s
+tickers, the pongs ccxt saw, REST order book, candles, ticker and trades. Runs for SECONDS (ccxt pings every 6 s
 and closes after 12 s without a pong), with ccxt's checksum option left off (§5.1).
 """
 
@@ -87,6 +87,12 @@ async def main(ws_base, http_base, cafile, symbol, seconds):
             )
         rest = await ex.fetch_order_book(symbol, 50)
         out(kind="rest_book", bids=rest["bids"], asks=rest["asks"])
+        candles = await ex.fetch_ohlcv(symbol, "1m", limit=5)
+        out(kind="ohlcv", candles=candles)
+        rt = await ex.fetch_ticker(symbol)
+        out(kind="rest_ticker", bid=rt["bid"], ask=rt["ask"], last=rt["last"])
+        rtr = await ex.fetch_trades(symbol, limit=10)
+        out(kind="rest_trades", trades=[[t["id"], t["price"], t["amount"], t["side"]] for t in rtr])
         await asyncio.gather(book_task, deep_task, pong_task)
         # Still served after several ping/pong rounds.
         ob = await ex.watch_order_book(symbol, 10)

@@ -3,8 +3,9 @@
 argv: WS_BASE (wss://127.0.0.1:P) HTTP_BASE (http://127.0.0.1:Q) CAFILE SYMBOL (BTC/USD)
       SECONDS
 Prints one JSON object per line: markets, books of depth 10 and 100 (full book), trades,
-tickers, the pongs ccxt saw, REST order book, candles, ticker and trades. Runs for SECONDS (ccxt pings every 6 s
-and closes after 12 s without a pong), with ccxt's checksum option left off (§5.1).
+tickers, the pongs ccxt saw, REST order book, candles, ticker and trades. Runs for SECONDS
+(ccxt pings every 6 s and closes after 12 s without a pong), with ccxt's checksum option
+left off (dialects.md §5.1).
 """
 
 import asyncio

@@ -785,3 +785,27 @@ def test_a_slow_subscriber_restarts_from_a_snapshot() -> None:
     tap = feed.taps["BTC-USD"]
     assert held[0] == held[1] == (tap.book.bids(10), tap.book.asks(10))
     assert [f["type"] for f in fast.frames if f.get("channel") == "book"].count("snapshot") == 1
+
+
+def test_book_loads_and_reloads_send_one_snapshot_each() -> None:
+    market = Market("BTC-USD")
+    renderer = BookV2(market, 10)
+    tap = tap_with(GUIDE_BIDS, GUIDE_ASKS)
+    tap.windows[0.0] = Window(0.0, 5, 0.0)
+    # Joined after the first load: its snapshot is the start, the load adds none.
+    assert payload(renderer.join(tap))["type"] == "snapshot"
+    assert renderer.reset(tap, True) is None
+    # A reload after a broken chain (the feed reports it as a first load too): the
+    # window restarted at the new book's seq, so every subscriber gets a snapshot.
+    tap.windows[0.0] = Window(0.0, 9, 0.0)
+    assert payload(renderer.reset(tap, True))["type"] == "snapshot"
+    # Joined before any load: nothing, no update either, then the load's snapshot.
+    waiting = BookV2(market, 10)
+    tap.loaded = False
+    assert waiting.join(tap) is None
+    tap.loaded = True
+    window = tap.windows[0.0]
+    window.levels = {("ask", "0.05050"): "0.00000600"}
+    window.seq = 10
+    assert waiting.book(tap, window) is None
+    assert payload(waiting.reset(tap, True))["type"] == "snapshot"

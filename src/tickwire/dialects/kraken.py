@@ -114,12 +114,16 @@ class _Book(Renderer):
         self.worst: dict[str, Decimal | None] = {"bid": None, "ask": None}
         # A subscriber joined before the book's first load: it waits for reset().
         self.waiting = False
+        # The window seq the subscribers' levels are at.
+        self.synced = -1
 
     def _load(self, tap: Tap) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         """The window now (asks, bids), which every subscriber then holds."""
         book = tap.book
         n = self.depth
         asks, bids = book.asks(n), book.bids(n)
+        w = tap.windows.get(self.interval)
+        self.synced = w.seq if w is not None else tap.seq
         for side, top in (("ask", asks), ("bid", bids)):
             self.shown[side] = dict(top)
             self.worst[side] = Decimal(top[-1][0]) if len(top) == n else None
@@ -171,8 +175,9 @@ class _Book(Renderer):
 
     def _changes(self, tap: Tap, window: Window) -> tuple[list[_Change], list[_Change]] | None:
         """The (asks, bids) changes that take the subscribers to the window now."""
-        if not tap.loaded:
-            return None
+        if not tap.loaded or self.waiting:
+            return None  # reset() sends every subscriber a snapshot first
+        self.synced = window.seq
         asks: list[tuple[str, str]] = []
         bids: list[tuple[str, str]] = []
         for (side, price), qty in window.levels.items():
@@ -196,8 +201,12 @@ class _Book(Renderer):
         return self.snapshot(tap, *self._load(tap))
 
     def reset(self, tap: Tap, first: bool) -> bytes | None:
-        if first and not self.waiting:
-            return None  # every subscriber joined after the load, with a snapshot
+        w = tap.windows.get(self.interval)
+        if first and not self.waiting and w is not None and self.synced == w.prev:
+            # Every subscriber joined after the load, with a snapshot the window
+            # continues. (A reload after a broken chain also comes as ``first``:
+            # the window then restarted from the new book's seq, and all resync.)
+            return None
         self.waiting = False
         return self.snapshot(tap, *self._load(tap))
 

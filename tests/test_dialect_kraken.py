@@ -272,6 +272,13 @@ def test_v1_acks_errors_ping_trades_and_unsubscribe(gateway: VenueGateway) -> No
                 json.dumps({"event": "unsubscribe", "pair": ["XBT/USD"], "subscription": sub})
             )
             assert (await next_dict(ws))["errorMessage"] == "Subscription Not Found"
+            # By channel id, as Kraken allows.
+            await ws.send(json.dumps({"event": "unsubscribe", "channelID": trade_ack["channelID"]}))
+            unsub = await next_dict(ws)
+            assert unsub["status"] == "unsubscribed" and unsub["channelName"] == "trade"
+            assert unsub["subscription"] == {"name": "trade"}
+            await ws.send(json.dumps({"event": "frob"}))
+            assert await next_dict(ws) == {"errorMessage": "Unsupported event", "event": "error"}
 
     asyncio.run(main())
 

@@ -1038,7 +1038,11 @@ def ticker(view: MarketView, params: Mapping[str, str]) -> bytes:
     out = {}
     for m in _markets(view, params):
         t = view.ticker(m.symbol)
-        out[m.kraken_pair] = _ticker_fields(rolling_stats(view.candles(m.symbol), t, now), t, False)
+        stats = rolling_stats(view.candles(m.symbol), t, now)
+        recent = view.trades(m.symbol)
+        if recent:
+            stats["lastQty"] = recent[-1].qty
+        out[m.kraken_pair] = _ticker_fields(stats, t, False)
     return _ok(out)
 
 

@@ -21,7 +21,8 @@ the latest quantity of every level changed since it last emitted), and each wind
 is due *emits*: every :class:`Stream` on it renders the window **once** (its venue's
 :class:`Renderer`) and the very same frame bytes go to all of its subscribers. Trades
 and tickers are rendered once per pass, periodic streams (klines, partial depth) on a
-timer. A venue stream that needs no book (Binance's diff depth) costs one dict store per
+timer; :meth:`DialectFeed.clock` streams are timers bound to no symbol (a venue's
+heartbeats, the same bytes to every connection on them). A venue stream that needs no book (Binance's diff depth) costs one dict store per
 update and one encode per window, whatever the number of subscribers.
 
 A subscription (:meth:`DialectFeed.join`) first emits its stream's window early, so the

@@ -22,8 +22,9 @@ is due *emits*: every :class:`Stream` on it renders the window **once** (its ven
 :class:`Renderer`) and the very same frame bytes go to all of its subscribers. Trades
 and tickers are rendered once per pass, periodic streams (klines, partial depth) on a
 timer; :meth:`DialectFeed.clock` streams are timers bound to no symbol (a venue's
-heartbeats, the same bytes to every connection on them). A venue stream that needs no book (Binance's diff depth) costs one dict store per
-update and one encode per window, whatever the number of subscribers.
+heartbeats, the same bytes to every connection on them). A venue stream that needs no
+book (Binance's diff depth) costs one dict store per update and one encode per window,
+whatever the number of subscribers.
 
 A subscription (:meth:`DialectFeed.join`) first emits its stream's window early, so the
 per-subscriber opening frames (an OKX or Kraken snapshot) are exactly at the seq the

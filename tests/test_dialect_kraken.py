@@ -187,11 +187,19 @@ def test_cryptofeed_v1_books_trades_ticker_match_the_native_feed(gateway: VenueG
 # -- the wire, by hand ----------------------------------------------------------------------
 
 
+async def recv(ws: Any, timeout: float = 5.0) -> Any:  # noqa: ASYNC109 - a plain deadline
+    """The next frame; a close fails the test with the server's close code and reason."""
+    try:
+        return await asyncio.wait_for(ws.recv(), timeout)
+    except websockets.ConnectionClosed as exc:
+        raise AssertionError(f"connection closed: {exc.rcvd!r} (sent {exc.sent!r})") from exc
+
+
 async def next_dict(ws: Any) -> dict[str, Any]:
     """The next object frame (v1 data frames are arrays; heartbeats skipped)."""
     deadline = time.monotonic() + 5.0
     while True:
-        msg = json.loads(await asyncio.wait_for(ws.recv(), deadline - time.monotonic()))
+        msg = json.loads(await recv(ws, deadline - time.monotonic()))
         if isinstance(msg, dict) and msg.get("event") != "heartbeat":
             if msg.get("channel") not in ("heartbeat", "book", "trade", "ticker"):
                 return msg
@@ -200,7 +208,7 @@ async def next_dict(ws: Any) -> dict[str, Any]:
 def test_v1_acks_errors_ping_trades_and_unsubscribe(gateway: VenueGateway) -> None:
     async def main() -> None:
         async with websockets.connect(f"{gateway.ws}/kraken", ssl=gateway.ssl()) as ws:
-            status = json.loads(await ws.recv())
+            status = json.loads(await recv(ws))
             assert status["event"] == "systemStatus" and status["status"] == "online"
             sub = {"name": "book", "depth": 10}
             await ws.send(
@@ -254,7 +262,7 @@ def test_v1_acks_errors_ping_trades_and_unsubscribe(gateway: VenueGateway) -> No
             # Trades: exactly six fields (cryptofeed unpacks six), after the ack.
             seen = 0
             while seen < 10:
-                msg = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                msg = json.loads(await recv(ws))
                 if isinstance(msg, list) and msg[-2] == "trade":
                     assert msg[0] == trade_ack["channelID"] and msg[-1] == "XBT/USD"
                     for t in msg[1]:
@@ -286,7 +294,7 @@ def test_v1_acks_errors_ping_trades_and_unsubscribe(gateway: VenueGateway) -> No
 def test_v2_acks_errors_ping_trades_and_number_literals(gateway: VenueGateway) -> None:
     async def main() -> None:
         async with websockets.connect(f"{gateway.ws}/kraken/v2", ssl=gateway.ssl()) as ws:
-            status = json.loads(await ws.recv())
+            status = json.loads(await recv(ws))
             assert status["channel"] == "status" and status["data"][0]["system"] == "online"
             await ws.send(
                 json.dumps(
@@ -348,7 +356,7 @@ def test_v2_acks_errors_ping_trades_and_number_literals(gateway: VenueGateway) -
             kinds = []
             checked = 0
             while len(kinds) < 5 or checked < 20:
-                raw = await asyncio.wait_for(ws.recv(), 5)
+                raw = await recv(ws)
                 # Number literals keep the native digits: parse them as strings.
                 msg = json.loads(raw, parse_float=str, parse_int=str)
                 if msg.get("channel") == "trade":
@@ -398,19 +406,22 @@ def test_heartbeats_keep_quiet_connections_alive(gateway: VenueGateway) -> None:
             end = time.monotonic() + 3.2
             while (left := end - time.monotonic()) > 0:
                 try:
-                    msg = json.loads(await asyncio.wait_for(ws.recv(), left))
+                    msg = json.loads(await recv(ws, left))
                 except TimeoutError:
                     break
                 beats += msg == beat
             return beats
 
     async def main() -> None:
-        v1 = await count(f"{gateway.ws}/kraken", None, {"event": "heartbeat"})
-        sub = {
+        # Subscribed to a ticker only (at most five frames a second, none when the
+        # ticker does not move): heartbeats every second all the same.
+        sub1 = {"event": "subscribe", "pair": ["ETH/USD"], "subscription": {"name": "ticker"}}
+        v1 = await count(f"{gateway.ws}/kraken", sub1, {"event": "heartbeat"})
+        sub2 = {
             "method": "subscribe",
             "params": {"channel": "ticker", "symbol": ["ETH/USD"]},
         }
-        v2 = await count(f"{gateway.ws}/kraken/v2", sub, {"channel": "heartbeat"})
+        v2 = await count(f"{gateway.ws}/kraken/v2", sub2, {"channel": "heartbeat"})
         assert v1 >= 3 and v2 >= 3, (v1, v2)
 
     asyncio.run(main())
@@ -496,7 +507,7 @@ def test_depth_windows_keep_clients_on_the_servers_top_n(gateway: VenueGateway) 
                 await ws.send(json.dumps(req))
             end = time.monotonic() + 4
             while time.monotonic() < end:
-                msg = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                msg = json.loads(await recv(ws))
                 if not isinstance(msg, list):
                     continue
                 depth = int(msg[-2].split("-")[1])
@@ -516,7 +527,7 @@ def test_depth_windows_keep_clients_on_the_servers_top_n(gateway: VenueGateway) 
             await ws.send(json.dumps({"method": "subscribe", "params": params, "req_id": 1}))
             end = time.monotonic() + 4
             while time.monotonic() < end:
-                raw = await asyncio.wait_for(ws.recv(), 5)
+                raw = await recv(ws)
                 msg = json.loads(raw, parse_float=str, parse_int=str)
                 if msg.get("channel") != "book":
                     continue

@@ -345,7 +345,7 @@ def _ticker_fields(s: dict[str, Any], ticker: Ticker, ws: bool) -> dict[str, Any
 
 
 class HeartbeatV1(Renderer):
-    """v1 ``{"event":"heartbeat"}`` every second, on every connection."""
+    """v1 ``{"event":"heartbeat"}`` every second, once subscribed to a channel."""
 
     source = "timer"
     interval = HEARTBEAT_INTERVAL
@@ -525,7 +525,6 @@ class KrakenV1Session:
                 "version": "1.9.5",
             },
         )
-        self.feed.join(sub, self.feed.clock("kraken|v1|heartbeat", HeartbeatV1))
 
     def receive(self, sub: DialectSubscriber, text: bytes) -> None:
         try:
@@ -646,6 +645,10 @@ class KrakenV1Session:
             },
             None,
         )
+        if not self.subs:
+            # Heartbeats once subscribed (a connection without a subscription stays
+            # subject to the gateway's idle timeout).
+            self.feed.join(sub, self.feed.clock("kraken|v1|heartbeat", HeartbeatV1))
         self.subs[(channel, market.kraken_v1)] = stream
         if name == "book":
             self.feed.leave(sub, key)  # a repeated subscribe restarts from a snapshot

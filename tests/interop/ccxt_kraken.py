@@ -47,28 +47,36 @@ async def books(ex, symbol, depth, until):
     return n
 
 
-async def pongs(ex, url, until):
-    seen = set()
-    while time.monotonic() < until:
-        client = ex.clients.get(url)
-        if client is not None and client.lastPong:
-            seen.add(client.lastPong)
-        await asyncio.sleep(0.5)
-    out(kind="pongs", count=len(seen))
+def count_pongs(ex):
+    """Observe ccxt's own pong handler (it still runs): the pongs it got."""
+    seen = []
+    handle = ex.handle_pong
+
+    def observed(client, message):
+        seen.append(message)
+        return handle(client, message)
+
+    ex.handle_pong = observed
+    return seen
+
+
+async def pongs(seen, until):
+    await asyncio.sleep(max(0.0, until - time.monotonic()))
+    out(kind="pongs", count=len(seen), methods=sorted({m.get("method") for m in seen}))
 
 
 async def main(ws_base, http_base, cafile, symbol, seconds):
     ex = make(ws_base, http_base, cafile)
     deep = make(ws_base, http_base, cafile)
+    seen_pongs = count_pongs(ex)
     until = time.monotonic() + float(seconds)
     try:
         markets = await ex.load_markets()
         out(kind="markets", symbols=sorted(markets), id=markets[symbol]["id"])
         await deep.load_markets()
-        url = ex.urls["api"]["ws"]["publicV2"]
         book_task = asyncio.ensure_future(books(ex, symbol, 10, until))
         deep_task = asyncio.ensure_future(books(deep, symbol, 100, until))
-        pong_task = asyncio.ensure_future(pongs(ex, url, until))
+        pong_task = asyncio.ensure_future(pongs(seen_pongs, until))
         seen = []
         while len(seen) < 30:
             trades = await ex.watch_trades(symbol)

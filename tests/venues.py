@@ -127,14 +127,16 @@ class NativeRecorder:
     """Reads one symbol's book and trades over the native protocol, checking them.
 
     ``books[seq]`` is the whole book after message ``seq`` (bids, asks as Decimal
-    dicts); ``trades[id]`` is each trade as ``(price, qty, side)``. The chain and every
-    checksum are verified as they arrive; a break fails :meth:`run`.
+    dicts); ``by_checksum[crc]`` the seqs whose book has that top-10 checksum (Kraken's,
+    which carries no seq); ``trades[id]`` is each trade as ``(price, qty, side)``. The
+    chain and every checksum are verified as they arrive; a break fails :meth:`run`.
     """
 
     def __init__(self, gateway: VenueGateway, symbol: str) -> None:
         self.gateway = gateway
         self.symbol = symbol
         self.books: dict[int, tuple[dict[Decimal, Decimal], dict[Decimal, Decimal]]] = {}
+        self.by_checksum: dict[int, list[int]] = {}
         self.trades: dict[int, tuple[Decimal, Decimal, str]] = {}
         self.seq = -1
         self.ready = asyncio.Event()
@@ -143,6 +145,7 @@ class NativeRecorder:
 
     def _keep(self, book: Book) -> None:
         self.books[self.seq] = (levels(book.bids()), levels(book.asks()))
+        self.by_checksum.setdefault(book.checksum(), []).append(self.seq)
         self.moved.set()
 
     async def run(self) -> None:
@@ -230,9 +233,18 @@ async def run_client(script: str, *args: str, limit_s: float = 90.0) -> list[dic
 
 
 async def beside_recorder(
-    gateway: VenueGateway, symbol: str, script: str, *args: str, limit_s: float = 90.0
+    gateway: VenueGateway,
+    symbol: str,
+    script: str,
+    *args: str,
+    limit_s: float = 90.0,
+    linger_s: float = 0.0,
 ) -> tuple[NativeRecorder, list[dict[str, Any]]]:
-    """Run a client script while a :class:`NativeRecorder` reads ``symbol``."""
+    """Run a client script while a :class:`NativeRecorder` reads ``symbol``.
+
+    ``linger_s``: keep recording that long after the script ends (a venue without ids
+    gives no seq to wait for).
+    """
     rec = NativeRecorder(gateway, symbol)
     task = asyncio.create_task(rec.run())
     try:
@@ -243,6 +255,7 @@ async def beside_recorder(
         while rec.seq < wanted:
             rec.moved.clear()
             await asyncio.wait_for(rec.moved.wait(), 5)
+        await asyncio.sleep(linger_s)
     finally:
         rec.stop()
         await task

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from . import binance, okx
+from . import binance, kraken, okx
 from .feed import DialectFeed, DialectSubscriber
 from .markets import DEFAULT_QUOTE, Market, Markets
 from .rest import MarketView, RestResponse
@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 #: The venues served, by URL prefix (``/binance/...``).
-VENUES = ("binance", "okx")
+VENUES = ("binance", "okx", "kraken")
 
 
 class Session(Protocol):
@@ -62,6 +62,8 @@ def open_session(
         return binance.open_session(feed, path, query)
     if venue == "okx":
         return okx.open_session(feed, path, query)
+    if venue == "kraken":
+        return kraken.open_session(feed, path, query)
     return None
 
 
@@ -69,4 +71,6 @@ def rest(view: MarketView, venue: str, path: str, params: Mapping[str, str]) -> 
     """Answer a venue REST ``GET`` (``path`` after the venue prefix)."""
     if venue == "okx":
         return okx.rest(view, path, params)
+    if venue == "kraken":
+        return kraken.rest(view, path, params)
     return binance.rest(view, path, params)

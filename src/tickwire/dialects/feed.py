@@ -21,8 +21,10 @@ the latest quantity of every level changed since it last emitted), and each wind
 is due *emits*: every :class:`Stream` on it renders the window **once** (its venue's
 :class:`Renderer`) and the very same frame bytes go to all of its subscribers. Trades
 and tickers are rendered once per pass, periodic streams (klines, partial depth) on a
-timer. A venue stream that needs no book (Binance's diff depth) costs one dict store per
-update and one encode per window, whatever the number of subscribers.
+timer; :meth:`DialectFeed.clock` streams are timers bound to no symbol (a venue's
+heartbeats, the same bytes to every connection on them). A venue stream that needs no
+book (Binance's diff depth) costs one dict store per update and one encode per window,
+whatever the number of subscribers.
 
 A subscription (:meth:`DialectFeed.join`) first emits its stream's window early, so the
 per-subscriber opening frames (an OKX or Kraken snapshot) are exactly at the seq the
@@ -366,6 +368,9 @@ class DialectFeed:
         self.streams: dict[str, Stream] = {}
         self.paused: dict[DialectSubscriber, float] = {}
         self.catching_up: list[DialectSubscriber] = []
+        # Timer streams bound to no symbol (a venue's heartbeats): their tap is never
+        # subscribed to the hub, and only its timers are used.
+        self.clocks = Tap(Market("*"))
         # Counters: frames and bytes written to venue subscribers, renders.
         self.frames_out = 0
         self.bytes_out = 0
@@ -452,6 +457,19 @@ class DialectFeed:
             tap.timers[stream] = 0.0
         return stream
 
+    def clock(self, key: str, make: Callable[[], Renderer]) -> Stream:
+        """The timer stream ``key`` bound to no symbol, created with ``make()`` if new.
+
+        Its renderer's :meth:`Renderer.timer` runs every ``interval`` while the stream
+        has subscribers (a venue's heartbeats: the same bytes to every connection).
+        """
+        stream = self.streams.get(key)
+        if stream is None:
+            renderer = make()
+            stream = self.streams[key] = Stream(key, self.clocks, renderer)
+            self.clocks.timers[stream] = 0.0
+        return stream
+
     def join(self, sub: DialectSubscriber, stream: Stream) -> bool:
         """Add ``sub`` to ``stream`` and write it the stream's opening frames.
 
@@ -524,6 +542,12 @@ class DialectFeed:
                         tap.timers[stream] = _next_due(due, stream.renderer.interval, now)
                         if stream.subscribers and tap.loaded:
                             self._send(stream, stream.renderer.timer(tap, now))
+        clocks = self.clocks
+        for stream, due in clocks.timers.items():
+            if now >= due:
+                clocks.timers[stream] = _next_due(due, stream.renderer.interval, now)
+                if stream.subscribers:
+                    self._send(stream, stream.renderer.timer(clocks, now))
         if self.catching_up:
             subs, self.catching_up = self.catching_up, []
             for sub in subs:

@@ -7,7 +7,8 @@ same market (``--symbols N --rate R``, pinned to ``--server-cpu``) and a client 
 
 * ``native``: ``book.SYMi`` (a delta per pass, every update with its ``ts``);
 * ``binance``: ``symiusd@depth@100ms`` (a merged diff every 100 ms);
-* ``okx``: ``books`` of ``SYMi-USD`` (a snapshot, then a merged update every 100 ms).
+* ``okx``: ``books`` of ``SYMi-USD`` (a snapshot, then a merged update every 100 ms);
+* ``idle``: no connection at all (the market's own cost, the floor of the others).
 
 Measured over ``--seconds`` after ``--warmup``: the server's CPU (``/proc/PID/stat``),
 the bytes and messages the clients received, and the latency from the newest event time
@@ -103,7 +104,7 @@ async def _client(
                     lat.append(now / 1e6 - int(m.group(1)))
 
     transports = []
-    for i in range(conns):
+    for i in range(0 if mode == "idle" else conns):
         url, hello = _url_and_subscribe(mode, port, i, symbols)
         transport, _ = await ws_connect(lambda h=hello: Listener(h), url, max_frame_size=1 << 26)
         transports.append(transport)

@@ -36,10 +36,10 @@ import msgspec
 
 from ..framing import text_frame
 from ..protocol import Ticker, Trade
-from .candles import INTERVALS, Candle, Candles
+from .candles import INTERVALS, Candle, Candles, rolling_stats
 from .feed import DialectFeed, DialectSubscriber, LevelKey, Renderer, Stream, Tap, Window
 from .markets import Market, Markets
-from .rest import MarketView, RestError, RestResponse, Route, answer, int_param
+from .rest import MarketView, RestError, RestResponse, Route, answer, int_param, precision, step
 
 __all__ = ["BinanceSession", "open_session", "parse_stream", "rest"]
 
@@ -580,28 +580,12 @@ def _markets(view: MarketView, params: Mapping[str, str]) -> list[Market] | None
     return [_market(view, {"symbol": s}) for s in listed]
 
 
-def _decimals(text: str) -> int:
-    point = text.find(".")
-    return 0 if point < 0 else len(text) - point - 1
-
-
-def _step(decimals: int) -> str:
-    return "1" if decimals == 0 else "0." + "0" * (decimals - 1) + "1"
-
-
-def _precision(view: MarketView, market: Market) -> tuple[int, int]:
-    """The price and quantity decimals the symbol's book is written with."""
-    book = view.book(market.symbol, 1)
-    level = (book.bids or book.asks or [("0.00", "0.0000")])[0]
-    return _decimals(level[0]), _decimals(level[1])
-
-
 def exchange_info(view: MarketView, params: Mapping[str, str]) -> bytes:
     """``GET /api/v3/exchangeInfo``: every served symbol as a spot market."""
     chosen = _markets(view, params)
     symbols = []
     for m in chosen if chosen is not None else list(view.markets):
-        pdec, qdec = _precision(view, m)
+        pdec, qdec = precision(view, m)
         symbols.append(
             {
                 "symbol": m.binance,
@@ -625,15 +609,15 @@ def exchange_info(view: MarketView, params: Mapping[str, str]) -> bytes:
                 "filters": [
                     {
                         "filterType": "PRICE_FILTER",
-                        "minPrice": _step(pdec),
+                        "minPrice": step(pdec),
                         "maxPrice": "1000000000.00",
-                        "tickSize": _step(pdec),
+                        "tickSize": step(pdec),
                     },
                     {
                         "filterType": "LOT_SIZE",
-                        "minQty": _step(qdec),
+                        "minQty": step(qdec),
                         "maxQty": "9000000.00",
-                        "stepSize": _step(qdec),
+                        "stepSize": step(qdec),
                     },
                 ],
                 "permissions": ["SPOT"],
@@ -731,55 +715,6 @@ def klines(view: MarketView, params: Mapping[str, str]) -> bytes:
             for c in candles.series(interval, start, end, limit)
         ]
     )
-
-
-def rolling_stats(candles: Candles, ticker: Ticker, now_ms: int) -> dict[str, Any]:
-    """Binance's 24 h ticker fields from the minute candles and the current ticker."""
-    window = candles.series("1m", now_ms - 24 * 3600 * 1000, None, 24 * 60 + 1)
-    last = ticker.last or (window[-1].close if window else "0")
-    if window:
-        first = window[0]
-        open_px, high, low = first.open, first.high, first.low
-        hi, lo = first.hi, first.lo
-        volume = quote = 0.0
-        count = 0
-        for c in window:
-            if c.hi > hi:
-                hi, high = c.hi, c.high
-            if c.lo < lo:
-                lo, low = c.lo, c.low
-            volume += c.volume
-            quote += c.quote_volume
-            count += c.trades
-        first_id, last_id, open_time = first.first_id, window[-1].last_id, first.start
-    else:
-        open_px = high = low = last
-        volume = quote = 0.0
-        count, first_id, last_id, open_time = 0, -1, -1, now_ms - 24 * 3600 * 1000
-    change = float(last) - float(open_px)
-    decimals = _decimals(last)
-    return {
-        "priceChange": f"{change:.{decimals}f}",
-        "priceChangePercent": f"{(change / float(open_px) * 100) if float(open_px) else 0.0:.3f}",
-        "weightedAvgPrice": f"{(quote / volume) if volume else float(last):.{decimals}f}",
-        "prevClosePrice": open_px,
-        "lastPrice": last,
-        "lastQty": "0" if not window else candles.volume(0.0),
-        "bidPrice": ticker.bid or "0",
-        "bidQty": ticker.bid_qty or "0",
-        "askPrice": ticker.ask or "0",
-        "askQty": ticker.ask_qty or "0",
-        "openPrice": open_px,
-        "highPrice": high,
-        "lowPrice": low,
-        "volume": candles.volume(volume),
-        "quoteVolume": candles.quote(quote),
-        "openTime": open_time,
-        "closeTime": now_ms,
-        "firstId": first_id,
-        "lastId": last_id,
-        "count": count,
-    }
 
 
 def ticker_24hr(view: MarketView, params: Mapping[str, str]) -> bytes:

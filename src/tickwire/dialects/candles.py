@@ -12,10 +12,11 @@ from __future__ import annotations
 import datetime as dt
 from collections import deque
 from collections.abc import Iterable
+from typing import Any
 
-from ..protocol import Trade
+from ..protocol import Ticker, Trade
 
-__all__ = ["INTERVALS", "Candle", "Candles", "interval_ms"]
+__all__ = ["INTERVALS", "Candle", "Candles", "decimals", "interval_ms", "rolling_stats"]
 
 _S = 1000
 _M = 60 * _S
@@ -60,7 +61,8 @@ def interval_ms(name: str) -> int:
     return INTERVALS[name]
 
 
-def _decimals(text: str) -> int:
+def decimals(text: str) -> int:
+    """The digits after the point of a decimal string."""
     point = text.find(".")
     return 0 if point < 0 else len(text) - point - 1
 
@@ -151,8 +153,8 @@ class Candles:
                 if cur is not None:
                     self._close(cur)
                 else:
-                    self.qty_decimals = max(_decimals(t.qty), 1)
-                    self.quote_decimals = self.qty_decimals + _decimals(price)
+                    self.qty_decimals = max(decimals(t.qty), 1)
+                    self.quote_decimals = self.qty_decimals + decimals(price)
                 cur = Candle(start, t)
                 seconds.append(cur)
             elif px > cur.hi:
@@ -244,3 +246,52 @@ def _month_start(ms: int) -> int:
     day = dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
     first = day.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     return int(first.timestamp() * 1000)
+
+
+def rolling_stats(candles: Candles, ticker: Ticker, now_ms: int) -> dict[str, Any]:
+    """Binance's 24 h ticker fields from the minute candles and the current ticker."""
+    window = candles.series("1m", now_ms - 24 * 3600 * 1000, None, 24 * 60 + 1)
+    last = ticker.last or (window[-1].close if window else "0")
+    if window:
+        first = window[0]
+        open_px, high, low = first.open, first.high, first.low
+        hi, lo = first.hi, first.lo
+        volume = quote = 0.0
+        count = 0
+        for c in window:
+            if c.hi > hi:
+                hi, high = c.hi, c.high
+            if c.lo < lo:
+                lo, low = c.lo, c.low
+            volume += c.volume
+            quote += c.quote_volume
+            count += c.trades
+        first_id, last_id, open_time = first.first_id, window[-1].last_id, first.start
+    else:
+        open_px = high = low = last
+        volume = quote = 0.0
+        count, first_id, last_id, open_time = 0, -1, -1, now_ms - 24 * 3600 * 1000
+    change = float(last) - float(open_px)
+    places = decimals(last)
+    return {
+        "priceChange": f"{change:.{places}f}",
+        "priceChangePercent": f"{(change / float(open_px) * 100) if float(open_px) else 0.0:.3f}",
+        "weightedAvgPrice": f"{(quote / volume) if volume else float(last):.{places}f}",
+        "prevClosePrice": open_px,
+        "lastPrice": last,
+        "lastQty": "0" if not window else candles.volume(0.0),
+        "bidPrice": ticker.bid or "0",
+        "bidQty": ticker.bid_qty or "0",
+        "askPrice": ticker.ask or "0",
+        "askQty": ticker.ask_qty or "0",
+        "openPrice": open_px,
+        "highPrice": high,
+        "lowPrice": low,
+        "volume": candles.volume(volume),
+        "quoteVolume": candles.quote(quote),
+        "openTime": open_time,
+        "closeTime": now_ms,
+        "firstId": first_id,
+        "lastId": last_id,
+        "count": count,
+    }

@@ -40,11 +40,10 @@ import msgspec
 from ..book import is_zero
 from ..framing import text_frame
 from ..protocol import Ticker, Trade
-from .binance import rolling_stats
-from .candles import Candles
+from .candles import Candles, decimals, rolling_stats
 from .feed import DialectFeed, DialectSubscriber, LevelKey, Renderer, Stream, Tap, Window
 from .markets import Market, Markets
-from .rest import MarketView, RestError, RestResponse, int_param
+from .rest import MarketView, RestError, RestResponse, int_param, precision
 
 __all__ = ["DEPTHS", "KrakenV1Session", "KrakenV2Session", "open_session", "rest"]
 
@@ -940,18 +939,6 @@ def _markets(view: MarketView, params: Mapping[str, str]) -> list[Market]:
     return [_pair(markets, p) for p in pairs.split(",") if p]
 
 
-def _decimals(text: str) -> int:
-    point = text.find(".")
-    return 0 if point < 0 else len(text) - point - 1
-
-
-def _precision(view: MarketView, market: Market) -> tuple[int, int]:
-    """The price and volume decimals the symbol's book is written with."""
-    book = view.book(market.symbol, 1)
-    level = (book.bids or book.asks or [("0.00", "0.0000")])[0]
-    return _decimals(level[0]), _decimals(level[1])
-
-
 def _assets(market: Market) -> tuple[str, str]:
     """The base and quote asset codes (Kraken's: XBT, XDG)."""
     base, _, quote = market.kraken_v1.partition("/")
@@ -962,7 +949,7 @@ def asset_pairs(view: MarketView, params: Mapping[str, str]) -> bytes:
     """``GET /0/public/AssetPairs[?pair=]``: every served symbol, keyed by its altname."""
     out: dict[str, Any] = {}
     for m in _markets(view, params):
-        pdec, qdec = _precision(view, m)
+        pdec, qdec = precision(view, m)
         base, quote = _assets(m)
         step = "1" if pdec == 0 else "0." + "0" * (pdec - 1) + "1"
         out[m.kraken_pair] = {
@@ -1115,7 +1102,7 @@ def ohlc(view: MarketView, params: Mapping[str, str]) -> bytes:
                 c.high,
                 c.low,
                 c.close,
-                f"{vwap:.{_decimals(c.close)}f}",
+                f"{vwap:.{decimals(c.close)}f}",
                 candles.volume(c.volume),
                 c.trades,
             ]

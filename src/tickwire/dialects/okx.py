@@ -41,11 +41,10 @@ import msgspec
 
 from ..framing import text_frame
 from ..protocol import Ticker, Trade
-from .binance import _precision, _step, rolling_stats
-from .candles import INTERVALS, Candle, Candles
+from .candles import INTERVALS, Candle, Candles, rolling_stats
 from .feed import DialectFeed, DialectSubscriber, LevelKey, Renderer, Stream, Tap, Window
 from .markets import Market
-from .rest import MarketView, RestError, RestResponse, Route, answer, int_param
+from .rest import MarketView, RestError, RestResponse, Route, answer, int_param, precision, step
 
 __all__ = ["CHANNELS", "OkxSession", "checksum", "open_session", "rest"]
 
@@ -660,7 +659,7 @@ def instruments(view: MarketView, params: Mapping[str, str]) -> bytes:
     chosen = [_market(view, params)] if params.get("instId") else list(view.markets)
     data = []
     for m in chosen:
-        pdec, qdec = _precision(view, m)
+        pdec, qdec = precision(view, m)
         data.append(
             {
                 "alias": "",
@@ -676,7 +675,7 @@ def instruments(view: MarketView, params: Mapping[str, str]) -> bytes:
                 "instType": "SPOT",
                 "lever": "",
                 "listTime": "1600000000000",
-                "lotSz": _step(qdec),
+                "lotSz": step(qdec),
                 "maxIcebergSz": "9999999999",
                 "maxLmtAmt": "20000000",
                 "maxLmtSz": "9999999999",
@@ -685,13 +684,13 @@ def instruments(view: MarketView, params: Mapping[str, str]) -> bytes:
                 "maxStopSz": "1000000",
                 "maxTriggerSz": "9999999999",
                 "maxTwapSz": "9999999999",
-                "minSz": _step(qdec),
+                "minSz": step(qdec),
                 "optType": "",
                 "quoteCcy": m.quote,
                 "settleCcy": "",
                 "state": "live",
                 "stk": "",
-                "tickSz": _step(pdec),
+                "tickSz": step(pdec),
                 "uly": "",
             }
         )

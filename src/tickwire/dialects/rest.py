@@ -12,10 +12,20 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from ..protocol import Ticker, Trade
-from .candles import Candles
-from .markets import Markets
+from .candles import Candles, decimals
+from .markets import Market, Markets
 
-__all__ = ["BookView", "MarketView", "RestError", "RestResponse", "Route", "answer", "int_param"]
+__all__ = [
+    "BookView",
+    "MarketView",
+    "RestError",
+    "RestResponse",
+    "Route",
+    "answer",
+    "int_param",
+    "precision",
+    "step",
+]
 
 
 class BookView(Protocol):
@@ -108,3 +118,15 @@ def answer(
         return RestResponse(route(view, params))
     except RestError as exc:
         return RestResponse(exc.body, exc.status)
+
+
+def step(decimals: int) -> str:
+    """The smallest increment with ``decimals`` digits after the point (``0.01``)."""
+    return "1" if decimals == 0 else "0." + "0" * (decimals - 1) + "1"
+
+
+def precision(view: MarketView, market: Market) -> tuple[int, int]:
+    """The price and quantity decimals the symbol's book is written with."""
+    book = view.book(market.symbol, 1)
+    level = (book.bids or book.asks or [("0.00", "0.0000")])[0]
+    return decimals(level[0]), decimals(level[1])

@@ -123,3 +123,60 @@ def test_unknown_venue_paths_and_streams_at_connect(srv: ServerProcess) -> None:
     status, replies = run_beside_healthy_client(srv, bad)
     assert status == 404
     assert replies == [{"result": ["btcusdt@depth@100ms"], "id": 1}]
+
+
+def _binance_limited(m: Any) -> bool:
+    return isinstance(m, dict) and m.get("error", {}).get("code") == -1003
+
+
+def _okx_limited(m: Any) -> bool:
+    return isinstance(m, dict) and m.get("event") == "error" and m.get("code") == "60014"
+
+
+KRAKEN_RATE = "Exceeded msg rate"
+
+RATE_LIMITED = [
+    ("/binance/ws", b'{"method":"LIST_SUBSCRIPTIONS","id":1}', _binance_limited),
+    ("/okx/ws/v5/public", b"ping", _okx_limited),
+    ("/kraken", b'{"event":"ping"}', {"event": "error", "errorMessage": KRAKEN_RATE}.__eq__),
+    ("/kraken/v2", b'{"method":"ping"}', {"error": KRAKEN_RATE, "success": False}.__eq__),
+]  # fmt: skip
+
+
+def _is_answer(m: Any) -> bool:
+    """A reply to a request (not a status message sent at connect or a heartbeat)."""
+    if not isinstance(m, dict):
+        return m == "pong"
+    return bool(
+        {"id", "result", "error"} & set(m)
+        or m.get("event") in ("pong", "error")
+        or m.get("method") == "pong"
+    )
+
+
+@pytest.mark.parametrize(("path", "message", "ok"), RATE_LIMITED)
+def test_a_venue_client_over_the_rate_limit_gets_the_venue_error(
+    server_factory: Server, path: str, message: bytes, ok: Callable[[Any], bool]
+) -> None:
+    srv = server_factory(
+        "--symbols", "A,BTC-USDT", "--rate", "500",
+        "--max-messages-per-s", "0.1", "--message-burst", "3",
+    )  # fmt: skip
+
+    def bad() -> list[Any]:
+        raw = RawClient(srv.port, path)
+        try:
+            for _ in range(5):
+                raw.send_text(message)
+            replies: list[Any] = []
+            while len(replies) < 5:
+                reply = recv_reply(raw)
+                if _is_answer(reply):
+                    replies.append(reply)
+            return replies
+        finally:
+            raw.close()
+
+    replies = run_beside_healthy_client(srv, bad)
+    # The burst of 3 is answered; the next 2 are refused in the venue's own shape.
+    assert [ok(r) for r in replies] == [False, False, False, True, True], replies

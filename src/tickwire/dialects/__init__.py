@@ -44,6 +44,9 @@ class Session(Protocol):
     def receive(self, sub: DialectSubscriber, text: bytes) -> None:
         """Handle one text message from the client."""
 
+    def rate_limited(self, reason: str) -> bytes:
+        """The venue's frame for a message dropped over the rate limit."""
+
 
 def venue_of(path: str) -> tuple[str, str] | None:
     """Split ``/binance/ws/x`` into ``("binance", "/ws/x")``; None for other paths."""

@@ -499,6 +499,10 @@ class BinanceSession:
                 ),
             )
 
+    def rate_limited(self, reason: str) -> bytes:
+        """Binance's "too many requests" (its own limit is 5 messages a second)."""
+        return _error(-1003, f"Too many requests; {reason}")
+
     def _subscribe(self, sub: DialectSubscriber, params: list[Any], rid: Any) -> None:
         streams: list[tuple[str, Stream]] = []
         for name in params:

@@ -514,6 +514,10 @@ class KrakenV1Session:
         # (channel name, v1 pair) -> stream: ("book-10", "XBT/USD").
         self.subs: dict[tuple[str, str], Stream] = {}
 
+    def rate_limited(self, reason: str) -> bytes:
+        """Kraken's "Exceeded msg rate"."""
+        return text_frame(_json.encode({"event": "error", "errorMessage": "Exceeded msg rate"}))
+
     def open(self, sub: DialectSubscriber) -> None:
         _reply(
             sub,
@@ -710,6 +714,10 @@ class KrakenV2Session:
         self.connection_id = next(_connection_ids)
         # (channel, symbol) -> stream.
         self.subs: dict[tuple[str, str], Stream] = {}
+
+    def rate_limited(self, reason: str) -> bytes:
+        """Kraken's "Exceeded msg rate"."""
+        return text_frame(_json.encode({"error": "Exceeded msg rate", "success": False}))
 
     def open(self, sub: DialectSubscriber) -> None:
         _reply(

@@ -503,6 +503,16 @@ class OkxSession:
     def open(self, sub: DialectSubscriber) -> None:
         """Nothing is sent first."""
 
+    def rate_limited(self, reason: str) -> bytes:
+        """OKX's "Requests too frequent" (60014)."""
+        body = {
+            "event": "error",
+            "code": "60014",
+            "msg": "Requests too frequent.",
+            "connId": self.conn_id,
+        }
+        return text_frame(_json.encode(body))
+
     def _error(
         self, sub: DialectSubscriber, code: str, msg: str, reason: str, rid: str | None
     ) -> None:

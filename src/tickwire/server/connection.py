@@ -354,10 +354,13 @@ class Connection(WSListener):
         if self.strikes > limits.message_burst:
             self.fail(CloseCode.RATE_LIMITED, "rate limited: too many messages per second")
             return False
-        reason = f"over {limits.max_messages_per_s:g} messages/s: request dropped"
+        self.reply_rate_limited(f"over {limits.max_messages_per_s:g} messages/s: request dropped")
+        return False
+
+    def reply_rate_limited(self, reason: str) -> None:
+        """Tell the client a message was dropped over the rate limit."""
         self.send(encode(Error(ErrorCode.RATE_LIMITED, reason)))
         self.flush()
-        return False
 
     def accept_text(self, data: bytes) -> bool:
         """Charge a text message to the rate limit and check it: valid UTF-8, not too

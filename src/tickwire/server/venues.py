@@ -87,6 +87,10 @@ class VenueConnection(Connection):
         if self.accept_text(data):
             self.session.receive(self, data)
 
+    def reply_rate_limited(self, reason: str) -> None:
+        if not self.closed:
+            self.write(self.session.rate_limited(reason))
+
     def _message(self, data: bytes, binary: bool, compressed: bool) -> None:
         self.fail(CloseCode.UNSUPPORTED_DATA, "binary frames are not accepted")
 

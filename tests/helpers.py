@@ -17,6 +17,10 @@ from typing import Any
 #: Scalable time unit for test timeouts (set TICKWIRE_TEST_MS to slow everything down).
 MS = float(os.environ.get("TICKWIRE_TEST_MS", "1")) / 1000
 
+#: Seconds a server may take to exit after SIGTERM before the test fails
+#: (TICKWIRE_TEST_STOP_TIMEOUT: the harness test's inner run shortens it).
+STOP_TIMEOUT = float(os.environ.get("TICKWIRE_TEST_STOP_TIMEOUT", "10"))
+
 _SERVING = re.compile(r"(wss?)://([\d.]+):(\d+)/ws \(epoch (\S+)\)")
 
 
@@ -86,7 +90,7 @@ class ServerProcess:
         # A negative exit code is the signal that ended it (-9: killed from outside).
         raise RuntimeError(f"server did not start (exit {code}): {line!r} {err[-2000:]}")
 
-    def stop(self, timeout: float = 10.0) -> dict[str, Any] | None:
+    def stop(self, timeout: float = STOP_TIMEOUT) -> dict[str, Any] | None:
         """SIGTERM, wait, and return the JSON stats line printed at exit.
 
         Raises :class:`ServerHung` (after killing it) when the server does not exit

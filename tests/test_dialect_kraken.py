@@ -98,7 +98,7 @@ def test_ccxt_v2_books_trades_ticker_match_the_native_feed(gateway: VenueGateway
             gateway.http,
             str(gateway.cafile),
             "BTC/USD",
-            "15",
+            "7",
             linger_s=1.0,
         )
     )
@@ -112,7 +112,7 @@ def test_ccxt_v2_books_trades_ticker_match_the_native_feed(gateway: VenueGateway
     # native top N at a seq with the same checksum, computed over ccxt's own book.
     for depth in (10, 100):
         books = [b for b in by_kind["book"] if b["depth"] == depth]
-        assert len(books) >= 20, f"only {len(books)} books of depth {depth}"
+        assert len(books) >= 10, f"only {len(books)} books of depth {depth}"
         for book in books:
             bids, asks = written(book["bids"], pdec, qdec), written(book["asks"], pdec, qdec)
             assert len(bids) <= depth and len(asks) <= depth
@@ -135,8 +135,8 @@ def test_ccxt_v2_books_trades_ticker_match_the_native_feed(gateway: VenueGateway
     assert rt["bid"] < rt["ask"]
     for tid, price, amount, side in by_kind["rest_trades"][0]["trades"]:
         assert rec.trades[int(tid)] == (dec(price), dec(amount), side)
-    # ccxt pings every 6 s and closes after 12 s without a pong: it got a pong for
-    # each ping (at 6 and 12 s) and still had its book after 15 s.
+    # ccxt pings every keepAlive (2 s here, Kraken's 6 s in ccxt) and closes after two
+    # without a pong: it got a pong for each ping and still had its book after 7 s.
     assert by_kind["pongs"][0]["count"] >= 2 and by_kind["pongs"][0]["methods"] == ["pong"]
     assert by_kind["alive"][0] == {"kind": "alive", "bids": 10, "asks": 10}
 

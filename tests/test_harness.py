@@ -85,7 +85,11 @@ def test_clean(server_factory):
 def test_the_fixture_fails_a_test_whose_server_hangs_at_teardown(tmp_path: Path) -> None:
     shutil.copy(TESTS / "conftest.py", tmp_path / "conftest.py")
     (tmp_path / "test_cases.py").write_text(TEARDOWN_CASES)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path]),
+        "TICKWIRE_TEST_STOP_TIMEOUT": "2",
+    }
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_cases.py"],
         cwd=tmp_path,

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import jwt
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
@@ -163,6 +162,8 @@ class TokenVerifier:
                 valid) or ``token_expired``.
         """
 
+        import jwt  # PyJWT (and cryptography) cost ~80 ms to import: only with tokens
+
         def fail(why: str, code: str = ErrorCode.AUTH_FAILED) -> AuthError:
             return AuthError(code, why, request_id)
 
@@ -262,6 +263,8 @@ def make_token(
     issued = time.time() if now is None else now
     claims: dict[str, Any] = {"sub": user, "iat": int(issued), "exp": int(issued + ttl)}
     claims.update(extra or {})
+    import jwt  # see Verifier.verify
+
     if secret is not None:
         return jwt.encode(claims, secret, algorithm="HS256")
     return jwt.encode(claims, private_key, algorithm="ES256")

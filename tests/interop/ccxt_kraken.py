@@ -30,6 +30,8 @@ def make(ws_base, http_base, cafile):
                 }
             },
             "cafile": cafile,
+            # Kraken's own 6 s keepalive, shortened so a short run sees several pings.
+            "streaming": {"keepAlive": 2000},
         }
     )
 

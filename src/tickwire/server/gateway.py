@@ -35,7 +35,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from picows import (
     WSUpgradeRequest,
@@ -63,12 +63,14 @@ from ..protocol import (
     parse_channel,
 )
 from ..sources import Source, make_source
-from .admin import AdminServer
 from .config import GatewayConfig
 from .connection import Connection
 from .guard import Guard, create_ws_server
 from .metrics import TickStats
 from .venues import venue_listener
+
+if TYPE_CHECKING:
+    from .admin import AdminServer
 
 __all__ = ["Gateway"]
 
@@ -123,7 +125,7 @@ class Gateway:
         # Symbols whose book is not complete yet (/readyz): the simulator seeds all of
         # them in start(); a bus source would clear each on its first full snapshot.
         self.incomplete_books: set[str] = self.hub.incomplete
-        self.admin: AdminServer | None = None
+        self.admin: AdminServer | None = None  # started by _start_admin
         # Connections accepted per non-default wire (encoding, deflate).
         self.wires: dict[Wire, int] = {}
         # Slow consumers: closes by cause, and the buffered bytes seen by the sweeps.
@@ -377,7 +379,14 @@ class Gateway:
             await self._start_admin(cfg.admin_host or cfg.host, cfg.admin_port)
 
     async def _start_admin(self, host: str, port: int) -> None:
-        """Start the admin HTTP listener (see :mod:`tickwire.server.admin`)."""
+        """Start the admin HTTP listener (see :mod:`tickwire.server.admin`).
+
+        Imported here, not at the top: aiohttp and prometheus_client take ~0.3 s to
+        import, which a gateway without an admin port (``--port 0``, workers behind a
+        supervisor's, every test server) should not pay at each start.
+        """
+        from .admin import AdminServer
+
         admin = AdminServer(self)
         try:
             await admin.start(host, port)

@@ -23,19 +23,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from typing import Any
 
 import msgspec
-import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from ..exceptions import ConfigError
 from ..ingest import REASONS, IngestFeed, Invalidate, Load, Message, Publish
 from . import Batch, Sink
+from .nats import connect
 
 __all__ = [
     "IngestSource",
@@ -230,24 +228,13 @@ class IngestSource(_FeedSource):
             ConfigError: NATS cannot be reached within ``timeout`` seconds.
         """
         self._attach(sink)
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                self.nc = await nats.connect(
-                    self.url.split(","),
-                    name="tickwire-ingest",
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.25,
-                    connect_timeout=2,
-                    disconnected_cb=self._disconnected,
-                    error_cb=self._error,
-                )
-                break
-            except Exception as exc:  # nats-py raises several unrelated types here
-                if time.monotonic() > deadline:
-                    raise ConfigError(f"cannot connect to NATS at {self.url}: {exc}") from None
-                log.warning("NATS at %s: %s; retrying", self.url, exc)
-                await asyncio.sleep(0.5)
+        self.nc = await connect(
+            self.url,
+            "tickwire-ingest",
+            self.timeout,
+            disconnected_cb=self._disconnected,
+            error_cb=self._error,
+        )
         await self.nc.subscribe(f"{self.prefix}.ingest.*", cb=self._arrived)
         log.info("taking the ingest protocol on %s.ingest.<SYMBOL>", self.prefix)
 

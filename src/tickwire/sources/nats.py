@@ -37,6 +37,35 @@ __all__ = ["NatsSource"]
 
 log = logging.getLogger("tickwire.nats")
 
+
+async def connect(url: str, name: str, within_s: float, **callbacks: Any) -> NatsClient:
+    """Connect to NATS (``url``: comma-separated servers), retrying for ``within_s``.
+
+    The client reconnects by itself afterwards (forever, every 0.25 s); ``callbacks``
+    go to :func:`nats.connect` (``disconnected_cb``, ``error_cb`` ...).
+
+    Raises:
+        ConfigError: no server answered within ``within_s`` seconds.
+    """
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            nc: NatsClient = await nats.connect(
+                url.split(","),
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+                connect_timeout=2,
+                **callbacks,
+            )
+            return nc
+        except Exception as exc:  # nats-py raises several unrelated types here
+            if time.monotonic() > deadline:
+                raise ConfigError(f"cannot connect to NATS at {url}: {exc}") from None
+            log.warning("NATS at %s: %s; retrying", url, exc)
+            await asyncio.sleep(0.5)
+
+
 #: Seconds to wait for one snapshot reply, and before asking again after a failure.
 REQUEST_TIMEOUT = 2.0
 RETRY_DELAY = 0.5
@@ -100,24 +129,14 @@ class NatsSource:
         # No symbols named: follow all of the leader's, and those it adds later.
         self.follower = BusFollower(sink, follow_all=not self.symbols)
         deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                self.nc = await nats.connect(
-                    self.url.split(","),
-                    name="tickwire-gateway",
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.25,
-                    connect_timeout=2,
-                    disconnected_cb=self._disconnected,
-                    reconnected_cb=self._reconnected,
-                    error_cb=self._error,
-                )
-                break
-            except Exception as exc:  # nats-py raises several unrelated types here
-                if time.monotonic() > deadline:
-                    raise ConfigError(f"cannot connect to NATS at {self.url}: {exc}") from None
-                log.warning("NATS at %s: %s; retrying", self.url, exc)
-                await asyncio.sleep(0.5)
+        self.nc = await connect(
+            self.url,
+            "tickwire-gateway",
+            self.timeout,
+            disconnected_cb=self._disconnected,
+            reconnected_cb=self._reconnected,
+            error_cb=self._error,
+        )
         # The callback only queues the payload and wakes the tick loop, which relays it
         # at once: one bundle per publisher tick, so one wake-up per tick, not per symbol.
         self._sub = await self.nc.subscribe(f"{self.prefix}.md.>", cb=self._arrived)

@@ -28,7 +28,6 @@ WebSocket, ``{"code":-1121,"msg":"Invalid symbol."}`` with HTTP 400 on REST.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -36,8 +35,17 @@ import msgspec
 
 from ..framing import text_frame
 from ..protocol import Ticker, Trade
-from .candles import INTERVALS, Candle, Candles, rolling_stats
-from .feed import DialectFeed, DialectSubscriber, LevelKey, Renderer, Stream, Tap, Window
+from .candles import INTERVALS, Candle, Candles, ms, now_ms, rolling_stats
+from .feed import (
+    DialectFeed,
+    DialectSubscriber,
+    LevelKey,
+    Renderer,
+    Stream,
+    Tap,
+    Window,
+    reply,
+)
 from .markets import Market, Markets
 from .rest import MarketView, RestError, RestResponse, Route, answer, int_param, precision, step
 
@@ -53,14 +61,6 @@ MAX_STREAMS = 1024
 MAX_DEPTH_LIMIT = 5000
 
 _DEPTH_SPEED = {"": 1.0, "@100ms": 0.1, "@1000ms": 1.0}
-
-
-def _ms(ns: int) -> int:
-    return ns // 1_000_000
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _sides(items: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -153,7 +153,7 @@ class DiffDepth(_Binance):
 
     def _event(self, tap: Tap, first: int, last: int, items: Any) -> bytes:
         bids, asks = _sides(items)
-        event_ms = _ms(tap.ts) or _now_ms()
+        event_ms = ms(tap.ts) or now_ms()
         ev = _DepthUpdate("depthUpdate", event_ms, self.market.binance, first, last, bids, asks)
         return self.frame(_json.encode(ev))
 
@@ -200,7 +200,7 @@ class TradeStream(_Binance):
     def trades(self, tap: Tap, trades: list[Trade]) -> bytes | None:
         sym = self.market.binance
         encode, frame = _json.encode, self.frame
-        now = _now_ms()
+        now = now_ms()
         if self.aggregate:
             events: list[msgspec.Struct] = [
                 _AggTrade(
@@ -212,7 +212,7 @@ class TradeStream(_Binance):
                     t.qty,
                     t.id,
                     t.id,
-                    _ms(t.ts),
+                    ms(t.ts),
                     t.side == "sell",
                     True,
                 )  # fmt: skip
@@ -220,7 +220,7 @@ class TradeStream(_Binance):
             ]
         else:
             events = [
-                _Trade("trade", now, sym, t.id, t.price, t.qty, _ms(t.ts), t.side == "sell", True)
+                _Trade("trade", now, sym, t.id, t.price, t.qty, ms(t.ts), t.side == "sell", True)
                 for t in trades
             ]
         return b"".join(frame(encode(ev)) for ev in events)
@@ -268,7 +268,7 @@ class TickerStream(_Binance):
         if now and now < self.next:
             return None
         self.next = now + 1.0
-        stats = rolling_stats(tap.candles, ticker, _now_ms())
+        stats = rolling_stats(tap.candles, ticker, now_ms())
         if self.mini:
             ev = {
                 "e": "24hrMiniTicker",
@@ -359,7 +359,7 @@ class KlineStream(_Binance):
             "Q": candles.quote(c.taker_buy_quote),
             "B": "0",
         }
-        return self.frame(_json.encode({"e": "kline", "E": _now_ms(), "s": sym, "k": k}))
+        return self.frame(_json.encode({"e": "kline", "E": now_ms(), "s": sym, "k": k}))
 
 
 # -- stream names -------------------------------------------------------------------------
@@ -407,12 +407,6 @@ def _factory(market: Market, name: str, kind: str, combined: bool) -> Callable[[
 # -- a connection ---------------------------------------------------------------------------
 
 
-def _reply(sub: DialectSubscriber, frame: bytes) -> None:
-    deliver = sub.deliver
-    if deliver is not None:
-        deliver(frame)
-
-
 def _error(code: int, msg: str, rid: Any = None) -> bytes:
     return text_frame(_json.encode({"error": {"code": code, "msg": msg}, "id": rid}))
 
@@ -458,37 +452,37 @@ class BinanceSession:
             req = _decode.decode(text)
         except msgspec.DecodeError as exc:
             sub.rejected("invalid_json", str(exc))
-            _reply(sub, _error(3, f"Invalid JSON: {exc}"))
+            reply(sub, _error(3, f"Invalid JSON: {exc}"))
             return
         rid = req.get("id")
         if rid is not None and (isinstance(rid, bool) or not isinstance(rid, int | str)):
-            _reply(sub, _error(2, "Invalid request: request ID must be an unsigned integer"))
+            reply(sub, _error(2, "Invalid request: request ID must be an unsigned integer"))
             sub.rejected("bad_id", "request ID must be an unsigned integer")
             return
         method = req.get("method")
         params = req.get("params", [])
         if not isinstance(method, str):
             sub.rejected("missing_method", "missing field method")
-            _reply(sub, _error(2, "Invalid request: missing field `method`", rid))
+            reply(sub, _error(2, "Invalid request: missing field `method`", rid))
             return
         if not isinstance(params, list):
             sub.rejected("bad_params", "params must be an array")
-            _reply(sub, _error(2, "Invalid request: params must be an array", rid))
+            reply(sub, _error(2, "Invalid request: params must be an array", rid))
             return
         if method == "SUBSCRIBE":
             self._subscribe(sub, params, rid)
         elif method == "UNSUBSCRIBE":
             self._unsubscribe(sub, params, rid)
         elif method == "LIST_SUBSCRIPTIONS":
-            _reply(sub, text_frame(_json.encode({"result": list(self.names), "id": rid})))
+            reply(sub, text_frame(_json.encode({"result": list(self.names), "id": rid})))
         elif method == "GET_PROPERTY" and params == ["combined"]:
-            _reply(sub, text_frame(_json.encode({"result": self.combined, "id": rid})))
+            reply(sub, text_frame(_json.encode({"result": self.combined, "id": rid})))
         elif method == "SET_PROPERTY":
             sub.rejected("unknown_property", "SET_PROPERTY is not supported")
-            _reply(sub, _error(0, "Unknown property", rid))
+            reply(sub, _error(0, "Unknown property", rid))
         else:
             sub.rejected("unknown_method", f"unknown method {method[:32]!r}")
-            _reply(
+            reply(
                 sub,
                 _error(
                     2,
@@ -510,16 +504,16 @@ class BinanceSession:
             if stream is None:
                 shown = name[:64] if isinstance(name, str) else type(name).__name__
                 sub.rejected("invalid_stream", f"unknown stream {shown!r}")
-                _reply(sub, _error(2, f"Invalid request: unknown stream `{shown}`", rid))
+                reply(sub, _error(2, f"Invalid request: unknown stream `{shown}`", rid))
                 return
             streams.append((name, stream))
         new = {name for name, _ in streams if name not in self.names}
         if len(self.names) + len(new) > MAX_STREAMS:
             sub.rejected("too_many_streams", "over 1024 streams")
-            _reply(sub, _error(2, f"Invalid request: at most {MAX_STREAMS} streams", rid))
+            reply(sub, _error(2, f"Invalid request: at most {MAX_STREAMS} streams", rid))
             return
         # The ack first: ccxt creates its book on the ack and drops events before it.
-        _reply(sub, text_frame(_json.encode({"result": None, "id": rid})))
+        reply(sub, text_frame(_json.encode({"result": None, "id": rid})))
         for name, stream in streams:
             self.names[name] = stream
             self.feed.join(sub, stream)  # a repeated subscribe keeps the live stream
@@ -529,7 +523,7 @@ class BinanceSession:
             stream = self.names.pop(name, None) if isinstance(name, str) else None
             if stream is not None:
                 self.feed.leave(sub, stream.key)
-        _reply(sub, text_frame(_json.encode({"result": None, "id": rid})))
+        reply(sub, text_frame(_json.encode({"result": None, "id": rid})))
 
 
 def open_session(feed: DialectFeed, path: str, query: Mapping[str, str]) -> BinanceSession | None:
@@ -678,7 +672,7 @@ def trades(view: MarketView, params: Mapping[str, str]) -> bytes:
                 "price": t.price,
                 "qty": t.qty,
                 "quoteQty": f"{float(t.price) * float(t.qty):.8f}",
-                "time": _ms(t.ts),
+                "time": ms(t.ts),
                 "isBuyerMaker": t.side == "sell",
                 "isBestMatch": True,
             }

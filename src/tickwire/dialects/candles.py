@@ -10,13 +10,23 @@ book state: no checksum covers them).
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
 from ..protocol import Ticker, Trade
 
-__all__ = ["INTERVALS", "Candle", "Candles", "decimals", "interval_ms", "rolling_stats"]
+__all__ = [
+    "INTERVALS",
+    "Candle",
+    "Candles",
+    "decimals",
+    "interval_ms",
+    "ms",
+    "now_ms",
+    "rolling_stats",
+]
 
 _S = 1000
 _M = 60 * _S
@@ -50,6 +60,16 @@ _MONDAY = 4 * _D
 #: Seconds and minutes kept.
 _KEEP_SECONDS = 3600
 _KEEP_MINUTES = 7 * 24 * 60
+
+
+def ms(ns: int) -> int:
+    """An event time in ns since the epoch, in whole ms (the venues' unit)."""
+    return ns // 1_000_000
+
+
+def now_ms() -> int:
+    """The wall clock in whole ms since the epoch."""
+    return time.time_ns() // 1_000_000
 
 
 def interval_ms(name: str) -> int:

@@ -69,6 +69,7 @@ __all__ = [
     "Stream",
     "Tap",
     "Window",
+    "reply",
 ]
 
 #: Recent trades kept per symbol for the venues' REST ``trades`` endpoints.
@@ -98,6 +99,13 @@ class DialectSubscriber(Protocol):
     def close(self, code: int, reason: str) -> None: ...
 
     def rejected(self, code: str, reason: str) -> None: ...
+
+
+def reply(sub: DialectSubscriber, frame: bytes) -> None:
+    """Write one session reply (an ack, an error, a pong) to ``sub`` at once."""
+    deliver = sub.deliver
+    if deliver is not None:
+        deliver(frame)
 
 
 class Window:

@@ -41,7 +41,16 @@ from ..book import is_zero
 from ..framing import text_frame
 from ..protocol import Ticker, Trade
 from .candles import Candles, decimals, rolling_stats
-from .feed import DialectFeed, DialectSubscriber, LevelKey, Renderer, Stream, Tap, Window
+from .feed import (
+    DialectFeed,
+    DialectSubscriber,
+    LevelKey,
+    Renderer,
+    Stream,
+    Tap,
+    Window,
+    reply,
+)
 from .markets import Market, Markets
 from .rest import MarketView, RestError, RestResponse, int_param, precision
 
@@ -495,9 +504,7 @@ class HeartbeatV2(Renderer):
 
 
 def _reply(sub: DialectSubscriber, payload: Any) -> None:
-    deliver = sub.deliver
-    if deliver is not None:
-        deliver(text_frame(_json.encode(payload)))
+    reply(sub, text_frame(_json.encode(payload)))
 
 
 _CHANNELS = ("book", "trade", "ticker")

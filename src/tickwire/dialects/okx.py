@@ -32,17 +32,26 @@ REST answers ``{"code":"0","msg":"","data":[...]}`` or OKX's error codes.
 from __future__ import annotations
 
 import secrets
-import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import msgspec
 
+from ..book import is_zero
 from ..framing import text_frame
 from ..protocol import Ticker, Trade
-from .candles import INTERVALS, Candle, Candles, rolling_stats
-from .feed import DialectFeed, DialectSubscriber, LevelKey, Renderer, Stream, Tap, Window
+from .candles import INTERVALS, Candle, Candles, ms, now_ms, rolling_stats
+from .feed import (
+    DialectFeed,
+    DialectSubscriber,
+    LevelKey,
+    Renderer,
+    Stream,
+    Tap,
+    Window,
+    reply,
+)
 from .markets import Market
 from .rest import MarketView, RestError, RestResponse, Route, answer, int_param, precision, step
 
@@ -108,24 +117,12 @@ def checksum(bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> int:
     return crc - (1 << 32) if crc >= 1 << 31 else crc
 
 
-def _ms(ns: int) -> int:
-    return ns // 1_000_000
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _is_zero(qty: str) -> bool:
-    return not qty.strip("0.")
-
-
 _Level = tuple[str, str, str, str]
 
 
 def _levels(pairs: Iterable[tuple[str, str]]) -> list[_Level]:
     """OKX levels ``[px, sz, "0", orders]`` (a deleted level: ``sz`` and orders "0")."""
-    return [(p, "0", "0", "0") if _is_zero(q) else (p, q, "0", "1") for p, q in pairs]
+    return [(p, "0", "0", "0") if is_zero(q) else (p, q, "0", "1") for p, q in pairs]
 
 
 # -- pushes --------------------------------------------------------------------------------
@@ -189,7 +186,7 @@ class _Okx(Renderer):
 
     @staticmethod
     def ts(tap: Tap) -> str:
-        return str(_ms(tap.ts) or _now_ms())
+        return str(ms(tap.ts) or now_ms())
 
 
 class Books(_Okx):
@@ -244,7 +241,7 @@ class Books(_Okx):
                 else:
                     asks.append((price, qty))
                     shown = shown_asks
-                if _is_zero(qty):
+                if is_zero(qty):
                     shown.pop(price, None)
                 else:
                     shown[price] = qty
@@ -357,7 +354,7 @@ class Trades(_Okx):
                 encode(
                     _TradePush(
                         arg,
-                        [_TradeData(inst, str(t.id), t.price, t.qty, t.side, str(_ms(t.ts)), "1")],
+                        [_TradeData(inst, str(t.id), t.price, t.qty, t.side, str(ms(t.ts)), "1")],
                     )
                 )
             )
@@ -367,7 +364,7 @@ class Trades(_Okx):
 
 def ticker_data(market: Market, candles: Candles, ticker: Ticker, last_sz: str) -> dict[str, str]:
     """An OKX ticker (24 h rolling statistics from the minute candles)."""
-    now = _now_ms()
+    now = now_ms()
     stats = rolling_stats(candles, ticker, now)
     return {
         "instType": "SPOT",
@@ -439,7 +436,7 @@ class CandleStream(_Okx):
         series = candles.series(self.candle_interval, limit=2)
         if not series:
             return None
-        now_ms = _now_ms()
+        stamp = now_ms()
         rows = []
         last = series[-1]
         if self.open_start >= 0 and last.start != self.open_start:
@@ -451,7 +448,7 @@ class CandleStream(_Okx):
                 _json.encode(
                     {
                         "arg": self.arg,
-                        "data": [candle_row(candles, c, self.candle_interval, now_ms)],
+                        "data": [candle_row(candles, c, self.candle_interval, stamp)],
                     }
                 )
             )
@@ -476,12 +473,6 @@ def _factory(market: Market, channel: str) -> Callable[[], Renderer] | None:
 
 
 # -- a connection ----------------------------------------------------------------------------
-
-
-def _reply(sub: DialectSubscriber, frame: bytes) -> None:
-    deliver = sub.deliver
-    if deliver is not None:
-        deliver(frame)
 
 
 def _clip(text: str, n: int = 200) -> str:
@@ -520,12 +511,12 @@ class OkxSession:
         body: dict[str, Any] = {"event": "error", "code": code, "msg": msg, "connId": self.conn_id}
         if rid is not None:
             body = {"id": rid, **body}
-        _reply(sub, text_frame(_json.encode(body)))
+        reply(sub, text_frame(_json.encode(body)))
 
     def receive(self, sub: DialectSubscriber, text: bytes) -> None:
         """Handle one text frame from the client."""
         if text == b"ping":
-            _reply(sub, text_frame(b"pong"))
+            reply(sub, text_frame(b"pong"))
             return
         shown = _clip(text.decode("utf-8", "replace"))
         try:
@@ -583,7 +574,7 @@ class OkxSession:
         }
         if rid is not None:
             body = {"id": rid, **body}
-        _reply(sub, text_frame(_json.encode(body)))
+        reply(sub, text_frame(_json.encode(body)))
 
     def _subscribe(
         self, sub: DialectSubscriber, keys: list[tuple[str, str, Market]], rid: str | None
@@ -762,7 +753,7 @@ def trades(view: MarketView, params: Mapping[str, str]) -> bytes:
                 "px": t.price,
                 "source": "0",
                 "tradeId": str(t.id),
-                "ts": str(_ms(t.ts)),
+                "ts": str(ms(t.ts)),
             }
             for t in reversed(recent)
         ]

@@ -510,20 +510,31 @@ def _reply(sub: DialectSubscriber, payload: Any) -> None:
 _CHANNELS = ("book", "trade", "ticker")
 
 
-class KrakenV1Session:
-    """One Kraken WebSocket v1 connection (``/kraken``): cryptofeed's."""
+class _KrakenSession:
+    """What both Kraken versions' connections share."""
 
     venue = "kraken"
+    #: The frame a message over the rate limit is answered with (per version).
+    RATE_LIMITED = b""
 
     def __init__(self, feed: DialectFeed) -> None:
         self.feed = feed
         self.connection_id = next(_connection_ids)
-        # (channel name, v1 pair) -> stream: ("book-10", "XBT/USD").
+        # (channel, pair or symbol as this version names it) -> stream.
         self.subs: dict[tuple[str, str], Stream] = {}
 
     def rate_limited(self, reason: str) -> bytes:
         """Kraken's "Exceeded msg rate"."""
-        return text_frame(_json.encode({"event": "error", "errorMessage": "Exceeded msg rate"}))
+        return self.RATE_LIMITED
+
+
+class KrakenV1Session(_KrakenSession):
+    """One Kraken WebSocket v1 connection (``/kraken``): cryptofeed's.
+
+    ``subs`` keys are (channel name, v1 pair): ("book-10", "XBT/USD").
+    """
+
+    RATE_LIMITED = text_frame(b'{"event":"error","errorMessage":"Exceeded msg rate"}')
 
     def open(self, sub: DialectSubscriber) -> None:
         _reply(
@@ -711,20 +722,10 @@ class KrakenV1Session:
         self._status(sub, reqid, {"channelID": channel_id}, "Subscription Not Found")
 
 
-class KrakenV2Session:
+class KrakenV2Session(_KrakenSession):
     """One Kraken WebSocket v2 connection (``/kraken/v2``): ccxt.pro's."""
 
-    venue = "kraken"
-
-    def __init__(self, feed: DialectFeed) -> None:
-        self.feed = feed
-        self.connection_id = next(_connection_ids)
-        # (channel, symbol) -> stream.
-        self.subs: dict[tuple[str, str], Stream] = {}
-
-    def rate_limited(self, reason: str) -> bytes:
-        """Kraken's "Exceeded msg rate"."""
-        return text_frame(_json.encode({"error": "Exceeded msg rate", "success": False}))
+    RATE_LIMITED = text_frame(b'{"error":"Exceeded msg rate","success":false}')
 
     def open(self, sub: DialectSubscriber) -> None:
         _reply(

@@ -1,5 +1,5 @@
-"""The ``tickwire`` command: ``serve``, ``publish``, ``record``, ``config``, ``token``
-(and, from the SDK, ``watch`` and ``bench``).
+"""The ``tickwire`` command: ``serve``, ``publish``, ``record``, ``config``, ``token``,
+``report`` (and, from the SDK, ``watch`` and ``bench``).
 
 The options of ``serve``, ``publish`` and ``record`` are declared once, in
 :mod:`tickwire.settings`; this module reads the file and the environment for them,
@@ -149,6 +149,9 @@ def _gateway_config(args: argparse.Namespace) -> GatewayConfig:
         max_seconds=args.max_seconds,
         stats_path=args.stats_file,
         test_faults=args.test_faults,
+        report_path=args.report,
+        report_window_s=args.report_window,
+        report_storm=args.report_storm,
         high_watermark_bytes=int(args.high_watermark_kb * 1024),
         low_watermark_bytes=int(args.low_watermark_kb * 1024),
         max_buffer_bytes=int(args.max_buffer_kb * 1024),
@@ -426,6 +429,54 @@ def _watch(args: argparse.Namespace) -> int:
         return 1
 
 
+def _report_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "report",
+        help="print a connectivity report (serve --report FILE, or a live gateway's admin URL)",
+        description="Print the connectivity report as tables: each client's connections, "
+        "the faults it was given and what it did next. SOURCE is the JSON file "
+        "`tickwire serve --report FILE` wrote, or a gateway's admin URL "
+        "(http://HOST:PORT, its /api/v1/report is read). See docs/connectivity-testing.md.",
+    )
+    p.add_argument("source", metavar="FILE|URL", help="report JSON file or admin URL")
+    p.add_argument("--json", action="store_true", help="print the JSON instead of tables")
+    p.add_argument("--width", type=int, default=140, help="table width in columns")
+
+
+def _report(args: argparse.Namespace) -> int:
+    import json
+    import urllib.error
+    import urllib.request
+
+    from .faults.report import render_summary
+
+    source: str = args.source
+    try:
+        if source.startswith(("http://", "https://")):
+            url = source.rstrip("/")
+            if not url.endswith("/api/v1/report"):
+                url += "/api/v1/report"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                data = json.loads(response.read())
+        else:
+            with open(source, encoding="utf-8") as f:
+                data = json.load(f)
+    except urllib.error.HTTPError as exc:
+        sys.stderr.write(f"tickwire report: {source}: HTTP {exc.code}: {exc.read()[:200]!r}\n")
+        return 1
+    except (OSError, ValueError) as exc:
+        sys.stderr.write(f"tickwire report: cannot read {source}: {exc}\n")
+        return 1
+    if not isinstance(data, dict) or "faults" not in data:
+        sys.stderr.write(f"tickwire report: {source} is not a tickwire report\n")
+        return 1
+    if args.json:
+        sys.stdout.write(json.dumps(data, indent=1) + "\n")
+    else:
+        sys.stdout.write(render_summary(data, width=args.width))
+    return 0
+
+
 def _token_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "token", help="sign a login token for a user (testing private channels by hand)"
@@ -632,6 +683,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _bench_parser(sub)
     _watch_parser(sub)
     _token_parser(sub)
+    _report_parser(sub)
     raw_argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(raw_argv)
     command = args.command
@@ -661,6 +713,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _watch(args)
         if command == "token":
             return _token(args)
+        if command == "report":
+            return _report(args)
     except ConfigError as exc:
         return _fail(command, exc, json_logs)
     except KeyboardInterrupt:

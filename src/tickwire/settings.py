@@ -370,6 +370,9 @@ SETTINGS: tuple[Setting, ...] = (
     S("admin", "max_seconds", "float", 0.0, "exit by itself after this many seconds (0: run until signalled)", commands=_SP, low=0),
     # [faults]
     S("faults", "enabled", "bool", False, "accept {'op':'fault'} requests that corrupt the stream (tests only)", flag="--test-faults", reload=True),
+    S("faults", "report", "str", None, "keep the connectivity report (each client's connections, subscriptions, faults and reactions; GET /api/v1/report) and write it here as JSON at exit (`tickwire report FILE` prints it)", flag="--report", sample="report.json"),
+    S("faults", "report_window", "float", 10.0, "report: seconds a client may take to react to a gap, bad checksum, reorder, stale snapshot or stall before the fault counts as never noticed (if it kept its connection)", low=0, above=True),
+    S("faults", "report_storm", "int", 5, "report: a client storms when it makes more than this many reconnects, or snapshot requests, within 10 s", low=1),
     # [dialects]: none yet.
     # [record]
     S("record", "url", "str", None, "gateway WebSocket URL, e.g. ws://127.0.0.1:8765/ws", commands=("record",), positional=True, required=("record",), sample="ws://127.0.0.1:8765/ws"),

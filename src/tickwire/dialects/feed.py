@@ -101,6 +101,19 @@ class DialectSubscriber(Protocol):
     def rejected(self, code: str, reason: str) -> None: ...
 
 
+class FeedObserver(Protocol):
+    """Who is told of venue subscriptions (the connectivity report); never per frame."""
+
+    def joined(self, sub: DialectSubscriber, stream: Stream) -> None:
+        """``sub`` subscribed to ``stream`` (also again to one it is on)."""
+
+    def left(self, sub: DialectSubscriber, key: str) -> None:
+        """``sub`` left stream ``key``."""
+
+    def resynced(self, sub: DialectSubscriber, stream: Stream, closed: bool) -> None:
+        """``stream``'s book was replaced upstream: ``sub`` closed, or resnapshotted."""
+
+
 def reply(sub: DialectSubscriber, frame: bytes) -> None:
     """Write one session reply (an ack, an error, a pong) to ``sub`` at once."""
     deliver = sub.deliver
@@ -384,6 +397,8 @@ class DialectFeed:
         self.bytes_out = 0
         self.renders = 0
         self.conflated = 0
+        # Told of joins, leaves and resyncs when set (the gateway's report).
+        self.observer: FeedObserver | None = None
 
     def stats(self) -> dict[str, object]:
         """Counters since start (the gateway's exit stats, ``venues``)."""
@@ -484,6 +499,8 @@ class DialectFeed:
         Returns False if it was already on the stream (nothing is sent twice: a venue
         client may repeat a subscribe for a live stream).
         """
+        if self.observer is not None:
+            self.observer.joined(sub, stream)
         if stream.key in sub.streams:
             return False
         tap = stream.tap
@@ -505,6 +522,8 @@ class DialectFeed:
         stream = sub.streams.pop(key, None)
         if stream is None:
             return False
+        if self.observer is not None:
+            self.observer.left(sub, key)
         stream.subscribers.pop(sub, None)
         stream.lagging.pop(sub, None)
         stream.held.pop(sub, None)
@@ -614,10 +633,16 @@ class DialectFeed:
                 if not tap.first:
                     for sub in stream.lagging:
                         stream.lagging[sub] = -1
+                observer = self.observer
                 if not tap.first and not stream.renderer.resyncs:
                     for sub in (*stream.subscribers, *stream.lagging):
+                        if observer is not None:
+                            observer.resynced(sub, stream, True)
                         sub.close(1011, "the book was resynchronised upstream; reconnect")
                 else:
+                    if observer is not None and not tap.first:
+                        for sub in stream.subscribers:
+                            observer.resynced(sub, stream, False)
                     self._send(stream, stream.renderer.reset(tap, tap.first))
 
     # -- slow consumers ----------------------------------------------------------------

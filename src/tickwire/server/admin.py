@@ -17,6 +17,8 @@ Routes::
     GET /api/v1/book/{symbol}?depth=N  the book snapshot a WebSocket subscriber would
                                      get now: same seq, checksum and epoch
     GET /api/v1/stats                the gateway's counters (the exit-stats JSON)
+    GET /api/v1/report               the connectivity report (tickwire.server.reporting;
+                                     404 when the gateway keeps none)
     GET /api/v1/stream?symbol=S&depth=N  server-sent events for the dashboard:
                                      ``hello`` (symbols and the last minutes of
                                      samples), ``sample`` every second, ``slow`` every
@@ -49,6 +51,7 @@ from prometheus_client.registry import CollectorRegistry
 from ..dialects import VENUES, rest
 from ..protocol import encode
 from .metrics import GatewayView, Sampler, make_registry
+from .reporting import add_routes as add_report_routes
 from .venues import VenueView
 
 if TYPE_CHECKING:
@@ -173,6 +176,7 @@ class AdminServer:
         app.router.add_get("/api/v1/book/{symbol:.+}", self._book)
         app.router.add_get("/api/v1/stats", self._stats)
         app.router.add_get("/api/v1/stream", self._stream)
+        add_report_routes(app, self.gateway)
         app.router.add_static("/static/", STATIC_DIR, append_version=False)
         for venue in VENUES:
             app.router.add_get(f"/{venue}/{{path:.*}}", self._venue)
@@ -402,7 +406,14 @@ class AdminServer:
     async def _venue(self, request: web.Request) -> web.Response:
         """A venue's REST endpoint (``/binance/api/v3/depth`` ...), in its dialect."""
         venue = request.path.split("/", 2)[1]
-        answer = rest(self.view, venue, "/" + request.match_info["path"], request.query)
+        path = "/" + request.match_info["path"]
+        answer = rest(self.view, venue, path, request.query)
+        report = self.gateway.report
+        if report is not None:
+            markets = self.gateway.feed.markets
+            report.rest(
+                venue, path, request.query, request.headers, request.remote, answer.status, markets
+            )
         return web.Response(
             body=answer.body,
             status=answer.status,

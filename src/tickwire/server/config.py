@@ -45,6 +45,11 @@ class GatewayConfig:
     max_seconds: float = 0.0
     stats_path: str | None = None
     test_faults: bool = False
+    # The connectivity report (docs/connectivity-testing.md): written here at exit;
+    # kept (and served at /api/v1/report) also without a file when faults are in use.
+    report_path: str | None = None
+    report_window_s: float = 10.0
+    report_storm: int = 5
     # Slow consumers: per-connection write-buffer watermarks and hard budget, the
     # server-wide cap, how long a connection may stay paused, and how long a closed
     # slow consumer may take to drain before it is aborted.

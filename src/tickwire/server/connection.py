@@ -41,6 +41,7 @@ from ..protocol import (
 if TYPE_CHECKING:
     from ..hub import Hub
     from .config import GatewayConfig
+    from .reporting import Reporter
 
 __all__ = ["Connection", "Host"]
 
@@ -76,6 +77,8 @@ class Host(Protocol):
     def rejected_by_code(self) -> dict[str, int]: ...
     @property
     def closes_by_code(self) -> dict[int, int]: ...
+    @property
+    def report(self) -> Reporter | None: ...
 
     rate_limited: int
     rejected: int
@@ -118,6 +121,10 @@ class Connection(WSListener):
         "strikes",
         "last_seen",
         "_fragments_kind",
+        "origin",
+        "close_code",
+        "closed_by",
+        "close_reason",
     )
 
     def __init__(self, gateway: Host, conn_id: int, wire: Wire = JSON_WIRE) -> None:
@@ -153,6 +160,13 @@ class Connection(WSListener):
         self.last_seen = time.monotonic()
         # (binary, compressed) of the message being reassembled from fragments.
         self._fragments_kind = (False, False)
+        # The connectivity report (tickwire.server.reporting), when the gateway keeps
+        # one: the handshake's path, User-Agent and client name; how the connection
+        # ended (code, "server" or "client", reason).
+        self.origin: tuple[str, str, str | None] | None = None
+        self.close_code: int | None = None
+        self.closed_by: str | None = None
+        self.close_reason = ""
 
     # -- picows callbacks --------------------------------------------------------------
 
@@ -175,6 +189,9 @@ class Connection(WSListener):
         if self.wire != JSON_WIRE:
             self.gateway.hub.set_wire(self, self.wire)
         self.gateway.connections[self.id] = self
+        report = self.gateway.report
+        if report is not None:
+            report.opened(self, self.venue_label())
         log.debug(
             "conn %d %s: connected", self.id, self.peer, extra={"conn": self.id, "peer": self.peer}
         )
@@ -213,8 +230,16 @@ class Connection(WSListener):
             self.send(encode(Error(ErrorCode.UNSUPPORTED_DATA, reason)))
             self.fail(CloseCode.UNSUPPORTED_DATA, reason)
         elif msg_type == WSMsgType.CLOSE:
+            if self.closed_by is None:
+                self.closed_by = "client"
+                self.close_code = frame.get_close_code().value
+                self.close_reason = frame.get_close_message().decode("utf-8", "replace")[:120]
             transport.send_close(frame.get_close_code(), frame.get_close_message())
             transport.disconnect()
+
+    def venue_label(self) -> str:
+        """The protocol this connection speaks: "native" (a venue connection: its venue)."""
+        return "native"
 
     def update_delivery(self) -> None:
         """Write frames directly while on one channel, else queue them for the tick.
@@ -271,6 +296,9 @@ class Connection(WSListener):
         self.drop_subscriptions()
         gateway = self.gateway
         gateway.connections.pop(self.id, None)
+        report = gateway.report
+        if report is not None:
+            report.closed(self)
         if not gateway.connections and gateway.draining is not None:
             gateway.draining.set()
 
@@ -442,6 +470,9 @@ class Connection(WSListener):
         )
         closes = self.gateway.closes_by_code
         closes[int(code)] = closes.get(int(code), 0) + 1
+        self.closed_by = "server"
+        self.close_code = int(code)
+        self.close_reason = reason[:120]
         self.flush()
         self.closed = True
         self.deliver = None

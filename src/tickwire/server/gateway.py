@@ -71,6 +71,7 @@ from .venues import venue_listener
 
 if TYPE_CHECKING:
     from .admin import AdminServer
+    from .reporting import Reporter
 
 __all__ = ["Gateway"]
 
@@ -108,6 +109,17 @@ class Gateway:
         self.source = source if source is not None else make_source(config)
         # The venue dialects (Binance, OKX, Kraken) tap the hub's native channels.
         self.feed = DialectFeed(self.hub)
+        # The connectivity report (tickwire.server.reporting): None unless --report is
+        # given or faults are in use; its hooks run at connects, closes, subscribes
+        # and REST requests only, never per delivery.
+        self.report: Reporter | None = None
+        if config.report_path or config.test_faults:
+            from ..faults.report import Report
+            from .reporting import Reporter
+
+            rules = Report(notice_window_s=config.report_window_s, storm_count=config.report_storm)
+            self.report = Reporter(config.report_path, rules)
+            self.feed.observer = self.report
         # Private channels: tokens, and the simulator's synthetic users' orders.
         self.verifier = config.verifier
         self.guard = Guard(self._listener, config.limits, config.verifier)
@@ -189,6 +201,10 @@ class Gateway:
         conn.send(encode(Ack("subscribe", req.id, req.channels, self.engine.epoch)))
         for ch in channels:
             hub.subscribe(conn, ch, req.epoch, req.since.get(ch.name), req.id)
+        report = self.report
+        if report is not None:
+            for ch in channels:
+                report.subscribed(conn, ch.name)
 
     def _channel(self, conn: Connection, name: str, request_id: int | str | None) -> Channel:
         """Resolve a channel name for ``conn``, authorizing private channels.
@@ -260,27 +276,50 @@ class Gateway:
             )
         for name in req.channels:
             self.hub.unsubscribe(conn, name)
+            if self.report is not None:
+                self.report.unsubscribed(conn, name)
         conn.send(encode(Ack("unsubscribe", req.id, req.channels, self.engine.epoch)))
 
     def _fault(self, conn: Connection, req: Request) -> None:
         if not self.config.test_faults:
             raise RequestError(ErrorCode.UNKNOWN_OP, "unknown op 'fault'", req.id)
         for name in req.channels:
+            ch = self.hub.channel(name, req.id)
             try:
-                self.hub.inject_fault(self.hub.channel(name, req.id), req.fault or "")
+                self.hub.inject_fault(ch, req.fault or "")
             except ValueError as exc:
                 raise RequestError(ErrorCode.BAD_REQUEST, str(exc), req.id) from None
+            if self.report is not None:
+                self._report_fault(ch, req.fault or "")
         conn.send(encode(Ack("fault", req.id, req.channels, self.engine.epoch)))
+
+    def _report_fault(self, ch: Channel, kind: str) -> None:
+        """Tell the report which connections the next message of ``ch`` will hit."""
+        assert self.report is not None
+        name = "gap" if kind == "drop" else kind
+        done = "one message dropped" if kind == "drop" else "one message with a wrong checksum"
+        symbol = ch.name.partition(".")[2]
+        detail = {"channel": ch.name, "symbol": symbol, "venue": "native", "done": done}
+        for sub in (*ch.subscribers, *(s for subs in ch.groups.values() for s in subs)):
+            if isinstance(sub, Connection):
+                self.report.fault(sub.id, name, detail)
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def _listener(self, request: WSUpgradeRequest) -> Connection | WSUpgradeResponseWithListener:
         self.accepted += 1
         conn_id = next(self._ids)
-        venue = venue_listener(self, request, conn_id)
-        if venue is not None:
-            return venue
-        return self._negotiate(request, conn_id)
+        result: Connection | WSUpgradeResponseWithListener | None
+        result = venue_listener(self, request, conn_id)
+        if result is None:
+            result = self._negotiate(request, conn_id)
+        if self.report is not None:
+            from .reporting import handshake_identity
+
+            conn = result.listener if isinstance(result, WSUpgradeResponseWithListener) else result
+            if isinstance(conn, Connection):
+                conn.origin = handshake_identity(request)
+        return result
 
     def _negotiate(
         self, request: WSUpgradeRequest, conn_id: int
@@ -661,6 +700,8 @@ class Gateway:
             await self.admin.stop()
         await self.source.stop()
         self.write_stats()
+        if self.report is not None:
+            self.report.write()
 
     def stats(self) -> dict[str, Any]:
         """Counters since start (also printed as one JSON line on stderr at exit)."""

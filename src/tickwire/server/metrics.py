@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from ..sources import Source
     from .config import GatewayConfig
     from .connection import Connection
+    from .reporting import Reporter
 
 __all__ = [
     "BATCH_BUCKETS",
@@ -249,6 +250,8 @@ class GatewayView(Protocol):
     def max_buffered_total(self) -> int: ...
     @property
     def feed(self) -> DialectFeed: ...
+    @property
+    def report(self) -> Reporter | None: ...
 
     def books_complete(self) -> bool:
         """True once every served book holds a complete state."""
@@ -430,6 +433,62 @@ class GatewayCollector(Collector):
         source_metrics = getattr(gw.source, "metrics", None)
         if source_metrics is not None:
             yield from source_metrics()  # an ingest source's tickwire_ingest_*
+        if gw.report is not None:
+            yield from report_metrics(gw.report.summary())
+
+
+def report_metrics(summary: Mapping[str, Any]) -> Iterator[Metric]:
+    """The connectivity report (``tickwire_report_*``), derived at the scrape."""
+    totals = summary["totals"]
+    for key, what in (
+        ("connections", "WebSocket connections the report saw open"),
+        ("closes", "of them closed"),
+        ("subscribes", "subscribes (native and venue, repeats included)"),
+        ("rest_requests", "venue REST requests"),
+        ("snapshot_requests", "venue REST book snapshots requested"),
+    ):
+        yield CounterMetricFamily(f"tickwire_report_{key}", f"Report: {what}.", float(totals[key]))
+    faults = CounterMetricFamily(
+        "tickwire_report_faults", "Report: faults applied to clients, by kind.", labels=["kind"]
+    )
+    outcomes = GaugeMetricFamily(
+        "tickwire_report_fault_outcomes",
+        "Report: faults by kind and outcome (detected, recovered, never_noticed, storm).",
+        labels=["kind", "outcome"],
+    )
+    ttb = GaugeMetricFamily(
+        "tickwire_report_time_to_book_seconds_max",
+        "Report: the longest time from a fault to a provably right book, by kind and venue.",
+        labels=["kind", "venue"],
+    )
+    kinds: dict[str, int] = {}
+    counts: dict[tuple[str, str], int] = {}
+    worst: dict[tuple[str, str], float] = {}
+    for f in summary["faults"]:
+        kind = str(f["kind"])
+        kinds[kind] = kinds.get(kind, 0) + 1
+        for outcome in ("detected", "recovered", "never_noticed", "storm"):
+            if f.get(outcome):
+                counts[(kind, outcome)] = counts.get((kind, outcome), 0) + 1
+        t = f.get("time_to_book_s")
+        if isinstance(t, (int, float)):
+            where = (kind, str(f["venue"]))
+            worst[where] = max(worst.get(where, 0.0), float(t))
+    for kind, n in sorted(kinds.items()):
+        faults.add_metric([kind], float(n))
+        for outcome in ("detected", "recovered", "never_noticed", "storm"):
+            outcomes.add_metric([kind, outcome], float(counts.get((kind, outcome), 0)))
+    for (kind, venue), t in sorted(worst.items()):
+        ttb.add_metric([kind, venue], t)
+    yield faults
+    yield outcomes
+    yield ttb
+    storming = sum(1 for c in summary["clients"] if c.get("storm"))
+    yield GaugeMetricFamily(
+        "tickwire_report_storming_clients",
+        "Report: clients whose reconnects or snapshot requests passed the storm threshold.",
+        float(storming),
+    )
 
 
 def make_registry(gateway: GatewayView, sampler: Sampler | None = None) -> CollectorRegistry:

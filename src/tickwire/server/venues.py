@@ -75,6 +75,9 @@ class VenueConnection(Connection):
         super().on_ws_connected(transport)
         self.session.open(self)
 
+    def venue_label(self) -> str:
+        return self.session.venue
+
     def update_delivery(self) -> None:
         # Venue frames are always written at once: the feed renders them once per
         # stream and each connection's streams are few.

@@ -400,6 +400,8 @@ class Report:
         """When the client next held a provably right book of the fault's symbol."""
         if f.symbol is None:
             return None
+        if f.detail.get("resynced_in_band"):
+            return f.t  # the gateway itself sent the client a fresh snapshot
         venue = f.venue
         if venue == "binance":
             for ev in events:

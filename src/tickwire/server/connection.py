@@ -233,7 +233,8 @@ class Connection(WSListener):
             if self.closed_by is None:
                 self.closed_by = "client"
                 self.close_code = frame.get_close_code().value
-                self.close_reason = frame.get_close_message().decode("utf-8", "replace")[:120]
+                message = frame.get_close_message()
+                self.close_reason = (message or b"").decode("utf-8", "replace")[:120]
             transport.send_close(frame.get_close_code(), frame.get_close_message())
             transport.disconnect()
 

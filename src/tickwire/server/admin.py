@@ -452,6 +452,7 @@ class AdminServer:
             "depth": depth,
             "ws_port": gw.port,
             "ready": gw.books_complete() and gw.draining is None,
+            "report": gw.report is not None,  # the dashboard shows /api/v1/report
             "samples": [p.as_dict() for p in self.sampler.points],
         }
         try:

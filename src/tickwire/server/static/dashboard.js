@@ -2,7 +2,7 @@
 // (/api/v1/stream). No framework and no CDN: uPlot (vendored) draws the charts.
 //
 // Everything shown is also kept in `window.tickwire` (samples, book, slow table,
-// chart data) so tests and curious operators can read exactly what is drawn.
+// connectivity report, chart data) so tests and curious operators can read exactly what is drawn.
 "use strict";
 
 (function () {
@@ -29,6 +29,7 @@
     samples: [],
     book: null,
     slow: [],
+    report: null,
     charts: {},
     depth: { x: [], bids: [], asks: [] },
   };
@@ -250,7 +251,52 @@
       .join("");
   }
 
+  // -- connectivity report (only when the gateway keeps one: hello.report) -----------
+
+  let reportTimer = null;
+
+  function secs(value) {
+    return value == null ? "–" : value.toFixed(2) + " s";
+  }
+
+  function onReport(data) {
+    state.report = data;
+    $("report").hidden = false;
+    const t = data.totals;
+    $("report-totals").textContent =
+      t.connections + " connections, " + t.faults + " faults, " + t.detected + " detected, " + t.recovered + " recovered, " +
+      t.never_noticed + " never noticed, " + t.storms + " storms";
+    const body = document.querySelector("#report-table tbody");
+    const rows = data.faults.slice(-50).reverse();
+    if (!rows.length) {
+      body.innerHTML = '<tr class="empty"><td colspan="11">no fault applied yet</td></tr>';
+      return;
+    }
+    const esc = (s) => String(s == null ? "–" : s).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
+    const yes = (v) => (v == null ? "–" : v ? "yes" : "no");
+    body.innerHTML = rows
+      .map(
+        (f) =>
+          '<tr class="' + (f.never_noticed ? "never " : "") + (f.storm ? "storm" : "") + '"><td>' + f.n + "</td><td>" + esc(f.kind) + "</td><td>" +
+          esc(f.venue) + "</td><td>" + esc(f.symbol || f.channel) + "</td><td>" + esc(f.conn == null ? "*" : f.conn) + "</td><td>" + esc(f.client) +
+          "</td><td>" + esc(f.reaction || (f.pending ? "pending" : "none")) + "</td><td>" + secs(f.reaction_s) + "</td><td>" + secs(f.time_to_book_s) +
+          "</td><td>" + yes(f.never_noticed) + "</td><td>" + yes(f.storm) + "</td></tr>",
+      )
+      .join("");
+  }
+
+  function pollReport() {
+    fetch("/api/v1/report", { cache: "no-store" })
+      .then((r) => (r.ok ? r.json() : null))
+      .then((data) => data && onReport(data))
+      .catch(() => {});
+  }
+
   function onHello(hello) {
+    if (hello.report && reportTimer === null) {
+      pollReport();
+      reportTimer = setInterval(pollReport, 2000);
+    }
     state.epoch = hello.epoch;
     state.symbols = hello.symbols;
     state.samples = hello.samples.slice(-KEEP);

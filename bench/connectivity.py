@@ -223,6 +223,7 @@ def rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "client": client,
                 "venue": venue,
                 "faults": len(faults),
+                "needed": any(f.get("reaction_needed") for f in faults),
                 "detected": sum(bool(f.get("detected")) for f in faults),
                 "recovered": sum(bool(f.get("recovered")) for f in faults),
                 "never_noticed": sum(bool(f.get("never_noticed")) for f in faults),
@@ -257,8 +258,8 @@ def markdown(all_rows: list[dict[str, Any]], seconds: float) -> str:
         f"Produced by `bench/connectivity.py` on {stamp}: ccxt 4.5.90 and cryptofeed 2.4.1"
         f" (tests/interop/requirements.txt), {seconds:g} s per scenario, one BTC-USDT book"
         " per client. `n/N`: faults of that kind the client was given, and how many were"
-        " detected / recovered; *time to book*: median and worst seconds from the fault to"
-        " a provably right book (rules above).",
+        " detected / recovered (n/a: a fault that needs no reaction); *time to book*:"
+        " median and worst seconds from the fault to a provably right book (rules above).",
         "",
         "| scenario | fault | client | venue | detected | recovered | never noticed |"
         " time to book (median / max) | storm | reaction |",
@@ -275,10 +276,11 @@ def markdown(all_rows: list[dict[str, Any]], seconds: float) -> str:
             )
             continue
         n = r["faults"]
+        detected = f"{r['detected']}/{n}" if r["needed"] else "n/a"
         ttb = "-" if r["median_s"] is None else f"{r['median_s']:.2f} / {r['max_s']:.2f} s"
         lines.append(
             f"| {r['scenario']} | {r['fault']} | {r['client']} | {r['venue']} |"
-            f" {r['detected']}/{n} | {r['recovered']}/{n} | {r['never_noticed']}/{n} | {ttb} |"
+            f" {detected} | {r['recovered']}/{n} | {r['never_noticed']}/{n} | {ttb} |"
             f" {'yes' if r['storm'] else 'no'} | {', '.join(r['reactions'])} |"
         )
     return "\n".join(lines) + "\n"

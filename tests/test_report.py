@@ -212,3 +212,18 @@ def test_the_summary_renders_as_tables() -> None:
     assert len(lines) == 2
     assert any("resubscribed" in line and "0.20s" in line for line in lines)
     assert any("lazy" in line and "none" in line and "yes" in line for line in lines)
+
+
+def test_a_rate_limited_client_is_checked_against_retry_after() -> None:
+    r = Report()
+    peer = {"peer": "127.0.0.1:0", "user_agent": UA, "venue": "binance"}
+    r.rest("binance", "/api/v3/depth", "BTC-USDT", "127.0.0.1:0", UA, None, 429, 1.0)
+    r.fault(None, "rate_limit", {**peer, "symbol": "BTC-USDT", "retry_after": 2}, 1.0)
+    r.rest("binance", "/api/v3/depth", "BTC-USDT", "127.0.0.1:0", UA, None, 418, 1.5)
+    r.fault(None, "rate_limit", {**peer, "symbol": "BTC-USDT", "retry_after": 5}, 1.5)
+    r.rest("binance", "/api/v3/depth", "BTC-USDT", "127.0.0.1:0", UA, None, 200, 7.0)
+    first, second = r.summary(10.0)["faults"]
+    assert first["reaction_needed"] is True
+    assert first["next_request_s"] == 0.5 and first["honoured_retry_after"] is False
+    assert second["next_request_s"] == 5.5 and second["honoured_retry_after"] is True
+    assert r.summary(10.0)["totals"]["snapshot_requests"] == 3

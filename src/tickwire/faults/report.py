@@ -32,7 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "CLOSES",
     "NEEDS_RESYNC",
+    "REACTION_NEEDED",
     "RECOVERY_RULES",
     "SNAPSHOT_PATHS",
     "ClientEvent",
@@ -49,6 +51,9 @@ NEEDS_RESYNC = frozenset({"gap", "checksum", "reorder", "stale_snapshot", "stall
 
 #: Fault kinds that end the connection: the expected reaction is a reconnect.
 CLOSES = frozenset({"disconnect", "max_connection_age", "maintenance"})
+
+#: Fault kinds a client must react to: resync, reconnect, or (``rate_limit``) back off.
+REACTION_NEEDED = NEEDS_RESYNC | CLOSES | {"rate_limit"}
 
 #: How each venue's client proves its book right again after a fault.
 RECOVERY_RULES = {
@@ -382,6 +387,14 @@ class Report:
         out["recovered"] = recovered is not None
         out["time_to_book_s"] = round(recovered - f.t, 3) if recovered is not None else None
         out["detected"] = reaction is not None
+        out["reaction_needed"] = f.kind in REACTION_NEEDED
+        if f.kind == "rate_limit":
+            # Backing off: the client's next request of any kind, against Retry-After.
+            nxt = next((ev for ev in events if ev.t > f.t and ev.what in ("rest", "open")), None)
+            out["next_request_s"] = round(nxt.t - f.t, 3) if nxt is not None else None
+            retry = f.detail.get("retry_after")
+            if isinstance(retry, (int, float)) and not isinstance(retry, bool):
+                out["honoured_retry_after"] = nxt is None or nxt.t - f.t >= retry
         window_end = f.t + self.notice_window_s
         open_through = rec is None or rec.closed is None or rec.closed > window_end
         late = reaction is None or reaction.t > window_end

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tickwire.faults.report import Report, client_key, render_summary
 
 UA = "Python/3.11 aiohttp/3.9"
@@ -227,3 +229,10 @@ def test_a_rate_limited_client_is_checked_against_retry_after() -> None:
     assert first["next_request_s"] == 0.5 and first["honoured_retry_after"] is False
     assert second["next_request_s"] == 5.5 and second["honoured_retry_after"] is True
     assert r.summary(10.0)["totals"]["snapshot_requests"] == 3
+
+
+def test_report_file_with_workers_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    from tickwire.cli import main
+
+    assert main(["serve", "--workers", "2", "--report", "r.json", "--admin-port", "off"]) == 2
+    assert "--report FILE with --workers" in capsys.readouterr().err

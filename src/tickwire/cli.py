@@ -255,6 +255,11 @@ def _supervise(args: argparse.Namespace) -> int:
     admin_port, _ = _admin_port(args.admin_port, args.port)
     if admin_port == 0:
         raise ConfigError("--admin-port 0 cannot be shared by workers; give a port or off")
+    if args.report:
+        raise ConfigError(
+            "--report FILE with --workers: every worker would write the same file; read each "
+            "worker's /api/v1/report instead (docs/connectivity-testing.md)"
+        )
     if args.source == "-" or args.source.startswith(("ingest+", "ingest:")):
         raise ConfigError(
             "--workers with an ingest source would number the feed once per worker; put "

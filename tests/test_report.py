@@ -236,3 +236,23 @@ def test_report_file_with_workers_is_refused(capsys: pytest.CaptureFixture[str])
 
     assert main(["serve", "--workers", "2", "--report", "r.json", "--admin-port", "off"]) == 2
     assert "--report FILE with --workers" in capsys.readouterr().err
+
+
+def test_memory_is_bounded_by_clients_connections_and_faults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tickwire.faults.report as mod
+
+    monkeypatch.setattr(mod, "MAX_CLIENTS", 2)
+    monkeypatch.setattr(mod, "MAX_CONNS", 3)
+    monkeypatch.setattr(mod, "MAX_FAULTS", 2)
+    r = Report()
+    for i in range(4):
+        r.opened(i, "native", "/ws", f"10.0.0.{i}:1", UA, None, float(i))
+        r.closed(i, 1000, "client", "", float(i) + 0.5)
+    assert set(r.events) == {f"10.0.0.0 {UA}", f"10.0.0.1 {UA}", mod.OTHERS}
+    assert r.conns[3].client == mod.OTHERS
+    assert sorted(r.conns) == [1, 2, 3]  # the oldest closed one was forgotten
+    for _ in range(3):
+        r.fault(3, "gap", {"symbol": "X"}, 5.0)
+    assert len(r.faults) == 2 and r.summary(6.0)["totals"]["faults_dropped"] == 1

@@ -75,8 +75,15 @@ SNAPSHOT_PATHS = {
     "kraken": ("/0/public/Depth",),
 }
 
-#: Events kept (oldest dropped first): enough for hours of a storming client.
-MAX_EVENTS = 200_000
+#: Events kept per client (oldest dropped first): hours of a storming client.
+MAX_EVENTS = 20_000
+#: Clients told apart; later ones share the key ``"(other clients)"``.
+MAX_CLIENTS = 10_000
+OTHERS = "(other clients)"
+#: Connections remembered; past it the oldest closed ones are forgotten.
+MAX_CONNS = 100_000
+#: Faults kept; later ones are counted in ``totals.faults_dropped`` only.
+MAX_FAULTS = 100_000
 
 
 def client_key(peer: str, user_agent: str, name: str | None = None) -> str:
@@ -167,8 +174,10 @@ class Report:
         self.storm_window_s = storm_window_s
         self.storm_count = storm_count
         self.conns: dict[int, ConnRecord] = {}
-        self.events: deque[ClientEvent] = deque(maxlen=MAX_EVENTS)
+        # Each client's events in time order (a client's reactions are its own).
+        self.events: dict[str, deque[ClientEvent]] = {}
         self.faults: list[FaultRecord] = []
+        self.faults_dropped = 0
         # Counters for metrics (monotonic, never derived).
         self.opens = 0
         self.closes = 0
@@ -191,14 +200,18 @@ class Report:
         wall: float = 0.0,
     ) -> None:
         """A WebSocket connection was accepted (``venue`` "native" for the native one)."""
-        client = client_key(peer, user_agent, name)
+        client = self._key(client_key(peer, user_agent, name))
+        if len(self.conns) >= MAX_CONNS:
+            gone = next((k for k, c in self.conns.items() if c.closed is not None), None)
+            if gone is not None:
+                del self.conns[gone]
         self.conns[conn_id] = ConnRecord(
             conn_id, venue, path, peer, user_agent, client, now, wall or now
         )
         if wall:
             self._wall_offset = wall - now
         self.opens += 1
-        self.events.append(ClientEvent(now, "open", client, conn_id, venue))
+        self._log(ClientEvent(now, "open", client, conn_id, venue))
 
     def subscribed(
         self, conn_id: int, target: str, symbol: str | None, book: bool, now: float
@@ -212,9 +225,7 @@ class Report:
         if target not in rec.subscribed and len(rec.subscribed) < 64:
             rec.subscribed.append(target)
         self.subscribes += 1
-        self.events.append(
-            ClientEvent(now, "sub", rec.client, conn_id, rec.venue, symbol, target, book)
-        )
+        self._log(ClientEvent(now, "sub", rec.client, conn_id, rec.venue, symbol, target, book))
 
     def unsubscribed(self, conn_id: int, target: str, now: float) -> None:
         """``conn_id`` left ``target``."""
@@ -222,9 +233,7 @@ class Report:
         if rec is None:
             return
         symbol = rec.subscriptions.pop(target, None)
-        self.events.append(
-            ClientEvent(now, "unsub", rec.client, conn_id, rec.venue, symbol, target)
-        )
+        self._log(ClientEvent(now, "unsub", rec.client, conn_id, rec.venue, symbol, target))
 
     def closed(self, conn_id: int, code: int | None, by: str, reason: str, now: float) -> None:
         """``conn_id`` ended: ``by`` "server" or "client" (or "network": no close frame)."""
@@ -236,7 +245,7 @@ class Report:
         rec.closed_by = by
         rec.reason = reason[:120]
         self.closes += 1
-        self.events.append(ClientEvent(now, "close", rec.client, conn_id, rec.venue))
+        self._log(ClientEvent(now, "close", rec.client, conn_id, rec.venue))
 
     def rest(
         self,
@@ -250,12 +259,12 @@ class Report:
         now: float,
     ) -> None:
         """A venue REST request (on the admin port) was answered with ``status``."""
-        client = client_key(peer, user_agent, name)
+        client = self._key(client_key(peer, user_agent, name))
         snapshot = path in SNAPSHOT_PATHS.get(venue, ())
         self.rest_requests += 1
         if snapshot:
             self.snapshot_requests += 1
-        self.events.append(
+        self._log(
             ClientEvent(now, "rest", client, None, venue, symbol, path, snapshot, status == 200)
         )
 
@@ -268,6 +277,9 @@ class Report:
         was done; a ``stale_snapshot`` names the ``peer`` (and ``user_agent``) whose
         REST answer it was, so that answer does not count as a recovery.
         """
+        if len(self.faults) >= MAX_FAULTS:
+            self.faults_dropped += 1
+            return
         rec = self.conns.get(conn_id) if conn_id is not None else None
         symbol = _text(detail.get("symbol"))
         channel = _text(detail.get("channel"))
@@ -300,22 +312,34 @@ class Report:
             rec.faults.append(n)
         if kind == "stale_snapshot" and client is not None:
             # The REST answer it describes is the client's latest snapshot of the symbol.
-            for ev in reversed(self.events):
-                if ev.what == "rest" and ev.client == client and ev.symbol == symbol:
+            for ev in reversed(self.events.get(client, ())):
+                if ev.what == "rest" and ev.symbol == symbol:
                     ev.ok = False
                     break
+
+    def _key(self, key: str) -> str:
+        """``key``, or the shared key once :data:`MAX_CLIENTS` clients are known."""
+        if key in self.events or len(self.events) < MAX_CLIENTS:
+            return key
+        return OTHERS
+
+    def _log(self, ev: ClientEvent) -> None:
+        log = self.events.get(ev.client)
+        if log is None:
+            log = self.events[ev.client] = deque(maxlen=MAX_EVENTS)
+        log.append(ev)
 
     # -- derivation ------------------------------------------------------------------------
 
     def _client_events(self, client: str, after: float) -> list[ClientEvent]:
-        return [ev for ev in self.events if ev.client == client and ev.t >= after]
+        return [ev for ev in self.events.get(client, ()) if ev.t >= after]
 
     def _storm(self, client: str, start: float, end: float) -> dict[str, Any]:
         """Reconnects and snapshot requests of ``client`` in ``[start, end]``, peak rates."""
         opens: list[float] = []
         snaps: list[float] = []
-        for ev in self.events:
-            if ev.client != client or not start <= ev.t <= end:
+        for ev in self.events.get(client, ()):
+            if not start <= ev.t <= end:
                 continue
             if ev.what == "open":
                 opens.append(ev.t)
@@ -430,10 +454,10 @@ class Report:
     def _streaming(self, client: str | None, symbol: str | None, t: float) -> bool:
         """True if ``client`` holds a live book stream of ``symbol`` at ``t``."""
         live: dict[int, bool] = {}
-        for ev in self.events:
+        for ev in self.events.get(client or "", ()):
             if ev.t > t:
                 break
-            if ev.client != client or ev.conn is None:
+            if ev.conn is None:
                 continue
             if ev.what == "sub" and ev.book and _same_symbol(ev.symbol, symbol):
                 live[ev.conn] = True
@@ -504,7 +528,7 @@ class Report:
         for client, c in clients.items():
             c.update(self._storm(client, -float("inf"), now))
             c["snapshot_requests"] = sum(
-                1 for ev in self.events if ev.client == client and ev.what == "rest" and ev.book
+                1 for ev in self.events.get(client, ()) if ev.what == "rest" and ev.book
             )
         return {
             "report": "tickwire connectivity report",
@@ -534,6 +558,7 @@ class Report:
             "rest_requests": self.rest_requests,
             "snapshot_requests": self.snapshot_requests,
             "faults": 0,
+            "faults_dropped": self.faults_dropped,
             "detected": 0,
             "recovered": 0,
             "never_noticed": 0,

@@ -151,6 +151,7 @@ async def run_client(gw: Gateway, client: str, venue: str, seconds: float) -> di
         str(script),
         *(client, venue, gw.ws, gw.http, str(gw.cafile), SYMBOL, f"{seconds:g}"),
         f"{client}-{venue}",
+        stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

@@ -8,7 +8,8 @@ advise (``watch_order_book`` again after any error, ccxt#15343), cryptofeed's
 FeedHandler (it reconnects by itself) with checksum validation where the venue has one.
 The client names itself to the gateway's connectivity report with the
 ``X-Tickwire-Client: NAME`` header on its WebSocket and REST requests (configuration,
-not a change to the client). The script prints one JSON line when SECONDS are over:
+not a change to the client). The script prints one JSON line when SECONDS are over,
+or earlier when it reads the line ``stop`` on its stdin:
 ``{"kind": "summary", "books": N, "errors": [...]}``.
 """
 
@@ -21,6 +22,19 @@ import time
 
 def out(**kw):
     print(json.dumps(kw, default=str), flush=True)
+
+
+async def stop_on_request():
+    """An event set when ``stop`` arrives on stdin (EOF: never)."""
+    stop = asyncio.Event()
+
+    async def read():
+        line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        if line.strip() == "stop":
+            stop.set()
+
+    asyncio.get_running_loop().create_task(read())
+    return stop
 
 
 def venue_symbol(client, venue, symbol):
@@ -62,9 +76,10 @@ async def run_ccxt(venue, ws_base, http_base, cafile, symbol, seconds, name):
     books = 0
     errors = []
     until = time.monotonic() + float(seconds)
+    stop = await stop_on_request()
     try:
         await ex.load_markets()
-        while time.monotonic() < until:
+        while time.monotonic() < until and not stop.is_set():
             try:
                 await asyncio.wait_for(
                     ex.watch_order_book(symbol), max(0.1, until - time.monotonic())
@@ -148,8 +163,12 @@ async def run_cryptofeed(venue, ws_base, http_base, cafile, symbol, seconds, nam
 
     fh = FeedHandler(config={"uvloop": False, "log": {"disabled": True}})
     fh.add_feed(Feed(symbols=[symbol], channels=[L2_BOOK], callbacks={L2_BOOK: book}, **extra))
+    stop = await stop_on_request()
     fh.run(start_loop=False, install_signal_handlers=False)
-    await asyncio.sleep(float(seconds))
+    try:
+        await asyncio.wait_for(stop.wait(), float(seconds))
+    except TimeoutError:
+        pass
     await fh.stop_async()
     out(kind="summary", books=books, errors=[], error_count=0)
 

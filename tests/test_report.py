@@ -256,3 +256,44 @@ def test_memory_is_bounded_by_clients_connections_and_faults(
     for _ in range(3):
         r.fault(3, "gap", {"symbol": "X"}, 5.0)
     assert len(r.faults) == 2 and r.summary(6.0)["totals"]["faults_dropped"] == 1
+
+
+def test_a_fault_without_a_symbol_concerns_every_book_of_its_connection() -> None:
+    r = Report(notice_window_s=5)
+    r.opened(1, "kraken", "/kraken/v2", "127.0.0.1:5000", UA, None, 0.0)
+    r.subscribed(1, "kraken|v2|book-10|BTC/USD", "BTC-USD", True, 0.0)
+    r.subscribed(1, "kraken|v2|book-10|ETH/USD", "ETH-USD", True, 0.0)
+    r.subscribed(1, "kraken|v2|trade|SOL/USD", "SOL-USD", False, 0.0)
+    # What the fault engine reports for a stall: no symbol.
+    r.fault(1, "stall", {"fault": 3, "name": "stall", "seconds": 30, "venue": "kraken"}, 1.0)
+    r.closed(1, 1006, "client", "", 7.0)
+    r.opened(2, "kraken", "/kraken/v2", "127.0.0.1:5001", UA, None, 7.1)
+    r.subscribed(2, "kraken|v2|book-10|BTC/USD", "BTC-USD", True, 7.2)
+    out = outcome(r, 8.0)
+    assert out["symbol"] is None and out["symbols"] == ["BTC-USD", "ETH-USD"]
+    assert out["reaction"] == "reconnected" and out["reconnected_after_s"] == 6.1
+    assert out["recovered"] is False  # ETH-USD's book is not back yet
+    assert out["never_noticed"] is True  # it reacted, but after the 5 s window
+    r.subscribed(2, "kraken|v2|book-10|ETH/USD", "ETH-USD", True, 7.5)
+    assert outcome(r, 8.0)["time_to_book_s"] == 6.5
+
+
+def test_a_rest_fault_is_the_answer_to_the_request_reported_next() -> None:
+    r = Report()
+    r.opened(1, "binance", "/binance/stream/0", "127.0.0.1:5000", UA, "bot", 0.0)
+    r.subscribed(1, "binance|btcusdt@depth@100ms", "BTC-USDT", True, 0.0)
+    # The engine decides before the answer is sent, then the gateway reports the request.
+    rest = {"scope": "rest", "venue": "binance", "path": "/binance/api/v3/depth"}
+    r.fault(None, "rate_limit", {**rest, "status": 429, "client": "127.0.0.1"}, 1.0)
+    r.rest("binance", "/api/v3/depth", "BTC-USDT", "127.0.0.1:0", UA, "bot", 429, 1.0)
+    stale = {"symbol": "BTC-USDT", "seq": 90, "stream_seq": 100, "where": "rest"}
+    r.fault(None, "stale_snapshot", {**stale, "venue": "binance"}, 2.0)
+    r.rest("binance", "/api/v3/depth", "BTC-USDT", "127.0.0.1:0", UA, "bot", 200, 2.0)
+    r.fault(1, "gap", {"symbol": "BTC-USDT", "venue": "binance"}, 1.5)
+    limited, stale_out, gap = r.summary(5.0)["faults"]
+    assert limited["client"] == "bot" and limited["symbols"] == ["BTC-USDT"]
+    assert stale_out["client"] == "bot" and stale_out["symbol"] == "BTC-USDT"
+    # The gap's reaction was the stale fetch: detected, but no right book from it.
+    assert gap["reaction"] == "rest_snapshot" and gap["recovered"] is False
+    r.rest("binance", "/api/v3/depth", "BTC-USDT", "127.0.0.1:0", UA, "bot", 200, 3.0)
+    assert r.summary(5.0)["faults"][2]["time_to_book_s"] == 1.5

@@ -128,7 +128,8 @@ class ConnRecord:
     close_code: int | None = None
     closed_by: str | None = None
     reason: str = ""
-    subscriptions: dict[str, str | None] = field(default_factory=dict)
+    #: Live subscriptions: target -> (symbol, is a book).
+    subscriptions: dict[str, tuple[str | None, bool]] = field(default_factory=dict)
     subscribed: list[str] = field(default_factory=list)
     faults: list[int] = field(default_factory=list)
 
@@ -150,6 +151,8 @@ class FaultRecord:
     channel: str | None
     client: str | None
     detail: dict[str, Any]
+    #: The books it concerns: its symbol, else those its connection had.
+    symbols: tuple[str, ...] = ()
 
 
 class Report:
@@ -178,6 +181,8 @@ class Report:
         self.events: dict[str, deque[ClientEvent]] = {}
         self.faults: list[FaultRecord] = []
         self.faults_dropped = 0
+        # REST faults reported before the request they answer (claimed by rest()).
+        self._pending_rest: list[FaultRecord] = []
         # Counters for metrics (monotonic, never derived).
         self.opens = 0
         self.closes = 0
@@ -221,7 +226,7 @@ class Report:
         rec = self.conns.get(conn_id)
         if rec is None:
             return
-        rec.subscriptions[target] = symbol
+        rec.subscriptions[target] = (symbol, book)
         if target not in rec.subscribed and len(rec.subscribed) < 64:
             rec.subscribed.append(target)
         self.subscribes += 1
@@ -232,7 +237,7 @@ class Report:
         rec = self.conns.get(conn_id)
         if rec is None:
             return
-        symbol = rec.subscriptions.pop(target, None)
+        symbol = rec.subscriptions.pop(target, (None, False))[0]
         self._log(ClientEvent(now, "unsub", rec.client, conn_id, rec.venue, symbol, target))
 
     def closed(self, conn_id: int, code: int | None, by: str, reason: str, now: float) -> None:
@@ -264,18 +269,29 @@ class Report:
         self.rest_requests += 1
         if snapshot:
             self.snapshot_requests += 1
-        self._log(
-            ClientEvent(now, "rest", client, None, venue, symbol, path, snapshot, status == 200)
-        )
+        ev = ClientEvent(now, "rest", client, None, venue, symbol, path, snapshot, status == 200)
+        self._log(ev)
+        if self._pending_rest:
+            for f in self._pending_rest:
+                f.client = client
+                if not f.symbols and symbol is not None:
+                    f.symbol = symbol
+                    f.symbols = (symbol,)
+                ev.ok = False  # a refused or stale answer proves nothing
+            self._pending_rest.clear()
 
     def fault(
         self, conn_id: int | None, kind: str, detail: Mapping[str, object], now: float
     ) -> None:
         """The fault engine applied fault ``kind`` to ``conn_id`` (None: gateway-wide).
 
-        ``detail`` names at least the ``symbol`` or ``channel``, the ``venue`` and what
-        was done; a ``stale_snapshot`` names the ``peer`` (and ``user_agent``) whose
-        REST answer it was, so that answer does not count as a recovery.
+        ``detail`` names what was done, and where known the ``symbol`` (or
+        ``channel``) and ``venue``. A fault on a connection without a symbol (a
+        ``stall``, a ``disconnect``) concerns every book the connection had. A REST
+        fault (``conn_id`` None, ``scope``/``where`` "rest", or a ``peer`` named) is
+        the answer to the REST request reported next (:meth:`rest`) -- or, with a
+        ``peer`` (and ``user_agent``), to that client's latest one: a stale or refused
+        answer never counts as a recovery.
         """
         if len(self.faults) >= MAX_FAULTS:
             self.faults_dropped += 1
@@ -285,35 +301,48 @@ class Report:
         channel = _text(detail.get("channel"))
         if symbol is None and channel is not None and "." in channel:
             symbol = channel.partition(".")[2]
+        if symbol is not None:
+            symbols: tuple[str, ...] = (symbol,)
+        elif rec is not None:
+            symbols = tuple(
+                sorted({sym for sym, book in rec.subscriptions.values() if book and sym})
+            )
+        else:
+            symbols = ()
         venue = _text(detail.get("venue")) or (rec.venue if rec is not None else "*")
         client = rec.client if rec is not None else None
         if client is None and detail.get("peer"):
-            client = client_key(
-                str(detail["peer"]),
-                str(detail.get("user_agent") or ""),
-                _text(detail.get("client")),
+            client = self._key(
+                client_key(
+                    str(detail["peer"]),
+                    str(detail.get("user_agent") or ""),
+                    _text(detail.get("client")),
+                )
             )
         n = len(self.faults)
-        self.faults.append(
-            FaultRecord(
-                n,
-                conn_id,
-                kind,
-                now,
-                now + self._wall_offset,
-                venue,
-                symbol,
-                channel,
-                client,
-                {k: v for k, v in detail.items() if isinstance(v, (str, int, float, bool))},
-            )
+        record = FaultRecord(
+            n,
+            conn_id,
+            kind,
+            now,
+            now + self._wall_offset,
+            venue,
+            symbol,
+            channel,
+            client,
+            {k: v for k, v in detail.items() if isinstance(v, (str, int, float, bool))},
+            symbols,
         )
+        self.faults.append(record)
         if rec is not None and len(rec.faults) < 1000:
             rec.faults.append(n)
-        if kind == "stale_snapshot" and client is not None:
-            # The REST answer it describes is the client's latest snapshot of the symbol.
+        rest_fault = "rest" in (detail.get("scope"), detail.get("where"))
+        if client is None and conn_id is None and rest_fault:
+            self._pending_rest.append(record)  # the request about to be reported
+        elif client is not None and conn_id is None and (rest_fault or kind == "stale_snapshot"):
+            # The REST answer it describes is the client's latest one (of the symbol).
             for ev in reversed(self.events.get(client, ())):
-                if ev.what == "rest" and ev.symbol == symbol:
+                if ev.what == "rest" and (symbol is None or ev.symbol == symbol):
                     ev.ok = False
                     break
 
@@ -366,6 +395,7 @@ class Report:
             "conn": f.conn,
             "venue": f.venue,
             "symbol": f.symbol,
+            "symbols": list(f.symbols),
             "channel": f.channel,
             "client": f.client,
             "detail": f.detail,
@@ -381,9 +411,9 @@ class Report:
         for ev in events:
             if ev.what == "open":
                 how = "reconnected"
-            elif ev.what == "sub" and ev.book and _same_symbol(ev.symbol, f.symbol):
+            elif ev.what == "sub" and ev.book and ev.symbol in f.symbols:
                 how = "resubscribed"
-            elif ev.what == "rest" and ev.book and _same_symbol(ev.symbol, f.symbol):
+            elif ev.what == "rest" and ev.book and ev.symbol in f.symbols:
                 how = "rest_snapshot"
             else:
                 continue
@@ -402,10 +432,10 @@ class Report:
         reconnect = next((ev for ev in events if ev.what == "open"), None)
         out["reconnected_after_s"] = round(reconnect.t - f.t, 3) if reconnect is not None else None
         out["resubscribed"] = any(
-            ev.what == "sub" and ev.book and _same_symbol(ev.symbol, f.symbol) for ev in events
+            ev.what == "sub" and ev.book and ev.symbol in f.symbols for ev in events
         )
         out["rest_snapshot"] = any(
-            ev.what == "rest" and ev.book and _same_symbol(ev.symbol, f.symbol) for ev in events
+            ev.what == "rest" and ev.book and ev.symbol in f.symbols for ev in events
         )
         recovered = self._recovered(f, events)
         out["recovered"] = recovered is not None
@@ -434,20 +464,29 @@ class Report:
         return out
 
     def _recovered(self, f: FaultRecord, events: list[ClientEvent]) -> float | None:
-        """When the client next held a provably right book of the fault's symbol."""
-        if f.symbol is None:
+        """When the client next held a provably right book of every symbol the fault
+        concerns (None: not yet, or it concerns no book)."""
+        if not f.symbols:
             return None
         if f.detail.get("resynced_in_band"):
             return f.t  # the gateway itself sent the client a fresh snapshot
-        venue = f.venue
-        if venue == "binance":
+        worst = f.t
+        for symbol in f.symbols:
+            t = self._book_right(f, symbol, events)
+            if t is None:
+                return None
+            worst = max(worst, t)
+        return worst
+
+    def _book_right(self, f: FaultRecord, symbol: str, events: list[ClientEvent]) -> float | None:
+        if f.venue == "binance":
             for ev in events:
-                if ev.what == "rest" and ev.book and ev.ok and _same_symbol(ev.symbol, f.symbol):
-                    if self._streaming(f.client, f.symbol, ev.t):
+                if ev.what == "rest" and ev.book and ev.ok and ev.symbol == symbol:
+                    if self._streaming(f.client, symbol, ev.t):
                         return ev.t
             return None
         for ev in events:
-            if ev.what == "sub" and ev.book and _same_symbol(ev.symbol, f.symbol):
+            if ev.what == "sub" and ev.book and ev.symbol == symbol:
                 return ev.t
         return None
 

@@ -210,17 +210,16 @@ def rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     scenario = result["scenario"]
     if "skipped" in result:
         return [{"scenario": scenario, "skipped": result["skipped"]}]
+    names = {f"{c}-{v}": (c, v) for c, v in CLIENTS}
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for f in result["report"]["faults"]:
-        name = f.get("client") or ""
-        if "-" not in name:
-            continue
-        client, _, venue = name.partition("-")
+        client, venue = names.get(f.get("client") or "", ("other", "-"))
         groups.setdefault((f["kind"], client, venue), []).append(f)
     ran = {(r["client"], r["venue"]): r for r in result["clients"]}
     out = []
     for (kind, client, venue), faults in sorted(groups.items()):
         times = [f["time_to_book_s"] for f in faults if f.get("time_to_book_s") is not None]
+        waits = [f["next_request_s"] for f in faults if f.get("next_request_s") is not None]
         summary = (ran.get((client, venue)) or {}).get("summary") or {}
         out.append(
             {
@@ -237,6 +236,8 @@ def rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "max_s": round(max(times), 2) if times else None,
                 "storm": any(f.get("storm") for f in faults),
                 "reactions": sorted({f.get("reaction") or "none" for f in faults}),
+                "next_request_s": round(min(waits), 2) if waits else None,
+                "failed": failure(ran.get((client, venue))),
                 "books": summary.get("books"),
                 "errors": summary.get("error_count"),
             }
@@ -253,9 +254,18 @@ def rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                     "faults": 0,
                     "books": summary.get("books"),
                     "errors": summary.get("error_count"),
+                    "failed": failure(ran.get((client, venue))),
                 }
             )
     return out
+
+
+def failure(run: dict[str, Any] | None) -> str | None:
+    """How a client run ended badly (its exit status and last error line), or None."""
+    if run is None or run["exit"] == 0:
+        return None
+    lines = [x for x in run["stderr"].splitlines() if x.strip()]
+    return f"exited {run['exit']}: {lines[-1][:100] if lines else ''}"
 
 
 def markdown(all_rows: list[dict[str, Any]], seconds: float) -> str:
@@ -276,9 +286,10 @@ def markdown(all_rows: list[dict[str, Any]], seconds: float) -> str:
             lines.append(f"| {r['scenario']} | not run: {r['skipped']} | | | | | | | | |")
             continue
         if not r["faults"]:
+            note = r["failed"] or f"books: {r['books']}"
             lines.append(
                 f"| {r['scenario']} | {r['fault']} | {r['client']} | {r['venue']} | - | - | - |"
-                f" - | - | books: {r['books']} |"
+                f" - | - | {note.replace('|', '/')} |"
             )
             continue
         n = r["faults"]
@@ -287,9 +298,18 @@ def markdown(all_rows: list[dict[str, Any]], seconds: float) -> str:
         lines.append(
             f"| {r['scenario']} | {r['fault']} | {r['client']} | {r['venue']} |"
             f" {detected} | {r['recovered']}/{n} | {r['never_noticed']}/{n} | {ttb} |"
-            f" {'yes' if r['storm'] else 'no'} | {', '.join(r['reactions'])} |"
+            f" {'yes' if r['storm'] else 'no'} | {reaction_note(r)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def reaction_note(r: dict[str, Any]) -> str:
+    note = ", ".join(r["reactions"])
+    if r["fault"] == "rate_limit" and r["next_request_s"] is not None:
+        note += f"; asked again after {r['next_request_s']:.2f} s at the soonest"
+    if r["failed"]:
+        note += f"; {r['failed']}"
+    return note.replace("|", "/")
 
 
 def write_doc(table: str, doc: Path) -> None:

@@ -292,8 +292,23 @@ def test_a_rest_fault_is_the_answer_to_the_request_reported_next() -> None:
     r.fault(1, "gap", {"symbol": "BTC-USDT", "venue": "binance"}, 1.5)
     limited, stale_out, gap = r.summary(5.0)["faults"]
     assert limited["client"] == "bot" and limited["symbols"] == ["BTC-USDT"]
+    assert limited["next_request_s"] == 1.0  # the stale fetch, not the refused one
     assert stale_out["client"] == "bot" and stale_out["symbol"] == "BTC-USDT"
+    assert stale_out["reaction"] is None  # its own (stale) answer is no reaction
     # The gap's reaction was the stale fetch: detected, but no right book from it.
     assert gap["reaction"] == "rest_snapshot" and gap["recovered"] is False
     r.rest("binance", "/api/v3/depth", "BTC-USDT", "127.0.0.1:0", UA, "bot", 200, 3.0)
     assert r.summary(5.0)["faults"][2]["time_to_book_s"] == 1.5
+
+
+def test_a_first_connection_is_not_a_reconnect() -> None:
+    r = Report()
+    # A REST fault while the client starts: its first socket comes after.
+    r.fault(None, "stale_snapshot", {"where": "rest", "venue": "okx", "symbol": "X"}, 1.0)
+    r.rest("okx", "/api/v5/public/instruments", None, "127.0.0.1:0", UA, "bot", 200, 1.0)
+    r.opened(1, "okx", "/okx/ws/v5/public", "127.0.0.1:5000", UA, "bot", 1.1)
+    assert outcome(r, 2.0)["reaction"] is None
+    r.closed(1, 1006, "network", "", 1.5)
+    r.opened(2, "okx", "/okx/ws/v5/public", "127.0.0.1:5001", UA, "bot", 1.7)
+    out = outcome(r, 2.0)
+    assert out["reaction"] == "reconnected" and out["reconnected_after_s"] == 0.7

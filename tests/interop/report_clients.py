@@ -78,7 +78,7 @@ async def run_ccxt(venue, ws_base, http_base, cafile, symbol, seconds, name):
     until = time.monotonic() + float(seconds)
     stop = await stop_on_request()
     try:
-        await ex.load_markets()
+        # watch_order_book loads the markets itself (a failure is retried by the loop).
         while time.monotonic() < until and not stop.is_set():
             try:
                 await asyncio.wait_for(
@@ -149,7 +149,9 @@ async def run_cryptofeed(venue, ws_base, http_base, cafile, symbol, seconds, nam
                 WebsocketEndpoint(f"{ws_base}/kraken", limit=20, options=ws_options)
             ]
             rest_endpoints = [
-                RestEndpoint(f"{http_base}/kraken", routes=Routes("/0/public/AssetPairs"))
+                RestEndpoint(
+                    f"{http_base}/kraken", routes=Routes(f"/0/public/AssetPairs?client={name}")
+                )
             ]
 
         extra["max_depth"] = 10

@@ -153,6 +153,8 @@ class FaultRecord:
     detail: dict[str, Any]
     #: The books it concerns: its symbol, else those its connection had.
     symbols: tuple[str, ...] = ()
+    #: A REST fault's answer (the request it was applied to): not a reaction to it.
+    answered: ClientEvent | None = None
 
 
 class Report:
@@ -274,6 +276,7 @@ class Report:
         if self._pending_rest:
             for f in self._pending_rest:
                 f.client = client
+                f.answered = ev
                 if not f.symbols and symbol is not None:
                     f.symbol = symbol
                     f.symbols = (symbol,)
@@ -339,11 +342,16 @@ class Report:
         rest_fault = "rest" in (detail.get("scope"), detail.get("where"))
         if client is None and conn_id is None and rest_fault:
             self._pending_rest.append(record)  # the request about to be reported
-        elif client is not None and conn_id is None and (rest_fault or kind == "stale_snapshot"):
+        elif (
+            client is not None
+            and conn_id is None
+            and (rest_fault or kind in ("stale_snapshot", "rate_limit"))
+        ):
             # The REST answer it describes is the client's latest one (of the symbol).
             for ev in reversed(self.events.get(client, ())):
                 if ev.what == "rest" and (symbol is None or ev.symbol == symbol):
                     ev.ok = False
+                    record.answered = ev
                     break
 
     def _key(self, key: str) -> str:
@@ -360,8 +368,19 @@ class Report:
 
     # -- derivation ------------------------------------------------------------------------
 
-    def _client_events(self, client: str, after: float) -> list[ClientEvent]:
-        return [ev for ev in self.events.get(client, ()) if ev.t >= after]
+    def _client_events(self, f: FaultRecord) -> list[ClientEvent]:
+        """What the fault's client did from the fault on (not the answer it spoiled)."""
+        assert f.client is not None
+        return [ev for ev in self.events.get(f.client, ()) if ev.t >= f.t and ev is not f.answered]
+
+    def _connected_before(self, client: str, t: float) -> bool:
+        """True if ``client`` had a connection before ``t`` (a later one reconnects)."""
+        for ev in self.events.get(client, ()):
+            if ev.t >= t:
+                return False
+            if ev.what == "open":
+                return True
+        return False
 
     def _storm(self, client: str, start: float, end: float) -> dict[str, Any]:
         """Reconnects and snapshot requests of ``client`` in ``[start, end]``, peak rates."""
@@ -405,7 +424,11 @@ class Report:
                 detected=None, reaction=None, recovered=None, never_noticed=False, storm=None
             )
             return out
-        events = self._client_events(f.client, f.t)
+        events = self._client_events(f)
+        if not self._connected_before(f.client, f.t):
+            # A client's first connection is not a reconnect (a REST fault at start-up).
+            first = next((ev for ev in events if ev.what == "open"), None)
+            events = [ev for ev in events if ev is not first]
         reaction: ClientEvent | None = None
         how = None
         for ev in events:
@@ -444,7 +467,7 @@ class Report:
         out["reaction_needed"] = f.kind in REACTION_NEEDED
         if f.kind == "rate_limit":
             # Backing off: the client's next request of any kind, against Retry-After.
-            nxt = next((ev for ev in events if ev.t > f.t and ev.what in ("rest", "open")), None)
+            nxt = next((ev for ev in events if ev.what in ("rest", "open")), None)
             out["next_request_s"] = round(nxt.t - f.t, 3) if nxt is not None else None
             retry = f.detail.get("retry_after")
             if isinstance(retry, (int, float)) and not isinstance(retry, bool):

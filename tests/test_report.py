@@ -227,7 +227,9 @@ def test_a_rate_limited_client_is_checked_against_retry_after() -> None:
     first, second = r.summary(10.0)["faults"]
     assert first["reaction_needed"] is True
     assert first["next_request_s"] == 0.5 and first["honoured_retry_after"] is False
+    assert first["detected"] is False and first["reaction"] == "asked_again"
     assert second["next_request_s"] == 5.5 and second["honoured_retry_after"] is True
+    assert second["detected"] is True and second["reaction"] == "backed_off"
     assert r.summary(10.0)["totals"]["snapshot_requests"] == 3
 
 
@@ -293,6 +295,7 @@ def test_a_rest_fault_is_the_answer_to_the_request_reported_next() -> None:
     limited, stale_out, gap = r.summary(5.0)["faults"]
     assert limited["client"] == "bot" and limited["symbols"] == ["BTC-USDT"]
     assert limited["next_request_s"] == 1.0  # the stale fetch, not the refused one
+    assert limited["reaction"] == "backed_off"  # 1 s without Retry-After to compare
     assert stale_out["client"] == "bot" and stale_out["symbol"] == "BTC-USDT"
     assert stale_out["reaction"] is None  # its own (stale) answer is no reaction
     # The gap's reaction was the stale fetch: detected, but no right book from it.

@@ -75,6 +75,10 @@ SNAPSHOT_PATHS = {
     "kraken": ("/0/public/Depth",),
 }
 
+#: A rate-limited client that asks again sooner than this (without a Retry-After to
+#: compare with) did not back off.
+RATE_LIMIT_PAUSE_S = 1.0
+
 #: Events kept per client (oldest dropped first): hours of a storming client.
 MAX_EVENTS = 20_000
 #: Clients told apart; later ones share the key ``"(other clients)"``.
@@ -472,6 +476,12 @@ class Report:
             retry = f.detail.get("retry_after")
             if isinstance(retry, (int, float)) and not isinstance(retry, bool):
                 out["honoured_retry_after"] = nxt is None or nxt.t - f.t >= retry
+            else:
+                retry = RATE_LIMIT_PAUSE_S
+            # A refusal is noticed by waiting before the next request, not by asking again.
+            out["detected"] = out["backed_off"] = nxt is None or nxt.t - f.t >= retry
+            out["reaction"] = "backed_off" if out["backed_off"] else "asked_again"
+            out["reaction_s"] = out["next_request_s"]
         window_end = f.t + self.notice_window_s
         open_through = rec is None or rec.closed is None or rec.closed > window_end
         late = reaction is None or reaction.t > window_end

@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import IO, Any
 
 import msgspec
 
+from ..engine import Engine, StateSnapshot, new_epoch
 from ..exceptions import ConfigError
-from ..protocol import Delta, Message, Snapshot, Trades, decode_message
+from ..protocol import BookUpdate, Delta, Message, Snapshot, Trades, decode_message
+from ..replayclock import ReplayClock, format_time
 from . import Batch, RawTrade, Sink
 
 __all__ = ["MAX_UPDATES_PER_POLL", "ReplaySource", "parse_speed", "read_recording"]
@@ -40,6 +42,9 @@ log = logging.getLogger("tickwire.replay")
 
 #: Updates one poll may emit at ``max`` speed (one tick's work).
 MAX_UPDATES_PER_POLL = 20_000
+
+#: Updates a seek applies per tick (to a private engine: no encode, no fan-out).
+SEEK_UPDATES_PER_POLL = 200_000
 
 
 def parse_speed(spec: str) -> float:
@@ -97,8 +102,32 @@ def _symbol(ch: str) -> str:
     return ch.partition(".")[2]
 
 
+class _Shadow:
+    """A sink onto a private engine: a seek applies the recording to it, unseen."""
+
+    batch = True
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.incomplete: set[str] = set()
+
+    def publish(self, symbol: str, updates: list[BookUpdate], trades: Iterable[RawTrade]) -> None:
+        if updates:
+            self.engine.apply_book(symbol, updates)
+        self.engine.apply_trades(symbol, trades)
+
+    def restore(self, snap: StateSnapshot) -> None:
+        self.engine.restore(snap)
+
+
 class ReplaySource:
     """Plays a recording into a sink at ``speed`` (0: as fast as possible).
+
+    Pause, resume, speed and seek (the admin API, :mod:`tickwire.server.replay_admin`)
+    move one :class:`~tickwire.replayclock.ReplayClock` that every client shares. A
+    seek applies the recording up to the target to a private engine (forward: from the
+    current books; backward: from the start of the file), then starts a new epoch with
+    those books: clients get a snapshot, never the intermediate states.
 
     Args:
         path: the NDJSON file ``tickwire record`` wrote.
@@ -110,19 +139,25 @@ class ReplaySource:
 
     def __init__(self, path: str, speed: float = 1.0) -> None:
         self.path = path
-        self.speed = speed
+        self.clock = ReplayClock(speed)
         self.header, self._messages = read_recording(path)
         self._next: Message | None = None
         self._sink: Sink | None = None
-        self._t0 = 0.0
-        self._rec0: int | None = None
-        self._rec_now = 0
+        self._last_ts = 0
+        self._seek_to: int | None = None
+        self._shadow: _Shadow | None = None
+        self.seeks = 0
         self.generated = 0
         self.skipped = 0
         self.messages = 0
         self.restores = 0
         self.conflated = 0
         self.done = False
+
+    @property
+    def speed(self) -> float:
+        """The current speed factor (0: max)."""
+        return self.clock.speed
 
     @property
     def symbols(self) -> list[str]:
@@ -132,71 +167,22 @@ class ReplaySource:
     async def start(self, sink: Sink) -> None:
         """Load the recording's first snapshots: the books are complete from there."""
         self._sink = sink
-        while True:
-            msg = self._peek()
-            if not isinstance(msg, Snapshot):
-                break
-            self._take()
-            self._restore(msg)
-        self._t0 = time.monotonic()
+        first = self._first_ts(sink)
+        if first is None:
+            self.done = True
+            return
+        self.clock.start(first, time.monotonic())
 
     def poll(self, now: float) -> Sequence[Batch]:
         """Return the recorded events due at ``now`` (stops before a snapshot, which
         is restored at the start of the next poll so that it follows what came before)."""
+        if self._seek_to is not None:
+            self._seek_step(now)
+            return ()
         if self.done:
             return ()
-        out: list[Batch] = []
-        budget = MAX_UPDATES_PER_POLL
-        speed = self.speed
-        horizon = (now - self._t0) * speed * 1e9
-        while budget > 0:
-            msg = self._peek()
-            if msg is None:
-                self.done = True
-                log.info("replay of %s done: %d messages", self.path, self.messages)
-                break
-            if isinstance(msg, Snapshot):
-                if out:
-                    break
-                self._take()
-                self._restore(msg)
-                continue
-            if isinstance(msg, Delta):
-                if not msg.updates:
-                    self._take()
-                    continue
-                ts = msg.updates[0].ts
-            elif isinstance(msg, Trades):
-                if not msg.trades:
-                    self._take()
-                    continue
-                ts = msg.trades[0].ts
-            else:
-                self._take()
-                continue
-            if self._rec0 is None:
-                self._rec0 = ts
-            self._rec_now = max(self._rec_now, ts - self._rec0)
-            if speed and self._rec_now > horizon:
-                break
-            self._take()
-            symbol = _symbol(msg.ch)
-            assert self._sink is not None
-            if symbol not in self._sink.engine.symbols:
-                continue
-            if isinstance(msg, Delta):
-                if msg.seq - msg.prev_seq != len(msg.updates):
-                    # A conflated delta (the recorder lagged): the book stays exact, the
-                    # seq numbers drift from the recording's from here on.
-                    self.conflated += 1
-                out.append((symbol, msg.updates, []))
-                budget -= len(msg.updates)
-                self.generated += len(msg.updates)
-            else:
-                raw: list[RawTrade] = [(t.price, t.qty, t.side, t.ts) for t in msg.trades]
-                out.append((symbol, [], raw))
-                budget -= len(raw)
-        return out
+        assert self._sink is not None
+        return self._run(self.clock.due(now), self._sink, MAX_UPDATES_PER_POLL, direct=False)
 
     def on_arrival(self, callback: Callable[[], None]) -> None:
         """Polled on the clock: nothing arrives by itself."""
@@ -218,10 +204,159 @@ class ReplaySource:
             "updates": self.generated,
             "restores": self.restores,
             "conflated": self.conflated,
+            "seeks": self.seeks,
             "done": self.done,
         }
 
+    # -- replay control (the admin API) ----------------------------------------------------
+
+    @property
+    def seeking(self) -> bool:
+        return self._seek_to is not None
+
+    def replay_state(self, now: float) -> dict[str, Any]:
+        """Where the replay stands: the shared clock, speed, pause, seek, progress."""
+        clock = self.clock
+        t = clock.time(now)
+        return {
+            "kind": "replay",
+            "time": format_time(t),
+            "time_ns": t,
+            "position": format_time(clock.position),
+            "position_ns": clock.position,
+            "speed": clock.speed or "max",
+            "paused": clock.paused,
+            "seeking": self._seek_to is not None,
+            "done": self.done,
+            "files": [{"path": self.path, "layout": "tickwire", "messages": self.messages}],
+        }
+
+    def pause(self, now: float) -> None:
+        self.clock.pause(now)
+
+    def resume(self, now: float) -> None:
+        self.clock.resume(now)
+
+    def set_speed(self, speed: float, now: float) -> None:
+        self.clock.set_speed(speed, now)
+
+    def seek(self, target_ns: int, now: float) -> None:
+        """Go to data time ``target_ns``, over the next ticks (:attr:`seeking`)."""
+        sink = self._sink
+        assert sink is not None
+        position = self.clock.position
+        engine = Engine(sink.engine.symbols)
+        if position is None or target_ns < position:
+            self.header, self._messages = read_recording(self.path)
+            self._next = None
+            self._last_ts = 0
+            self.done = False
+        else:
+            for symbol in sink.engine.symbols:
+                engine.restore(sink.engine.export(symbol))
+        self._shadow = _Shadow(engine)
+        self._seek_to = target_ns
+        self.seeks += 1
+        for symbol in sink.engine.symbols:
+            sink.invalidate(symbol)
+        log.info("replay: seeking to %s", format_time(target_ns))
+
     # -- internals -----------------------------------------------------------------------
+
+    def _run(self, due: float, sink: Sink | _Shadow, budget: int, *, direct: bool) -> list[Batch]:
+        """Play the messages due by data time ``due`` into ``sink`` (``direct``: publish
+        each batch at once, a seek's catch-up) or return them (a tick's)."""
+        out: list[Batch] = []
+        while budget > 0:
+            msg = self._peek()
+            if msg is None:
+                if not self.done:
+                    self.done = True
+                    log.info("replay of %s done: %d messages", self.path, self.messages)
+                break
+            if isinstance(msg, Snapshot):
+                if out:
+                    break
+                self._take()
+                self._restore(msg, sink)
+                continue
+            ts = self._ts(msg)
+            if ts is None:
+                self._take()
+                continue
+            ts = max(ts, self._last_ts)
+            if ts > due:
+                break
+            self._take()
+            self._last_ts = ts
+            self.clock.played(ts)
+            symbol = _symbol(msg.ch)  # type: ignore[union-attr]
+            if symbol not in sink.engine.symbols:
+                continue
+            if isinstance(msg, Delta):
+                if msg.seq - msg.prev_seq != len(msg.updates):
+                    # A conflated delta (the recorder lagged): the book stays exact, the
+                    # seq numbers drift from the recording's from here on.
+                    self.conflated += 1
+                batch: Batch = (symbol, msg.updates, [])
+                budget -= len(msg.updates)
+                if not direct:
+                    self.generated += len(msg.updates)
+            else:
+                assert isinstance(msg, Trades)
+                raw: list[RawTrade] = [(t.price, t.qty, t.side, t.ts) for t in msg.trades]
+                batch = (symbol, [], raw)
+                budget -= len(raw)
+            if direct:
+                sink.publish(*batch)
+            else:
+                out.append(batch)
+        return out
+
+    def _seek_step(self, now: float) -> None:
+        target, shadow, sink = self._seek_to, self._shadow, self._sink
+        assert target is not None and shadow is not None and sink is not None
+        before = self.messages
+        self._run(target, shadow, SEEK_UPDATES_PER_POLL, direct=True)
+        nxt = self._peek()
+        if nxt is not None and self.messages - before and self._due_within(nxt, target):
+            return  # more next tick
+        self._seek_to = self._shadow = None
+        sink.reset(new_epoch())
+        for symbol in sink.engine.symbols:
+            snap = shadow.engine.export(symbol)
+            sink.restore(msgspec.structs.replace(snap, epoch=sink.engine.epoch))
+        self.clock.seek(target, now)
+        log.info("replay: at %s (epoch %s)", format_time(target), sink.engine.epoch)
+
+    def _due_within(self, msg: Message, target: int) -> bool:
+        if isinstance(msg, Snapshot):
+            return True
+        ts = self._ts(msg)
+        return ts is None or max(ts, self._last_ts) <= target
+
+    def _first_ts(self, sink: Sink) -> int | None:
+        """Restore the snapshots before the first delta or trade; return its time."""
+        while True:
+            msg = self._peek()
+            if msg is None:
+                return None
+            if isinstance(msg, Snapshot):
+                self._take()
+                self._restore(msg, sink)
+                continue
+            ts = self._ts(msg)
+            if ts is not None:
+                return ts
+            self._take()
+
+    @staticmethod
+    def _ts(msg: Message) -> int | None:
+        if isinstance(msg, Delta):
+            return msg.updates[0].ts if msg.updates else None
+        if isinstance(msg, Trades):
+            return msg.trades[0].ts if msg.trades else None
+        return None
 
     def _peek(self) -> Message | None:
         if self._next is None:
@@ -232,9 +367,7 @@ class ReplaySource:
         self._next = None
         self.messages += 1
 
-    def _restore(self, snap: Snapshot) -> None:
-        sink = self._sink
-        assert sink is not None
+    def _restore(self, snap: Snapshot, sink: Sink | _Shadow) -> None:
         symbol = _symbol(snap.ch)
         if symbol not in sink.engine.symbols:
             return

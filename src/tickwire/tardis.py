@@ -245,9 +245,9 @@ def _book_events(
     for line, row in enumerate(rows, 2):
         symbol: str | None = None
         try:
+            symbol = _symbol(row, i_sym, names)
             if len(row) != width:
                 raise ValueError(f"{len(row)} columns, the header has {width}")
-            symbol = _symbol(row, i_sym, names)
             local = _micros(row[i_local], "local_timestamp")
             ts = _micros(row[i_ts], "timestamp")
             snap = row[i_snap]
@@ -302,9 +302,9 @@ def _trade_events(
     for line, row in enumerate(rows, 2):
         symbol: str | None = None
         try:
+            symbol = _symbol(row, i_sym, names)
             if len(row) != width:
                 raise ValueError(f"{len(row)} columns, the header has {width}")
-            symbol = _symbol(row, i_sym, names)
             local = _micros(row[i_local], "local_timestamp")
             ts = _micros(row[i_ts], "timestamp")
             side = row[i_side]
@@ -353,9 +353,9 @@ def _top_events(
     for line, row in enumerate(rows, 2):
         symbol: str | None = None
         try:
+            symbol = _symbol(row, i_sym, names)
             if len(row) != width:
                 raise ValueError(f"{len(row)} columns, the header has {width}")
-            symbol = _symbol(row, i_sym, names)
             local = _micros(row[i_local], "local_timestamp")
             ts = _micros(row[i_ts], "timestamp")
             levels: dict[str, list[tuple[str, str]]] = {}

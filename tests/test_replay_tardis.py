@@ -543,6 +543,11 @@ def test_crossed_book_and_bad_row_are_reported_and_served_only_from_the_next_sna
             await wait_for(
                 client, lambda: books_match(client, want, SYMBOLS), "both books at 2.9 s"
             )
+            async with session.get(f"{base}/metrics") as resp:
+                metrics = (await resp.read()).decode()
+            assert 'tickwire_replay_problems_total{kind="crossed"} 1.0' in metrics
+            assert 'tickwire_replay_problems_total{kind="bad_row"} 1.0' in metrics
+            assert "tickwire_replay_stale_symbols 0.0" in metrics
 
     asyncio.run(run())
     srv.stop()

@@ -112,7 +112,7 @@ def _symbols(spec: list[str] | None, source: str) -> list[str]:
         return parse_symbols(",".join(spec))
     if source == "-" or source.startswith(("nats://", "tls://", "ingest+", "ingest:")):
         return []
-    from .sources.tardis import is_tardis_spec
+    from .tardis import is_tardis_spec
 
     if is_tardis_spec(source):
         return []  # the files' own symbols, found as they are read
@@ -293,7 +293,7 @@ def _publish(args: argparse.Namespace) -> int:
     from .publisher import Publisher
 
     source_spec = "sim" if args.replay is None else args.replay
-    from .sources.tardis import is_tardis_spec
+    from .tardis import is_tardis_spec
 
     if args.replay is not None and is_tardis_spec(args.replay):
         raise ConfigError(

@@ -55,7 +55,9 @@ __all__ = [
     "TradeEvent",
     "detect_layout",
     "exact_decimal",
+    "is_tardis_spec",
     "merge",
+    "parse_symbol_map",
     "read_events",
 ]
 
@@ -82,6 +84,32 @@ _TOP_COLUMNS = ("symbol", "timestamp", "local_timestamp", "asks[0].price", "bids
 #: Digits and exponent a number may have (a row cannot make the reader build huge text).
 _MAX_EXPONENT = 40
 _MAX_DIGITS = 40
+
+
+def is_tardis_spec(spec: str) -> bool:
+    """Whether ``--source`` names tardis CSVs: ``tardis:PATHS`` or paths ending in
+    ``.csv`` / ``.csv.gz``."""
+    if spec.startswith("tardis:"):
+        return True
+    first = spec.split(",")[0].lower()
+    return first.endswith((".csv", ".csv.gz"))
+
+
+def parse_symbol_map(items: Sequence[str] | None) -> dict[str, str]:
+    """``["BTCUSDT=BTC-USDT", ...]`` as a dict.
+
+    Raises:
+        ConfigError: an item is not ``FILE_SYMBOL=SERVED``.
+    """
+    out: dict[str, str] = {}
+    for item in items or ():
+        raw, eq, served = item.partition("=")
+        if not eq or not raw.strip() or not served.strip():
+            raise ConfigError(
+                f"--replay-symbol-map takes FILE_SYMBOL=SERVED pairs, not {item[:60]!r}"
+            )
+        out[raw.strip()] = served.strip()
+    return out
 
 
 def exact_decimal(text: str) -> str:
@@ -142,6 +170,8 @@ class TopEvent(NamedTuple):
     asks: list[tuple[str, str]]
     path: str
     line: int
+    #: The layout's N (book_snapshot_25: 25): a side with fewer levels is the whole side.
+    depth: int = 25
 
 
 class Problem(NamedTuple):
@@ -349,6 +379,7 @@ def _top_events(
             n += 1
         sides[side] = pairs
     width = len(header)
+    depth = min(len(sides["bids"]), len(sides["asks"]))
     last_local = 0
     for line, row in enumerate(rows, 2):
         symbol: str | None = None
@@ -374,7 +405,7 @@ def _top_events(
             detail = f"{path}:{line}: local_timestamp goes back {(last_local - local) // 1000} us"
             yield Problem("time_backwards", symbol, path, line, detail, local)
         last_local = max(last_local, local)
-        yield TopEvent(local, ts, symbol, levels["bids"], levels["asks"], path, line)
+        yield TopEvent(local, ts, symbol, levels["bids"], levels["asks"], path, line, depth)
 
 
 _RANK = {BookEvent: 0, TopEvent: 1, TradeEvent: 2, Problem: 0}
@@ -618,10 +649,7 @@ class TardisModel:
             if not st.serving:
                 return
             book = state.book
-            bids, asks = book.bids(len(ev.bids) + 1), book.asks(len(ev.asks) + 1)
-            depth_b = max(len(ev.bids), 1)
-            depth_a = max(len(ev.asks), 1)
-            if bids[:depth_b] != ev.bids or asks[:depth_a] != ev.asks:
+            if book.bids(ev.depth) != ev.bids or book.asks(ev.depth) != ev.asks:
                 self._report(
                     "snapshot_mismatch",
                     ev,

@@ -167,10 +167,12 @@ def make_source(config: GatewayConfig) -> Source:
         return NatsSource(
             spec, config.symbols, prefix=config.bus_prefix, timeout=config.source_timeout_s
         )
+    from ..tardis import is_tardis_spec, parse_symbol_map
     from .replay import ReplaySource, parse_speed
-    from .tardis import TardisSource, is_tardis_spec, parse_symbol_map
 
     if is_tardis_spec(spec):
+        from .tardis import TardisSource
+
         paths = [p for p in spec.removeprefix("tardis:").split(",") if p]
         return TardisSource(
             paths,

@@ -244,17 +244,19 @@ class ReplaySource:
         """Go to data time ``target_ns``, over the next ticks (:attr:`seeking`)."""
         sink = self._sink
         assert sink is not None
-        position = self.clock.position
-        engine = Engine(sink.engine.symbols)
-        if position is None or target_ns < position:
+        if target_ns < self._last_ts or self.clock.position is None:
+            # Backward (from what was applied, seek in progress included): re-read.
             self.header, self._messages = read_recording(self.path)
             self._next = None
             self._last_ts = 0
             self.done = False
-        else:
+            self._shadow = _Shadow(Engine(sink.engine.symbols))
+        elif self._shadow is None:
+            engine = Engine(sink.engine.symbols)
             for symbol in sink.engine.symbols:
                 engine.restore(sink.engine.export(symbol))
-        self._shadow = _Shadow(engine)
+            self._shadow = _Shadow(engine)
+        # else: a seek in progress goes on, further.
         self._seek_to = target_ns
         self.seeks += 1
         for symbol in sink.engine.symbols:

@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import IO, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import msgspec
 
@@ -32,6 +32,7 @@ from ..exceptions import ConfigError
 from ..replayclock import ReplayClock, format_time
 from ..tardis import (
     BOOK,
+    PROBLEMS,
     TOP,
     Event,
     Invalidate,
@@ -44,7 +45,10 @@ from ..tardis import (
 )
 from . import Batch, Sink
 
-__all__ = ["SEEK_EVENTS_PER_POLL", "TardisSource", "is_tardis_spec", "parse_symbol_map"]
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+__all__ = ["SEEK_EVENTS_PER_POLL", "TardisSource"]
 
 log = logging.getLogger("tickwire.replay")
 
@@ -58,32 +62,6 @@ SEEK_EVENTS_PER_POLL = 200_000
 #: to learn the symbols (each is created stale and served from its first snapshot).
 LOOKAHEAD_NS = 1_000_000_000
 LOOKAHEAD_EVENTS = 100_000
-
-
-def is_tardis_spec(spec: str) -> bool:
-    """Whether ``--source`` names tardis CSVs: ``tardis:PATHS`` or paths ending in
-    ``.csv`` / ``.csv.gz``."""
-    if spec.startswith("tardis:"):
-        return True
-    first = spec.split(",")[0].lower()
-    return first.endswith((".csv", ".csv.gz"))
-
-
-def parse_symbol_map(items: Sequence[str] | None) -> dict[str, str]:
-    """``["BTCUSDT=BTC-USDT", ...]`` as a dict.
-
-    Raises:
-        ConfigError: an item is not ``FILE_SYMBOL=SERVED``.
-    """
-    out: dict[str, str] = {}
-    for item in items or ():
-        raw, eq, served = item.partition("=")
-        if not eq or not raw.strip() or not served.strip():
-            raise ConfigError(
-                f"--replay-symbol-map takes FILE_SYMBOL=SERVED pairs, not {item[:60]!r}"
-            )
-        out[raw.strip()] = served.strip()
-    return out
 
 
 class _File:
@@ -166,6 +144,8 @@ class TardisSource:
         self._sink: Sink | None = None
         self._seek_to: int | None = None
         self._seeks = 0
+        #: The time of the last event the model applied (a seek before it re-reads).
+        self._applied = -1
         self.generated = 0
         self.skipped = 0
         self.events = 0
@@ -243,6 +223,34 @@ class TardisSource:
             "done": self.done,
         }
 
+    def metrics(self) -> Iterator[Metric]:
+        """Prometheus metrics (the gateway's /metrics): data problems by kind, stale
+        symbols, and where the shared clock stands."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        problems = CounterMetricFamily(
+            "tickwire_replay_problems",
+            "Data problems found in the replayed files, by kind (docs/venue-feeds-replay.md).",
+            labels=["kind"],
+        )
+        for kind in PROBLEMS:
+            problems.add_metric([kind], float(self.model.problems.get(kind, 0)))
+        yield problems
+        yield GaugeMetricFamily(
+            "tickwire_replay_stale_symbols",
+            "Symbols not served because their book is known wrong (until a snapshot).",
+            float(sum(not st.serving for st in self.model.states.values())),
+        )
+        position = self.clock.position
+        yield GaugeMetricFamily(
+            "tickwire_replay_position_seconds",
+            "Data time of the last event played (seconds since the epoch).",
+            (position or 0) / 1e9,
+        )
+        yield GaugeMetricFamily(
+            "tickwire_replay_paused", "1 while the replay is paused.", float(self.clock.paused)
+        )
+
     # -- replay control (the admin API) ----------------------------------------------------
 
     def replay_state(self, now: float) -> dict[str, Any]:
@@ -280,7 +288,7 @@ class TardisSource:
         position = self.clock.position
         self._seek_to = target_ns
         self._seeks += 1
-        if position is None or target_ns < position:
+        if target_ns < self._applied:
             # Backward: from the start of the files, counters and logs kept.
             for f in self._files:
                 f.close()
@@ -291,6 +299,7 @@ class TardisSource:
             model.problems, model.seen = old.problems, old.seen
             model.updates, model.trades = old.updates, old.trades
             self._next = None
+            self._applied = -1
             self.done = False
         sink = self._sink
         if sink is not None:
@@ -348,6 +357,7 @@ class TardisSource:
             if item.local_ns > due:
                 return
             self._next = None
+            self._applied = item.local_ns
             self.events += 1
             budget -= 1
             actions, fresh = model.apply(item)
@@ -383,6 +393,7 @@ class TardisSource:
             if item is None or item.local_ns > target:
                 break
             self._next = None
+            self._applied = item.local_ns
             self.events += 1
             _, fresh = model.apply(item)
             for problem in fresh:

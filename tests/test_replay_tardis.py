@@ -684,3 +684,42 @@ def test_a_recording_pauses_and_seeks_like_a_tardis_replay(
 
 
 assert os.path.exists(BOOK_CSV), "run tests/fixtures/tardis/make_fixtures.py"
+
+
+def test_a_long_seek_runs_in_steps_serves_nothing_meanwhile_and_can_be_redirected(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In process, with the real hub as the sink: a seek of many events takes several
+    ticks, during which the symbols are stale and nothing is published; a new target
+    given meanwhile (here: earlier than what was applied) is honoured."""
+    from tickwire.engine import Engine
+    from tickwire.hub import Hub
+    from tickwire.sources import tardis as source_module
+
+    monkeypatch.setattr(source_module, "SEEK_EVENTS_PER_POLL", 20)
+    hub = Hub(Engine([]))
+    src = source_module.TardisSource([BOOK_CSV, TRADES_GZ], 1.0)
+    asyncio.run(src.start(hub))
+    epoch = hub.engine.epoch
+    # Both symbols known from the read-ahead; ETHUSDT's snapshot is 0.1 ms in.
+    assert set(hub.engine.symbols) == set(SYMBOLS) and hub.incomplete == {"ETHUSDT"}
+    src.pause(0.0)
+    src.seek((T0 + 5_000_000) * 1000, 0.0)
+    for _ in range(5):
+        assert list(src.poll(1.0)) == []
+    assert src.seeking and hub.incomplete == set(SYMBOLS) and hub.engine.epoch == epoch
+    assert src._applied > T0 * 1000 + 1_200_000_000  # the first target's seek is past 1.2 s
+    src.seek((T0 + 1_000_000) * 1000, 1.0)  # before what the seek applied: re-read
+    steps = 0
+    while src.seeking:
+        assert list(src.poll(2.0)) == []
+        steps += 1
+    assert steps > 3 and hub.engine.epoch != epoch and not hub.incomplete
+    want = expected_books(BOOK_CSV, T0 + 1_000_000)
+    for symbol in SYMBOLS:
+        book = hub.engine.symbols[symbol].book
+        got_bids = [(Decimal(p), Decimal(q)) for p, q in book.bids()]
+        got_asks = [(Decimal(p), Decimal(q)) for p, q in book.asks()]
+        assert (got_bids, got_asks) == want[symbol], symbol
+    assert src.replay_state(2.0)["time"] == "2024-03-01T00:00:01.000000Z"
+    asyncio.run(src.stop())

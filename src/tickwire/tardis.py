@@ -273,6 +273,8 @@ def _book_events(
     pending: BookEvent | None = None
     last_local = 0
     for line, row in enumerate(rows, 2):
+        if not row:
+            continue  # a blank line
         symbol: str | None = None
         try:
             symbol = _symbol(row, i_sym, names)
@@ -330,6 +332,8 @@ def _trade_events(
     pending: TradeEvent | None = None
     last_local = 0
     for line, row in enumerate(rows, 2):
+        if not row:
+            continue  # a blank line
         symbol: str | None = None
         try:
             symbol = _symbol(row, i_sym, names)
@@ -382,6 +386,8 @@ def _top_events(
     depth = min(len(sides["bids"]), len(sides["asks"]))
     last_local = 0
     for line, row in enumerate(rows, 2):
+        if not row:
+            continue  # a blank line
         symbol: str | None = None
         try:
             symbol = _symbol(row, i_sym, names)
@@ -547,7 +553,7 @@ class TardisModel:
         return st
 
     def _problem(self, problem: Problem, fresh: list[Problem]) -> None:
-        if problem.local_ns and problem.local_ns <= self.counted_until:
+        if problem.local_ns <= self.counted_until:
             return
         self.problems[problem.kind] = self.problems.get(problem.kind, 0) + 1
         key = (problem.kind, problem.symbol)

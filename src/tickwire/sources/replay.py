@@ -31,7 +31,7 @@ from typing import IO, Any
 import msgspec
 
 from ..engine import Engine, StateSnapshot, new_epoch
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, ReplayControlError
 from ..protocol import BookUpdate, Delta, Message, Snapshot, Trades, decode_message
 from ..replayclock import ReplayClock, format_time
 from . import Batch, RawTrade, Sink
@@ -246,7 +246,10 @@ class ReplaySource:
         assert sink is not None
         if target_ns < self._last_ts or self.clock.position is None:
             # Backward (from what was applied, seek in progress included): re-read.
-            self.header, self._messages = read_recording(self.path)
+            try:
+                self.header, self._messages = read_recording(self.path)
+            except ConfigError as exc:
+                raise ReplayControlError(f"cannot re-read the recording: {exc}", 409) from None
             self._next = None
             self._last_ts = 0
             self.done = False

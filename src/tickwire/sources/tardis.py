@@ -28,7 +28,7 @@ from typing import IO, TYPE_CHECKING, Any, cast
 import msgspec
 
 from ..engine import new_epoch
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, ReplayControlError
 from ..replayclock import ReplayClock, format_time
 from ..tardis import (
     BOOK,
@@ -286,21 +286,25 @@ class TardisSource:
     def seek(self, target_ns: int, now: float) -> None:
         """Go to data time ``target_ns``: done over the next ticks (:attr:`seeking`)."""
         position = self.clock.position
-        self._seek_to = target_ns
-        self._seeks += 1
         if target_ns < self._applied:
             # Backward: from the start of the files, counters and logs kept.
             for f in self._files:
                 f.close()
-            self._open()
+            try:
+                self._open()
+            except ConfigError as exc:
+                self.done = True
+                raise ReplayControlError(f"cannot re-read the files: {exc}", 409) from None
             old = self.model
             model = self.model = self._new_model()
-            model.counted_until = max(old.counted_until, position or -1)
+            model.counted_until = max(old.counted_until, position or -1, self._applied)
             model.problems, model.seen = old.problems, old.seen
             model.updates, model.trades = old.updates, old.trades
             self._next = None
             self._applied = -1
             self.done = False
+        self._seek_to = target_ns
+        self._seeks += 1
         sink = self._sink
         if sink is not None:
             for symbol in sink.engine.symbols:

@@ -723,3 +723,63 @@ def test_a_long_seek_runs_in_steps_serves_nothing_meanwhile_and_can_be_redirecte
         assert (got_bids, got_asks) == want[symbol], symbol
     assert src.replay_state(2.0)["time"] == "2024-03-01T00:00:01.000000Z"
     asyncio.run(src.stop())
+
+
+def run_to_end(src: Any, hub: Any) -> None:
+    """Start ``src`` at max speed into ``hub`` and poll until the data ends."""
+    asyncio.run(src.start(hub))
+    for _ in range(10_000):
+        if src.done:
+            break
+        for symbol, updates, trades in src.poll(0.0):
+            hub.publish(symbol, updates, trades)
+    assert src.done
+
+
+def hub_levels(hub: Any, symbol: str) -> tuple[Levels, Levels]:
+    book = hub.engine.symbols[symbol].book
+    return (
+        [(Decimal(p), Decimal(q)) for p, q in book.bids()],
+        [(Decimal(p), Decimal(q)) for p, q in book.asks()],
+    )
+
+
+def test_symbol_map_and_filter_and_a_book_snapshot_file_alone() -> None:
+    from tickwire.engine import Engine
+    from tickwire.hub import Hub
+    from tickwire.sources.tardis import TardisSource
+    from tickwire.tardis import parse_symbol_map
+
+    mapping = parse_symbol_map(["BTCUSDT=BTC-USDT"])
+    hub = Hub(Engine([]))
+    src = TardisSource([BOOK_CSV], 0.0, ["BTC-USDT"], mapping)
+    run_to_end(src, hub)
+    assert list(hub.engine.symbols) == ["BTC-USDT"]
+    assert hub_levels(hub, "BTC-USDT") == expected_books(BOOK_CSV)["BTCUSDT"]
+    with pytest.raises(ConfigError, match="FILE_SYMBOL=SERVED"):
+        parse_symbol_map(["BTCUSDT"])
+    # book_snapshot_25 alone is the book: its top 25 at the end of the data.
+    hub = Hub(Engine([]))
+    run_to_end(TardisSource([TOP_CSV], 0.0), hub)
+    bids, asks = expected_books(BOOK_CSV)["BTCUSDT"]
+    assert hub_levels(hub, "BTCUSDT") == (bids[:25], asks[:25])
+
+
+def test_a_truncated_gz_ends_its_file_with_an_error_not_a_crash(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tickwire.engine import Engine
+    from tickwire.hub import Hub
+    from tickwire.sources.tardis import TardisSource
+
+    data = Path(TRADES_GZ).read_bytes()
+    cut = tmp_path / "trades.csv.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    hub = Hub(Engine([]))
+    src = TardisSource([BOOK_CSV, str(cut)], 0.0)
+    run_to_end(src, hub)
+    assert "trades.csv.gz ends early" in caplog.text
+    state = src.replay_state(0.0)
+    assert [f["truncated"] for f in state["files"]] == [False, True]
+    # The book file played to its end regardless.
+    assert hub_levels(hub, "ETHUSDT") == expected_books(BOOK_CSV)["ETHUSDT"]

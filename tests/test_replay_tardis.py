@@ -783,3 +783,54 @@ def test_a_truncated_gz_ends_its_file_with_an_error_not_a_crash(
     assert [f["truncated"] for f in state["files"]] == [False, True]
     # The book file played to its end regardless.
     assert hub_levels(hub, "ETHUSDT") == expected_books(BOOK_CSV)["ETHUSDT"]
+
+
+def test_a_hole_in_a_recording_is_reported_and_never_served(tmp_path: Path) -> None:
+    """A recording missing one delta (and holding one unreadable line): the symbol is
+    stale from the hole until the recording's next book snapshot, then exact again."""
+    from tickwire.engine import Engine
+    from tickwire.hub import Hub
+    from tickwire.sources.replay import ReplaySource
+
+    path = tmp_path / "rec.ndjson"
+    updates = write_recording(path, 100)
+    lines = path.read_text().splitlines(keepends=True)
+    # lines: header, ack, snapshot, then delta i (1-based) at index 2 + i.
+    bids, asks = recorded_book(updates, 70)
+    resnapshot = {
+        "type": "snapshot",
+        "ch": "book.AAA",
+        "seq": 70,
+        "epoch": "e",
+        "bids": [[str(p), str(q)] for p, q in bids],
+        "asks": [[str(p), str(q)] for p, q in asks],
+        "checksum": 0,
+    }
+    lines.insert(3 + 70, json.dumps(resnapshot) + "\n")
+    lines.insert(3 + 60, "{oops\n")
+    del lines[2 + 40]  # delta 40 lost
+    path.write_text("".join(lines))
+
+    hub = Hub(Engine(["AAA"]))
+    src = ReplaySource(str(path), 1.0)
+    asyncio.run(src.start(hub))
+    src.pause(0.0)
+
+    def seek_to(n: int) -> None:
+        src.seek((T0 + n * 20_000) * 1000, 0.0)
+        while src.seeking:
+            assert list(src.poll(0.0)) == []
+
+    def levels() -> tuple[Levels, Levels]:
+        return hub_levels(hub, "AAA")
+
+    seek_to(39)
+    assert not hub.incomplete and levels() == recorded_book(updates, 39)
+    seek_to(55)
+    assert hub.incomplete == {"AAA"}  # after the hole: not served
+    seek_to(71)
+    assert not hub.incomplete and levels() == recorded_book(updates, 71)
+    seek_to(20)  # backward: re-read; the problems are not counted again
+    seek_to(100)
+    assert not hub.incomplete and levels() == recorded_book(updates, 100)
+    assert src.stats()["problems"] == {"gap": 1, "bad_line": 1}

@@ -65,11 +65,13 @@ def parse_speed(spec: str) -> float:
     return speed
 
 
-def read_recording(path: str) -> tuple[dict[str, Any], Iterator[Message]]:
+def read_recording(
+    path: str, on_bad: Callable[[int], None] | None = None
+) -> tuple[dict[str, Any], Iterator[Message]]:
     """Open a recording: return its header and an iterator over its messages.
 
-    Lines that are not tickwire messages are skipped (counted nowhere: a recording is
-    written by ``tickwire record`` and only ends early, if at all).
+    Lines that are not tickwire messages are skipped, each reported to ``on_bad`` with
+    its line number (a lost delta also shows as a seq gap, which the replay checks).
 
     Raises:
         ConfigError: the file cannot be opened or has no recording header.
@@ -89,11 +91,12 @@ def read_recording(path: str) -> tuple[dict[str, Any], Iterator[Message]]:
 
     def messages() -> Iterator[Message]:
         with f:
-            for line in f:
+            for number, line in enumerate(f, 2):
                 try:
                     yield decode_message(line)
                 except msgspec.DecodeError:
-                    continue
+                    if on_bad is not None and line.strip():
+                        on_bad(number)
 
     return header, messages()
 
@@ -119,6 +122,9 @@ class _Shadow:
     def restore(self, snap: StateSnapshot) -> None:
         self.engine.restore(snap)
 
+    def invalidate(self, symbol: str) -> None:
+        """A hole found while seeking: the symbol stays stale after the seek."""
+
 
 class ReplaySource:
     """Plays a recording into a sink at ``speed`` (0: as fast as possible).
@@ -140,8 +146,16 @@ class ReplaySource:
     def __init__(self, path: str, speed: float = 1.0) -> None:
         self.path = path
         self.clock = ReplayClock(speed)
-        self.header, self._messages = read_recording(path)
+        self.header, self._messages = read_recording(path, self._bad_line)
         self._next: Message | None = None
+        # Integrity of the recording itself: each channel's recorded seq, the symbols
+        # with a hole (the channel kinds that broke), and their state meanwhile.
+        self._rec_seq: dict[str, int] = {}
+        self._broken: dict[str, set[str]] = {}
+        self._held = Engine([])
+        self.problems: dict[str, int] = {}
+        self._seen: set[tuple[str, str | None]] = set()
+        self._counted_until = -1
         self._sink: Sink | None = None
         self._last_ts = 0
         self._seek_to: int | None = None
@@ -204,6 +218,8 @@ class ReplaySource:
             "updates": self.generated,
             "restores": self.restores,
             "conflated": self.conflated,
+            "problems": dict(self.problems),
+            "stale": sorted(self._broken),
             "seeks": self.seeks,
             "done": self.done,
         }
@@ -229,6 +245,7 @@ class ReplaySource:
             "seeking": self._seek_to is not None,
             "done": self.done,
             "files": [{"path": self.path, "layout": "tickwire", "messages": self.messages}],
+            "problems": dict(self.problems),
         }
 
     def pause(self, now: float) -> None:
@@ -247,11 +264,15 @@ class ReplaySource:
         if target_ns < self._last_ts or self.clock.position is None:
             # Backward (from what was applied, seek in progress included): re-read.
             try:
-                self.header, self._messages = read_recording(self.path)
+                self.header, self._messages = read_recording(self.path, self._bad_line)
             except ConfigError as exc:
                 raise ReplayControlError(f"cannot re-read the recording: {exc}", 409) from None
+            self._counted_until = max(self._counted_until, self._last_ts)
             self._next = None
             self._last_ts = 0
+            self._rec_seq.clear()
+            self._broken.clear()
+            self._held = Engine([])
             self.done = False
             self._shadow = _Shadow(Engine(sink.engine.symbols))
         elif self._shadow is None:
@@ -295,8 +316,26 @@ class ReplaySource:
             self._take()
             self._last_ts = ts
             self.clock.played(ts)
-            symbol = _symbol(msg.ch)  # type: ignore[union-attr]
+            assert isinstance(msg, Delta | Trades)
+            symbol = _symbol(msg.ch)
             if symbol not in sink.engine.symbols:
+                continue
+            kind = msg.ch.partition(".")[0]
+            prev = self._rec_seq.get(msg.ch)
+            self._rec_seq[msg.ch] = msg.seq
+            if prev is not None and msg.prev_seq != prev:
+                detail = f"{msg.ch} jumps from seq {prev} to a message after {msg.prev_seq}"
+                self._problem("gap", symbol, detail, ts)
+                self._break(symbol, kind, sink)
+            broken = self._broken.get(symbol)
+            if broken is not None:
+                # Not served; the channels that are whole still keep their state.
+                if kind not in broken:
+                    if isinstance(msg, Delta):
+                        self._held.apply_book(symbol, msg.updates)
+                    else:
+                        trades = [(t.price, t.qty, t.side, t.ts) for t in msg.trades]
+                        self._held.apply_trades(symbol, trades)
                 continue
             if isinstance(msg, Delta):
                 if msg.seq - msg.prev_seq != len(msg.updates):
@@ -308,7 +347,6 @@ class ReplaySource:
                 if not direct:
                     self.generated += len(msg.updates)
             else:
-                assert isinstance(msg, Trades)
                 raw: list[RawTrade] = [(t.price, t.qty, t.side, t.ts) for t in msg.trades]
                 batch = (symbol, [], raw)
                 budget -= len(raw)
@@ -329,6 +367,8 @@ class ReplaySource:
         self._seek_to = self._shadow = None
         sink.reset(new_epoch())
         for symbol in sink.engine.symbols:
+            if symbol in self._broken:
+                continue  # a hole in the recording: stale until its snapshots
             snap = shadow.engine.export(symbol)
             sink.restore(msgspec.structs.replace(snap, epoch=sink.engine.epoch))
         self.clock.seek(target, now)
@@ -372,11 +412,43 @@ class ReplaySource:
         self._next = None
         self.messages += 1
 
+    def _bad_line(self, number: int) -> None:
+        detail = f"{self.path}:{number}: not a tickwire message"
+        self._problem("bad_line", None, detail, self._last_ts)
+
+    def _problem(self, kind: str, symbol: str | None, detail: str, ts: int) -> None:
+        if ts <= self._counted_until:
+            return  # a seek re-reads what was played: counted and logged already
+        self.problems[kind] = self.problems.get(kind, 0) + 1
+        if (kind, symbol) not in self._seen:
+            self._seen.add((kind, symbol))
+            log.warning(
+                "replay data problem %s%s: %s (further ones of this kind and symbol are "
+                "only counted)",
+                kind,
+                f" on {symbol}" if symbol else "",
+                detail,
+            )
+
+    def _break(self, symbol: str, kind: str, sink: Sink | _Shadow) -> None:
+        """A hole in ``symbol``'s ``kind`` channel: stale until that channel's next
+        snapshot in the recording (the others go on in :attr:`_held`)."""
+        broken = self._broken.get(symbol)
+        if broken is None:
+            broken = self._broken[symbol] = set()
+            self._held.add_symbol(symbol)
+            self._held.restore(sink.engine.export(symbol))
+            sink.invalidate(symbol)
+        broken.add(kind)
+
     def _restore(self, snap: Snapshot, sink: Sink | _Shadow) -> None:
         symbol = _symbol(snap.ch)
         if symbol not in sink.engine.symbols:
             return
-        state = sink.engine.export(symbol)
+        self._rec_seq[snap.ch] = snap.seq
+        broken = self._broken.get(symbol)
+        base = self._held if broken is not None else sink.engine
+        state = base.export(symbol)
         kind = snap.ch.partition(".")[0]
         if kind == "book":
             state = msgspec.structs.replace(
@@ -396,5 +468,12 @@ class ReplaySource:
                 trade_count=t.trades,
                 last_ts=t.ts,
             )
+        if broken is not None:
+            broken.discard(kind)
+            if broken:
+                self._held.restore(state)  # still waiting for another channel's
+                return
+            del self._broken[symbol]
+            del self._held.symbols[symbol]
         self.restores += 1
         sink.restore(state)

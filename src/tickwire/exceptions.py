@@ -19,7 +19,9 @@ The tree::
     │                                        (``reason``: gap, crossed, decimal, ...)
     ├── ConnectionClosed                    the WebSocket link ended (client side)
     └── ConfigError (ValueError)            a setting (flag, environment variable, file
-                                             key) or constructor option is invalid
+        │                                    key) or constructor option is invalid
+        └── ScenarioError (Sans-I/O)        a fault scenario (TOML file or one fault of
+                                             the admin API) is invalid; names the line
 
 "Sans-I/O" classes are raised by the core modules (``protocol``, ``book``, ``hub``)
 without any socket involved. Remote errors (the peer misbehaved) are ``ProtocolError``;
@@ -39,6 +41,7 @@ __all__ = [
     "MessageTooBig",
     "ProtocolError",
     "RequestError",
+    "ScenarioError",
     "SequenceGap",
     "TickwireError",
 ]
@@ -145,3 +148,16 @@ class IngestError(TickwireError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class ScenarioError(ConfigError):
+    """A fault scenario or one fault is invalid (Sans-I/O, :mod:`tickwire.faults`).
+
+    The message names the file and line (``scenario.toml:12: ...``) when the fault came
+    from a file, and the key and what is expected; :attr:`line` is that line (0: none,
+    e.g. a fault posted to the admin API).
+    """
+
+    def __init__(self, message: str, line: int = 0) -> None:
+        super().__init__(message)
+        self.line = line

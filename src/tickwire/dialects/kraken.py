@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import re
 import time
 from collections.abc import Callable, Mapping
 from decimal import Decimal
@@ -54,7 +55,7 @@ from .feed import (
 from .markets import Market, Markets
 from .rest import MarketView, RestError, RestResponse, int_param, precision
 
-__all__ = ["DEPTHS", "KrakenV1Session", "KrakenV2Session", "open_session", "rest"]
+__all__ = ["FAULT_HOOKS", "DEPTHS", "KrakenV1Session", "KrakenV2Session", "open_session", "rest"]
 
 _json = msgspec.json.Encoder()
 _decode = msgspec.json.Decoder()
@@ -1164,3 +1165,85 @@ def rest(view: MarketView, path: str, params: Mapping[str, str]) -> RestResponse
         return RestResponse(route(view, params))
     except RestError as exc:
         return RestResponse(exc.body, exc.status)
+
+
+# -- fault hooks (tickwire.faults): how the fault engine sees Kraken's messages ---------
+
+_V1_PAIR = re.compile(rb',"([^"]+)"\]$')
+_V2_SYMBOL = re.compile(rb'"symbol":"([^"]+)"')
+_V1_CHECKSUM = re.compile(rb'"c":"(\d+)"')
+_V2_CHECKSUM = re.compile(rb'"checksum":(\d+)')
+
+
+def _flip(payload: bytes, pattern: re.Pattern[bytes]) -> bytes | None:
+    m = pattern.search(payload)
+    if m is None:
+        return None
+    value = str(int(m.group(1)) ^ 1).encode()
+    return payload[: m.start(1)] + value + payload[m.end(1) :]
+
+
+class FaultHooks:
+    """Kraken's book frames (v1 and v2; no seqs: a hole shows in the checksum), its
+    maintenance status and REST limit (see ``docs/connectivity-testing.md``)."""
+
+    venue = "kraken"
+    has_checksum = True
+
+    def classify(self, payload: bytes, markets: Markets) -> tuple[str, str, int | None] | None:
+        if payload.startswith(b'{"channel":"book","type":"'):
+            kind = "snapshot" if payload.startswith(b"snapshot", 26) else "update"
+            m = _V2_SYMBOL.search(payload)
+            market = markets.by_kraken.get(m.group(1).decode()) if m else None
+        elif payload.startswith(b"[") and b',"book-' in payload:
+            kind = "snapshot" if b'"as":' in payload else "update"
+            m = _V1_PAIR.search(payload)
+            market = markets.by_kraken_v1.get(m.group(1).decode()) if m else None
+        else:
+            return None
+        if market is None:
+            return None
+        return market.symbol, kind, None
+
+    def corrupt_checksum(self, payload: bytes) -> bytes | None:
+        if payload.startswith(b"["):
+            return _flip(payload, _V1_CHECKSUM)
+        return _flip(payload, _V2_CHECKSUM)
+
+    def is_heartbeat(self, payload: bytes) -> bool:
+        return payload in (b'{"event":"heartbeat"}', b'{"channel":"heartbeat"}')
+
+    def notice(self, session: object, now_ms: int) -> bytes | None:
+        """The system status turning to ``maintenance`` (v1 ``systemStatus``, v2 ``status``)."""
+        conn_id = getattr(session, "connection_id", 0)
+        if isinstance(session, KrakenV1Session):
+            return _json.encode(
+                {
+                    "connectionID": conn_id,
+                    "event": "systemStatus",
+                    "status": "maintenance",
+                    "version": "1.9.5",
+                }
+            )
+        return _json.encode(
+            {
+                "channel": "status",
+                "type": "update",
+                "data": [
+                    {
+                        "api_version": "v2",
+                        "connection_id": conn_id,
+                        "system": "maintenance",
+                        "version": "2.0.10",
+                    }
+                ],
+            }
+        )
+
+    def rest_limited(self, status: int, retry_after: float, until_ms: int) -> RestResponse:
+        """HTTP 429 with ``EGeneral:Too many requests`` (Kraken has no 418)."""
+        body = _json.encode({"error": ["EGeneral:Too many requests"]})
+        return RestResponse(body, 429, {"Retry-After": str(max(1, round(retry_after)))})
+
+
+FAULT_HOOKS = FaultHooks()

@@ -1,0 +1,432 @@
+"""Scripted faults against real clients (docs/connectivity-testing.md).
+
+One gateway per module (``--test-faults``, an admin port), faults added and cleared
+through the admin API, as a test harness would:
+
+* every fault kind against the tickwire SDK on the native protocol: the fault reaches
+  it, and afterwards its book equals the native book at the same ``seq`` (read by a
+  :class:`NativeRecorder` connected once the faults are cleared); the time from the
+  first sign of the fault to the next verified book is printed (the bounds in the docs);
+* each kind's venue shape at the wire level (Binance, OKX, Kraken);
+* the admin API round trip and its errors.
+
+The no-leak test (a control client's bytes unchanged) and the scenario parsing are in
+``test_faults_leak.py`` and ``test_faults_spec.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed
+
+from helpers import ServerProcess
+from tickwire.client import Backoff, BookChanged, Client, Disconnected, Event, SyncState
+from tickwire.dialects import okx
+from venues import NativeRecorder, VenueGateway, levels, start_venue_gateway
+
+SYMBOL = "BTC-USD"
+BOOK = f"book.{SYMBOL}"
+
+#: Recovery measured per case: {case: seconds from the first sign to a verified book}.
+RECOVERY: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VenueGateway]:
+    started: list[ServerProcess] = []
+
+    def factory(*args: str) -> ServerProcess:
+        srv = ServerProcess(list(args)).start()
+        started.append(srv)
+        return srv
+
+    gateway = start_venue_gateway(
+        factory,
+        tmp_path_factory.mktemp("faults"),
+        "--symbols",
+        "BTC-USD,ETH-USD",
+        "--rate",
+        "300",
+        "--test-faults",
+        "--heartbeat",
+        "0.5",
+        tls=False,
+    )
+    try:
+        yield gateway
+    finally:
+        for srv in started:
+            try:
+                srv.stop()
+            finally:
+                srv.kill()
+
+
+async def api(
+    gw: VenueGateway, method: str, path: str = "/api/v1/faults", body: Any = None
+) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as http:
+        async with http.request(method, gw.http + path, json=body) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+
+async def add_fault(gw: VenueGateway, **fault: Any) -> dict[str, Any]:
+    status, body = await api(gw, "POST", body=fault)
+    assert status == 201, body
+    return dict(body)
+
+
+async def applied(gw: VenueGateway, fault_id: int) -> int:
+    _, body = await api(gw, "GET")
+    return int(next(f["applied"] for f in body["faults"] if f["id"] == fault_id))
+
+
+async def wait_applied(gw: VenueGateway, fault_id: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while await applied(gw, fault_id) < 1:
+        assert time.monotonic() < deadline, f"fault {fault_id} was never applied"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture(autouse=True)
+def _clear(gw: VenueGateway) -> Iterator[None]:
+    yield
+    asyncio.run(api(gw, "DELETE"))
+
+
+# -- the SDK against every kind ----------------------------------------------------------
+
+
+class Watched:
+    """An SDK client whose book is kept at every seq, and when it was disrupted."""
+
+    def __init__(self, url: str) -> None:
+        self.books: dict[int, tuple[dict[Decimal, Decimal], dict[Decimal, Decimal]]] = {}
+        self.disrupted: float | None = None
+        self.recovered: float | None = None
+        self.closes: list[int | None] = []
+        self.client = Client(
+            url,
+            [BOOK],
+            on_event=self._event,
+            events=False,
+            watchdog=1.0,
+            backoff=Backoff(initial=0.05, maximum=0.2),
+        )
+        self._base = (0, 0, 0)
+
+    def _signs(self) -> tuple[int, int, int]:
+        c = self.client.channel(BOOK).counters
+        return c.gaps + c.checksum_failures, c.snapshots, self.client.stats.disconnects
+
+    def arm(self) -> None:
+        """Count from now: the next change of the counters is the fault."""
+        self._base = self._signs()
+        self.disrupted = self.recovered = None
+
+    def _event(self, event: Event) -> None:
+        now = time.monotonic()
+        if isinstance(event, Disconnected):
+            self.closes.append(event.code)
+        if self.disrupted is None and self._signs() != self._base:
+            self.disrupted = now
+        if isinstance(event, BookChanged):
+            book = self.client.book(SYMBOL)
+            self.books[event.seq] = (levels(book.bids()), levels(book.asks()))
+            if len(self.books) > 5000:
+                del self.books[next(iter(self.books))]
+            if self.disrupted is not None and self.recovered is None:
+                if self.client.state(BOOK) is SyncState.LIVE:
+                    self.recovered = now
+
+
+async def exact_again(gw: VenueGateway, watched: Watched, want: int = 5) -> None:
+    """The SDK's book equals the native one at ``want`` common seqs (none differs)."""
+    rec = NativeRecorder(gw, SYMBOL)
+    task = asyncio.create_task(rec.run())
+    try:
+        await asyncio.wait_for(rec.ready.wait(), 5)
+        deadline = time.monotonic() + 5
+        while True:
+            common = sorted(set(watched.books) & set(rec.books))
+            if len(common) >= want:
+                break
+            assert time.monotonic() < deadline, "the SDK's book never met the native one"
+            await asyncio.sleep(0.05)
+        for seq in common:
+            bids, asks = watched.books[seq]
+            rec.assert_book(seq, bids, asks)
+        assert watched.client.state(BOOK) is SyncState.LIVE
+    finally:
+        rec.stop()
+        await task
+
+
+# name -> (fault, what the SDK must show): "resync" (a gap or bad checksum seen and
+# healed in band), "reconnect" (the link ended and the client resumed), "none".
+SDK_CASES: dict[str, tuple[dict[str, Any], str]] = {
+    "gap": ({"kind": "gap"}, "resync"),
+    "gap-3": ({"kind": "gap", "messages": 3}, "resync"),
+    "checksum": ({"kind": "checksum"}, "resync"),
+    "duplicate": ({"kind": "duplicate"}, "resync"),
+    "reorder": ({"kind": "reorder"}, "resync"),
+    "stale_snapshot": ({"kind": "stale_snapshot", "where": "stream", "updates": 40}, "resync"),
+    "stall": ({"kind": "stall", "seconds": 2.0}, "reconnect"),
+    "stall-heartbeats": ({"kind": "stall", "seconds": 2.0, "heartbeats": True}, "reconnect"),
+    "disconnect-1001": ({"kind": "disconnect", "code": 1001}, "reconnect"),
+    "disconnect-1006": ({"kind": "disconnect", "code": 1006}, "reconnect"),
+    "disconnect-1008": ({"kind": "disconnect", "code": 1008}, "reconnect"),
+    "disconnect-1011": ({"kind": "disconnect", "code": 1011}, "reconnect"),
+    "disconnect-1013": ({"kind": "disconnect", "code": 1013}, "reconnect"),
+    "max_connection_age": (
+        {"kind": "max_connection_age", "age": 86400, "speed": 172800, "count": 1},
+        "reconnect",
+    ),
+    "latency": ({"kind": "latency", "delay_ms": 120, "jitter_ms": 60, "duration": 1.0}, "none"),
+    "bandwidth": ({"kind": "bandwidth", "bytes_per_s": 3000, "duration": 1.5}, "none"),
+    "burst": ({"kind": "burst", "factor": 10, "seconds": 1.0}, "none"),
+}
+
+
+@pytest.mark.parametrize("case", list(SDK_CASES))
+def test_sdk_books_exact_again_after(gw: VenueGateway, case: str) -> None:
+    fault, expect = SDK_CASES[case]
+
+    async def run() -> None:
+        target = {"venues": ["native"], "symbols": [SYMBOL], **fault}
+        if fault["kind"] in ("burst", "max_connection_age"):
+            target.pop("symbols")
+        watched = Watched(f"{gw.ws}/ws")
+        in_band = fault["kind"] in ("stale_snapshot", "max_connection_age")
+        if in_band:  # applied as the client connects (its first snapshot), or by age
+            added = await add_fault(gw, **target)
+            watched.arm()
+        async with watched.client as client:
+            await client.wait_live()
+            if not in_band:
+                watched.arm()
+                added = await add_fault(gw, **target)
+            await wait_applied(gw, added["id"])
+            if expect != "none":
+                deadline = time.monotonic() + 8
+                while watched.recovered is None:
+                    assert time.monotonic() < deadline, f"no recovery: {client.counters()}"
+                    await asyncio.sleep(0.02)
+                assert watched.disrupted is not None
+                RECOVERY[case] = watched.recovered - watched.disrupted
+                print(f"\n{case}: verified again {RECOVERY[case] * 1000:.0f} ms after the fault")
+            else:
+                await asyncio.sleep(float(fault.get("duration", fault.get("seconds", 1.0))))
+            counters = client.channel(BOOK).counters
+            stats = client.stats
+            if expect == "resync":
+                assert counters.resyncs >= 1 and stats.disconnects == 0, client.counters()
+            elif expect == "reconnect":
+                assert stats.reconnects >= 1, client.counters()
+            else:
+                assert counters.gaps == counters.checksum_failures == 0, client.counters()
+            await api(gw, "DELETE")
+            await exact_again(gw, watched)
+        code = fault.get("code")
+        if fault["kind"] == "disconnect":
+            # 1006 is never sent: the TCP connection is reset, the client sees no close.
+            assert watched.closes[0] == (None if code == 1006 else code), watched.closes
+
+    asyncio.run(run())
+
+
+# -- the admin API ----------------------------------------------------------------------
+
+
+def test_api_round_trip_and_errors(gw: VenueGateway) -> None:
+    async def run() -> None:
+        a = await add_fault(gw, kind="gap", venues=["okx"], every=10, name="okx gaps")
+        b = await add_fault(gw, kind="latency", delay_ms=5, duration=60)
+        status, body = await api(gw, "GET")
+        assert status == 200
+        listed = {f["id"]: f for f in body["faults"]}
+        assert listed[a["id"]]["name"] == "okx gaps" and listed[a["id"]]["venues"] == ["okx"]
+        assert listed[a["id"]]["origin"] == "api" and listed[b["id"]]["delay_ms"] == 5
+        status, body = await api(gw, "DELETE", f"/api/v1/faults/{a['id']}")
+        assert (status, body) == (200, {"removed": [a["id"]]})
+        status, body = await api(gw, "DELETE", f"/api/v1/faults/{a['id']}")
+        assert status == 404 and body["error"] == "unknown_fault"
+        status, body = await api(gw, "POST", body={"kind": "gapp"})
+        assert status == 400 and "did you mean 'gap'" in body["message"]
+        status, body = await api(gw, "POST", body={"kind": "stall", "seconds": -1})
+        assert status == 400 and "'seconds' must be at least" in body["message"]
+        status, body = await api(gw, "POST", body={"kind": "disconnect", "code": 1005})
+        assert status == 400 and "not a close code" in body["message"]
+        status, body = await api(gw, "POST", body=[1, 2])
+        assert status == 400 and body["error"] == "bad_fault"
+        async with aiohttp.ClientSession() as http:
+            async with http.post(gw.http + "/api/v1/faults", data=b"{nope") as resp:
+                assert resp.status == 400 and (await resp.json())["error"] == "bad_json"
+        status, body = await api(gw, "DELETE")
+        assert status == 200 and body["removed"] == [b["id"]]
+        _, body = await api(gw, "GET")
+        assert body["faults"] == []
+
+    asyncio.run(run())
+
+
+def test_api_is_off_without_faults(server_factory: Any, tmp_path: Path) -> None:
+    plain = start_venue_gateway(server_factory, tmp_path, "--symbols", "1", tls=False)
+
+    async def run() -> None:
+        status, body = await api(plain, "POST", body={"kind": "gap"})
+        assert status == 403 and body["error"] == "faults_disabled"
+        status, body = await api(plain, "GET")
+        assert status == 403
+
+    asyncio.run(run())
+
+
+# -- venue shapes on the wire -----------------------------------------------------------
+
+
+async def frames(ws: Any, seconds: float) -> list[Any]:
+    """The JSON messages received within ``seconds`` (text ``pong`` excluded)."""
+    out: list[Any] = []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            raw = await asyncio.wait_for(ws.recv(), left)
+        except TimeoutError:
+            break
+        if raw != "pong":
+            out.append(json.loads(raw))
+    return out
+
+
+def test_binance_gap_shows_in_u(gw: VenueGateway) -> None:
+    async def run() -> None:
+        url = f"{gw.ws}/binance/ws/btcusd@depth@100ms"
+        async with websockets.connect(url) as ws:
+            await frames(ws, 0.3)
+            await add_fault(gw, kind="gap", venues=["binance"])
+            events = [e for e in await frames(ws, 1.2) if e.get("e") == "depthUpdate"]
+        holes = [(a["u"], b["U"]) for a, b in zip(events, events[1:]) if b["U"] != a["u"] + 1]
+        assert len(holes) == 1, holes
+
+    asyncio.run(run())
+
+
+def test_binance_server_shutdown_then_close(gw: VenueGateway) -> None:
+    async def run() -> None:
+        url = f"{gw.ws}/binance/stream?streams=btcusd@depth@100ms"
+        async with websockets.connect(url) as ws:
+            await frames(ws, 0.2)
+            await add_fault(gw, kind="disconnect", venues=["binance"], notice=True, notice_lead=0.3)
+            seen = []
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    seen.append(json.loads(await asyncio.wait_for(ws.recv(), 3)))
+        shutdown = [m for m in seen if m.get("e") == "serverShutdown"]
+        assert len(shutdown) == 1 and isinstance(shutdown[0]["E"], int), seen[-3:]
+        after = seen[seen.index(shutdown[0]) + 1 :]
+        assert all("stream" in m for m in after)  # the stream went on until the close
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+
+    asyncio.run(run())
+
+
+def test_binance_rest_429_then_418(gw: VenueGateway) -> None:
+    async def run() -> None:
+        await add_fault(
+            gw, kind="rate_limit", venues=["binance"], retry_after=2, ban_after=2, ban_seconds=30
+        )
+        url = f"{gw.http}/binance/api/v3/depth?symbol=BTCUSD&limit=5"
+        answers = []
+        async with aiohttp.ClientSession() as http:
+            for _ in range(4):
+                async with http.get(url) as resp:
+                    answers.append(
+                        (resp.status, resp.headers.get("Retry-After"), await resp.json())
+                    )
+            async with http.get(f"{gw.http}/okx/api/v5/market/books?instId=BTC-USD") as resp:
+                assert resp.status == 200  # another venue is not limited
+            await api(gw, "DELETE")
+            async with http.get(url) as resp:
+                banned = resp.status  # the ban outlives the fault, as Binance's does
+        assert [a[0] for a in answers] == [429, 429, 418, 418], answers
+        assert answers[0][1] == "2" and int(answers[2][1] or 0) >= 29
+        assert all(a[2]["code"] == -1003 for a in answers)
+        assert "IP banned until" in answers[2][2]["msg"]
+        assert banned == 418
+
+    asyncio.run(run())
+
+
+def test_stale_rest_depth_is_the_book_n_updates_back(gw: VenueGateway) -> None:
+    async def run() -> None:
+        rec = NativeRecorder(gw, SYMBOL)
+        task = asyncio.create_task(rec.run())
+        try:
+            await asyncio.wait_for(rec.ready.wait(), 5)
+            await add_fault(gw, kind="stale_snapshot", where="rest", updates=25, venues=["binance"])
+            await asyncio.sleep(0.5)
+            async with aiohttp.ClientSession() as http:
+                url = f"{gw.http}/binance/api/v3/depth?symbol=BTCUSD&limit=5000"
+                async with http.get(url) as resp:
+                    depth = await resp.json()
+                async with http.get(f"{gw.http}/api/v1/book/{SYMBOL}") as resp:
+                    live = await resp.json()  # the native REST is not targeted
+            stale = depth["lastUpdateId"]
+            assert live["seq"] - stale >= 25
+            while rec.seq < stale:
+                await asyncio.sleep(0.02)
+            rec.assert_book(stale, levels(depth["bids"]), levels(depth["asks"]))
+        finally:
+            rec.stop()
+            await task
+
+    asyncio.run(run())
+
+
+def test_okx_checksum_and_notice(gw: VenueGateway) -> None:
+    async def run() -> None:
+        async with websockets.connect(f"{gw.ws}/okx/ws/v5/public") as ws:
+            arg = {"channel": "books", "instId": "BTC-USD"}
+            await ws.send(json.dumps({"op": "subscribe", "args": [arg]}))
+            seen = await frames(ws, 0.3)
+            await add_fault(gw, kind="checksum", venues=["okx"])
+            seen += await frames(ws, 1.0)
+            await add_fault(gw, kind="disconnect", venues=["okx"], notice=True, notice_lead=0.2)
+            tail: list[Any] = []
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    tail.append(json.loads(await asyncio.wait_for(ws.recv(), 3)))
+        pushes = [m for m in seen if m.get("arg", {}).get("channel") == "books" and "data" in m]
+        assert pushes[0]["action"] == "snapshot"
+        # Replayed from the snapshot with OKX's own checksum: exactly one push is wrong.
+        bad = 0
+        bids: dict[str, str] = {}
+        asks: dict[str, str] = {}
+        for m in pushes:
+            d = m["data"][0]
+            for side, book in (("bids", bids), ("asks", asks)):
+                for px, sz, *_ in d[side]:
+                    if Decimal(sz) == 0:
+                        book.pop(px, None)
+                    else:
+                        book[px] = sz
+            top_b = sorted(bids.items(), key=lambda kv: -Decimal(kv[0]))[:25]
+            top_a = sorted(asks.items(), key=lambda kv: Decimal(kv[0]))[:25]
+            bad += okx.checksum(top_b, top_a) != d["checksum"]
+        assert bad == 1
+        notices = [m for m in tail if m.get("event") == "notice"]
+        assert len(notices) == 1 and notices[0]["code"] == "64008" and notices[0]["connId"]
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+
+    asyncio.run(run())

@@ -41,7 +41,7 @@ class StaleBook:
 
     def at(self, target: int, current: Current, replay: Replay) -> tuple[int, Book]:
         """The book at ``target`` (or the closest after it that can be had)."""
-        if self.book is None or self.seq > target:
+        if self.book is None:
             self.reset(current)
         book = self.book
         assert book is not None

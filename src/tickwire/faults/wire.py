@@ -351,6 +351,20 @@ class Pacer:
         self.queue.append((start, data))
         self.size += len(data)
 
+    def set(self, now: float, delay: float, jitter: float, rate: float) -> bool:
+        """Take new settings; what waits is rescheduled with them from ``now``
+        (a lifted cap lets the backlog go at once). False: nothing changed."""
+        if (delay, jitter, rate) == (self.delay, self.jitter, self.rate):
+            return False
+        self.delay, self.jitter, self.rate = delay, jitter, rate
+        queued = list(self.queue)
+        self.queue.clear()
+        self.size = 0
+        self._last = 0.0
+        for written, data in queued:
+            self.push(data, min(written, now))
+        return True
+
     def due(self, now: float) -> tuple[bytes, float | None]:
         """The bytes to write at ``now``, and when the next chunk is due."""
         queue = self.queue

@@ -129,6 +129,11 @@ class _Target:
         delay = max(0.0, pacer.queue[0][0] - now)
         self._timer = asyncio.get_running_loop().call_later(delay, self._drain)
 
+    def reschedule(self, now: float) -> None:
+        """The pacer's times changed: wake at its new first one."""
+        self.cancel()
+        self._schedule(now)
+
     def _drain(self) -> None:
         self._timer = None
         pacer = self.pacer
@@ -239,6 +244,7 @@ class FaultManager:
         ids = list(self.faults)
         for fault_id in ids:
             self.remove(fault_id)
+        self.bans.clear()  # back to normal: REST bans are lifted too
         return len(ids)
 
     def listing(self) -> list[dict[str, Any]]:
@@ -378,7 +384,8 @@ class FaultManager:
                     self.emit(target.conn.id, fault, {**params, "action": "paced"})
             pacer = target.pacer
             if pacer is not None:
-                pacer.delay, pacer.jitter, pacer.rate = delay, jitter, rate
+                if pacer.set(now, delay, jitter, rate):
+                    target.reschedule(now)
 
     def _fire(self, fault: ActiveFault, now: float) -> None:
         spec = fault.spec
@@ -509,7 +516,8 @@ class FaultManager:
     def refuse_rest(self, venue: str, client: str, path: str) -> RestResponse | None:
         """The venue's over-the-limit answer to a REST request, or None (served)."""
         now = time.monotonic()
-        ban = self.bans.get(client)
+        key = f"{venue}|{client}"
+        ban = self.bans.get(key)
         hooks = hooks_of(venue)
         if ban is not None and now < ban.until:
             left = ban.until - now
@@ -522,7 +530,7 @@ class FaultManager:
             if not fault.draw():
                 continue
             params = fault.spec.params
-            ban = self.bans.setdefault(client, _Ban())
+            ban = self.bans.setdefault(key, _Ban())
             ban.strikes += 1
             fault.applied += 1
             ban_after = int(params["ban_after"])

@@ -32,6 +32,7 @@ class ActiveFault:
         fired: firings so far.
         applied: applications to a connection, a message or a request so far.
         targeted: connections chosen as targets so far.
+        connections: their ids.
     """
 
     def __init__(self, fault_id: int, spec: FaultSpec, start: float, origin: str = "api") -> None:
@@ -42,6 +43,8 @@ class ActiveFault:
         self.fired = 0
         self.applied = 0
         self.targeted = 0
+        #: The connections it was applied to or set up on.
+        self.connections: set[int] = set()
         self.rng = random.Random(f"{spec.seed}:{fault_id}:draws")
 
     # -- time --------------------------------------------------------------------------
@@ -129,6 +132,7 @@ class ActiveFault:
             "active": not self.finished(now),
             "fired": self.fired,
             "targeted": self.targeted,
+            "connections": sorted(self.connections),
             "applied": self.applied,
             "age_s": round(now - self.start, 3),
         }

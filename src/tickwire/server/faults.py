@@ -94,6 +94,8 @@ class _Target:
         )
         self.pacer: Pacer | None = None
         self.faults: set[int] = set()
+        #: The latency/bandwidth faults already reported as applied.
+        self.paced: set[int] = set()
         self.wrapped = False
         self.paused = False
         self._timer: asyncio.TimerHandle | None = None
@@ -287,6 +289,7 @@ class FaultManager:
         if not fault.targets(conn.id, venue):
             return
         fault.targeted += 1
+        fault.connections.add(conn.id)
         target = self._target(conn, venue)
         target.faults.add(fault.id)
         if kind in _WRITE_KINDS:
@@ -379,7 +382,8 @@ class FaultManager:
                 pacer = target.pacer
                 if pacer is None:
                     target.pacer = pacer = Pacer(functools.partial(fault.rng.uniform, -1.0, 1.0))
-                if (pacer.delay, pacer.jitter, pacer.rate) == (0.0, 0.0, 0.0):
+                if fault.id not in target.paced:
+                    target.paced.add(fault.id)
                     fault.applied += 1
                     self.emit(target.conn.id, fault, {**params, "action": "paced"})
             pacer = target.pacer
@@ -396,6 +400,7 @@ class FaultManager:
             venue = venue_of_connection(conn)
             if conn.closed or not fault.targets(conn.id, venue) or not fault.draw():
                 continue
+            fault.connections.add(conn.id)
             if spec.kind in MESSAGE_KINDS:
                 target = self._target(conn, venue)
                 target.wrap()

@@ -76,7 +76,9 @@ def test_untargeted_connections_get_the_same_bytes(server_factory: Any, tmp_path
     )
     url = f"{gw.ws}/ws"
 
-    async def read(channels: list[str], seconds: float, out: list[str]) -> None:
+    async def read(
+        channels: list[str], seconds: float, out: list[str], first: asyncio.Event
+    ) -> None:
         async with websockets.connect(url) as ws:
             await ws.send(json.dumps({"op": "subscribe", "channels": channels, "id": 1}))
             loop = asyncio.get_running_loop()
@@ -87,6 +89,7 @@ def test_untargeted_connections_get_the_same_bytes(server_factory: Any, tmp_path
                 except (TimeoutError, websockets.ConnectionClosed):
                     break
                 out.append(raw if isinstance(raw, str) else raw.decode())
+                first.set()
 
     async def run() -> tuple[list[list[str]], list[str]]:
         streams: list[list[str]] = [[], [], []]
@@ -96,10 +99,10 @@ def test_untargeted_connections_get_the_same_bytes(server_factory: Any, tmp_path
         for n, channels in enumerate(
             (["book.BTC-USD"], ["book.BTC-USD"], ["book.BTC-USD", "book.ETH-USD"])
         ):
-            tasks.append(asyncio.create_task(read(channels, 2.5 - 0.1 * n, streams[n])))
-            while not streams[n]:
-                await asyncio.sleep(0.005)
-        tasks.append(asyncio.create_task(read(["book.BTC-USD"], 2.0, target)))
+            first = asyncio.Event()
+            tasks.append(asyncio.create_task(read(channels, 2.5 - 0.1 * n, streams[n], first)))
+            await asyncio.wait_for(first.wait(), 5)
+        tasks.append(asyncio.create_task(read(["book.BTC-USD"], 2.0, target, asyncio.Event())))
         await asyncio.gather(*tasks)
         return streams, target
 

@@ -325,7 +325,7 @@ def _check(raw: Mapping[str, Any]) -> FaultSpec:
             "for the venues use where = 'rest' (Binance has no in-band snapshot)",
         )
     if kind in WINDOW_KINDS and values["every"] and not values["duration"]:
-        raise _KeyError("duration", f"a {kind} fault repeated with 'every' needs a 'duration'")
+        raise _KeyError("every", f"a {kind} fault repeated with 'every' needs a 'duration'")
     if values["every"] and values["duration"] > values["every"]:
         raise _KeyError("duration", "'duration' must not be longer than 'every'")
     random_mode = kind in MESSAGE_KINDS and "probability" in raw and "every" not in raw

@@ -443,3 +443,81 @@ def test_okx_checksum_and_notice(gw: VenueGateway) -> None:
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
 
     asyncio.run(run())
+
+
+KRAKEN_V2_BOOK = {
+    "method": "subscribe",
+    "params": {"channel": "book", "symbol": ["BTC/USD"], "depth": 10},
+    "req_id": 1,
+}
+
+
+def test_kraken_duplicate_and_maintenance(gw: VenueGateway) -> None:
+    async def run() -> None:
+        async with websockets.connect(f"{gw.ws}/kraken/v2") as ws:
+            await ws.send(json.dumps(KRAKEN_V2_BOOK))
+            raw: list[str] = []
+            await frames(ws, 0.3)
+            await add_fault(gw, kind="duplicate", venues=["kraken"])
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                raw.append(await asyncio.wait_for(ws.recv(), 1))
+            await add_fault(gw, kind="disconnect", venues=["kraken"], notice=True, notice_lead=0.1)
+            tail: list[Any] = []
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    tail.append(json.loads(await asyncio.wait_for(ws.recv(), 3)))
+        books = [m for m in raw if m.startswith('{"channel":"book","type":"update"')]
+        twice = [a for a, b in zip(books, books[1:], strict=False) if a == b]
+        assert len(twice) == 1, len(books)
+        status = [m for m in tail if m.get("channel") == "status"]
+        assert status and status[0]["data"][0]["system"] == "maintenance"
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+
+    asyncio.run(run())
+
+
+def test_kraken_v1_stall_keeps_heartbeats(gw: VenueGateway) -> None:
+    async def run() -> None:
+        async with websockets.connect(f"{gw.ws}/kraken") as ws:
+            sub = {"event": "subscribe", "pair": ["XBT/USD"], "subscription": {"name": "book"}}
+            await ws.send(json.dumps(sub))
+            await frames(ws, 0.3)
+            await add_fault(gw, kind="stall", venues=["kraken"], seconds=1.6, heartbeats=True)
+            await asyncio.sleep(0.1)
+            await frames(ws, 0.05)  # what was on its way before the stall began
+            during = await frames(ws, 1.2)
+            await asyncio.sleep(0.3)
+            after = await frames(ws, 0.5)
+        assert during and all(m == {"event": "heartbeat"} for m in during), during[:3]
+        assert any(isinstance(m, list) for m in after)  # the book flows again
+
+    asyncio.run(run())
+
+
+def test_kraken_subscribe_refused_with_its_error(gw: VenueGateway) -> None:
+    async def run() -> None:
+        await add_fault(gw, kind="rate_limit", scope="subscribe", venues=["kraken"])
+        async with websockets.connect(f"{gw.ws}/kraken/v2") as ws:
+            await ws.send(json.dumps(KRAKEN_V2_BOOK))
+            got = await frames(ws, 0.5)
+        assert {"error": "Exceeded msg rate", "success": False} in got
+        assert not [m for m in got if m.get("channel") == "book" or m.get("method")]
+
+    asyncio.run(run())
+
+
+def test_connect_refused_429_per_venue(gw: VenueGateway) -> None:
+    async def run() -> None:
+        await add_fault(gw, kind="rate_limit", scope="connect", venues=["okx"], retry_after=7)
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(f"{gw.ws}/okx/ws/v5/public"):
+                pass
+        response = refused.value.response
+        assert response.status_code == 429 and response.headers["Retry-After"] == "7"
+        assert json.loads(response.body)["code"] == "50011"
+        async with websockets.connect(f"{gw.ws}/ws") as ws:  # native: not limited
+            await ws.send(json.dumps({"op": "ping", "id": 1}))
+            assert json.loads(await ws.recv())["type"] == "pong"
+
+    asyncio.run(run())

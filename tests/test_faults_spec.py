@@ -234,7 +234,7 @@ def test_stale_book_rolls_forward_through_history() -> None:
     stale = StaleBook()
     got_seq, book = stale.at(5, lambda: start, replay)
     assert got_seq == 10  # it cannot go back before where it started
-    got_seq, book = stale.at(25, lambda: start, replay)
+    got_seq, book = stale.at(25, lambda: start, replay)  # one update per message here
     expected = Book()
     for frame in history[:25]:
         for u in parse_delta(frame).updates:

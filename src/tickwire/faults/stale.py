@@ -40,7 +40,8 @@ class StaleBook:
         self.book, self.seq = book, seq
 
     def at(self, target: int, current: Current, replay: Replay) -> tuple[int, Book]:
-        """The book at ``target`` (or the closest after it that can be had)."""
+        """The book at the last message boundary at or before ``target`` (a seq the
+        stream itself had), or the closest after it that can be had."""
         if self.book is None:
             self.reset(current)
         book = self.book
@@ -61,11 +62,9 @@ class StaleBook:
                 self.reset(current)  # not a chain we can follow (a hole, a restore)
                 assert self.book is not None
                 return self.seq, self.book
-            for i in range(offset, len(msg.updates)):
-                useq = msg.prev_seq + i + 1
-                if useq > target:
-                    return self.seq, book
-                u = msg.updates[i]
+            if msg.seq > target:
+                break  # whole messages only: the book is at a seq the stream had
+            for u in msg.updates[offset:]:
                 book.apply(u.side, u.price, u.qty)
-                self.seq = useq
+            self.seq = msg.seq
         return self.seq, book

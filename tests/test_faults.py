@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -521,3 +522,38 @@ def test_connect_refused_429_per_venue(gw: VenueGateway) -> None:
             assert json.loads(await ws.recv())["type"] == "pong"
 
     asyncio.run(run())
+
+
+def test_scenario_reloads_on_sighup(server_factory: Any, tmp_path: Path) -> None:
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('name = "a"\n[[fault]]\nkind = "gap"\nevery = 10\n')
+    gateway = start_venue_gateway(
+        server_factory, tmp_path, "--symbols", "1", "--faults", str(scenario), tls=False
+    )
+    proc = gateway.srv.proc
+    assert proc is not None
+
+    async def kinds() -> list[tuple[str, str]]:
+        _, body = await api(gateway, "GET")
+        return [(f["origin"], f["kind"]) for f in body["faults"]]
+
+    async def run() -> None:
+        assert await kinds() == [("file", "gap")]
+        await add_fault(gateway, kind="latency", delay_ms=1)
+        scenario.write_text(
+            'name = "b"\n[[fault]]\nkind = "stall"\nat = 60\n\n[[fault]]\nkind = "burst"\nat = 60\n'
+        )
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while (got := await kinds()) == [("file", "gap"), ("api", "latency")]:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        assert sorted(got) == [("api", "latency"), ("file", "burst"), ("file", "stall")]
+        scenario.write_text('[[fault]]\nkind = "stal"\n')
+        proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        assert sorted(await kinds()) == sorted(got)  # a bad file keeps the running faults
+
+    asyncio.run(run())
+    gateway.srv.stop()
+    assert "s.toml:2: fault 1 (stal): unknown kind 'stal'" in gateway.srv.stderr

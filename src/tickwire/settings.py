@@ -369,7 +369,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("admin", "metrics_port", "int", None, "publish: serve Prometheus metrics (tickwire_ingest_*, tickwire_publisher_*) on this port", commands=("publish",), low=0, high=65535, sample=9101),
     S("admin", "max_seconds", "float", 0.0, "exit by itself after this many seconds (0: run until signalled)", commands=_SP, low=0),
     # [faults]
-    S("faults", "enabled", "bool", False, "accept {'op':'fault'} requests that corrupt the stream (tests only)", flag="--test-faults", reload=True),
+    S("faults", "enabled", "bool", False, "accept {'op':'fault'} requests that corrupt the stream, and faults posted to the admin API's /api/v1/faults (tests only)", flag="--test-faults", reload=True),
     S("faults", "file", "str", None, "scenario of scripted venue-level faults (TOML, docs/connectivity-testing.md), checked at start and read again on SIGHUP; also enables the admin API's /api/v1/faults", flag="--faults", reload=True, sample="scenarios/gap-storm.toml"),
     # [dialects]: none yet.
     # [record]

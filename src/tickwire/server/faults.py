@@ -113,7 +113,10 @@ class _Target:
         now = time.monotonic()
         flt = self.filter
         if flt.busy(now):
-            data = flt.process(data, now)
+            try:
+                data = flt.process(data, now)
+            except Exception:  # never let a fault take the fan-out down: pass it on
+                self.manager.failed("filter")
             if not data:
                 return None
         pacer = self.pacer
@@ -192,10 +195,17 @@ class FaultManager:
         self.applied_total = 0
         self._task: asyncio.Task[None] | None = None
         self._next_roll = 0.0
+        self._failed: set[str] = set()
 
     @property
     def listener(self) -> FaultListener | None:
         return self.gateway.fault_listener
+
+    def failed(self, where: str) -> None:
+        """An unexpected error inside the fault engine: logged once per place."""
+        if where not in self._failed:
+            self._failed.add(where)
+            log.exception("faults: %s failed (logged once; the frame is passed on)", where)
 
     # -- the list ----------------------------------------------------------------------
 

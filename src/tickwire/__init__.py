@@ -14,6 +14,7 @@ from .exceptions import (
     MessageTooBig,
     ProtocolError,
     RequestError,
+    ScenarioError,
     SequenceGap,
     TickwireError,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "MessageTooBig",
     "ProtocolError",
     "RequestError",
+    "ScenarioError",
     "SequenceGap",
     "TickwireError",
     "checksum_string",

@@ -31,6 +31,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from helpers import ServerProcess
+from tickwire.book import Book
 from tickwire.client import Backoff, BookChanged, Client, Disconnected, Event, SyncState
 from tickwire.dialects import okx
 from venues import NativeRecorder, VenueGateway, levels, start_venue_gateway
@@ -557,3 +558,47 @@ def test_scenario_reloads_on_sighup(server_factory: Any, tmp_path: Path) -> None
     asyncio.run(run())
     gateway.srv.stop()
     assert "s.toml:2: fault 1 (stal): unknown kind 'stal'" in gateway.srv.stderr
+
+
+def test_in_band_stale_snapshots_okx_and_kraken(gw: VenueGateway) -> None:
+    async def run() -> None:
+        rec = NativeRecorder(gw, SYMBOL)
+        task = asyncio.create_task(rec.run())
+        try:
+            await asyncio.wait_for(rec.ready.wait(), 5)
+            await add_fault(
+                gw, kind="stale_snapshot", where="stream", updates=30, venues=["okx", "kraken"]
+            )
+            await asyncio.sleep(0.4)  # the stale book rolls from the fault's start
+            async with websockets.connect(f"{gw.ws}/okx/ws/v5/public") as ws:
+                arg = {"channel": "books", "instId": "BTC-USD"}
+                await ws.send(json.dumps({"op": "subscribe", "args": [arg]}))
+                okx_seen = await frames(ws, 0.4)
+            async with websockets.connect(f"{gw.ws}/kraken/v2") as ws:
+                await ws.send(json.dumps(KRAKEN_V2_BOOK))
+                kraken_raw = [await asyncio.wait_for(ws.recv(), 2) for _ in range(4)]
+        finally:
+            rec.stop()
+            await task
+        pushes = [m for m in okx_seen if m.get("arg", {}).get("channel") == "books" and "data" in m]
+        snap, update = pushes[0]["data"][0], pushes[1]["data"][0]
+        assert pushes[0]["action"] == "snapshot" and pushes[1]["action"] == "update"
+        assert update["prevSeqId"] - snap["seqId"] >= 30  # the client must resync
+        rec.assert_book(snap["seqId"], levels(snap["bids"]), levels(snap["asks"]), depth=400)
+        top_b = [(p, q) for p, q, *_ in snap["bids"][:25]]
+        top_a = [(p, q) for p, q, *_ in snap["asks"][:25]]
+        assert okx.checksum(top_b, top_a) == snap["checksum"]
+        book_frames = [m for m in kraken_raw if m.startswith('{"channel":"book"')]
+        kraken_snap = json.loads(book_frames[0], parse_float=str)["data"][0]
+        assert json.loads(book_frames[0])["type"] == "snapshot"
+        # It is the book of an older seq: its checksum is the native one back then.
+        book = Book()
+        book.load(
+            [(b["price"], b["qty"]) for b in kraken_snap["bids"]],
+            [(a["price"], a["qty"]) for a in kraken_snap["asks"]],
+        )
+        assert book.checksum() == kraken_snap["checksum"]
+        older = rec.by_checksum.get(kraken_snap["checksum"], [])
+        assert older and min(older) <= rec.seq - 30
+
+    asyncio.run(run())

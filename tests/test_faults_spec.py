@@ -52,7 +52,11 @@ BAD: list[tuple[str, int, str]] = [
     ('[[fault]]\nkind = "gap"\nvenues = ["bitmex"]\n', 3, "unknown venue 'bitmex'"),
     ('[[fault]]\nkind = "checksum"\nvenues = ["binance"]\n', 3, "no checksum"),
     ('[[fault]]\nkind = "latency"\nevery = 10\n', 3, "needs a 'duration'"),
-    ('[[fault]]\nkind = "stale_snapshot"\nwhere = "stream"\nvenues = ["okx"]\n', 3, "native"),
+    (
+        '[[fault]]\nkind = "stale_snapshot"\nwhere = "stream"\nvenues = ["binance"]\n',
+        3,
+        "no in-band",
+    ),
     ('[[fault]]\nkind = "rate_limit"\nscope = "ws"\n', 3, "one of rest, connect, subscribe"),
     ("[[fault]]\nseconds = 3\n", 1, "no 'kind'"),
     ('name = "x"\nfaults = []\n', 2, "unknown key 'faults' (did you mean 'fault'?)"),

@@ -34,6 +34,7 @@ from typing import Any
 
 import msgspec
 
+from ..book import Book
 from ..framing import text_frame
 from ..protocol import Ticker, Trade
 from .candles import INTERVALS, Candle, Candles, ms, now_ms, rolling_stats
@@ -831,6 +832,9 @@ class FaultHooks:
             )
         headers = {"Retry-After": str(max(1, round(retry_after)))}
         return RestResponse(_json.encode({"code": -1003, "msg": msg}), status, headers)
+
+    def stale_snapshot(self, payload: bytes, seq: int, book: Book) -> bytes | None:
+        return None  # no in-band snapshot: the REST depth is made stale instead
 
 
 FAULT_HOOKS = FaultHooks()

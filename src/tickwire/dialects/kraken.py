@@ -38,7 +38,7 @@ from typing import Any
 
 import msgspec
 
-from ..book import is_zero
+from ..book import Book, is_zero
 from ..framing import text_frame
 from ..protocol import Ticker, Trade
 from .candles import Candles, decimals, rolling_stats
@@ -59,6 +59,8 @@ __all__ = ["FAULT_HOOKS", "DEPTHS", "KrakenV1Session", "KrakenV2Session", "open_
 
 _json = msgspec.json.Encoder()
 _decode = msgspec.json.Decoder()
+# Numbers kept as written (v2 prices are JSON number literals whose digits count).
+_decode_exact = msgspec.json.Decoder(float_hook=str)
 
 #: The book depths a subscription may ask for (10 when it names none).
 DEPTHS = (10, 25, 100, 500, 1000)
@@ -1244,6 +1246,34 @@ class FaultHooks:
         """HTTP 429 with ``EGeneral:Too many requests`` (Kraken has no 418)."""
         body = _json.encode({"error": ["EGeneral:Too many requests"]})
         return RestResponse(body, 429, {"Retry-After": str(max(1, round(retry_after)))})
+
+    def stale_snapshot(self, payload: bytes, seq: int, book: Book) -> bytes | None:
+        """The book snapshot (v1 or v2) rendered from ``book``, at the original's depth
+        (Kraken has no seq: the next update's checksum no longer matches)."""
+        if payload.startswith(b"["):
+            frame = _decode_exact.decode(payload)
+            name = frame[-2]
+            depth = int(name.rpartition("-")[2])
+            levels = frame[1].get("as") or frame[1].get("bs") or [["", "", "0"]]
+            ts = levels[0][2]
+            body = {
+                "as": [[p, q, ts] for p, q in book.asks(depth)],
+                "bs": [[p, q, ts] for p, q in book.bids(depth)],
+            }
+            head = payload[: payload.index(b",") + 1]
+            tail = payload[payload.rindex(b',"book-') :]
+            return head + _json.encode(body) + tail
+        msg = _decode_exact.decode(payload)
+        data = msg["data"][0]
+        depth = max(len(data["bids"]), len(data["asks"]), 10)
+        return b'{"channel":"book","type":"snapshot","data":[{"symbol":"%s","bids":%s,' % (
+            data["symbol"].encode(),
+            _levels_v2(book.bids(depth)),
+        ) + b'"asks":%s,"checksum":%d,"timestamp":"%s"}]}' % (
+            _levels_v2(book.asks(depth)),
+            book.checksum(),
+            data["timestamp"].encode(),
+        )
 
 
 FAULT_HOOKS = FaultHooks()

@@ -39,7 +39,7 @@ from typing import Any
 
 import msgspec
 
-from ..book import is_zero
+from ..book import Book, is_zero
 from ..framing import text_frame
 from ..protocol import Ticker, Trade
 from .candles import INTERVALS, Candle, Candles, ms, now_ms, rolling_stats
@@ -859,6 +859,15 @@ class FaultHooks:
         """HTTP 429 with ``50011`` (OKX has no 418: a ban is more 429s)."""
         body = _json.encode({"code": "50011", "msg": "Too Many Requests", "data": []})
         return RestResponse(body, 429, {"Retry-After": str(max(1, round(retry_after)))})
+
+    def stale_snapshot(self, payload: bytes, seq: int, book: Book) -> bytes | None:
+        """A ``books`` snapshot of ``book`` at ``seqId`` ``seq`` (its top 400, OKX's
+        checksum), keeping the original's ``arg`` and ``ts``."""
+        push = msgspec.json.decode(payload, type=_BookPush)
+        bids, asks = book.bids(BOOK_DEPTH), book.asks(BOOK_DEPTH)
+        cs = checksum(bids[:CHECKSUM_DEPTH], asks[:CHECKSUM_DEPTH])
+        data = _BookData(_levels(asks), _levels(bids), push.data[0].ts, cs, -1, seq)
+        return _json.encode(_BookPush(push.arg, "snapshot", [data]))
 
 
 FAULT_HOOKS = FaultHooks()

@@ -40,7 +40,7 @@ KINDS: dict[str, str] = {
     "checksum": "a book message carries a wrong checksum (native, OKX, Kraken)",
     "duplicate": "a book message is delivered twice",
     "reorder": "a book message is delivered after the next one of its book",
-    "stale_snapshot": "REST depth answers (and native in-band snapshots) N updates old",
+    "stale_snapshot": "REST depth answers and in-band snapshots N updates old",
     "stall": "the connection stays open and sends nothing (heartbeats optional)",
     "disconnect": "a close with a given code, 1006 an abrupt reset; optionally the "
     "venue's shutdown notice first",
@@ -314,15 +314,9 @@ def _check(raw: Mapping[str, Any]) -> FaultSpec:
     venues = tuple(values["venues"])
     if kind == "checksum" and venues and set(venues) <= {"binance"}:
         raise _KeyError("venues", "Binance book messages carry no checksum: use gap or reorder")
-    if (
-        kind == "stale_snapshot"
-        and values["where"] == "stream"
-        and "native" not in (venues or PROTOCOLS)
-    ):
+    if kind == "stale_snapshot" and values["where"] == "stream" and venues == ("binance",):
         raise _KeyError(
-            "where",
-            "in-band stale snapshots are served on the native protocol; "
-            "for the venues use where = 'rest' (Binance has no in-band snapshot)",
+            "where", "Binance has no in-band snapshot: use where = 'rest' (its depth endpoint)"
         )
     if kind in WINDOW_KINDS and values["every"] and not values["duration"]:
         raise _KeyError("every", f"a {kind} fault repeated with 'every' needs a 'duration'")

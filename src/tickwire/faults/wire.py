@@ -19,9 +19,11 @@ from typing import Protocol
 
 import msgspec
 
+from ..book import Book
 from ..dialects.markets import Markets
 from ..dialects.rest import RestResponse
 from ..framing import text_frame
+from ..protocol import Snapshot, decode_message, encode
 from .schedule import ActiveFault
 
 __all__ = [
@@ -67,6 +69,10 @@ class ProtocolHooks(Protocol):
 
     def rest_limited(self, status: int, retry_after: float, until_ms: int) -> RestResponse:
         """The venue's REST answer over its limit: 429, or 418 (banned until ``until_ms``)."""
+
+    def stale_snapshot(self, payload: bytes, seq: int, book: Book) -> bytes | None:
+        """The in-band book snapshot ``payload`` rendered from ``book`` at ``seq``
+        instead (None: the protocol has no in-band snapshot)."""
 
 
 _CHECKSUM = re.compile(rb'"checksum":(-?\d+)')
@@ -123,6 +129,14 @@ class NativeHooks:
             msgspec.json.encode(body), status, {"Retry-After": str(max(1, round(retry_after)))}
         )
 
+    def stale_snapshot(self, payload: bytes, seq: int, book: Book) -> bytes | None:
+        snap = decode_message(payload)
+        if not isinstance(snap, Snapshot):
+            return None
+        snap.seq = seq
+        snap.bids, snap.asks, snap.checksum = book.bids(), book.asks(), book.checksum()
+        return encode(snap)
+
 
 NATIVE = NativeHooks()
 
@@ -154,8 +168,9 @@ def _payload(frame: bytes) -> bytes | None:
     return frame[2 if n < 126 else 4 if n == 126 else 10 :]
 
 
-#: Builds a stale replacement of a native snapshot payload for ``updates`` back.
-StaleBuilder = Callable[[bytes, int], tuple[bytes, int] | None]
+#: Builds a stale replacement of a snapshot payload of (symbol, its seq or None),
+#: ``updates`` back: (payload, stale seq), or None.
+StaleBuilder = Callable[[bytes, str, "int | None", int], tuple[bytes, int] | None]
 
 
 class FrameFilter:
@@ -242,14 +257,20 @@ class FrameFilter:
             if builder is None or not fault.symbol(symbol):
                 continue
             updates = int(fault.spec.params["updates"])
-            stale = builder(payload, updates)
+            stale = builder(payload, symbol, seq, updates)
             if stale is None:
                 continue
             body, stale_seq = stale
             fault.applied += 1
             self.applied(
                 fault,
-                {"symbol": symbol, "seq": stale_seq, "stream_seq": seq, "where": "stream"},
+                {
+                    "symbol": symbol,
+                    "seq": stale_seq,
+                    "stream_seq": seq,
+                    "where": "stream",
+                    "venue": self.hooks.venue,
+                },
             )
             return text_frame(body)
         return frame

@@ -25,8 +25,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from ..dialects import fault_hooks, venue_of
 from ..dialects.rest import RestResponse
 from ..exceptions import ScenarioError
@@ -35,7 +33,7 @@ from ..faults.spec import MESSAGE_KINDS
 from ..faults.stale import StaleBook
 from ..faults.wire import NATIVE, FrameFilter, Pacer, ProtocolHooks
 from ..framing import text_frame
-from ..protocol import Snapshot, decode_message, encode
+from ..protocol import Snapshot
 from .connection import Connection
 
 if TYPE_CHECKING:
@@ -90,7 +88,7 @@ class _Target:
             self.hooks,
             lambda: feed.markets,
             lambda fault, detail: manager.emit(conn.id, fault, detail),
-            manager.stale_inband if venue == "native" else None,
+            functools.partial(manager.stale_inband, self.hooks),
         )
         self.pacer: Pacer | None = None
         self.faults: set[int] = set()
@@ -294,8 +292,8 @@ class FaultManager:
         if kind == "stale_snapshot" and spec.params["where"] == "rest":
             return
         venue = venue_of_connection(conn)
-        if kind == "stale_snapshot" and venue != "native":
-            return  # in-band stale snapshots: native only (the venues' REST is faulted)
+        if kind == "stale_snapshot" and venue == "binance":
+            return  # Binance has no in-band snapshot (its REST depth is faulted)
         if not fault.targets(conn.id, venue):
             return
         fault.targeted += 1
@@ -648,21 +646,22 @@ class FaultManager:
             )
         return None
 
-    def stale_inband(self, payload: bytes, updates: int) -> tuple[bytes, int] | None:
-        """A native snapshot ``payload`` replaced by one ``updates`` older."""
-        snap = decode_message(payload)
-        if not isinstance(snap, Snapshot) or not snap.ch.startswith("book."):
-            return None
-        symbol = snap.ch[5:]
-        seq, book = self._book(symbol).at(
-            snap.seq - updates, self._current(symbol), self._replay(symbol)
+    def stale_inband(
+        self, hooks: ProtocolHooks, payload: bytes, symbol: str, seq: int | None, updates: int
+    ) -> tuple[bytes, int] | None:
+        """An in-band snapshot ``payload`` replaced by one ``updates`` older."""
+        if seq is None:  # Kraken's carry none: the stream is at the channel's seq
+            ch = self.gateway.hub.channels.get(f"book.{symbol}")
+            if ch is None:
+                return None
+            seq = ch.seq
+        stale_seq, book = self._book(symbol).at(
+            seq - updates, self._current(symbol), self._replay(symbol)
         )
-        if seq >= snap.seq:
+        if stale_seq >= seq:
             return None
-        stale = msgspec.structs.replace(
-            snap, seq=seq, bids=book.bids(), asks=book.asks(), checksum=book.checksum()
-        )
-        return encode(stale), seq
+        body = hooks.stale_snapshot(payload, stale_seq, book)
+        return (body, stale_seq) if body is not None else None
 
     # -- the listener ------------------------------------------------------------------
 

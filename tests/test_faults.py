@@ -602,3 +602,20 @@ def test_in_band_stale_snapshots_okx_and_kraken(gw: VenueGateway) -> None:
         assert older and min(older) <= rec.seq - 30
 
     asyncio.run(run())
+
+
+def test_binance_max_connection_age(gw: VenueGateway) -> None:
+    async def run() -> None:
+        # A "day" of 0.4 s: the connection is closed 1001 at that age, the next too.
+        await add_fault(gw, kind="max_connection_age", venues=["binance"], speed=86400 / 0.4)
+        for _ in range(2):
+            async with websockets.connect(f"{gw.ws}/binance/ws/btcusd@trade") as ws:
+                opened = time.monotonic()
+                with pytest.raises(ConnectionClosed) as closed:
+                    while True:
+                        await asyncio.wait_for(ws.recv(), 3)
+                age = time.monotonic() - opened
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+            assert age >= 0.35
+
+    asyncio.run(run())

@@ -257,6 +257,19 @@ class FaultManager:
         self.bans.clear()  # back to normal: REST bans are lifted too
         return len(ids)
 
+    def stats(self) -> dict[str, Any]:
+        """For the exit stats: the scenario, faults loaded, applications by kind."""
+        by_kind: dict[str, int] = {}
+        for fault in self.faults.values():
+            by_kind[fault.spec.kind] = by_kind.get(fault.spec.kind, 0) + fault.applied
+        return {
+            "scenario": self.scenario_path,
+            "loaded": len(self.faults),
+            "applied": self.applied_total,
+            "applied_by_kind": by_kind,
+            "targeted_connections": len(self.targets),
+        }
+
     def listing(self) -> list[dict[str, Any]]:
         """Every loaded fault with its counters (the admin API's GET)."""
         now = time.monotonic()

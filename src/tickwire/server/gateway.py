@@ -738,6 +738,7 @@ class Gateway:
             "rejected_by_code": dict(self.rejected_by_code),
             "slow": self.slow_stats(),
             "venues": self.feed.stats(),
+            "faults": self.faults.stats() if self.faults is not None else None,
             "security": {
                 **self.guard.stats(),
                 "logins": self.logins,

@@ -365,6 +365,8 @@ class Gateway:
         self.hub.flush(time.monotonic())
         relax_gc()
         cfg = self.config
+        if cfg.faults_file or cfg.test_faults:
+            self.enable_faults()  # before the first connection can be accepted
         self._server = await create_ws_server(
             self.guard,
             cfg.host,
@@ -391,8 +393,6 @@ class Gateway:
         loop.add_signal_handler(signal.SIGUSR1, self.burst)
         if self.on_hangup is not None:
             loop.add_signal_handler(signal.SIGHUP, self.on_hangup)
-        if cfg.faults_file or cfg.test_faults:
-            self.enable_faults()
         if cfg.admin_port is not None:
             await self._start_admin(cfg.admin_host or cfg.host, cfg.admin_port)
 

@@ -212,6 +212,10 @@ class FrameFilter:
     def arm(self, fault: ActiveFault) -> None:
         """Apply ``fault`` to the next eligible book message."""
         left = int(fault.spec.params.get("messages", 1))
+        for entry in self.armed:
+            if entry[0] is fault:  # fired again before a book message came: once
+                entry[1] = left
+                return
         self.armed.append([fault, left])
 
     def stall(self, until: float, heartbeats: bool) -> None:

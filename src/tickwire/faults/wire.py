@@ -250,15 +250,19 @@ class FrameFilter:
                 continue
             symbol, kind, seq = book
             if kind == "snapshot":
-                out.append(self._snapshot(frame, payload, symbol, seq))
+                out.append(self._snapshot(frame, payload, symbol, seq, now))
                 continue
             self._update(out, frame, payload, symbol, seq, now)
         return b"".join(out)
 
-    def _snapshot(self, frame: bytes, payload: bytes, symbol: str, seq: int | None) -> bytes:
+    def _snapshot(
+        self, frame: bytes, payload: bytes, symbol: str, seq: int | None, now: float
+    ) -> bytes:
         builder = self.stale_builder
         for fault in self.stale:
-            if builder is None or not fault.symbol(symbol):
+            if builder is None or not fault.symbol(symbol) or not fault.window_open(now):
+                continue
+            if not fault.draw():
                 continue
             updates = int(fault.spec.params["updates"])
             stale = builder(payload, symbol, seq, updates)

@@ -300,8 +300,14 @@ class FaultManager:
         """Set up what ``fault`` does to ``conn`` for as long as it is loaded."""
         spec = fault.spec
         kind = spec.kind
-        if kind in ("burst",) or (kind == "rate_limit" and spec.params["scope"] != "subscribe"):
-            return  # gateway-wide, or per request/handshake
+        if (kind in MESSAGE_KINDS and not spec.random_mode) or kind in (
+            "stall",
+            "disconnect",
+            "burst",
+        ):
+            return  # point faults: a connection is targeted when one fires (_fire)
+        if kind == "rate_limit" and spec.params["scope"] != "subscribe":
+            return  # per request or handshake
         if kind == "stale_snapshot" and spec.params["where"] == "rest":
             return
         venue = venue_of_connection(conn)

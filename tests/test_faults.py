@@ -17,6 +17,7 @@ The no-leak test (a control client's bytes unchanged) and the scenario parsing a
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import signal
 import time
@@ -619,3 +620,60 @@ def test_binance_max_connection_age(gw: VenueGateway) -> None:
             assert age >= 0.35
 
     asyncio.run(run())
+
+
+class ListenerRecord:
+    """A FaultListener keeping every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int | None, str, dict[str, object]]] = []
+
+    def fault(self, conn_id: int | None, kind: str, detail: Any, now: float) -> None:
+        assert isinstance(now, float)
+        self.calls.append((conn_id, kind, dict(detail)))
+
+
+def test_listener_is_told_of_every_application() -> None:
+    """In process: the hook the connectivity report listens on."""
+    from tickwire.faults import parse_fault
+    from tickwire.server import Gateway, GatewayConfig
+
+    threshold = gc.get_threshold()
+
+    async def run() -> list[tuple[int | None, str, dict[str, object]]]:
+        cfg = GatewayConfig(port=0, symbols=["BTC-USD"], rate=300, test_faults=True)
+        gateway = Gateway(cfg)
+        record = ListenerRecord()
+        gateway.fault_listener = record
+        await gateway.start()
+        task = asyncio.create_task(gateway.run())
+        manager = gateway.faults
+        assert manager is not None
+        url = f"ws://127.0.0.1:{gateway.port}/binance/ws/btcusd@depth@100ms"
+        async with websockets.connect(url) as ws:
+            await ws.recv()
+            manager.add(parse_fault({"kind": "gap", "venues": ["binance"]}))
+            manager.add(parse_fault({"kind": "burst", "seconds": 0.1}))
+            await asyncio.sleep(0.4)
+            manager.add(parse_fault({"kind": "disconnect", "code": 1013, "notice": True}))
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await asyncio.wait_for(ws.recv(), 3)
+        gateway.stop()
+        await task
+        return record.calls
+
+    try:
+        calls = asyncio.run(run())
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+    by_kind = {kind: (conn_id, detail) for conn_id, kind, detail in calls}
+    assert set(by_kind) == {"gap", "burst", "disconnect"}, calls
+    conn_id, gap = by_kind["gap"]
+    assert conn_id == 1 and gap["venue"] == "binance" and gap["symbol"] == "BTC-USD"
+    assert gap["action"] == "dropped" and isinstance(gap["seq"], int) and gap["fault"] == 1
+    assert by_kind["burst"][0] is None and by_kind["burst"][1]["factor"] == 10.0
+    conn_id, close = by_kind["disconnect"]
+    assert conn_id == 1 and close["code"] == 1013 and close["notice"] is True
+    assert close["name"] == "disconnect" and close["venue"] == "binance"

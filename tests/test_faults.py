@@ -297,6 +297,8 @@ def test_api_is_off_without_faults(server_factory: Any, tmp_path: Path) -> None:
         assert status == 403
 
     asyncio.run(run())
+    stats = plain.srv.stop()
+    assert stats is not None and stats["faults"] is None  # no fault manager at all
 
 
 # -- venue shapes on the wire -----------------------------------------------------------

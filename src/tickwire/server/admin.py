@@ -17,6 +17,8 @@ Routes::
     GET /api/v1/book/{symbol}?depth=N  the book snapshot a WebSocket subscriber would
                                      get now: same seq, checksum and epoch
     GET /api/v1/stats                the gateway's counters (the exit-stats JSON)
+    GET /api/v1/replay, POST /api/v1/replay/{pause,resume,speed,seek}
+                                     a replay's shared clock (``replay_admin.py``)
     GET /api/v1/stream?symbol=S&depth=N  server-sent events for the dashboard:
                                      ``hello`` (symbols and the last minutes of
                                      samples), ``sample`` every second, ``slow`` every
@@ -48,7 +50,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from ..dialects import VENUES, rest
 from ..protocol import encode
-from .faults_api import add_fault_routes
+from . import faults_api, replay_admin
 from .metrics import GatewayView, Sampler, make_registry
 from .venues import VenueView
 
@@ -178,7 +180,8 @@ class AdminServer:
         app.router.add_static("/static/", STATIC_DIR, append_version=False)
         for venue in VENUES:
             app.router.add_get(f"/{venue}/{{path:.*}}", self._venue)
-        add_fault_routes(app, self.gateway)
+        replay_admin.register(app, self.gateway)
+        faults_api.register(app, self.gateway)
         return app
 
     async def start(self, host: str, port: int) -> None:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .faults import FaultManager
     from .metrics import GatewayView
 
-__all__ = ["add_fault_routes"]
+__all__ = ["register"]
 
 log = logging.getLogger("tickwire.admin")
 
@@ -129,7 +129,7 @@ class _FaultRoutes:
         return _answer({"removed": ids})
 
 
-def add_fault_routes(app: web.Application, gateway: GatewayView) -> None:
+def register(app: web.Application, gateway: GatewayView) -> None:
     """Add the ``/api/v1/faults`` routes to the admin application."""
     routes = _FaultRoutes(gateway)
     app.router.add_get("/api/v1/faults", routes.list)

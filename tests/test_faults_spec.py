@@ -252,3 +252,17 @@ def parse_delta(frame: bytes) -> Delta:
     msg = decode_message(frame_payload(frame))
     assert isinstance(msg, Delta)
     return msg
+
+
+def test_random_mode_is_seeded_per_connection() -> None:
+    fault = ActiveFault(1, parse_fault({"kind": "gap", "probability": 0.3, "seed": 4}), 0)
+
+    def pattern(conn_id: int) -> list[int]:
+        markets = Markets(["BTC-USD"])
+        flt = FrameFilter(NATIVE, lambda: markets, lambda f, d: None, None, conn_id)
+        flt.random.append(fault)
+        return _seqs(flt.process(b"".join(_delta(i) for i in range(1, 201)), 0))
+
+    assert pattern(7) == pattern(7)
+    assert pattern(7) != pattern(8)
+    assert 100 < len(pattern(7)) < 180  # about 30% dropped

@@ -12,6 +12,7 @@ and then, while a ``latency`` or ``bandwidth`` fault is open, through a
 
 from __future__ import annotations
 
+import random
 import re
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -188,8 +189,11 @@ class FrameFilter:
         markets: Callable[[], Markets],
         applied: Applied,
         stale: StaleBuilder | None = None,
+        conn_id: int = 0,
     ) -> None:
         self.hooks = hooks
+        self.conn_id = conn_id
+        self._rngs: dict[int, random.Random] = {}
         self.markets = markets
         self.applied = applied
         self.stale_builder = stale
@@ -297,9 +301,19 @@ class FrameFilter:
                     entry[1] = left - 1
                 return fault
         for fault in self.random:
-            if fault.symbol(symbol) and fault.draw():
+            if fault.symbol(symbol) and self._draw(fault):
                 return fault
         return None
+
+    def _draw(self, fault: ActiveFault) -> bool:
+        """A random-mode draw from this connection's own generator for ``fault``: the
+        pattern a connection sees does not depend on the other connections."""
+        rng = self._rngs.get(fault.id)
+        if rng is None:
+            rng = self._rngs[fault.id] = random.Random(
+                f"{fault.spec.seed}:{fault.id}:{self.conn_id}:messages"
+            )
+        return rng.random() < fault.spec.probability
 
     def _update(
         self,

@@ -89,6 +89,7 @@ class _Target:
             lambda: feed.markets,
             lambda fault, detail: manager.emit(conn.id, fault, detail),
             functools.partial(manager.stale_inband, self.hooks),
+            conn.id,
         )
         self.pacer: Pacer | None = None
         self.faults: set[int] = set()

@@ -284,15 +284,12 @@ def _check(raw: Mapping[str, Any]) -> FaultSpec:
             values[key] = _typed(key, raw[key], typ)
         except ValueError as exc:
             raise _KeyError(key, str(exc)) from None
-    try:
-        _range("share", values["share"], 0, 1)
-        _range("probability", values["probability"], 0, 1)
-        _range("at", values["at"], 0, None)
-        _range("every", values["every"], 0, None)
-        _range("count", values["count"], 0, None)
-        _range("duration", values["duration"], 0, None)
-    except ValueError as exc:
-        raise _KeyError(str(exc).split("'")[1], str(exc)) from None
+    bounds = (("share", 1.0), ("probability", 1.0), ("at", None), ("every", None))
+    for key, high in (*bounds, ("count", None), ("duration", None)):
+        try:
+            _range(key, values[key], 0, high)
+        except ValueError as exc:
+            raise _KeyError(key, str(exc)) from None
     for venue in values["venues"]:
         if venue not in PROTOCOLS:
             raise _KeyError("venues", f"unknown venue {venue!r}; one of {', '.join(PROTOCOLS)}")

@@ -227,6 +227,12 @@ class FaultManager:
     def add(self, spec: FaultSpec, now: float | None = None, origin: str = "api") -> ActiveFault:
         """Load one fault now; connections already open are considered at once."""
         now = time.monotonic() if now is None else now
+        served = self.gateway.engine.symbols
+        unknown = [symbol for symbol in spec.symbols if symbol not in served]
+        if unknown:
+            log.warning(
+                "faults: %s names symbols not served (yet): %s", spec.name, ", ".join(unknown)
+            )
         fault = ActiveFault(next(self._ids), spec, now, origin)
         self.faults[fault.id] = fault
         if spec.kind == "stale_snapshot":

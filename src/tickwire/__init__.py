@@ -16,6 +16,7 @@ from .exceptions import (
     ProtocolError,
     ReplayControlError,
     RequestError,
+    ScenarioError,
     SequenceGap,
     TickwireError,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "ProtocolError",
     "ReplayControlError",
     "RequestError",
+    "ScenarioError",
     "SequenceGap",
     "TickwireError",
     "checksum_string",

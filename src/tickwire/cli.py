@@ -153,6 +153,7 @@ def _gateway_config(args: argparse.Namespace) -> GatewayConfig:
         max_seconds=args.max_seconds,
         stats_path=args.stats_file,
         test_faults=args.test_faults,
+        faults_file=args.faults,
         high_watermark_bytes=int(args.high_watermark_kb * 1024),
         low_watermark_bytes=int(args.low_watermark_kb * 1024),
         max_buffer_bytes=int(args.max_buffer_kb * 1024),

@@ -24,7 +24,9 @@ The tree::
     │                                        seek, speed) cannot be done
     ├── ConnectionClosed                    the WebSocket link ended (client side)
     └── ConfigError (ValueError)            a setting (flag, environment variable, file
-                                             key) or constructor option is invalid
+        │                                    key) or constructor option is invalid
+        └── ScenarioError (Sans-I/O)        a fault scenario (TOML file or one fault of
+                                             the admin API) is invalid; names the line
 
 "Sans-I/O" classes are raised by the core modules (``protocol``, ``book``, ``hub``)
 without any socket involved. Remote errors (the peer misbehaved) are ``ProtocolError``;
@@ -46,6 +48,7 @@ __all__ = [
     "ProtocolError",
     "ReplayControlError",
     "RequestError",
+    "ScenarioError",
     "SequenceGap",
     "TickwireError",
 ]
@@ -177,3 +180,16 @@ class ReplayControlError(TickwireError, ValueError):
         super().__init__(message)
         self.message = message
         self.status = status
+
+
+class ScenarioError(ConfigError):
+    """A fault scenario or one fault is invalid (Sans-I/O, :mod:`tickwire.faults`).
+
+    The message names the file and line (``scenario.toml:12: ...``) when the fault came
+    from a file, and the key and what is expected; :attr:`line` is that line (0: none,
+    e.g. a fault posted to the admin API).
+    """
+
+    def __init__(self, message: str, line: int = 0) -> None:
+        super().__init__(message)
+        self.line = line

@@ -110,7 +110,7 @@ SECTIONS = (
             "needs a restart (keys and certificates are loaded at start)"),
     Section("admin", "admin listener, logs and lifetime", "docs/operations.md",
             "needs a restart (set up at start)"),
-    Section("faults", "fault injection (tests only)", "docs/protocol.md"),
+    Section("faults", "fault injection (tests only)", "docs/connectivity-testing.md"),
     Section("dialects", "exchange dialects", "docs/dialects.md"),
     Section("record", "tickwire record", "docs/scaling.md",
             "applies to the next tickwire record"),
@@ -378,7 +378,8 @@ SETTINGS: tuple[Setting, ...] = (
     S("admin", "metrics_port", "int", None, "publish: serve Prometheus metrics (tickwire_ingest_*, tickwire_publisher_*) on this port", commands=("publish",), low=0, high=65535, sample=9101),
     S("admin", "max_seconds", "float", 0.0, "exit by itself after this many seconds (0: run until signalled)", commands=_SP, low=0),
     # [faults]
-    S("faults", "enabled", "bool", False, "accept {'op':'fault'} requests that corrupt the stream (tests only)", flag="--test-faults", reload=True),
+    S("faults", "enabled", "bool", False, "accept {'op':'fault'} requests that corrupt the stream, and faults posted to the admin API's /api/v1/faults (tests only)", flag="--test-faults", reload=True),
+    S("faults", "file", "str", None, "scenario of scripted venue-level faults (TOML, docs/connectivity-testing.md), checked at start and read again on SIGHUP; also enables the admin API's /api/v1/faults", flag="--faults", reload=True, sample="scenarios/gap-storm.toml"),
     # [dialects]: none yet.
     # [record]
     S("record", "url", "str", None, "gateway WebSocket URL, e.g. ws://127.0.0.1:8765/ws", commands=("record",), positional=True, required=("record",), sample="ws://127.0.0.1:8765/ws"),

@@ -45,6 +45,8 @@ class GatewayConfig:
     max_seconds: float = 0.0
     stats_path: str | None = None
     test_faults: bool = False
+    # A fault scenario (TOML, docs/connectivity-testing.md), loaded at start and on SIGHUP.
+    faults_file: str | None = None
     # Slow consumers: per-connection write-buffer watermarks and hard budget, the
     # server-wide cap, how long a connection may stay paused, and how long a closed
     # slow consumer may take to drain before it is aborted.

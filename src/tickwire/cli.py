@@ -112,6 +112,10 @@ def _symbols(spec: list[str] | None, source: str) -> list[str]:
         return parse_symbols(",".join(spec))
     if source == "-" or source.startswith(("nats://", "tls://", "ingest+", "ingest:")):
         return []
+    from .sources.venue import is_venue_spec
+
+    if is_venue_spec(source):
+        raise ConfigError(f"--source {source}: name the symbols to follow with --symbols")
     if source != "sim" and not source.startswith(("nats://", "tls://")):
         from .sources.replay import read_recording
 
@@ -163,6 +167,8 @@ def _gateway_config(args: argparse.Namespace) -> GatewayConfig:
         bus_prefix=args.bus_prefix,
         source_timeout_s=args.source_timeout,
         ingest_silent_s=args.ingest_silent_after,
+        venue_rest=args.venue_rest,
+        venue_depth=args.venue_depth,
         resume_wait_s=args.resume_wait,
         reuse_port=args.reuse_port,
         deflate=args.deflate,

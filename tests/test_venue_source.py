@@ -1,0 +1,213 @@
+"""``tickwire serve --source okx+ws://...``: a gateway following a venue's feed.
+
+The upstream venue is a real tickwire gateway (its Binance, OKX and Kraken endpoints);
+a second gateway follows it as a venue and serves the market again. A native client and
+the SDK on the follower must hold books equal to the upstream's at the same point (the
+follower's own seqs differ: it numbers what it relays, so a book is matched by its
+checksum and then compared level by level), and so must a venue client of the follower.
+When the upstream goes away the follower marks the symbol stale (``/readyz`` names it),
+and when it comes back the follower resyncs by the venue's rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+
+from helpers import ServerProcess
+from tickwire.client import Backoff, Client
+from tickwire.dialects.decode import make_decoder
+from tickwire.exceptions import ConfigError
+from tickwire.sources.venue import VenueSource, is_venue_spec, parse_venue_spec
+from venues import NativeRecorder, VenueGateway, levels, start_venue_gateway
+
+SYMBOL = "BTC-USDT"
+PATHS = {"binance": "/binance/ws", "okx": "/okx/ws/v5/public", "kraken": "/kraken/v2"}
+
+Levels = dict[Decimal, Decimal]
+
+
+def _follower(
+    server_factory: Callable[..., ServerProcess], tmp_path: Path, up: VenueGateway, venue: str
+) -> VenueGateway:
+    extra = ["--venue-rest", f"{up.http}/binance"] if venue == "binance" else []
+    return start_venue_gateway(
+        server_factory,
+        tmp_path,
+        "--symbols",
+        SYMBOL,
+        "--source",
+        f"{venue}+{up.ws}{PATHS[venue]}",
+        *extra,
+        tls=False,
+    )
+
+
+def _upstream(server_factory: Callable[..., ServerProcess], tmp_path: Path) -> VenueGateway:
+    return start_venue_gateway(
+        server_factory, tmp_path, "--symbols", SYMBOL, "--rate", "300", tls=False
+    )
+
+
+def _assert_upstream_had(rec: NativeRecorder, bids: Levels, asks: Levels, checksum: int) -> None:
+    """The upstream held exactly this book at some seq (found by its checksum)."""
+    seqs = rec.by_checksum.get(checksum)
+    assert seqs, "no upstream book with the follower's checksum"
+    assert any(rec.books[s] == (bids, asks) for s in seqs), "same checksum, different levels"
+
+
+def _ready(gw: VenueGateway) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"{gw.http}/readyz", timeout=2) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+async def _okx_client(gw: VenueGateway, stop: asyncio.Event) -> tuple[int, Levels, Levels]:
+    """An OKX client of the follower: its last verified book and seqId."""
+    dec = make_decoder("okx", [SYMBOL])
+    async with websockets.connect(gw.ws + PATHS["okx"]) as ws:
+        for frame in dec.subscribe():
+            await ws.send(frame.decode())
+        while not stop.is_set():
+            try:
+                raw = await asyncio.wait_for(ws.recv(), 0.2)
+            except TimeoutError:
+                continue
+            dec.feed(raw.encode() if isinstance(raw, str) else raw, time.time_ns())
+    assert dec.checksum_failures == 0 and dec.gaps == 0
+    book = dec.books[SYMBOL]
+    return dec.last[SYMBOL], levels(book.bids()), levels(book.asks())  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("venue", ["okx", "kraken", "binance"])
+def test_a_follower_serves_the_upstream_books_natively_and_as_a_venue(
+    server_factory: Callable[..., ServerProcess], tmp_path: Path, venue: str
+) -> None:
+    up = _upstream(server_factory, tmp_path)
+
+    async def run() -> None:
+        rec_up = NativeRecorder(up, SYMBOL)
+        up_task = asyncio.create_task(rec_up.run())
+        await asyncio.wait_for(rec_up.ready.wait(), 10)
+        follower = _follower(server_factory, tmp_path, up, venue)
+        assert _ready(follower)[0] == 200
+        rec_f = NativeRecorder(follower, SYMBOL)
+        f_task = asyncio.create_task(rec_f.run())
+        stop = asyncio.Event()
+        okx_task = asyncio.create_task(_okx_client(follower, stop))
+        async with Client(follower.srv.url, [f"book.{SYMBOL}"]) as sdk:
+            await asyncio.wait_for(sdk.wait_live(), 10)
+            await asyncio.sleep(1.5)
+            stop.set()
+            sdk_book = sdk.book(SYMBOL)
+            sdk_state = (levels(sdk_book.bids()), levels(sdk_book.asks()), sdk_book.checksum())
+        okx_seq, okx_bids, okx_asks = await okx_task
+        rec_f.stop()
+        await f_task
+        await asyncio.sleep(0.3)  # the upstream recorder has read past the follower
+        rec_up.stop()
+        await up_task
+        # Every book the follower's native client saw (verified chain and checksum) was
+        # the upstream's book at some seq.
+        assert len(rec_f.books) >= 5
+        checked = 0
+        for crc, seqs in rec_f.by_checksum.items():
+            for s in seqs[-3:]:
+                if rec_f.books[s] == rec_f.books[min(rec_f.books)]:
+                    continue  # the first snapshot may predate the upstream recorder
+                _assert_upstream_had(rec_up, *rec_f.books[s], crc)
+                checked += 1
+        assert checked >= 5
+        # The SDK's verified book, likewise.
+        _assert_upstream_had(rec_up, *sdk_state)
+        # The follower's OKX endpoint: its seqId is the follower's native seq.
+        rec_f.assert_book(okx_seq, okx_bids, okx_asks)
+        stats = follower.srv.stop()
+        assert stats is not None
+        src = stats["source"]
+        assert src["kind"] == "venue" and src["venue"] == venue and src["connects"] == 1
+        assert src["holes"] == {} and src["checksum_failures"] == 0 and src["stale"] == []
+        assert src["updates"] > 0 and src["trades"] > 0
+
+    asyncio.run(run())
+
+
+def test_the_follower_goes_stale_without_its_upstream_and_resyncs_when_it_returns(
+    server_factory: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    up = _upstream(server_factory, tmp_path)
+    follower = _follower(server_factory, tmp_path, up, "okx")
+
+    async def wait_ready(status: int, limit: float = 15.0) -> dict[str, Any]:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            code, body = _ready(follower)
+            if code == status:
+                return body
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"/readyz never answered {status}")
+
+    async def run() -> None:
+        fast = Backoff(0.05, 0.5)
+        async with Client(follower.srv.url, [f"book.{SYMBOL}"], backoff=fast) as sdk:
+            await asyncio.wait_for(sdk.wait_live(), 10)
+            # The upstream dies without a close frame: the symbol goes stale.
+            up.srv.kill()
+            body = await wait_ready(503)
+            assert body["incomplete_books"] == [SYMBOL]
+            # It comes back (a new market on the same port): the follower reconnects,
+            # resubscribes, and serves the new upstream's book.
+            up.srv.start()
+            await wait_ready(200)
+            rec_up = NativeRecorder(up, SYMBOL)
+            task = asyncio.create_task(rec_up.run())
+            await asyncio.wait_for(rec_up.ready.wait(), 10)
+            await asyncio.sleep(1.0)
+            await asyncio.wait_for(sdk.wait_live(), 10)
+            book = sdk.book(SYMBOL)
+            state = (levels(book.bids()), levels(book.asks()), book.checksum())
+            await asyncio.sleep(0.3)
+            rec_up.stop()
+            await task
+            _assert_upstream_had(rec_up, *state)
+        stats = follower.srv.stop()
+        assert stats is not None
+        src = stats["source"]
+        assert src["connects"] == 2 and src["disconnects"] == 1
+        assert src["holes"] == {"disconnect": 1} and src["stale"] == []
+
+    asyncio.run(run())
+
+
+def test_venue_specs_and_options() -> None:
+    assert parse_venue_spec("okx+wss://ws.okx.com:8443/ws/v5/public") == (
+        "okx",
+        "wss://ws.okx.com:8443/ws/v5/public",
+    )
+    assert is_venue_spec("kraken+ws://127.0.0.1:1/kraken/v2")
+    assert not is_venue_spec("nats://127.0.0.1:4222") and not is_venue_spec("okx+http://x")
+    with pytest.raises(ConfigError, match="binance\\+wss://"):
+        parse_venue_spec("bitmex+wss://x")
+    with pytest.raises(ConfigError, match="--venue-rest"):
+        VenueSource("binance+wss://stream.binance.com:9443/ws", [SYMBOL])
+    with pytest.raises(ConfigError, match="--symbols"):
+        VenueSource("okx+wss://ws.okx.com:8443/ws/v5/public", [])
+
+
+def test_serve_refuses_a_venue_source_without_symbols(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    with pytest.raises(RuntimeError, match="--symbols"):
+        server_factory("--source", "okx+ws://127.0.0.1:9/okx/ws/v5/public")

@@ -30,16 +30,8 @@ from venues import start_venue_gateway
 FIXTURES = Path(__file__).with_name("fixtures") / "venues"
 
 
-def _bench(url: str, *args: str) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, "-m", "tickwire", "bench", url, "--json", "--no-progress", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    doc: dict[str, Any] = json.loads(out.stdout)
-    return doc
+def _bench_cmd(url: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "tickwire", "bench", url, "--json", "--no-progress", *args]
 
 
 def test_bench_measures_every_venue_endpoint_of_a_gateway(
@@ -56,11 +48,19 @@ def test_bench_measures_every_venue_endpoint_of_a_gateway(
         "--channels-per-conn",
         "3",
     ]
-    for venue, path in paths.items():
+    procs = {}
+    for venue, path in paths.items():  # the three venues at once
         extra = ["--dialect", venue, "--rest", f"{gw.http}/{venue}"]
         if venue != "kraken":
             extra += ["--clock-offset", "auto"]
-        doc = _bench(gw.ws + path, *common, *channels, *extra)
+        cmd = _bench_cmd(gw.ws + path, *common, *channels, *extra)
+        procs[venue] = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    for venue, proc in procs.items():
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        doc = json.loads(out)
         assert list(doc) == list(RESULT_FIELDS)
         assert doc["dialect"] == venue and doc["connected"] == 2, doc
         assert doc["gaps"] == 0 and doc["checksum_failures"] == 0, doc
@@ -162,8 +162,8 @@ def test_bench_counts_the_documented_frames_exactly(
                 channels=channels.split(","),
                 conns=1,
                 procs=1,
-                duration=0.8,
-                warmup=0.2,
+                duration=0.4,
+                warmup=0.1,
                 per_conn=2,
                 progress=False,
                 dialect=venue,

@@ -109,7 +109,7 @@ def test_a_follower_serves_the_upstream_books_natively_and_as_a_venue(
         okx_task = asyncio.create_task(_okx_client(follower, stop))
         async with Client(follower.srv.url, [f"book.{SYMBOL}"]) as sdk:
             await asyncio.wait_for(sdk.wait_live(), 10)
-            await asyncio.sleep(1.5)
+            await asyncio.sleep(1.0)
             stop.set()
             sdk_book = sdk.book(SYMBOL)
             sdk_state = (levels(sdk_book.bids()), levels(sdk_book.asks()), sdk_book.checksum())
@@ -211,3 +211,73 @@ def test_serve_refuses_a_venue_source_without_symbols(
 ) -> None:
     with pytest.raises(RuntimeError, match="--symbols"):
         server_factory("--source", "okx+ws://127.0.0.1:9/okx/ws/v5/public")
+
+
+# -- tickwire record --source VENUE: a venue's feed recorded, then replayed ----------------
+
+
+def test_record_a_venue_feed_and_replay_it(
+    server_factory: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from tickwire.book import Book
+
+    up = _upstream(server_factory, tmp_path)
+    out = tmp_path / "okx.ndjson"
+
+    async def record() -> NativeRecorder:
+        rec_up = NativeRecorder(up, SYMBOL)
+        task = asyncio.create_task(rec_up.run())
+        await asyncio.wait_for(rec_up.ready.wait(), 10)
+        cmd = [sys.executable, "-m", "tickwire", "record", "--source", f"okx+{up.ws}{PATHS['okx']}"]
+        cmd += ["--symbols", SYMBOL, "--out", str(out), "--duration", "1"]
+        proc = await asyncio.create_subprocess_exec(*cmd, stderr=subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, err.decode()
+        summary = json.loads(err.decode().strip().splitlines()[-1])
+        assert summary["source"]["loads"] == 1 and summary["source"]["holes"] == {}
+        await asyncio.sleep(0.3)
+        rec_up.stop()
+        await task
+        return rec_up
+
+    rec_up = asyncio.run(record())
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    header, msgs = lines[0], lines[1:]
+    assert header["type"] == "recording" and header["venue"] == "okx"
+    assert header["symbols"] == [SYMBOL]
+    # The recording is tickwire's protocol: a book snapshot, then chained deltas whose
+    # checksums hold, each book the upstream's at some seq.
+    book, seq, deltas = Book(), -1, 0
+    for m in msgs:
+        if m["type"] == "snapshot" and m["ch"] == f"book.{SYMBOL}":
+            book.load(m["bids"], m["asks"])
+            seq = m["seq"]
+        elif m["type"] == "delta":
+            assert m["prev_seq"] == seq and m["seq"] - seq == len(m["updates"])
+            for u in m["updates"]:
+                book.apply(u["side"], u["price"], u["qty"])
+            assert book.checksum() == m["checksum"]
+            seq = m["seq"]
+            deltas += 1
+    assert deltas >= 5 and any(m["type"] == "trades" for m in msgs)
+    _assert_upstream_had(rec_up, levels(book.bids()), levels(book.asks()), book.checksum())
+    # Replayed by a gateway, it ends at the recorded book.
+    replay = start_venue_gateway(
+        server_factory, tmp_path, "--source", str(out), "--replay-speed", "max", tls=False
+    )
+    deadline = time.monotonic() + 15
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{replay.http}/api/v1/book/{SYMBOL}", timeout=2) as resp:
+            body = json.loads(resp.read())
+        if body.get("seq") == seq:
+            break
+        time.sleep(0.1)
+    assert body.get("seq") == seq, body.get("seq")
+    assert body["checksum"] == book.checksum()
+    assert levels(body["bids"]) == levels(book.bids()) and levels(body["asks"]) == levels(
+        book.asks()
+    )

@@ -355,6 +355,31 @@ def _record(args: argparse.Namespace) -> int:
         raise ConfigError(f"--kinds must name some of {','.join(CHANNEL_KINDS)}")
     if args.duration < 0:
         raise ConfigError("--duration must be >= 0")
+    from .sources.venue import is_venue_spec
+
+    if is_venue_spec(args.source):
+        from .record import record_venue
+
+        if not args.symbols:
+            raise ConfigError(f"--source {args.source}: name the symbols to record with --symbols")
+        symbols = parse_symbols(",".join(args.symbols))
+        uvloop.run(
+            record_venue(
+                args.source,
+                args.out,
+                symbols,
+                rest=args.venue_rest,
+                depth=args.venue_depth,
+                duration=args.duration,
+                book_wait=args.source_timeout,
+            )
+        )
+        return 0
+    if args.url is None:
+        raise ConfigError(
+            "tickwire record needs the gateway's URL (ws://HOST:PORT/ws), or a venue feed "
+            "with --source binance+wss://..., okx+wss://... or kraken+wss://..."
+        )
     symbols = parse_symbols(",".join(args.symbols or [DEFAULT_SYMBOLS]))
     uvloop.run(record(args.url, args.out, symbols, kinds=kinds, duration=args.duration))
     return 0

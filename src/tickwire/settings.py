@@ -321,7 +321,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("market", "ingest", "str", None, "publish: take the market from any process publishing the ingest protocol on this NATS (nats://HOST:PORT) instead of the simulator; --symbols (optional) limits the symbols accepted", commands=("publish",), sample="nats://127.0.0.1:4222"),
     S("market", "ingest_prefix", "str", None, "publish: subject prefix of PREFIX.ingest.<SYMBOL> (default: --bus-prefix)", commands=("publish",), sample="tickwire"),
     S("market", "ingest_silent_after", "float", 5.0, "ingest: seconds without a message after which a symbol's source is reported silent (log, metric, stats)", commands=_SP, low=0),
-    S("market", "source_timeout", "float", 30.0, "seconds to wait at start for the bus and every book", low=0),
+    S("market", "source_timeout", "float", 30.0, "seconds to wait at start for the bus and every book", commands=("serve", "record"), low=0),
     S("market", "resume_wait", "float", 1.0, "with a bus: seconds a resume ahead of this gateway waits for it to catch up", low=0),
     S("market", "burst_every", "float", 0.0, "seconds between automatic bursts of the simulator (0: none)", commands=_SP, low=0),
     S("market", "burst_factor", "float", 10.0, "rate multiplier in a burst", commands=_SP, low=0),

@@ -17,8 +17,6 @@ The tree::
     │   └── ChecksumMismatch                the book's CRC32 differs after applying
     ├── IngestError (Sans-I/O)              a market source's ingest message is rejected
     │                                        (``reason``: gap, crossed, decimal, ...)
-    ├── VenueError (Sans-I/O)               a venue's frame or REST answer cannot be
-    │                                        used (malformed, unknown symbol, refused)
     ├── ConnectionClosed                    the WebSocket link ended (client side)
     └── ConfigError (ValueError)            a setting (flag, environment variable, file
                                              key) or constructor option is invalid
@@ -43,7 +41,6 @@ __all__ = [
     "RequestError",
     "SequenceGap",
     "TickwireError",
-    "VenueError",
 ]
 
 
@@ -148,16 +145,3 @@ class IngestError(TickwireError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
-
-
-class VenueError(TickwireError):
-    """A venue's frame or REST answer cannot be used (Sans-I/O, :mod:`tickwire.dialects.decode`).
-
-    ``venue`` names the venue (``binance``, ``okx``, ``kraken``); the message says what
-    was wrong, for a log line. The decoders raise it for malformed input; the I/O layers
-    log it once per kind and carry on (a book it concerned is resynced).
-    """
-
-    def __init__(self, venue: str, message: str) -> None:
-        super().__init__(f"{venue}: {message}")
-        self.venue = venue

@@ -310,7 +310,7 @@ def test_tickwire_dialect_streams_decode_to_the_native_book_at_the_same_id(
         }
         paths = {"binance": "/binance/ws", "okx": "/okx/ws/v5/public", "kraken": "/kraken/v2"}
         results = await asyncio.gather(
-            *(_follow(gateway, v, paths[v], d, 2.5) for v, d in decoders.items())
+            *(_follow(gateway, v, paths[v], d, 1.5) for v, d in decoders.items())
         )
         # The recorder may be behind the decoders' last id.
         wanted = max(decoders[v].state[SYMBOL].last for v in ("binance",))  # type: ignore[attr-defined]

@@ -53,10 +53,22 @@ def _follower(
     )
 
 
-def _upstream(server_factory: Callable[..., ServerProcess], tmp_path: Path) -> VenueGateway:
+def _upstream(
+    server_factory: Callable[..., ServerProcess], tmp_path: Path, *args: str
+) -> VenueGateway:
     return start_venue_gateway(
-        server_factory, tmp_path, "--symbols", SYMBOL, "--rate", "300", tls=False
+        server_factory, tmp_path, "--symbols", SYMBOL, "--rate", "300", *args, tls=False
     )
+
+
+async def _drop_one_book_message(up: VenueGateway) -> None:
+    """The upstream loses one message of its native book channel (``--test-faults``):
+    its venue streams resync as after a hole -- OKX and Kraken subscribers get a fresh
+    snapshot, Binance diff subscribers are closed (1011) to refetch REST."""
+    fault = {"op": "fault", "channels": [f"book.{SYMBOL}"], "fault": "drop", "id": 1}
+    async with websockets.connect(f"{up.ws}/ws") as ws:
+        await ws.send(json.dumps(fault))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "ack"
 
 
 def _assert_upstream_had(rec: NativeRecorder, bids: Levels, asks: Levels, checksum: int) -> None:
@@ -72,6 +84,17 @@ def _ready(gw: VenueGateway) -> tuple[int, dict[str, Any]]:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+async def _wait_ready(gw: VenueGateway, status: int, limit: float = 15.0) -> dict[str, Any]:
+    """Poll ``/readyz`` until it answers ``status``; its body."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        code, body = _ready(gw)
+        if code == status:
+            return body
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"/readyz never answered {status}")
 
 
 async def _okx_client(gw: VenueGateway, stop: asyncio.Event) -> tuple[int, Levels, Levels]:
@@ -95,21 +118,25 @@ async def _okx_client(gw: VenueGateway, stop: asyncio.Event) -> tuple[int, Level
 def test_a_follower_serves_the_upstream_books_natively_and_as_a_venue(
     server_factory: Callable[..., ServerProcess], tmp_path: Path, venue: str
 ) -> None:
-    up = _upstream(server_factory, tmp_path)
+    up = _upstream(server_factory, tmp_path, "--test-faults")
 
     async def run() -> None:
+        follower = _follower(server_factory, tmp_path, up, venue)
+        assert _ready(follower)[0] == 200
+        # A hole upstream first: the follower resyncs by the venue's rule.
+        await _drop_one_book_message(up)
+        await asyncio.sleep(0.3)
+        await _wait_ready(follower, 200)
         rec_up = NativeRecorder(up, SYMBOL)
         up_task = asyncio.create_task(rec_up.run())
         await asyncio.wait_for(rec_up.ready.wait(), 10)
-        follower = _follower(server_factory, tmp_path, up, venue)
-        assert _ready(follower)[0] == 200
         rec_f = NativeRecorder(follower, SYMBOL)
         f_task = asyncio.create_task(rec_f.run())
         stop = asyncio.Event()
         okx_task = asyncio.create_task(_okx_client(follower, stop))
         async with Client(follower.srv.url, [f"book.{SYMBOL}"]) as sdk:
             await asyncio.wait_for(sdk.wait_live(), 10)
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(0.7)
             stop.set()
             sdk_book = sdk.book(SYMBOL)
             sdk_state = (levels(sdk_book.bids()), levels(sdk_book.asks()), sdk_book.checksum())
@@ -137,9 +164,17 @@ def test_a_follower_serves_the_upstream_books_natively_and_as_a_venue(
         stats = follower.srv.stop()
         assert stats is not None
         src = stats["source"]
-        assert src["kind"] == "venue" and src["venue"] == venue and src["connects"] == 1
-        assert src["holes"] == {} and src["checksum_failures"] == 0 and src["stale"] == []
+        assert src["kind"] == "venue" and src["venue"] == venue
+        assert src["checksum_failures"] == 0 and src["gaps"] == 0 and src["stale"] == []
         assert src["updates"] > 0 and src["trades"] > 0
+        # The upstream's hole: a second book, in-band (OKX, Kraken) or after the
+        # upstream closed the diff stream and the follower reconnected (Binance).
+        assert src["loads"] == 2, src
+        if venue == "binance":
+            expected = (2, {"disconnect": 1}, 2)
+            assert (src["connects"], src["holes"], src["snapshot_requests"]) == expected, src
+        else:
+            assert (src["connects"], src["holes"]) == (1, {}), src
 
     asyncio.run(run())
 
@@ -150,27 +185,18 @@ def test_the_follower_goes_stale_without_its_upstream_and_resyncs_when_it_return
     up = _upstream(server_factory, tmp_path)
     follower = _follower(server_factory, tmp_path, up, "okx")
 
-    async def wait_ready(status: int, limit: float = 15.0) -> dict[str, Any]:
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
-            code, body = _ready(follower)
-            if code == status:
-                return body
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"/readyz never answered {status}")
-
     async def run() -> None:
         fast = Backoff(0.05, 0.5)
         async with Client(follower.srv.url, [f"book.{SYMBOL}"], backoff=fast) as sdk:
             await asyncio.wait_for(sdk.wait_live(), 10)
             # The upstream dies without a close frame: the symbol goes stale.
             up.srv.kill()
-            body = await wait_ready(503)
+            body = await _wait_ready(follower, 503)
             assert body["incomplete_books"] == [SYMBOL]
             # It comes back (a new market on the same port): the follower reconnects,
             # resubscribes, and serves the new upstream's book.
             up.srv.start()
-            await wait_ready(200)
+            await _wait_ready(follower, 200)
             rec_up = NativeRecorder(up, SYMBOL)
             task = asyncio.create_task(rec_up.run())
             await asyncio.wait_for(rec_up.ready.wait(), 10)
@@ -232,7 +258,7 @@ def test_record_a_venue_feed_and_replay_it(
         task = asyncio.create_task(rec_up.run())
         await asyncio.wait_for(rec_up.ready.wait(), 10)
         cmd = [sys.executable, "-m", "tickwire", "record", "--source", f"okx+{up.ws}{PATHS['okx']}"]
-        cmd += ["--symbols", SYMBOL, "--out", str(out), "--duration", "1"]
+        cmd += ["--symbols", SYMBOL, "--out", str(out), "--duration", "0.8"]
         proc = await asyncio.create_subprocess_exec(*cmd, stderr=subprocess.PIPE)
         _, err = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 0, err.decode()

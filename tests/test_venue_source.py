@@ -307,3 +307,47 @@ def test_record_a_venue_feed_and_replay_it(
     assert levels(body["bids"]) == levels(book.bids()) and levels(body["asks"]) == levels(
         book.asks()
     )
+
+
+@pytest.mark.parametrize("venue, ping", [("okx", "ping"), ("kraken", '{"method":"ping"}')])
+def test_a_quiet_venue_gets_its_application_ping(venue: str, ping: str) -> None:
+    import io
+
+    from aiohttp import WSMsgType, web
+
+    from tickwire.record import RecordingSink
+
+    async def run() -> list[str]:
+        got: list[str] = []
+
+        async def ws(request: web.Request) -> web.WebSocketResponse:
+            sock = web.WebSocketResponse()
+            await sock.prepare(request)
+            async for msg in sock:  # a venue that never sends a frame
+                if msg.type == WSMsgType.TEXT:
+                    got.append(msg.data)
+            return sock
+
+        app = web.Application()
+        app.router.add_get("/ws", ws)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        source = VenueSource(
+            f"{venue}+ws://127.0.0.1:{port}/ws", [SYMBOL], timeout=0.2, keepalive_after=0.3
+        )
+        sink = RecordingSink(io.BytesIO(), [SYMBOL])
+        try:
+            await source.start(sink)  # no book comes: it serves on, the symbol stale
+            assert sink.incomplete == {SYMBOL}
+            await asyncio.sleep(0.6)
+        finally:
+            await source.stop()
+            await runner.cleanup()
+        return got
+
+    got = asyncio.run(run())
+    assert json.loads(got[0])  # the subscription first
+    assert ping in got[1:]

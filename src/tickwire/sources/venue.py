@@ -59,6 +59,9 @@ log = logging.getLogger("tickwire.venue")
 MAX_INBOX_BYTES = 64 << 20
 #: Largest frame accepted from a venue.
 MAX_FRAME = 16 << 20
+#: Seconds without a frame after which the venue's application ping is sent (OKX
+#: closes a connection silent for 30 s).
+KEEPALIVE_AFTER = 15.0
 
 
 def is_venue_spec(spec: str) -> bool:
@@ -135,6 +138,8 @@ class VenueSource:
         ping_interval, ping_timeout: WebSocket pings to a silent upstream, and how long
             its pong may take before the connection counts as dead.
         backoff: reconnect delays (default 0.2 s doubling up to 15 s, full jitter).
+        keepalive_after: seconds without a frame before the venue's application ping
+            (OKX ``ping``, Kraken ``{"method":"ping"}``).
 
     Raises:
         ConfigError: a malformed spec, no symbol, or Binance without ``rest``.
@@ -151,8 +156,10 @@ class VenueSource:
         ping_interval: float = 20.0,
         ping_timeout: float = 20.0,
         backoff: Backoff | None = None,
+        keepalive_after: float = KEEPALIVE_AFTER,
     ) -> None:
         self.venue, self.url = parse_venue_spec(spec)
+        self.keepalive_after = keepalive_after
         self.symbols = list(symbols)
         if not self.symbols:
             raise ConfigError(f"--source {spec}: name the symbols to follow with --symbols")
@@ -178,6 +185,7 @@ class VenueSource:
         self._closing = False
         self._loaded = asyncio.Event()
         self._logged: set[str] = set()
+        self._last_frame = 0.0
         # Counters (stats, exit line).
         self.generated = 0
         self.skipped = 0
@@ -295,8 +303,8 @@ class VenueSource:
         assert sink is not None
         for e in events:
             if isinstance(e, Delta):
-                if e.symbol in sink.incomplete:
-                    continue  # cannot happen: a delta follows its snapshot
+                if not e.updates or e.symbol in sink.incomplete:
+                    continue  # no change (OKX seqId == prevSeqId), or not loaded
                 self.generated += len(e.updates)
                 yield e.symbol, e.updates, []
             elif isinstance(e, Trades):
@@ -354,6 +362,7 @@ class VenueSource:
     def arrived(self, data: bytes) -> None:
         """A text frame from the venue (called by the connection)."""
         size = len(data)
+        self._last_frame = time.monotonic()
         self.frames += 1
         self.bytes += size
         if self._inbox_bytes + size > MAX_INBOX_BYTES:
@@ -410,10 +419,11 @@ class VenueSource:
                 continue
             self.connects += 1
             self._transport = transport
+            self._last_frame = time.monotonic()
             log.info(
                 "%s: connected to %s, following %s", self.venue, self.url, ", ".join(self.symbols)
             )
-            await gone
+            await self._keepalive(gone)
             self._transport = None
             if self._closing:
                 return
@@ -429,6 +439,18 @@ class VenueSource:
                 delay,
             )
             await asyncio.sleep(delay)
+
+    async def _keepalive(self, gone: asyncio.Future[None]) -> None:
+        """Wait for the connection to end, pinging the venue when it is quiet."""
+        ping = self.decoder.keepalive()
+        while not gone.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(gone), self.keepalive_after / 3)
+            t = self._transport
+            quiet = time.monotonic() - self._last_frame >= self.keepalive_after
+            if ping is not None and t is not None and quiet and not gone.done():
+                t.send(WSMsgType.TEXT, ping)
+                self._last_frame = time.monotonic()
 
     def _fetch(self, want: SnapshotWanted) -> None:
         task = asyncio.ensure_future(self._get_snapshot(want))

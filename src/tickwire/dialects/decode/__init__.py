@@ -213,6 +213,11 @@ class VenueDecoder:
         """Decode one text frame; return its events (never raises on bad input)."""
         raise NotImplementedError
 
+    def keepalive(self) -> bytes | None:
+        """The venue's application-level ping, for a connection idle a while (OKX
+        closes one silent for 30 s; WebSocket pings do not count), or None."""
+        return None
+
     def snapshot(self, symbol: str, body: bytes, now_ns: int) -> list[Event]:
         """A REST snapshot arrived (Binance); other venues have none to take."""
         return [Notice("bad", f"{self.venue} takes no REST snapshot")]

@@ -137,6 +137,9 @@ class KrakenDecoder(VenueDecoder):
             value = value.quantize(q[1] if qty else q[0])
         return format(value, "f")
 
+    def keepalive(self) -> bytes | None:
+        return b'{"method":"ping"}'
+
     def feed(self, data: bytes | memoryview, now_ns: int) -> list[Event]:
         try:
             frame = _decode(data)

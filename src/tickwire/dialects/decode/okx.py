@@ -120,6 +120,9 @@ class OkxDecoder(VenueDecoder):
             msgspec.json.encode({"op": "subscribe", "args": args}),
         ]
 
+    def keepalive(self) -> bytes | None:
+        return b"ping"  # answered with a text "pong"
+
     def feed(self, data: bytes | memoryview, now_ns: int) -> list[Event]:
         if bytes(data[:4]) == b"pong":
             return []

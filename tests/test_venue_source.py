@@ -78,6 +78,12 @@ def _assert_upstream_had(rec: NativeRecorder, bids: Levels, asks: Levels, checks
     assert any(rec.books[s] == (bids, asks) for s in seqs), "same checksum, different levels"
 
 
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text: str = resp.read().decode()
+        return text
+
+
 def _ready(gw: VenueGateway) -> tuple[int, dict[str, Any]]:
     try:
         with urllib.request.urlopen(f"{gw.http}/readyz", timeout=2) as resp:
@@ -208,6 +214,14 @@ def test_the_follower_goes_stale_without_its_upstream_and_resyncs_when_it_return
             rec_up.stop()
             await task
             _assert_upstream_had(rec_up, *state)
+        metrics = await asyncio.to_thread(_get, f"{follower.http}/metrics")
+        for line in (
+            f'tickwire_venue_up{{symbol="{SYMBOL}",venue="okx"}} 1.0',
+            'tickwire_venue_holes_total{reason="disconnect",venue="okx"} 1.0',
+            'tickwire_venue_connects_total{venue="okx"} 2.0',
+            'tickwire_venue_connected{venue="okx"} 1.0',
+        ):
+            assert line in metrics, line
         stats = follower.srv.stop()
         assert stats is not None
         src = stats["source"]

@@ -250,8 +250,10 @@ class _Worker:
                 if resp.status != 200:
                     raise ValueError(f"HTTP {resp.status}: {body[:200]!r}")
         except Exception as exc:  # refused, timeout, HTTP error: the next diff asks again
-            events = decoder.snapshot_failed(symbol, f"{type(exc).__name__}: {exc}")
             self.error(f"REST snapshot {url} failed: {type(exc).__name__}: {exc}")
+            # A second later, not at the next diff: never hammer a venue's REST limits.
+            await asyncio.sleep(1.0)
+            events = decoder.snapshot_failed(symbol, f"{type(exc).__name__}: {exc}")
             self.tally.count_events(events, time.time_ns() + client.offset)
             return
         events = decoder.snapshot(symbol, body, time.time_ns())

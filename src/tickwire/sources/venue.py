@@ -59,6 +59,8 @@ log = logging.getLogger("tickwire.venue")
 MAX_INBOX_BYTES = 64 << 20
 #: Largest frame accepted from a venue.
 MAX_FRAME = 16 << 20
+#: Levels a side of Binance's REST snapshot (its maximum).
+BINANCE_SNAPSHOT_LIMIT = 5000
 #: Seconds without a frame after which the venue's application ping is sent (OKX
 #: closes a connection silent for 30 s).
 KEEPALIVE_AFTER = 15.0
@@ -169,7 +171,11 @@ class VenueSource:
                 "snapshots (https://api.binance.com, or http://HOST:ADMIN_PORT/binance)"
             )
         self.rest = (rest or "").rstrip("/")
-        self.decoder: VenueDecoder = make_decoder(self.venue, self.symbols, depth=depth)
+        # Binance: the deepest REST snapshot (5,000 levels a side); deeper levels are
+        # known only from the diffs that touch them, Binance's own limit.
+        self.decoder: VenueDecoder = make_decoder(
+            self.venue, self.symbols, depth=depth, snapshot_limit=BINANCE_SNAPSHOT_LIMIT
+        )
         self.timeout = timeout
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
@@ -295,6 +301,51 @@ class VenueSource:
             "snapshot_failures": self.snapshot_failures,
             "stale": sorted(self.sink.incomplete & set(self.symbols)) if self.sink else [],
         }
+
+    def metrics(self) -> Iterator[Any]:
+        """``tickwire_venue_*`` for the gateway's ``/metrics``."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        labels = ["venue"]
+        v = [self.venue]
+
+        def counter(name: str, text: str, value: float) -> Any:
+            m = CounterMetricFamily(name, text, labels=labels)
+            m.add_metric(v, value)
+            return m
+
+        connected = GaugeMetricFamily(
+            "tickwire_venue_connected", "1 while the upstream connection is open.", labels=labels
+        )
+        connected.add_metric(v, float(self._transport is not None))
+        yield connected
+        yield counter("tickwire_venue_connects", "Upstream connections made.", self.connects)
+        yield counter("tickwire_venue_disconnects", "Upstream connections lost.", self.disconnects)
+        yield counter("tickwire_venue_frames", "Frames received from the venue.", self.frames)
+        yield counter("tickwire_venue_loads", "Books loaded (first loads and resyncs).", self.loads)
+        yield counter(
+            "tickwire_venue_checksum_failures",
+            "Venue checksums that did not match the book.",
+            self.decoder.checksum_failures,
+        )
+        holes = CounterMetricFamily(
+            "tickwire_venue_holes",
+            "Books dropped until resynced, by reason (gap, checksum, stale_snapshot, "
+            "bad_frame, disconnect).",
+            labels=["venue", "reason"],
+        )
+        for reason, n in sorted(self.holes.items()):
+            holes.add_metric([self.venue, reason], float(n))
+        yield holes
+        up = GaugeMetricFamily(
+            "tickwire_venue_up",
+            "1 when the symbol's book is known right and served, 0 while stale.",
+            labels=["venue", "symbol"],
+        )
+        stale = self.sink.incomplete if self.sink is not None else set(self.symbols)
+        for symbol in self.symbols:
+            up.add_metric([self.venue, symbol], float(symbol not in stale))
+        yield up
 
     # -- events -> sink ----------------------------------------------------------------------
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 import websockets
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from helpers import ServerProcess
 from tickwire.book import Book
@@ -372,3 +374,94 @@ def test_an_unusable_price_drops_the_book_with_a_reason() -> None:
     events = dec.feed(enc(upd), 0)
     assert [type(e) for e in events] == [Notice, Hole]
     assert events[1].reason == "bad_frame" and "BTC-USDT" not in dec.books
+
+
+# -- any input: events, never an exception -----------------------------------------------
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.text(max_size=8)
+    | st.sampled_from(
+        ["0", "1.5", "-1", "abc", "BTCUSDT", "BTC-USDT", "BTC/USDT", "snapshot", "update"]
+        + ["depthUpdate", "trade", "books", "book", "trades", "tickers", "buy", "sell"]
+    ),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "e",
+                    "s",
+                    "U",
+                    "u",
+                    "b",
+                    "a",
+                    "E",
+                    "T",
+                    "t",
+                    "p",
+                    "q",
+                    "m",
+                    "stream",
+                    "data",
+                    "arg",
+                    "action",
+                    "channel",
+                    "instId",
+                    "bids",
+                    "asks",
+                    "checksum",
+                    "seqId",
+                    "prevSeqId",
+                    "type",
+                    "symbol",
+                    "price",
+                    "qty",
+                    "side",
+                    "ts",
+                    "timestamp",
+                    "event",
+                    "method",
+                ]
+            ),
+            children,
+            max_size=6,
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sampled_from(["binance", "okx", "kraken"]),
+    st.lists(_json_values | st.binary(max_size=40), max_size=6),
+)
+def test_decoders_never_raise_on_any_frame(venue: str, frames: list[Any]) -> None:
+    dec = make_decoder(venue, ["BTC-USDT"], ("book", "trades", "ticker"))
+    for frame in frames:
+        data = frame if isinstance(frame, bytes) else json.dumps(frame).encode()
+        for e in dec.feed(data, 0):
+            assert isinstance(e, (Snapshot, Delta, Trades, Quote, Hole, SnapshotWanted, Notice))
+        if venue == "binance":
+            dec.snapshot("BTC-USDT", data, 0)
+    dec.disconnected()
+
+
+def test_levels_that_are_not_plain_decimals_never_reach_a_book() -> None:
+    fx = fixture("binance")
+    dec = make_decoder("binance", fx["symbols"])
+    dec.feed(enc(fx["frames"][1]), 0)
+    dec.snapshot("BNB-BTC", enc(fx["rest_depth"]), 0)
+    bad = dict(fx["frames"][2]["data"], b=[["4.1", "abc"]])
+    events = dec.feed(enc(bad), 0)
+    assert [type(e) for e in events] == [Notice, Hole]
+    assert events[1].detail == "unusable diff u=1027030: level '4.1' x 'abc' is not a plain decimal"
+    kr = fixture("kraken")
+    kdec = make_decoder("kraken", kr["symbols"])
+    kdec.feed(enc(kr["snapshot"]), 0)
+    neg = kr["bad_checksum"].replace("0.00000400", "-0.00000400")
+    events = kdec.feed(enc(neg), 0)
+    assert [type(e) for e in events] == [Notice, Hole] and "BTC-USD" not in kdec.books

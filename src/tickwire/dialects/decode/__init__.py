@@ -33,6 +33,7 @@ The decoders never raise on a venue's input: a frame they cannot use becomes a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
@@ -58,6 +59,7 @@ __all__ = [
     "Trades",
     "VenueDecoder",
     "VenueTrade",
+    "invalid_level",
     "make_decoder",
 ]
 
@@ -163,6 +165,19 @@ class Notice(msgspec.Struct, frozen=True, gc=False):
 
 
 Event = Snapshot | Delta | Trades | Quote | Hole | SnapshotWanted | Notice
+
+
+_DECIMAL = re.compile(r"\d+(?:\.\d+)?").fullmatch
+
+
+def invalid_level(pairs: Iterable[tuple[str, str]]) -> str | None:
+    """The first level whose price or quantity is not a plain non-negative decimal
+    (``"100.25"``: no sign, exponent or spaces), described for a log line; None if all
+    are. A venue's garbage must never reach a served book."""
+    for price, qty in pairs:
+        if not _DECIMAL(price) or not _DECIMAL(qty):
+            return f"level {price!r} x {qty!r} is not a plain decimal"
+    return None
 
 
 def clip(data: bytes | memoryview | str, n: int = 160) -> str:

@@ -40,6 +40,7 @@ from . import (
     Trades,
     VenueDecoder,
     VenueTrade,
+    invalid_level,
 )
 
 __all__ = ["MAX_BUFFERED", "BinanceDecoder"]
@@ -173,6 +174,12 @@ class BinanceDecoder(VenueDecoder):
             return [self.bad(data, f"unknown symbol {ev.s!r}")]
         if not isinstance(ev.b, list) or not isinstance(ev.a, list) or ev.U > ev.u:
             return [self.bad(data, "depthUpdate without U <= u and b/a level lists")]
+        wrong = invalid_level(ev.b) or invalid_level(ev.a)
+        if wrong is not None:
+            symbol = m.symbol
+            if self.state[symbol].book is None:
+                return [self.bad(data, wrong)]
+            return [self.bad(data, wrong), self._gap(symbol, f"unusable diff u={ev.u}: {wrong}")]
         symbol = m.symbol
         st = self.state[symbol]
         if st.book is None:
@@ -227,6 +234,10 @@ class BinanceDecoder(VenueDecoder):
             return [self.bad(body, f"REST depth of {symbol} undecodable ({exc})")]
         if st.book is not None:
             return []  # already synced (a late answer)
+        wrong = invalid_level(depth.bids) or invalid_level(depth.asks)
+        if wrong is not None:
+            st.wanted = False
+            return [self.bad(body, f"REST depth of {symbol}: {wrong}")]
         lid = depth.lastUpdateId
         first = st.buffer[0] if st.buffer else None
         if first is not None and lid < first.U - 1:

@@ -27,7 +27,18 @@ import msgspec
 from ...book import Book
 from ...exceptions import ConfigError
 from ...protocol import BookUpdate
-from . import DEFAULT_KINDS, Delta, Event, Notice, Quote, Snapshot, Trades, VenueDecoder, VenueTrade
+from . import (
+    DEFAULT_KINDS,
+    Delta,
+    Event,
+    Notice,
+    Quote,
+    Snapshot,
+    Trades,
+    VenueDecoder,
+    VenueTrade,
+    invalid_level,
+)
 
 __all__ = ["DEPTHS", "KrakenDecoder", "parse_time"]
 
@@ -181,6 +192,10 @@ class KrakenDecoder(VenueDecoder):
         asks = [
             (text(symbol, lv.price, False), text(symbol, lv.qty, True)) for lv in item.asks or ()
         ]
+        wrong = invalid_level(bids) or invalid_level(asks)
+        if wrong is not None:
+            self.frames.pop(symbol, None)
+            return [self.bad(data, wrong), self.hole(symbol, "bad_frame", wrong)]
         if kind == "snapshot":
             book = Book()
             try:

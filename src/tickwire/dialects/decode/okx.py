@@ -35,6 +35,7 @@ from . import (
     Trades,
     VenueDecoder,
     VenueTrade,
+    invalid_level,
 )
 
 __all__ = ["OkxDecoder"]
@@ -180,6 +181,9 @@ class OkxDecoder(VenueDecoder):
                 self.bad(data, "a level without price and size"),
                 *self._drop(symbol, "bad_frame", "malformed level"),
             ]
+        wrong = invalid_level(bids) or invalid_level(asks)
+        if wrong is not None:
+            return [self.bad(data, wrong), *self._drop(symbol, "bad_frame", wrong)]
         if action == "snapshot":
             book = Book()
             try:

@@ -465,3 +465,7 @@ def test_levels_that_are_not_plain_decimals_never_reach_a_book() -> None:
     neg = kr["bad_checksum"].replace("0.00000400", "-0.00000400")
     events = kdec.feed(enc(neg), 0)
     assert [type(e) for e in events] == [Notice, Hole] and "BTC-USD" not in kdec.books
+    # Trades too.
+    trade = dict(fx["trade"], p="-0.001")
+    (notice,) = dec.feed(enc(trade), 0)
+    assert isinstance(notice, Notice) and notice.kind == "bad" and "trade 12345" in notice.detail

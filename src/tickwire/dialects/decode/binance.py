@@ -164,6 +164,9 @@ class BinanceDecoder(VenueDecoder):
         tid = ev.t if ev.e == "trade" else ev.a
         if not ev.p or not ev.q or not isinstance(tid, int):
             return [self.bad(data, "trade without id, price or quantity")]
+        wrong = invalid_level([(ev.p, ev.q)])
+        if wrong is not None:
+            return [self.bad(data, f"trade {tid}: {wrong}")]
         # ``m``: the buyer was the maker, so the taker sold.
         side: Literal["buy", "sell"] = "sell" if ev.m else "buy"
         return [Trades(m.symbol, [VenueTrade(str(tid), ev.p, ev.q, side, ev.T * MS)])]

@@ -270,6 +270,9 @@ class KrakenDecoder(VenueDecoder):
                 side,
                 parse_time(t.timestamp),
             )
+            wrong = invalid_level([(trade.price, trade.qty)])
+            if wrong is not None:
+                return [self.bad(data, f"trade {trade.id}: {wrong}")]
             by.setdefault(symbol, []).append(trade)
         return [Trades(s, ts) for s, ts in by.items()]
 

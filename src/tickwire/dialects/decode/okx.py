@@ -155,6 +155,9 @@ class OkxDecoder(VenueDecoder):
             for t in items:
                 if not t.px or not t.sz or t.side not in ("buy", "sell"):
                     return [self.bad(data, "trade without px, sz or side")]
+                wrong = invalid_level([(t.px, t.sz)])
+                if wrong is not None:
+                    return [self.bad(data, f"trade {t.tradeId}: {wrong}")]
                 side: Literal["buy", "sell"] = "buy" if t.side == "buy" else "sell"
                 trades.append(VenueTrade(t.tradeId, t.px, t.sz, side, _ms(t.ts)))
             return [Trades(symbol, trades)]

@@ -12,6 +12,7 @@ and when it comes back the follower resyncs by the venue's rules.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import urllib.error
@@ -365,3 +366,63 @@ def test_a_quiet_venue_gets_its_application_ping(venue: str, ping: str) -> None:
     got = asyncio.run(run())
     assert json.loads(got[0])  # the subscription first
     assert ping in got[1:]
+
+
+def test_a_book_that_never_verifies_is_resynced_with_backoff_not_in_a_storm() -> None:
+    import io
+
+    from aiohttp import WSMsgType, web
+
+    from tickwire.record import RecordingSink
+
+    fx = json.loads((Path(__file__).with_name("fixtures") / "venues" / "kraken.json").read_text())
+
+    async def run() -> tuple[int, VenueSource, RecordingSink]:
+        subscribes = 0
+
+        async def ws(request: web.Request) -> web.WebSocketResponse:
+            nonlocal subscribes
+            sock = web.WebSocketResponse()
+            await sock.prepare(request)
+            async for msg in sock:
+                req = json.loads(msg.data) if msg.type == WSMsgType.TEXT else {}
+                if req.get("method") == "subscribe" and req["params"]["channel"] == "book":
+                    # Every book subscription: the guide's book, then an update whose
+                    # checksum fails.
+                    subscribes += 1
+                    await sock.send_str(fx["snapshot"])
+                    await sock.send_str(fx["bad_checksum"])
+            return sock
+
+        app = web.Application()
+        app.router.add_get("/v2", ws)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        source = VenueSource(f"kraken+ws://127.0.0.1:{port}/v2", ["BTC-USD"], timeout=0.5)
+        sink = RecordingSink(io.BytesIO(), ["BTC-USD"])
+        wake = asyncio.Event()
+        source.on_arrival(wake.set)
+        try:
+            await source.start(sink)
+            end = time.monotonic() + 1.5
+            while time.monotonic() < end:  # the tick loop
+                wake.clear()
+                for batch in source.poll(time.monotonic()):
+                    sink.publish(*batch)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), 0.05)
+        finally:
+            await source.stop()
+            await runner.cleanup()
+        return subscribes, source, sink
+
+    subscribes, source, sink = asyncio.run(run())
+    # One book subscription at connect, then one per resync: the first at once, the
+    # next ones backing off (0.5 s, 1 s, 2 s ... ceilings): a handful in 1.5 s, not a
+    # storm (without it, one per round trip: hundreds).
+    assert 2 <= subscribes <= 6, subscribes
+    assert source.stats()["holes"] == {"checksum": subscribes}
+    assert source.loads == subscribes and sink.incomplete == {"BTC-USD"}

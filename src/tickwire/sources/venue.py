@@ -59,6 +59,9 @@ log = logging.getLogger("tickwire.venue")
 MAX_INBOX_BYTES = 64 << 20
 #: Largest frame accepted from a venue.
 MAX_FRAME = 16 << 20
+#: Seconds after a symbol's last hole within which a new one continues its streak
+#: (resynced with backoff, logged at debug level).
+RESYNC_STREAK_S = 60.0
 #: Levels a side of Binance's REST snapshot (its maximum).
 BINANCE_SNAPSHOT_LIMIT = 5000
 #: Seconds without a frame after which the venue's application ping is sent (OKX
@@ -192,6 +195,8 @@ class VenueSource:
         self._loaded = asyncio.Event()
         self._logged: set[str] = set()
         self._last_frame = 0.0
+        # Per symbol: when its last hole was, and the backoff of its resyncs.
+        self._streaks: dict[str, tuple[float, Backoff]] = {}
         # Counters (stats, exit line).
         self.generated = 0
         self.skipped = 0
@@ -369,16 +374,24 @@ class VenueSource:
             elif isinstance(e, Hole):
                 self.holes[e.reason] = self.holes.get(e.reason, 0) + 1
                 sink.invalidate(e.symbol)
-                level = logging.INFO if e.reason == "disconnect" else logging.WARNING
+                if e.reason == "disconnect":
+                    log.info("%s %s: book stale (connection lost)", self.venue, e.symbol)
+                    continue
+                delay, first = self._resync_delay(e.symbol)
                 log.log(
-                    level,
-                    "%s %s: book stale (%s: %s); resyncing",
+                    logging.WARNING if first else logging.DEBUG,
+                    "%s %s: book stale (%s: %s); resyncing%s",
                     self.venue,
                     e.symbol,
                     e.reason,
                     e.detail,
+                    f" in {delay:.2f} s (holes repeat)" if delay else "",
                 )
-                self._send(self.decoder.resubscribe(e.symbol))
+                frames = self.decoder.resubscribe(e.symbol)
+                if frames and delay:
+                    asyncio.get_running_loop().call_later(delay, self._send, frames)
+                else:
+                    self._send(frames)
             elif isinstance(e, SnapshotWanted):
                 self._fetch(e)
             elif isinstance(e, Notice):
@@ -391,6 +404,20 @@ class VenueSource:
         self.loads += 1
         self._loaded.set()
         self.backoff.reset()  # a book arrived: the connection proved healthy
+
+    def _resync_delay(self, symbol: str) -> tuple[float, bool]:
+        """How long to wait before resyncing ``symbol`` after a hole, and whether this
+        hole starts a streak. The first resync is immediate; holes that keep coming
+        (a venue sending a book that never verifies) are resynced with capped
+        exponential backoff, never in a storm, and logged once per streak."""
+        now = time.monotonic()
+        streak = self._streaks.get(symbol)
+        if streak is None or now - streak[0] > RESYNC_STREAK_S:
+            backoff = Backoff(0.5, 30.0)
+            self._streaks[symbol] = (now, backoff)
+            return 0.0, True
+        self._streaks[symbol] = (now, streak[1])
+        return streak[1].next_delay(), False
 
     def _notice(self, n: Notice) -> None:
         if n.kind in ("error", "bad"):
@@ -436,6 +463,7 @@ class VenueSource:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        failures = 0
         while not self._closing:
             gone: asyncio.Future[None] = loop.create_future()
             listener: _Upstream | None = None
@@ -458,8 +486,12 @@ class VenueSource:
                 )
             except Exception as exc:  # refused, timeout, handshake: retry with backoff
                 delay = self.backoff.next_delay()
-                log.warning(
-                    "%s: cannot connect to %s (%s: %s); retry in %.2f s",
+                failures += 1
+                # Once per outage (then every 100th attempt), not at every retry.
+                level = logging.WARNING if failures % 100 == 1 else logging.DEBUG
+                log.log(
+                    level,
+                    "%s: cannot connect to %s (%s: %s); retrying with backoff, next in %.2f s",
                     self.venue,
                     self.url,
                     type(exc).__name__,
@@ -468,6 +500,7 @@ class VenueSource:
                 )
                 await asyncio.sleep(delay)
                 continue
+            failures = 0
             self.connects += 1
             self._transport = transport
             self._last_frame = time.monotonic()
@@ -510,6 +543,11 @@ class VenueSource:
 
     async def _get_snapshot(self, want: SnapshotWanted) -> None:
         url = f"{self.rest}/api/v3/depth?symbol={want.venue_symbol}&limit={want.limit}"
+        streak = self._streaks.get(want.symbol)
+        if streak is not None and time.monotonic() - streak[0] <= RESYNC_STREAK_S:
+            # Resyncing after a hole: the REST request waits its turn (holes that
+            # repeat back off), sparing the venue's REST weight limits.
+            await asyncio.sleep(self._resync_delay(want.symbol)[0])
         self.snapshot_requests += 1
         try:
             if self._http is None:

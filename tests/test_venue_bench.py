@@ -201,3 +201,43 @@ def test_options_and_clock_offset_arithmetic() -> None:
         timeout=30,
     )
     assert bad.returncode == 2 and "need --dialect" in bad.stderr
+
+
+def test_bench_pings_a_quiet_venue() -> None:
+    async def run() -> list[str]:
+        got: list[str] = []
+
+        async def ws(request: web.Request) -> web.WebSocketResponse:
+            sock = web.WebSocketResponse()
+            await sock.prepare(request)
+            async for msg in sock:  # subscribed, then silence
+                if msg.type == WSMsgType.TEXT:
+                    got.append(msg.data)
+            return sock
+
+        app = web.Application()
+        app.router.add_get("/ws", ws)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        config = BenchConfig(
+            url=f"ws://127.0.0.1:{port}/ws",
+            channels=["book.BTC-USDT"],
+            conns=1,
+            procs=1,
+            duration=0.8,
+            warmup=0.0,
+            progress=False,
+            dialect="okx",
+            keepalive_s=0.3,
+        )
+        try:
+            await asyncio.to_thread(run_bench, config, io.StringIO())
+        finally:
+            await runner.cleanup()
+        return got
+
+    got = asyncio.run(run())
+    assert json.loads(got[0])["op"] == "subscribe" and "ping" in got[1:]

@@ -54,6 +54,8 @@ class BenchConfig:
         depth: Kraken's book depth (0: 100).
         clock_offset: ``"0"``, milliseconds (the venue's clock minus this host's), or
             ``"auto"`` (measured from the venue's REST time endpoint).
+        keepalive_s: a venue connection quiet this long gets the venue's ping (OKX
+            ``ping``, Kraken ``{"method":"ping"}``).
     """
 
     url: str
@@ -71,6 +73,7 @@ class BenchConfig:
     rest: str = ""
     depth: int = 0
     clock_offset: str = "0"
+    keepalive_s: float = 15.0
 
 
 def measure_offset(dialect: str, rest: str, samples: int = 5) -> tuple[int, int]:
@@ -242,6 +245,7 @@ def run_bench(config: BenchConfig, err: TextIO | None = None) -> BenchResult:
             rest=config.rest,
             depth=config.depth,
             clock_offset_ns=offset_ns,
+            keepalive_s=config.keepalive_s,
         )
         p = ctx.Process(target=worker_main, args=(wc, child_end), name=f"tickwire-bench-{k}")
         p.daemon = True

@@ -58,6 +58,7 @@ class WorkerConfig:
         rest: the venue's REST base (Binance's snapshots: ``{rest}/api/v3/depth``).
         depth: Kraken's book depth.
         clock_offset_ns: the venue's clock minus this host's, for latencies.
+        keepalive_s: a venue connection quiet this long gets the venue's ping.
     """
 
     worker: int
@@ -73,6 +74,7 @@ class WorkerConfig:
     rest: str = ""
     depth: int = 0
     clock_offset_ns: int = 0
+    keepalive_s: float = 15.0
 
     def headers(self) -> list[tuple[str, str]]:
         """The handshake headers that ask for this run's encoding and compression."""
@@ -169,10 +171,21 @@ class _VenueClient(_Client):
         self.decoder = decoder_for(config.dialect, channels, config.depth)
         self.offset = config.clock_offset_ns
         self.transport: WSTransport | None = None
+        self.last_frame = time.monotonic()
         self.feed = self.feed_venue
+
+    def keepalive(self, now: float) -> None:
+        """Send the venue's application ping when quiet (OKX closes a connection silent
+        for 30 s; WebSocket pings do not count)."""
+        ping = self.decoder.keepalive()
+        quiet = now - self.last_frame >= self.worker.config.keepalive_s
+        if ping is not None and self.transport is not None and quiet:
+            self.transport.send(WSMsgType.TEXT, ping)
+            self.last_frame = now
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.worker.open += 1
+        self.worker.clients.append(self)
         self.transport = transport
         for frame in self.decoder.subscribe():
             transport.send(WSMsgType.TEXT, frame)
@@ -187,6 +200,7 @@ class _VenueClient(_Client):
     ) -> None:
         from ..dialects.decode import Hole, SnapshotWanted
 
+        self.last_frame = time.monotonic()
         events = self.worker.tally.feed_venue(self.decoder, data, now_ns, self.offset, size)
         for e in events:
             if isinstance(e, SnapshotWanted):
@@ -222,6 +236,7 @@ class _Worker:
         self.done = asyncio.Event()
         self.handles: list[asyncio.TimerHandle] = []
         self.http: Any = None  # an aiohttp session, for venue REST snapshots
+        self.clients: list[_VenueClient] = []  # venue connections (keepalive)
         self.tasks: set[asyncio.Task[None]] = set()
 
     # -- venue REST snapshots ----------------------------------------------------------
@@ -351,8 +366,20 @@ class _Worker:
         self.handles.append(loop.call_later(max(0.0, window_start - now), self.open_window))
         self.handles.append(loop.call_later(max(0.0, window_end - now), self.finish, False))
         self.handles.append(loop.call_later(self.config.progress_interval, self.progress))
+        if self.config.dialect:
+            self.handles.append(loop.call_later(self.config.keepalive_s / 3, self.keepalive))
         if self.open == 0:
             self.finish(early=True)
+
+    def keepalive(self) -> None:
+        """Every third of ``keepalive_s``: the venue's ping on quiet connections."""
+        if self.finishing:
+            return
+        now = time.monotonic()
+        for client in self.clients:
+            client.keepalive(now)
+        loop = asyncio.get_running_loop()
+        self.handles.append(loop.call_later(self.config.keepalive_s / 3, self.keepalive))
 
     def progress(self) -> None:
         if self.finishing:

@@ -116,6 +116,10 @@ def _symbols(spec: list[str] | None, source: str) -> list[str]:
 
     if is_venue_spec(source):
         raise ConfigError(f"--source {source}: name the symbols to follow with --symbols")
+    from .tardis import is_tardis_spec
+
+    if is_tardis_spec(source):
+        return []  # the files' own symbols, found as they are read
     if source != "sim" and not source.startswith(("nats://", "tls://")):
         from .sources.replay import read_recording
 
@@ -164,6 +168,7 @@ def _gateway_config(args: argparse.Namespace) -> GatewayConfig:
         admin_optional=admin_optional,
         source=args.source,
         replay_speed=args.replay_speed,
+        replay_symbol_map=list(args.replay_symbol_map),
         bus_prefix=args.bus_prefix,
         source_timeout_s=args.source_timeout,
         ingest_silent_s=args.ingest_silent_after,
@@ -294,6 +299,13 @@ def _publish(args: argparse.Namespace) -> int:
     from .publisher import Publisher
 
     source_spec = "sim" if args.replay is None else args.replay
+    from .tardis import is_tardis_spec
+
+    if args.replay is not None and is_tardis_spec(args.replay):
+        raise ConfigError(
+            "publish --replay takes tickwire recordings; replay tardis.dev CSVs with "
+            "`tickwire serve --source tardis:PATH` (docs/venue-feeds-replay.md)"
+        )
     if args.ingest is not None:
         if args.replay is not None:
             raise ConfigError("--ingest and --replay are two sources: give one")

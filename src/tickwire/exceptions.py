@@ -17,6 +17,11 @@ The tree::
     │   └── ChecksumMismatch                the book's CRC32 differs after applying
     ├── IngestError (Sans-I/O)              a market source's ingest message is rejected
     │                                        (``reason``: gap, crossed, decimal, ...)
+    ├── DataError (Sans-I/O, ValueError)    a row of a recorded market-data file (a
+    │                                        tardis.dev CSV) is malformed: names the
+    │                                        file and the line
+    ├── ReplayControlError (ValueError)     a replay control request (pause, resume,
+    │                                        seek, speed) cannot be done
     ├── ConnectionClosed                    the WebSocket link ended (client side)
     └── ConfigError (ValueError)            a setting (flag, environment variable, file
                                              key) or constructor option is invalid
@@ -34,10 +39,12 @@ __all__ = [
     "ChecksumMismatch",
     "ConfigError",
     "ConnectionClosed",
+    "DataError",
     "IngestError",
     "IntegrityError",
     "MessageTooBig",
     "ProtocolError",
+    "ReplayControlError",
     "RequestError",
     "SequenceGap",
     "TickwireError",
@@ -145,3 +152,28 @@ class IngestError(TickwireError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class DataError(TickwireError, ValueError):
+    """A row of a recorded market-data file is malformed (Sans-I/O, :mod:`tickwire.tardis`).
+
+    ``path`` and ``line`` (1-based, the header is line 1) say where, ``detail`` what.
+    A replay skips the row, logs the first of each kind per file and counts them all.
+    """
+
+    def __init__(self, path: str, line: int, detail: str) -> None:
+        super().__init__(f"{path}:{line}: {detail}")
+        self.path = path
+        self.line = line
+        self.detail = detail
+
+
+class ReplayControlError(TickwireError, ValueError):
+    """A replay control request cannot be done: a malformed time or speed, or a
+    gateway whose source is not a replay. The admin API answers ``status`` (400, 409)
+    with the message."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status

@@ -260,6 +260,14 @@ def _replay_speed(value: Any) -> str | None:
     return None
 
 
+def _symbol_map(value: Any) -> str | None:
+    for item in value:
+        raw, eq, served = str(item).partition("=")
+        if not eq or not raw.strip() or not served.strip():
+            return f"FILE_SYMBOL=SERVED pairs; {item!r} is not one"
+    return None
+
+
 def _networks(value: Any) -> str | None:
     for spec in value:
         try:
@@ -307,7 +315,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("listen", "deflate", "bool", False, "accept permessage-deflate from clients that offer it (off: market data is CPU-bound; JSON and msgpack are always available by subprotocol)", reload=True),
     S("listen", "deflate_level", "int", 1, "zlib level of compressed frames (1: the fastest)", low=1, high=9, metavar="1..9", restart="needs a restart (the hub's compressors are made at start)"),
     # [market]
-    S("market", "source", "str", "sim", "sim (embedded simulator), nats://HOST:PORT (follow `tickwire publish`), ingest+nats://HOST:PORT or ingest:FILE or - (the ingest protocol, docs/ingest.md), binance+wss://, okx+wss:// or kraken+wss://HOST/PATH (a venue's public feed, docs/venue-feeds.md; record: record it), or an NDJSON recording to replay", commands=("serve", "record"), sample="nats://127.0.0.1:4222"),
+    S("market", "source", "str", "sim", "sim (embedded simulator), nats://HOST:PORT (follow `tickwire publish`), ingest+nats://HOST:PORT or ingest:FILE or - (the ingest protocol, docs/ingest.md), binance+wss://, okx+wss:// or kraken+wss://HOST/PATH (a venue's public feed, docs/venue-feeds.md; record: record it), an NDJSON recording to replay, or tardis.dev CSVs to replay: tardis:PATH[,PATH...] or paths ending in .csv/.csv.gz (docs/venue-feeds-replay.md)", commands=("serve", "record"), sample="nats://127.0.0.1:4222"),
     S("market", "venue_rest", "str", None, "a venue source's REST base, for Binance's depth snapshots (https://api.binance.com, or a gateway's http://HOST:ADMIN_PORT/binance)", commands=("serve", "record"), sample="https://api.binance.com"),
     S("market", "venue_depth", "int", 0, "a Kraken source's book depth: 10, 25, 100, 500 or 1000 (0: 100)", commands=("serve", "record"), low=0),
     S("market", "nats", "str", None, "publish: the NATS URL to publish to, e.g. nats://127.0.0.1:4222", commands=("publish",), required=("publish",), sample="nats://127.0.0.1:4222"),
@@ -317,6 +325,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("market", "seed", "int", 1, "simulator seed (deterministic flow)", commands=_SP),
     S("market", "market_core", "str", "auto", "the simulator's implementation: c (compiled: the same messages at a fraction of the CPU), python, or auto (c when built and usable)", commands=_SP, choices=("auto", "c", "python")),
     S("market", "replay_speed", "spec", "1", "replay pace: 1 = as recorded, x10 = ten times faster, max = as fast as possible", commands=_SP, check=_replay_speed, sample="x10"),
+    S("market", "replay_symbol_map", "list", [], "tardis CSV replay: serve a file's symbol under another name, FILE_SYMBOL=SERVED pairs (e.g. BTCUSDT=BTC-USDT)", commands=("serve",), check=_symbol_map, sample=["BTCUSDT=BTC-USDT"]),
     S("market", "bus_prefix", "str", "tickwire", "NATS subject prefix", commands=_SP),
     S("market", "ingest", "str", None, "publish: take the market from any process publishing the ingest protocol on this NATS (nats://HOST:PORT) instead of the simulator; --symbols (optional) limits the symbols accepted", commands=("publish",), sample="nats://127.0.0.1:4222"),
     S("market", "ingest_prefix", "str", None, "publish: subject prefix of PREFIX.ingest.<SYMBOL> (default: --bus-prefix)", commands=("publish",), sample="tickwire"),

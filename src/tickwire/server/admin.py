@@ -17,6 +17,8 @@ Routes::
     GET /api/v1/book/{symbol}?depth=N  the book snapshot a WebSocket subscriber would
                                      get now: same seq, checksum and epoch
     GET /api/v1/stats                the gateway's counters (the exit-stats JSON)
+    GET /api/v1/replay, POST /api/v1/replay/{pause,resume,speed,seek}
+                                     a replay's shared clock (``replay_admin.py``)
     GET /api/v1/stream?symbol=S&depth=N  server-sent events for the dashboard:
                                      ``hello`` (symbols and the last minutes of
                                      samples), ``sample`` every second, ``slow`` every
@@ -48,6 +50,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from ..dialects import VENUES, rest
 from ..protocol import encode
+from . import replay_admin
 from .metrics import GatewayView, Sampler, make_registry
 from .venues import VenueView
 
@@ -176,6 +179,7 @@ class AdminServer:
         app.router.add_static("/static/", STATIC_DIR, append_version=False)
         for venue in VENUES:
             app.router.add_get(f"/{venue}/{{path:.*}}", self._venue)
+        replay_admin.register(app, self.gateway)
         return app
 
     async def start(self, host: str, port: int) -> None:

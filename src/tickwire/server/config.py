@@ -58,9 +58,12 @@ class GatewayConfig:
     # would hide a slow reader from the watermarks for seconds of stale data).
     sndbuf_bytes: int = 256 << 10
     # Market source (docs/scaling.md): "sim" (embedded), "nats://HOST:PORT" (follow a
-    # `tickwire publish`), or an NDJSON recording path played at replay_speed.
+    # `tickwire publish`), or an NDJSON recording path played at replay_speed, or
+    # tardis.dev CSVs ("tardis:PATH,PATH" or *.csv / *.csv.gz paths).
     source: str = "sim"
     replay_speed: str = "1"
+    # tardis CSVs: FILE_SYMBOL=SERVED renames (docs/venue-feeds-replay.md).
+    replay_symbol_map: list[str] = field(default_factory=list)
     bus_prefix: str = "tickwire"
     source_timeout_s: float = 30.0
     # An ingest source (source "ingest+nats://..."): seconds without a message after

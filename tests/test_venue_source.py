@@ -426,3 +426,56 @@ def test_a_book_that_never_verifies_is_resynced_with_backoff_not_in_a_storm() ->
     assert 2 <= subscribes <= 6, subscribes
     assert source.stats()["holes"] == {"checksum": subscribes}
     assert source.loads == subscribes and sink.incomplete == {"BTC-USD"}
+
+
+# -- tickwire publish --source VENUE: one upstream connection, a fleet behind NATS --------
+
+
+def test_publish_a_venue_to_nats_and_two_gateways_serve_it(
+    server_factory: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    from nats_helpers import NatsServer, publisher
+
+    up = _upstream(server_factory, tmp_path)
+    nats = NatsServer().start()
+    pub = None
+    try:
+        pub = publisher(nats.url, "--source", f"okx+{up.ws}{PATHS['okx']}", "--symbols", SYMBOL)
+        fleet = [
+            VenueGateway(server_factory("--source", nats.url, "--symbols", SYMBOL), 0, None)
+            for _ in range(2)
+        ]
+
+        async def run() -> tuple[NativeRecorder, list[NativeRecorder]]:
+            rec_up = NativeRecorder(up, SYMBOL)
+            up_task = asyncio.create_task(rec_up.run())
+            await asyncio.wait_for(rec_up.ready.wait(), 10)
+            recs = [NativeRecorder(gw, SYMBOL) for gw in fleet]
+            tasks = [asyncio.create_task(r.run()) for r in recs]
+            for r in recs:
+                await asyncio.wait_for(r.ready.wait(), 10)
+            await asyncio.sleep(1.0)
+            for r in recs:
+                r.stop()
+            await asyncio.gather(*tasks)
+            await asyncio.sleep(0.2)
+            rec_up.stop()
+            await up_task
+            return rec_up, recs
+
+        rec_up, recs = asyncio.run(run())
+        for rec in recs:
+            last = rec.books[rec.seq]
+            crc = next(c for c, seqs in rec.by_checksum.items() if rec.seq in seqs)
+            _assert_upstream_had(rec_up, *last, crc)
+        # Behind one publisher, both gateways number the venue's feed alike.
+        common = set(recs[0].books) & set(recs[1].books)
+        assert len(common) >= 5
+        assert all(recs[0].books[s] == recs[1].books[s] for s in common)
+        stderr = pub.stop()
+        stats = json.loads(stderr.strip().splitlines()[-1])
+        assert stats["source"]["kind"] == "venue" and stats["source"]["connects"] == 1
+    finally:
+        if pub is not None:
+            pub.kill()
+        nats.stop()

@@ -306,7 +306,31 @@ def _publish(args: argparse.Namespace) -> int:
             "publish --replay takes tickwire recordings; replay tardis.dev CSVs with "
             "`tickwire serve --source tardis:PATH` (docs/venue-feeds-replay.md)"
         )
-    if args.ingest is not None:
+    from .sources.venue import is_venue_spec
+
+    venue = is_venue_spec(args.source)
+    if args.source != "sim" and not venue:
+        raise ConfigError(
+            "publish --source takes a venue feed (binance+wss://, okx+wss://, kraken+wss://...); "
+            "a recording is --replay FILE, the ingest protocol --ingest nats://..."
+        )
+    if venue:
+        if args.replay is not None or args.ingest is not None:
+            raise ConfigError("--source, --replay and --ingest are three sources: give one")
+        if not args.symbols:
+            raise ConfigError(f"--source {args.source}: name the symbols to follow with --symbols")
+        from .sources.venue import VenueSource
+
+        symbols = parse_symbols(",".join(args.symbols))
+        source: Any = VenueSource(
+            args.source,
+            symbols,
+            rest=args.venue_rest,
+            depth=args.venue_depth,
+            timeout=args.source_timeout,
+        )
+        feed = f"from {args.source} "
+    elif args.ingest is not None:
         if args.replay is not None:
             raise ConfigError("--ingest and --replay are two sources: give one")
         symbols, source = _ingest_source(args)
@@ -323,7 +347,8 @@ def _publish(args: argparse.Namespace) -> int:
         max_seconds=args.max_seconds,
         metrics_port=args.metrics_port,
     )
-    feed = f"from {args.ingest} " if args.ingest is not None else ""
+    if not venue:
+        feed = f"from {args.ingest} " if args.ingest is not None else ""
 
     def ready(pub: Publisher) -> None:
         print(

@@ -315,7 +315,9 @@ SETTINGS: tuple[Setting, ...] = (
     S("listen", "deflate", "bool", False, "accept permessage-deflate from clients that offer it (off: market data is CPU-bound; JSON and msgpack are always available by subprotocol)", reload=True),
     S("listen", "deflate_level", "int", 1, "zlib level of compressed frames (1: the fastest)", low=1, high=9, metavar="1..9", restart="needs a restart (the hub's compressors are made at start)"),
     # [market]
-    S("market", "source", "str", "sim", "sim (embedded simulator), nats://HOST:PORT (follow `tickwire publish`), ingest+nats://HOST:PORT or ingest:FILE or - (the ingest protocol, docs/ingest.md), an NDJSON recording to replay, or tardis.dev CSVs to replay: tardis:PATH[,PATH...] or paths ending in .csv/.csv.gz (docs/venue-feeds-replay.md)", sample="nats://127.0.0.1:4222"),
+    S("market", "source", "str", "sim", "sim (embedded simulator), nats://HOST:PORT (follow `tickwire publish`), ingest+nats://HOST:PORT or ingest:FILE or - (the ingest protocol, docs/ingest.md), binance+wss://, okx+wss:// or kraken+wss://HOST/PATH (a venue's public feed, docs/venue-feeds.md; record: record it; publish: publish it to NATS, the only --source publish takes), an NDJSON recording to replay, or tardis.dev CSVs to replay: tardis:PATH[,PATH...] or paths ending in .csv/.csv.gz (docs/venue-feeds-replay.md)", commands=("serve", "record", "publish"), sample="nats://127.0.0.1:4222"),
+    S("market", "venue_rest", "str", None, "a venue source's REST base, for Binance's depth snapshots (https://api.binance.com, or a gateway's http://HOST:ADMIN_PORT/binance)", commands=("serve", "record", "publish"), sample="https://api.binance.com"),
+    S("market", "venue_depth", "int", 0, "a Kraken source's book depth: 10, 25, 100, 500 or 1000 (0: 100)", commands=("serve", "record", "publish"), low=0),
     S("market", "nats", "str", None, "publish: the NATS URL to publish to, e.g. nats://127.0.0.1:4222", commands=("publish",), required=("publish",), sample="nats://127.0.0.1:4222"),
     S("market", "replay", "str", None, "publish: this NDJSON recording instead of the simulator", commands=("publish",), sample="recording.ndjson"),
     S("market", "symbols", "list", None, "comma-separated symbols, or a count N for SYM0..SYM{N-1} (default BTC-USD,ETH-USD,SOL-USD; a replay: the recording's)", commands=_ALL, check=_symbols, sample=["BTC-USD", "ETH-USD"]),
@@ -328,7 +330,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("market", "ingest", "str", None, "publish: take the market from any process publishing the ingest protocol on this NATS (nats://HOST:PORT) instead of the simulator; --symbols (optional) limits the symbols accepted", commands=("publish",), sample="nats://127.0.0.1:4222"),
     S("market", "ingest_prefix", "str", None, "publish: subject prefix of PREFIX.ingest.<SYMBOL> (default: --bus-prefix)", commands=("publish",), sample="tickwire"),
     S("market", "ingest_silent_after", "float", 5.0, "ingest: seconds without a message after which a symbol's source is reported silent (log, metric, stats)", commands=_SP, low=0),
-    S("market", "source_timeout", "float", 30.0, "seconds to wait at start for the bus and every book", low=0),
+    S("market", "source_timeout", "float", 30.0, "seconds to wait at start for the bus and every book", commands=("serve", "record", "publish"), low=0),
     S("market", "resume_wait", "float", 1.0, "with a bus: seconds a resume ahead of this gateway waits for it to catch up", low=0),
     S("market", "burst_every", "float", 0.0, "seconds between automatic bursts of the simulator (0: none)", commands=_SP, low=0),
     S("market", "burst_factor", "float", 10.0, "rate multiplier in a burst", commands=_SP, low=0),
@@ -382,7 +384,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("faults", "file", "str", None, "scenario of scripted venue-level faults (TOML, docs/connectivity-testing.md), checked at start and read again on SIGHUP; also enables the admin API's /api/v1/faults", flag="--faults", reload=True, sample="scenarios/gap-storm.toml"),
     # [dialects]: none yet.
     # [record]
-    S("record", "url", "str", None, "gateway WebSocket URL, e.g. ws://127.0.0.1:8765/ws", commands=("record",), positional=True, required=("record",), sample="ws://127.0.0.1:8765/ws"),
+    S("record", "url", "str", None, "gateway WebSocket URL, e.g. ws://127.0.0.1:8765/ws (or record a venue with --source binance+wss://...)", commands=("record",), positional=True, sample="ws://127.0.0.1:8765/ws"),
     S("record", "out", "str", None, "NDJSON file to write", commands=("record",), required=("record",), sample="out.ndjson"),
     S("record", "kinds", "list", list(CHANNEL_KINDS), "channel kinds to record, comma-separated", commands=("record",), choices=CHANNEL_KINDS, sample=["book"]),
     S("record", "duration", "float", 0.0, "seconds to record (0: until Ctrl-C)", commands=("record",), low=0),

@@ -71,6 +71,10 @@ class GatewayConfig:
     # An ingest source (source "ingest+nats://..."): seconds without a message after
     # which a symbol is reported silent (docs/ingest.md).
     ingest_silent_s: float = 5.0
+    # A venue source (source "binance+wss://..."): the venue's REST base (Binance's
+    # depth snapshots) and Kraken's book depth (docs/venue-feeds.md).
+    venue_rest: str | None = None
+    venue_depth: int = 0
     # A resume ahead of this gateway (from a faster one on the same bus) waits this long.
     resume_wait_s: float = 1.0
     # SO_REUSEPORT: several gateway processes share the port (tickwire serve --workers).

@@ -115,7 +115,9 @@ class Source(Protocol):
 def make_source(config: GatewayConfig) -> Source:
     """Build the source ``config.source`` names.
 
-    ``sim`` (default) is the embedded simulator; ``nats://HOST:PORT`` (comma-separated
+    ``sim`` (default) is the embedded simulator; ``binance+wss://...``,
+    ``okx+wss://...`` and ``kraken+wss://...`` follow a venue's public feed
+    (:mod:`tickwire.sources.venue`, ``docs/venue-feeds.md``); ``nats://HOST:PORT`` (comma-separated
     for a cluster) follows a ``tickwire publish`` over NATS; ``ingest+nats://HOST:PORT``
     takes the ingest protocol (``docs/ingest.md``) from any process, ``-`` or
     ``ingest:PATH`` as NDJSON from standard input or a file; ``tardis:PATH[,PATH...]``
@@ -127,6 +129,8 @@ def make_source(config: GatewayConfig) -> Source:
         ConfigError: a replay file cannot be read or a speed is malformed.
     """
     spec = config.source
+    from .venue import is_venue_spec, parse_venue_spec
+
     if spec == "sim":
         from ..simulator import MarketSimulator
         from .simulated import SimulatorSource
@@ -161,6 +165,18 @@ def make_source(config: GatewayConfig) -> Source:
             silent_after=config.ingest_silent_s,
             timeout=config.source_timeout_s,
         )
+    if is_venue_spec(spec):
+        from .venue import VenueSource
+
+        return VenueSource(
+            spec,
+            config.symbols,
+            rest=config.venue_rest,
+            depth=config.venue_depth,
+            timeout=config.source_timeout_s,
+            ping_interval=config.ping_interval_s,
+            ping_timeout=config.ping_timeout_s,
+        )
     if spec.startswith(("nats://", "tls://")):
         from .nats import NatsSource
 
@@ -170,6 +186,8 @@ def make_source(config: GatewayConfig) -> Source:
     from ..tardis import is_tardis_spec, parse_symbol_map
     from .replay import ReplaySource, parse_speed
 
+    if spec.partition("+")[0] in ("binance", "okx", "kraken"):
+        parse_venue_spec(spec)  # raises a ConfigError naming the accepted forms
     if is_tardis_spec(spec):
         from .tardis import TardisSource
 

@@ -256,3 +256,66 @@ def test_ccxt_and_cryptofeed_on_each_venue_after_an_upstream_hole(
                 assert f["recovered"] is True and f["time_to_book_s"] == 0, f
                 assert f["reconnected_after_s"] is None, f  # it kept its connection
                 assert f["never_noticed"] is False, f
+
+
+def post_fault(gw: VenueGateway, fault: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"{gw.http}/api/v1/faults", data=json.dumps(fault).encode(), method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 201
+        return dict(json.loads(response.read()))
+
+
+def test_the_fault_engine_reports_to_the_report(
+    server_factory: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """Faults from the engine's admin API: a gap, a 1011 close and a refused handshake,
+    each attributed to the clients it hit and judged by what they did next."""
+    gw = start_venue_gateway(
+        server_factory,
+        tmp_path,
+        *("--symbols", "BTC-USD", "--rate", "300", "--test-faults", "--report-window", "1"),
+        tls=False,
+    )
+
+    async def run() -> dict[str, Any]:
+        async with Client(f"{gw.ws}/ws?client=sdk", ["book.BTC-USD"]) as sdk:
+            await sdk.wait_live()
+            async with websockets.connect(f"{gw.ws}/ws?client=lazy", close_timeout=1) as lazy:
+                await lazy.send(json.dumps({"op": "subscribe", "channels": ["book.BTC-USD"]}))
+                await lazy.recv()
+                counters = sdk.channel("book.BTC-USD").counters
+                await asyncio.to_thread(post_fault, gw, {"kind": "gap", "venues": ["native"]})
+                await until(lambda: counters.resyncs >= 1, 5, "the SDK's resync after the gap")
+                await asyncio.sleep(1.2)  # past the window: the lazy client never noticed
+                close = {"kind": "disconnect", "venues": ["native"], "code": 1011}
+                await asyncio.to_thread(post_fault, gw, close)
+                await until(lambda: sdk.stats.reconnects >= 1, 5, "the SDK's reconnect")
+                await sdk.wait_live()
+            limit = {"kind": "rate_limit", "scope": "connect", "duration": 5, "retry_after": 3}
+            await asyncio.to_thread(post_fault, gw, limit)
+            try:
+                async with websockets.connect(f"{gw.ws}/ws?client=probe"):
+                    raise AssertionError("the handshake was not refused")
+            except websockets.InvalidStatus as exc:
+                assert exc.response.status_code == 429
+            return await asyncio.to_thread(report, gw)
+
+    data = asyncio.run(run())
+    by_kind = {(f["client"], f["kind"]): f for f in data["faults"]}
+    gap = by_kind[("sdk", "gap")]
+    assert gap["detected"] is True and gap["reaction"] == "resubscribed"
+    assert gap["recovered"] is True and gap["never_noticed"] is False
+    assert gap["detail"]["name"] == "gap" and gap["detail"]["fault"] >= 1
+    assert by_kind[("lazy", "gap")]["never_noticed"] is True
+    closed = by_kind[("sdk", "disconnect")]
+    assert closed["closed_by"] == "server" and closed["close_code"] == 1011
+    assert closed["reaction"] == "reconnected" and closed["recovered"] is True
+    assert closed["symbols"] == ["BTC-USD"]  # no symbol in the fault: the books it had
+    lazy_closed = by_kind[("lazy", "disconnect")]
+    assert lazy_closed["detected"] is False and lazy_closed["never_noticed"] is False
+    refused = by_kind[("probe", "rate_limit")]
+    (attempt,) = [c for c in data["connections"] if c["id"] == refused["conn"]]
+    assert attempt["closed_by"] == "refused" and attempt["close_code"] == 429
+    assert data["totals"]["refused_handshakes"] == 1

@@ -191,6 +191,7 @@ class Report:
         self._pending_rest: list[FaultRecord] = []
         # Counters for metrics (monotonic, never derived).
         self.opens = 0
+        self.refusals = 0
         self.closes = 0
         self.subscribes = 0
         self.rest_requests = 0
@@ -223,6 +224,37 @@ class Report:
             self._wall_offset = wall - now
         self.opens += 1
         self._log(ClientEvent(now, "open", client, conn_id, venue))
+
+    def refused(
+        self,
+        conn_id: int,
+        venue: str,
+        path: str,
+        user_agent: str,
+        name: str | None,
+        status: int | None,
+        now: float,
+        wall: float = 0.0,
+    ) -> None:
+        """A handshake was refused (a fault): an attempt that never became a connection.
+
+        The peer is not known at the handshake, so an unnamed client is matched by its
+        User-Agent among the clients seen (when exactly one has it).
+        """
+        client = name
+        if not client:
+            suffix = " " + (user_agent or "-")
+            known = [k for k in self.events if k.endswith(suffix)]
+            client = known[0] if len(known) == 1 else f"?{suffix}"
+        client = self._key(client)
+        rec = ConnRecord(conn_id, venue, path, "?", user_agent, client, now, wall or now)
+        rec.closed = now
+        rec.close_code = status
+        rec.closed_by = "refused"
+        self.conns[conn_id] = rec
+        self.refusals += 1
+        self._log(ClientEvent(now, "open", client, conn_id, venue))
+        self._log(ClientEvent(now, "close", client, conn_id, venue))
 
     def subscribed(
         self, conn_id: int, target: str, symbol: str | None, book: bool, now: float
@@ -625,6 +657,7 @@ class Report:
             outcomes = [self._fault_outcome(f, now) for f in self.faults]
         t = {
             "connections": self.opens,
+            "refused_handshakes": self.refusals,
             "closes": self.closes,
             "subscribes": self.subscribes,
             "rest_requests": self.rest_requests,

@@ -19,6 +19,8 @@ Routes::
     GET /api/v1/stats                the gateway's counters (the exit-stats JSON)
     GET /api/v1/report               the connectivity report (tickwire.server.reporting;
                                      404 when the gateway keeps none)
+    GET /api/v1/replay, POST /api/v1/replay/{pause,resume,speed,seek}
+                                     a replay's shared clock (``replay_admin.py``)
     GET /api/v1/stream?symbol=S&depth=N  server-sent events for the dashboard:
                                      ``hello`` (symbols and the last minutes of
                                      samples), ``sample`` every second, ``slow`` every
@@ -50,6 +52,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from ..dialects import VENUES, rest
 from ..protocol import encode
+from . import faults_api, replay_admin
 from .metrics import GatewayView, Sampler, make_registry
 from .reporting import add_routes as add_report_routes
 from .venues import VenueView
@@ -150,6 +153,7 @@ class AdminServer:
         self.sampler = Sampler()
         self.registry = make_registry(gateway, self.sampler)
         self.view = VenueView(gateway)
+        self.views = {venue: VenueView(gateway, venue) for venue in VENUES}
         self.sample_interval = sample_interval
         self.book_interval = book_interval
         self.host = ""
@@ -180,6 +184,8 @@ class AdminServer:
         app.router.add_static("/static/", STATIC_DIR, append_version=False)
         for venue in VENUES:
             app.router.add_get(f"/{venue}/{{path:.*}}", self._venue)
+        replay_admin.register(app, self.gateway)
+        faults_api.register(app, self.gateway)
         return app
 
     async def start(self, host: str, port: int) -> None:
@@ -397,6 +403,20 @@ class AdminServer:
     async def _book(self, request: web.Request) -> web.Response:
         symbol = request.match_info["symbol"]
         depth = self._depth(request)
+        faults = self.gateway.faults
+        if faults is not None:
+            refused = faults.refuse_rest("native", request.remote or "?", request.path)
+            if refused is not None:
+                return web.Response(
+                    body=refused.body,
+                    status=refused.status,
+                    content_type="application/json",
+                    headers=refused.headers,
+                )
+            if symbol in self.gateway.engine.symbols:
+                stale = faults.stale_rest("native", symbol, depth)
+                if stale is not None:
+                    return web.Response(body=encode(stale), content_type="application/json")
         try:
             snap = self.gateway.book_snapshot(symbol, depth)
         except KeyError:
@@ -407,7 +427,13 @@ class AdminServer:
         """A venue's REST endpoint (``/binance/api/v3/depth`` ...), in its dialect."""
         venue = request.path.split("/", 2)[1]
         path = "/" + request.match_info["path"]
-        answer = rest(self.view, venue, path, request.query)
+        faults = self.gateway.faults
+        answer = None
+        if faults is not None:
+            answer = faults.refuse_rest(venue, request.remote or "?", request.path)
+        if answer is None:
+            view = self.views.get(venue, self.view)
+            answer = rest(view, venue, path, request.query)
         report = self.gateway.report
         if report is not None:
             markets = self.gateway.feed.markets

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from ..sources import Source
     from .config import GatewayConfig
     from .connection import Connection
+    from .faults import FaultManager
     from .reporting import Reporter
 
 __all__ = [
@@ -252,6 +253,11 @@ class GatewayView(Protocol):
     def feed(self) -> DialectFeed: ...
     @property
     def report(self) -> Reporter | None: ...
+    @property
+    def faults(self) -> FaultManager | None: ...
+
+    def enable_faults(self) -> FaultManager:
+        """The fault manager, made on first use."""
 
     def books_complete(self) -> bool:
         """True once every served book holds a complete state."""

@@ -63,6 +63,8 @@ class Reporter:
     def __init__(self, path: str | None = None, report: Report | None = None) -> None:
         self.path = path
         self.report = report if report is not None else Report()
+        #: The handshake being decided: its connection id and (path, User-Agent, name).
+        self.handshake: tuple[int, tuple[str, str, str | None]] | None = None
 
     # -- WebSocket connections -------------------------------------------------------------
 
@@ -90,7 +92,16 @@ class Reporter:
         self, conn_id: int | None, kind: str, detail: Mapping[str, object], now: float | None = None
     ) -> None:
         """A fault applied to ``conn_id`` (the fault engine's listener)."""
-        self.report.fault(conn_id, kind, detail, time.monotonic() if now is None else now)
+        now = time.monotonic() if now is None else now
+        pending = self.handshake
+        if pending is not None and pending[0] == conn_id and conn_id not in self.report.conns:
+            # A refused handshake: it never becomes a connection, but it was an attempt.
+            path, user_agent, name = pending[1]
+            status = detail.get("status")
+            code = status if isinstance(status, int) else None
+            venue = str(detail.get("venue") or path.strip("/").partition("/")[0] or "native")
+            self.report.refused(conn_id, venue, path, user_agent, name, code, now, time.time())
+        self.report.fault(conn_id, kind, detail, now)
 
     # -- the dialect feed (DialectFeed.observer) ----------------------------------------------
 

@@ -40,6 +40,7 @@ __all__ = [
     "StreamIngestSource",
     "ingest_metrics",
     "ingest_subject",
+    "load_book",
     "ndjson_lines",
     "snapshot_request_subject",
 ]
@@ -68,6 +69,29 @@ def ingest_subject(prefix: str, symbol: str) -> str:
 def snapshot_request_subject(prefix: str, symbol: str) -> str:
     """The subject tickwire requests ``symbol``'s snapshot on (the source answers)."""
     return f"{prefix}.ingest.{symbol}.snapshot"
+
+
+def load_book(
+    sink: Sink, symbol: str, bids: list[tuple[str, str]], asks: list[tuple[str, str]], ts: int
+) -> bool:
+    """Load a complete book of ``symbol`` into ``sink`` (adding the symbol if new).
+
+    The book's seq moves one past the last: its content jumps, so no resume may chain
+    across. Trades and ticker statistics are kept. Returns whether it is the first load.
+    """
+    engine = sink.engine
+    if symbol not in engine.symbols:
+        sink.add_symbol(symbol)
+    current = engine.export(symbol)
+    snap = msgspec.structs.replace(
+        current,
+        book_seq=current.book_seq + 1,
+        bids=bids,
+        asks=asks,
+        last_ts=max(current.last_ts, ts),
+    )
+    sink.restore(snap)
+    return current.book_seq == 0
 
 
 class _FeedSource:
@@ -140,22 +164,10 @@ class _FeedSource:
 
     def _load(self, sink: Sink, action: Load) -> None:
         symbol = action.symbol
-        engine = sink.engine
-        if symbol not in engine.symbols:
-            sink.add_symbol(symbol)
-        current = engine.export(symbol)
-        # One past the last book seq: the content jumps, so no resume may chain across.
-        snap = msgspec.structs.replace(
-            current,
-            book_seq=current.book_seq + 1,
-            bids=action.bids,
-            asks=action.asks,
-            last_ts=max(current.last_ts, action.ts),
-        )
-        sink.restore(snap)
+        first = load_book(sink, symbol, action.bids, action.asks, action.ts)
         self._asked.pop(symbol, None)  # the next episode asks at once
         # The first load says so; reloads follow a rejection, which was logged already.
-        level = logging.INFO if current.book_seq == 0 else logging.DEBUG
+        level = logging.INFO if first else logging.DEBUG
         log.log(
             level, "ingest %s: loaded %d bids, %d asks", symbol, len(action.bids), len(action.asks)
         )

@@ -315,3 +315,32 @@ def test_a_first_connection_is_not_a_reconnect() -> None:
     r.opened(2, "okx", "/okx/ws/v5/public", "127.0.0.1:5001", UA, "bot", 1.7)
     out = outcome(r, 2.0)
     assert out["reaction"] == "reconnected" and out["reconnected_after_s"] == 0.7
+
+
+def test_resubscribing_a_book_again_and_again_is_a_storm() -> None:
+    r = Report(storm_window_s=10, storm_count=5)
+    r.opened(1, "okx", "/okx/ws/v5/public", "127.0.0.1:5000", UA, None, 0.0)
+    for i, sym in enumerate(["A-USD", "B-USD", "C-USD", "D-USD", "E-USD", "F-USD", "G-USD"]):
+        r.subscribed(1, f"okx|books|{sym}", sym, True, 0.1 * i)  # first subscriptions
+    r.fault(1, "stale_snapshot", {"symbol": "A-USD", "venue": "okx"}, 1.0)
+    assert outcome(r, 2.0)["storm"] is False
+    for i in range(6):  # the stale snapshot makes it resubscribe, over and over
+        r.subscribed(1, "okx|books|A-USD", "A-USD", True, 1.1 + 0.3 * i)
+    out = outcome(r, 5.0)
+    assert out["storm"] is True and out["storm_detail"]["snapshot_requests"] == 6
+    assert out["storm_detail"]["reconnects"] == 0
+
+
+def test_a_refused_handshake_and_the_attempts_after_it() -> None:
+    r = Report()
+    r.opened(1, "okx", "/okx/ws/v5/public", "127.0.0.1:5000", "ccxt", None, 0.0)
+    r.closed(1, 1001, "server", "maintenance", 1.0)
+    # The handshake is refused (the peer is unknown then: matched by User-Agent).
+    r.refused(2, "okx", "/okx/ws/v5/public", "ccxt", None, 429, 1.1)
+    r.fault(2, "rate_limit", {"scope": "connect", "status": 429, "retry_after": 3}, 1.1)
+    r.refused(3, "okx", "/okx/ws/v5/public", "ccxt", None, 429, 4.5)
+    out = outcome(r, 10.0)
+    assert out["client"] == "127.0.0.1 ccxt"
+    assert out["next_request_s"] == 3.4 and out["backed_off"] is True
+    assert out["honoured_retry_after"] is True
+    assert r.summary(10.0)["totals"]["refused_handshakes"] == 2

@@ -419,15 +419,27 @@ class Report:
         return False
 
     def _storm(self, client: str, start: float, end: float) -> dict[str, Any]:
-        """Reconnects and snapshot requests of ``client`` in ``[start, end]``, peak rates."""
+        """Reconnects and snapshot requests of ``client`` in ``[start, end]``, peak rates.
+
+        A snapshot request is a REST depth request, or a book subscription of a symbol
+        the client had subscribed before (a resubscribe: OKX, Kraken and the native
+        protocol answer it with a snapshot); a first subscription is not one.
+        """
         opens: list[float] = []
         snaps: list[float] = []
+        booked: set[str | None] = set()
         for ev in self.events.get(client, ()):
-            if not start <= ev.t <= end:
+            if ev.t > end:
+                break
+            again = False
+            if ev.what == "sub" and ev.book:
+                again = ev.symbol in booked
+                booked.add(ev.symbol)
+            if ev.t < start:
                 continue
             if ev.what == "open":
                 opens.append(ev.t)
-            elif ev.what == "rest" and ev.book:
+            elif (ev.what == "rest" and ev.book) or again:
                 snaps.append(ev.t)
         w = self.storm_window_s
         peak_opens = _peak(opens, w)
@@ -503,7 +515,14 @@ class Report:
         out["reaction_needed"] = f.kind in REACTION_NEEDED
         if f.kind == "rate_limit":
             # Backing off: the client's next request of any kind, against Retry-After.
-            nxt = next((ev for ev in events if ev.what in ("rest", "open")), None)
+            nxt = next(
+                (
+                    ev
+                    for ev in events
+                    if ev.what in ("rest", "open") and (f.conn is None or ev.conn != f.conn)
+                ),
+                None,
+            )  # not the refused handshake itself
             out["next_request_s"] = round(nxt.t - f.t, 3) if nxt is not None else None
             retry = f.detail.get("retry_after")
             if isinstance(retry, (int, float)) and not isinstance(retry, bool):

@@ -202,7 +202,8 @@ async def run_scenario(scenario: str, seconds: float, workdir: Path) -> dict[str
         report = gw.report()
     finally:
         gw.stop()
-    return {"scenario": scenario, "clients": [r for r in results if r], "report": report}
+    clients = [r for r in results if r]
+    return {"scenario": scenario, "seconds": seconds, "clients": clients, "report": report}
 
 
 def rows(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -307,6 +308,8 @@ def reaction_note(r: dict[str, Any]) -> str:
     note = ", ".join(r["reactions"])
     if r["fault"] == "rate_limit" and r["next_request_s"] is not None:
         note += f"; asked again after {r['next_request_s']:.2f} s at the soonest"
+    if r["books"] == 0:
+        note += "; never held a book"
     if r["failed"]:
         note += f"; {r['failed']}"
     return note.replace("|", "/")
@@ -336,9 +339,16 @@ def main() -> int:
     parser.add_argument("--doc", type=Path, default=DOC, help="markdown file to update")
     parser.add_argument("--no-docs", action="store_true", help="print the table only")
     parser.add_argument("--json", type=Path, default=None, help="also write every report here")
+    parser.add_argument(
+        "--from-json", type=Path, default=None, help="tabulate a --json file again (no run)"
+    )
     args = parser.parse_args()
     scenarios = args.scenario or [*SCENARIOS, *BUILTIN]
     results = []
+    if args.from_json is not None:
+        results = json.loads(args.from_json.read_text())
+        scenarios = []
+        args.seconds = float(results[0].get("seconds", args.seconds)) if results else 0
     with tempfile.TemporaryDirectory() as tmp:
         for scenario in scenarios:
             started = time.monotonic()

@@ -26,7 +26,7 @@ seconds passed in by the caller; ``wall`` times only label the JSON.
 
 from __future__ import annotations
 
-from collections import deque
+import bisect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -184,7 +184,7 @@ class Report:
         self.storm_count = storm_count
         self.conns: dict[int, ConnRecord] = {}
         # Each client's events in time order (a client's reactions are its own).
-        self.events: dict[str, deque[ClientEvent]] = {}
+        self.events: dict[str, list[ClientEvent]] = {}
         self.faults: list[FaultRecord] = []
         self.faults_dropped = 0
         # REST faults reported before the request they answer (claimed by rest()).
@@ -399,15 +399,19 @@ class Report:
     def _log(self, ev: ClientEvent) -> None:
         log = self.events.get(ev.client)
         if log is None:
-            log = self.events[ev.client] = deque(maxlen=MAX_EVENTS)
+            log = self.events[ev.client] = []
         log.append(ev)
+        if len(log) > MAX_EVENTS + MAX_EVENTS // 4:
+            del log[: MAX_EVENTS // 4]  # the oldest quarter, at once (amortised)
 
     # -- derivation ------------------------------------------------------------------------
 
     def _client_events(self, f: FaultRecord) -> list[ClientEvent]:
         """What the fault's client did from the fault on (not the answer it spoiled)."""
         assert f.client is not None
-        return [ev for ev in self.events.get(f.client, ()) if ev.t >= f.t and ev is not f.answered]
+        log = self.events.get(f.client, [])
+        start = bisect.bisect_left(log, f.t, key=_time)
+        return [ev for ev in log[start:] if ev is not f.answered]
 
     def _connected_before(self, client: str, t: float) -> bool:
         """True if ``client`` had a connection before ``t`` (a later one reconnects)."""
@@ -695,6 +699,10 @@ class Report:
             t["never_noticed"] += bool(out.get("never_noticed"))
             t["storms"] += bool(out.get("storm"))
         return t
+
+
+def _time(ev: ClientEvent) -> float:
+    return ev.t
 
 
 def _text(value: object) -> str | None:

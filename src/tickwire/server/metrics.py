@@ -440,7 +440,7 @@ class GatewayCollector(Collector):
         if source_metrics is not None:
             yield from source_metrics()  # an ingest source's tickwire_ingest_*
         if gw.report is not None:
-            yield from report_metrics(gw.report.summary())
+            yield from report_metrics(gw.report.summary(max_age=1.0))
 
 
 def report_metrics(summary: Mapping[str, Any]) -> Iterator[Metric]:

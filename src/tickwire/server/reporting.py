@@ -65,6 +65,7 @@ class Reporter:
         self.report = report if report is not None else Report()
         #: The handshake being decided: its connection id and (path, User-Agent, name).
         self.handshake: tuple[int, tuple[str, str, str | None]] | None = None
+        self._cached: tuple[float, dict[str, Any]] | None = None
 
     # -- WebSocket connections -------------------------------------------------------------
 
@@ -182,8 +183,16 @@ class Reporter:
 
     # -- output ----------------------------------------------------------------------------------
 
-    def summary(self) -> dict[str, Any]:
-        return self.report.summary(time.monotonic())
+    def summary(self, max_age: float = 0.0) -> dict[str, Any]:
+        """The report's JSON; one derived less than ``max_age`` seconds ago will do
+        (``/metrics`` scrapes: the derivation reads every client's events)."""
+        now = time.monotonic()
+        cached = self._cached
+        if cached is not None and now - cached[0] < max_age:
+            return cached[1]
+        data = self.report.summary(now)
+        self._cached = (now, data)
+        return data
 
     def write(self) -> None:
         """Write the report's JSON to :attr:`path` (atomically: a reader never sees half)."""

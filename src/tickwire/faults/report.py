@@ -432,6 +432,7 @@ class Report:
         opens: list[float] = []
         snaps: list[float] = []
         booked: set[str | None] = set()
+        connected = False
         for ev in self.events.get(client, ()):
             if ev.t > end:
                 break
@@ -439,9 +440,11 @@ class Report:
             if ev.what == "sub" and ev.book:
                 again = ev.symbol in booked
                 booked.add(ev.symbol)
+            first = ev.what == "open" and not connected
+            connected = connected or ev.what == "open"
             if ev.t < start:
                 continue
-            if ev.what == "open":
+            if ev.what == "open" and not first:  # a client's first connection is none
                 opens.append(ev.t)
             elif (ev.what == "rest" and ev.book) or again:
                 snaps.append(ev.t)

@@ -313,7 +313,7 @@ def _publish(args: argparse.Namespace) -> int:
     if args.replay is not None and is_tardis_spec(args.replay):
         raise ConfigError(
             "publish --replay takes tickwire recordings; replay tardis.dev CSVs with "
-            "`tickwire serve --source tardis:PATH` (docs/venue-feeds-replay.md)"
+            "`tickwire serve --source tardis:PATH` (docs/venue-feeds.md)"
         )
     from .sources.venue import is_venue_spec
 

@@ -1,6 +1,6 @@
 """tardis.dev CSV datasets as a market (Sans-I/O): the reader and the book model.
 
-Three of tardis.dev's downloadable CSV layouts are read (``docs/venue-feeds-replay.md``):
+Three of tardis.dev's downloadable CSV layouts are read (``docs/venue-feeds.md``):
 
 * ``incremental_book_L2``: ``exchange,symbol,timestamp,local_timestamp,is_snapshot,
   side,price,amount`` -- absolute amounts per level (0 deletes), ``side`` ``bid`` or

@@ -69,7 +69,7 @@ class GatewayConfig:
     # tardis.dev CSVs ("tardis:PATH,PATH" or *.csv / *.csv.gz paths).
     source: str = "sim"
     replay_speed: str = "1"
-    # tardis CSVs: FILE_SYMBOL=SERVED renames (docs/venue-feeds-replay.md).
+    # tardis CSVs: FILE_SYMBOL=SERVED renames (docs/venue-feeds.md).
     replay_symbol_map: list[str] = field(default_factory=list)
     bus_prefix: str = "tickwire"
     source_timeout_s: float = 30.0

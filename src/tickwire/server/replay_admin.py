@@ -1,6 +1,6 @@
 """Replay control on the admin port: one shared clock for every client of the gateway.
 
-Routes (``docs/venue-feeds-replay.md``)::
+Routes (``docs/venue-feeds.md``)::
 
     GET  /api/v1/replay               the replay's state: data time, position, speed,
                                       paused, seeking, done, file progress, problems

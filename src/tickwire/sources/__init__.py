@@ -122,7 +122,7 @@ def make_source(config: GatewayConfig) -> Source:
     takes the ingest protocol (``docs/ingest.md``) from any process, ``-`` or
     ``ingest:PATH`` as NDJSON from standard input or a file; ``tardis:PATH[,PATH...]``
     (or paths ending in ``.csv`` / ``.csv.gz``) replays tardis.dev CSV datasets
-    (``docs/venue-feeds-replay.md``); anything else is the path of an NDJSON recording
+    (``docs/venue-feeds.md``); anything else is the path of an NDJSON recording
     (``replay:PATH`` also works). Replays play at ``replay_speed``.
 
     Raises:

@@ -5,7 +5,7 @@ a ``book_snapshot_25`` file, in any combination, for one or many symbols) are re
 streams and merged by ``local_timestamp`` (:mod:`tickwire.tardis`); the model decides
 what is served. Pacing, pause, resume, speed and seek follow one
 :class:`~tickwire.replayclock.ReplayClock` shared by every client
-(``docs/venue-feeds-replay.md``).
+(``docs/venue-feeds.md``).
 
 A seek re-reads: forward, from where the replay is; backward, from the start of the
 files. Either way the events up to the target are applied to the model only, a few
@@ -230,7 +230,7 @@ class TardisSource:
 
         problems = CounterMetricFamily(
             "tickwire_replay_problems",
-            "Data problems found in the replayed files, by kind (docs/venue-feeds-replay.md).",
+            "Data problems found in the replayed files, by kind (docs/venue-feeds.md).",
             labels=["kind"],
         )
         for kind in PROBLEMS:

@@ -548,7 +548,7 @@ class FaultManager:
             if fault.targets(conn_id, venue) and fault.draw():
                 fault.applied += 1
                 retry = float(fault.spec.params["retry_after"])
-                self.emit(conn_id, fault, {"scope": "connect", "status": 429})
+                self.emit(conn_id, fault, {"scope": "connect", "status": 429, "retry_after": retry})
                 return hooks_of(venue).rest_limited(429, retry, 0)
         return None
 
@@ -561,7 +561,7 @@ class FaultManager:
         if ban is not None and now < ban.until:
             left = ban.until - now
             until_ms = time.time_ns() // 1_000_000 + int(left * 1000)
-            self._emit_rest(None, venue, path, 418, client)
+            self._emit_rest(None, venue, path, 418, client, left)
             return hooks.rest_limited(418, left, until_ms)
         for fault in self._limits("rest", venue, now):
             if fault.spec.share < 1 and fault.rng.random() >= fault.spec.share:
@@ -577,19 +577,28 @@ class FaultManager:
                 ban.strikes = 0
                 ban.until = now + float(params["ban_seconds"])
                 until_ms = time.time_ns() // 1_000_000 + int(float(params["ban_seconds"]) * 1000)
-                self._emit_rest(fault, venue, path, 418, client)
+                self._emit_rest(fault, venue, path, 418, client, float(params["ban_seconds"]))
                 return hooks.rest_limited(418, float(params["ban_seconds"]), until_ms)
-            self._emit_rest(fault, venue, path, 429, client)
-            return hooks.rest_limited(429, float(params["retry_after"]), 0)
+            retry = float(params["retry_after"])
+            self._emit_rest(fault, venue, path, 429, client, retry)
+            return hooks.rest_limited(429, retry, 0)
         if ban is not None and not self._limits("rest", venue, now):
             ban.strikes = 0
         return None
 
     def _emit_rest(
-        self, fault: ActiveFault | None, venue: str, path: str, status: int, client: str
+        self,
+        fault: ActiveFault | None,
+        venue: str,
+        path: str,
+        status: int,
+        client: str,
+        retry_after: float,
     ) -> None:
-        detail = {"scope": "rest", "venue": venue, "path": path, "status": status}
-        detail["client"] = client
+        """Tell the listener of a refused REST request (``retry_after``: what the
+        answer's ``Retry-After`` asked the client to wait, in seconds)."""
+        detail: dict[str, object] = {"scope": "rest", "venue": venue, "path": path}
+        detail.update(status=status, client=client, retry_after=retry_after)
         if fault is not None:
             self.emit(None, fault, detail)
         elif self.listener is not None:

@@ -36,7 +36,7 @@ from typing import Protocol
 
 import msgspec
 
-from .book import Book
+from .book import Book, Level
 from .exceptions import IntegrityError
 from .protocol import BookUpdate, Ticker, Trade
 
@@ -256,6 +256,34 @@ class SymbolState:
             trades=self.trade_count,
         )
 
+    def export(
+        self, epoch: str, levels: tuple[list[Level], list[Level]] | None = None
+    ) -> StateSnapshot:
+        """This state as a :class:`StateSnapshot` in ``epoch`` (settled first).
+
+        ``levels``: the book's ``(bids, asks)`` when another object keeps the book (an
+        ingest feed leading the symbol, :class:`tickwire.ingest.SymbolFeed`).
+        """
+        if levels is None:
+            self.settle()
+            levels = self._book.bids(), self._book.asks()
+        return StateSnapshot(
+            epoch,
+            self.symbol,
+            self.book_seq,
+            self.trade_seq,
+            levels[0],
+            levels[1],
+            list(self.recent_trades),
+            self.last,
+            self.open,
+            None if self.high is None else str(self.high),
+            None if self.low is None else str(self.low),
+            str(self.volume),
+            self.trade_count,
+            self.last_ts,
+        )
+
     def load(self, snap: StateSnapshot) -> None:
         """Replace the content with ``snap`` (nothing stays deferred)."""
         self.base, self.deferred, self.leader, self.behind = None, [], None, False
@@ -320,24 +348,7 @@ class Engine:
 
     def export(self, symbol: str) -> StateSnapshot:
         """Return the complete state of ``symbol`` (the snapshot service's answer)."""
-        st = self.symbols[symbol]
-        st.settle()
-        return StateSnapshot(
-            self.epoch,
-            symbol,
-            st.book_seq,
-            st.trade_seq,
-            st.book.bids(),
-            st.book.asks(),
-            list(st.recent_trades),
-            st.last,
-            st.open,
-            None if st.high is None else str(st.high),
-            None if st.low is None else str(st.low),
-            str(st.volume),
-            st.trade_count,
-            st.last_ts,
-        )
+        return self.symbols[symbol].export(self.epoch)
 
     def restore(self, snap: StateSnapshot) -> None:
         """Replace the state of ``snap.symbol`` with ``snap`` (same objects, new content).

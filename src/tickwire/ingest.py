@@ -390,7 +390,11 @@ class PyLevels:
         if isinstance(updates, int):
             return updates
         book = self.book
-        before = [(u.side, u.price, _level(book, u.side, u.price)) for u in updates]
+        bids, asks = book._bids.levels, book._asks.levels
+        before = [
+            (u.side, u.price, (bids if u.side == "bid" else asks).get(u.price, "0"))
+            for u in updates
+        ]
         book.apply_updates(updates)
         crossed = _crossed(book)
         if crossed is not None:
@@ -446,11 +450,6 @@ class PyLevels:
     def depth(self) -> tuple[int, int]:
         """``(bids, asks)`` level counts."""
         return self.book.depth()
-
-
-def _level(book: Book, side: str, price: str) -> str:
-    levels = book._bids.levels if side == "bid" else book._asks.levels
-    return levels.get(price, "0")
 
 
 def _crossed(book: Book) -> tuple[str, str] | None:

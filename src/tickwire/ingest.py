@@ -320,7 +320,15 @@ def _positive(text: str, what: str) -> str:
 
 
 def _decimal_text(value: Decimal) -> str:
-    return canonical(format(value, "f"))
+    """The canonical text of a non-negative Decimal (an L3 level's total)."""
+    text = format(value, "f")
+    whole, _, frac = text.partition(".")
+    if frac:
+        frac = frac.rstrip("0")
+        text = f"{whole}.{frac}" if frac else whole
+    if len(whole) > 24 or len(frac) > 18 or whole[:1] == "-":
+        return canonical(text)  # out of the protocol's range: its error
+    return text
 
 
 # -- the book ----------------------------------------------------------------------------
@@ -369,18 +377,25 @@ class PyLevels:
 
     def _updates(self, changes: Sequence[Sequence[str]], ts: int) -> list[BookUpdate] | int:
         prices, qtys = _prices.get, _canonical.get
-        updates = []
-        for i, change in enumerate(changes):
+        try:
+            # The caches inlined (the common case: a price and a quantity seen before).
+            updates = [
+                BookUpdate(side, prices(p) or _price(p), qtys(q) or canonical(q), ts)  # type: ignore[arg-type]
+                for side, p, q in changes
+            ]
+            if {u.side for u in updates} <= _SIDES:
+                return updates
+        except (IngestError, TypeError, ValueError):
+            pass
+        for i, change in enumerate(changes):  # where it failed
             try:
                 side, p, q = change
-                if side != "bid" and side != "ask":
-                    return i
-                price = prices(p) or _price(p)
-                qty = qtys(q) or canonical(q)
+                _price(p), canonical(q)
             except (IngestError, TypeError, ValueError):
                 return i
-            updates.append(BookUpdate(side, price, qty, ts))  # type: ignore[arg-type]
-        return updates
+            if side not in _SIDES:
+                return i
+        raise AssertionError("unreachable: a change failed")
 
     def apply(self, changes: Sequence[Sequence[str]], ts: int, seq: int, /) -> bytes | Fault:
         """The changes applied: their ``delta`` JSON, else the fault (nothing applied)."""
@@ -450,6 +465,9 @@ class PyLevels:
     def depth(self) -> tuple[int, int]:
         """``(bids, asks)`` level counts."""
         return self.book.depth()
+
+
+_SIDES = {"bid", "ask"}
 
 
 def _crossed(book: Book) -> tuple[str, str] | None:

@@ -8,11 +8,17 @@ in alternating rounds runs the same topology with two markets:
   S1's 10 x 20,000 = 200,000/s by default; each message stamped with its send time as
   ``ts``) -> ``tickwire publish --ingest`` (the leading engine) -> NATS ->
   ``tickwire serve --source nats://`` (a relaying gateway);
+* ``direct``: the same feeder -> ``tickwire serve --source ingest+nats://`` (one gateway
+  takes the protocol itself: no leader, two hops fewer);
 * ``sim``: ``tickwire publish --symbols N --rate R`` (the embedded simulator, the
   same rate) -> NATS -> the same gateway;
 
-and ``tickwire bench`` reads it with ``--conns`` connections (S1: 100, one ``book.SYMi``
-channel each), checking every seq chain. Latency is the client's receive time minus each
+and a load client reads it with ``--conns`` connections (S1: 100, one ``book.SYMi``
+channel each): peerbench's C ``loadclient`` when it is built (``$LOADCLIENT``, else
+``../shared/peerbench/loadclient``; what ``docs/benchmarks.md``'s S1 tables use), else
+``tickwire bench`` (Python, checks every seq chain; on a 2-core box it cannot read S1's
+2,000,000 updates/s beside everything else, so its latency is then its own backlog).
+Latency is the client's receive time minus each
 update's ``ts``: for ``ingest`` the source's event time, so it is source-to-client (the
 feeder, NATS twice, the leader, the gateway, the client). Also the publisher's and the
 gateway's CPU over the measured window (% of one core). Prints one line per round and a
@@ -36,6 +42,12 @@ import time
 from typing import Any
 
 TICK = os.sysconf("SC_CLK_TCK")
+LOADCLIENT = os.environ.get(
+    "LOADCLIENT",
+    os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "peerbench", "loadclient"
+    ),
+)
 
 
 def free_port() -> int:
@@ -139,12 +151,17 @@ def round_(mode: str, url: str, a: argparse.Namespace) -> dict[str, Any]:
     symbols = [f"SYM{i}" for i in range(a.symbols)]
     procs: list[subprocess.Popen[str]] = []
     try:
-        if mode == "ingest":
+        source = ["--source", url]
+        if mode in ("ingest", "direct"):
             feeder = subprocess.Popen(
                 [sys.executable, __file__, "--feed", url, "--symbols", str(a.symbols)]
                 + ["--rate", str(a.rate), "--bundle", str(a.bundle)]
             )
             procs.append(feeder)
+        if mode == "direct":
+            pub = feeder  # no publisher: its CPU column is the feeder's
+            source = ["--source", f"ingest+{url}", "--symbols", str(a.symbols)]
+        elif mode == "ingest":
             pub, _ = start(
                 ["publish", "--nats", url, "--ingest", url, "--symbols", ",".join(symbols)],
                 r"publishing",
@@ -154,24 +171,40 @@ def round_(mode: str, url: str, a: argparse.Namespace) -> dict[str, Any]:
                 ["publish", "--nats", url, "--symbols", str(a.symbols), "--rate", str(a.rate)],
                 r"publishing",
             )
-        procs.append(pub)
+        if pub not in procs:
+            procs.append(pub)
         time.sleep(1.0)
         gw, m = start(
-            ["serve", "--port", "0", "--source", url, "--admin-port", "off"],
+            ["serve", "--port", "0", *source, "--admin-port", "off"],
             r"on ws://127\.0\.0\.1:(\d+)/ws",
         )
         procs.append(gw)
-        cmd = [sys.executable, "-m", "tickwire", "bench", f"ws://127.0.0.1:{m.group(1)}/ws"]
-        cmd += ["--conns", str(a.conns), "--symbols", str(a.symbols), "--json", "--no-progress"]
-        cmd += ["--duration", str(a.duration), "--warmup", str(a.warmup)]
-        bench = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        if a.client == "loadclient":
+            sub = '{"op":"subscribe","channels":["book.SYM{i}"]}'
+            cmd = [LOADCLIENT, "-p", m.group(1), "-P", "/ws", "-n", str(a.conns)]
+            cmd += ["-k", str(a.symbols), "-m", sub, "-d", str(a.duration), "-w", str(a.warmup)]
+            cmd += ["-c", "5", "-i", "64", "-l", mode]
+        else:
+            cmd = [sys.executable, "-m", "tickwire", "bench", f"ws://127.0.0.1:{m.group(1)}/ws"]
+            cmd += ["--conns", str(a.conns), "--symbols", str(a.symbols), "--json"]
+            cmd += ["--no-progress", "--duration", str(a.duration), "--warmup", str(a.warmup)]
+        bench = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         time.sleep(a.warmup + 0.5)
         cpu0 = {"pub": cpu_seconds(pub.pid), "gw": cpu_seconds(gw.pid)}
         t0 = time.monotonic()
         out, _ = bench.communicate(timeout=a.duration + a.warmup + 60)
         dt = time.monotonic() - t0
         cpu = {k: 100 * (cpu_seconds(p.pid) - cpu0[k]) / dt for k, p in (("pub", pub), ("gw", gw))}
-        result = json.loads(out)
+        result = json.loads(out.strip().splitlines()[-1])
+        if a.client == "loadclient":  # as tickwire bench reports it
+            result = {
+                "latency_ms": {
+                    k: result[f"{k}_us"] / 1000 for k in ("p50", "p90", "p99", "p999", "max")
+                },
+                "deliveries_per_s": result["updates_per_s"],
+                "gaps": "n/a",
+                "client_bound": result["client_cpu_pct"] > 95,
+            }
         return {"mode": mode, "cpu": cpu, **result}
     finally:
         for proc in reversed(procs):
@@ -194,6 +227,12 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=8.0)
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--modes", default="ingest,direct,sim", help="in this order, each round")
+    p.add_argument(
+        "--client",
+        choices=("loadclient", "tickwire"),
+        default="loadclient" if os.access(LOADCLIENT, os.X_OK) else "tickwire",
+    )
     p.add_argument("--feed", metavar="URL", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.feed:
@@ -210,14 +249,14 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     try:
         for r in range(a.rounds):
-            for mode in ("ingest", "sim"):
+            for mode in a.modes.split(","):
                 row = round_(mode, url, a)
                 rows.append(row)
                 lat = row["latency_ms"]
                 print(
                     f"round {r + 1} {mode:6s}: {row['deliveries_per_s']:>10,.0f} updates/s "
-                    f"delivered, latency p50 {lat['p50']} ms p99 {lat['p99']} ms max "
-                    f"{lat['max']} ms; publisher {row['cpu']['pub']:.1f}% gateway "
+                    f"delivered, latency p50 {lat['p50']:.2f} ms p99 {lat['p99']:.2f} ms max "
+                    f"{lat['max']:.2f} ms; publisher {row['cpu']['pub']:.1f}% gateway "
                     f"{row['cpu']['gw']:.1f}% of a core; gaps {row['gaps']}, "
                     f"client bound {row['client_bound']}",
                     flush=True,
@@ -227,9 +266,9 @@ def main() -> None:
         nats.wait(10)
     print(
         f"\nsummary: {a.symbols} symbols x {a.rate:,.0f} changes/s, {a.conns} connections, "
-        f"ingest bundles of {a.bundle}, {a.rounds} rounds (medians, range):"
+        f"ingest bundles of {a.bundle}, {a.rounds} rounds, client {a.client} (medians, range):"
     )
-    for mode in ("ingest", "sim"):
+    for mode in a.modes.split(","):
         got = [r for r in rows if r["mode"] == mode]
 
         def med(key: Any, got: list[dict[str, Any]] = got) -> str:
@@ -243,15 +282,14 @@ def main() -> None:
         )
     ing = [r for r in rows if r["mode"] == "ingest"]
     sim = [r for r in rows if r["mode"] == "sim"]
-    p99 = [
-        i["latency_ms"]["p99"] / max(s["latency_ms"]["p99"], 1e-9)
-        for i, s in zip(ing, sim, strict=True)
-    ]
-    pub = [i["cpu"]["pub"] / max(s["cpu"]["pub"], 1e-9) for i, s in zip(ing, sim, strict=True)]
-    print(
-        f"  ingest / sim: p99 {statistics.median(p99):.2f}x ({min(p99):.2f}-{max(p99):.2f}), "
-        f"publisher CPU {statistics.median(pub):.2f}x ({min(pub):.2f}-{max(pub):.2f})"
-    )
+    if ing and sim:
+        pairs = list(zip(ing, sim, strict=True))
+        p99 = [i["latency_ms"]["p99"] / max(s["latency_ms"]["p99"], 1e-9) for i, s in pairs]
+        pub = [i["cpu"]["pub"] / max(s["cpu"]["pub"], 1e-9) for i, s in pairs]
+        print(
+            f"  ingest / sim: p99 {statistics.median(p99):.2f}x ({min(p99):.2f}-{max(p99):.2f}), "
+            f"publisher CPU {statistics.median(pub):.2f}x ({min(pub):.2f}-{max(pub):.2f})"
+        )
 
 
 if __name__ == "__main__":

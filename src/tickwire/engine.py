@@ -122,6 +122,8 @@ class StateSnapshot(msgspec.Struct, frozen=True):
     volume: str = "0"
     trade_count: int = 0
     last_ts: int = 0
+    #: The trading status its source reported (None: none; docs/ingest.md).
+    status: str | None = None
 
 
 class SymbolState:
@@ -150,6 +152,7 @@ class SymbolState:
         "leader",
         "live",
         "behind",
+        "status",
     )
 
     def __init__(self, symbol: str) -> None:
@@ -179,6 +182,8 @@ class SymbolState:
         # The last batch deferred (its leader ticker is the state's; None: none).
         self.leader: LeaderBatch | None = None
         self.behind = False
+        #: The trading status the source reported (None: none), carried by tickers.
+        self.status: str | None = None
 
     @property
     def book(self) -> Book:
@@ -235,7 +240,9 @@ class SymbolState:
         if (self.deferred or self.base is not None or self.behind) and self.leader is not None:
             ticker = self.leader.leader_ticker()
             if ticker is not None:
-                return msgspec.structs.replace(ticker, ch=ch, seq=seq, prev_seq=prev_seq)
+                return msgspec.structs.replace(
+                    ticker, ch=ch, seq=seq, prev_seq=prev_seq, status=self.status
+                )
         book = self.book
         bid = book.best_bid()
         ask = book.best_ask()
@@ -254,6 +261,7 @@ class SymbolState:
             low=str(self.low) if self.low is not None else None,
             volume=str(self.volume),
             trades=self.trade_count,
+            status=self.status,
         )
 
     def export(
@@ -282,6 +290,7 @@ class SymbolState:
             str(self.volume),
             self.trade_count,
             self.last_ts,
+            self.status,
         )
 
     def load(self, snap: StateSnapshot) -> None:
@@ -299,6 +308,7 @@ class SymbolState:
         self.volume = Decimal(snap.volume)
         self.trade_count = snap.trade_count
         self.last_ts = snap.last_ts
+        self.status = snap.status
 
     def number_trades(self, trades: Iterable[RawTrade]) -> list[Trade]:
         """Number raw ``(price, qty, side, ts)`` trades and update the statistics."""
@@ -415,4 +425,5 @@ class Engine:
             return False
         state.base = snap
         state.deferred = []
+        state.status = snap.status
         return True

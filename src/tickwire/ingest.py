@@ -20,9 +20,11 @@ that decides what may be served:
 
 Nothing here touches a socket or a clock: the I/O layer (:mod:`tickwire.sources.ingest`)
 passes ``now`` and applies :attr:`IngestFeed.out` to its sink in order: a
-:class:`Publish` is an engine batch, :class:`Invalidate` makes the symbol stale
+:class:`Publish` is an engine batch (numbered and encoded: the feed leads the symbol's
+engine state, and the sink relays it), :class:`Invalidate` makes the symbol stale
 (``Hub.invalidate``: clients get nothing until it recovers), :class:`Load` loads a
-complete book (``Hub.restore``: every client gets a fresh snapshot).
+complete book (``Hub.restore``: every client gets a fresh snapshot), and
+:class:`StatusChange` passes on the source's trading status (tickers carry it).
 
 States of a symbol::
 
@@ -78,6 +80,7 @@ __all__ = [
     "PyLevels",
     "SourceHeartbeat",
     "Status",
+    "StatusChange",
     "SymbolFeed",
     "canonical",
     "decode",
@@ -542,7 +545,9 @@ class Publish:
         trades: list[tuple[str, str, str, int]],
         ts: int,
         top: tuple[str | None, str | None, str | None, str | None],
-        stats: tuple[str | None, str | None, Decimal | None, Decimal | None, Decimal, int, int],
+        stats: tuple[
+            str | None, str | None, Decimal | None, Decimal | None, Decimal, int, int, str | None
+        ],
     ) -> None:
         self.symbol = symbol
         self.prev_book = prev_book
@@ -581,7 +586,7 @@ class Publish:
     def leader_ticker(self) -> Ticker:
         """The symbol's ticker right after this batch (``ch`` empty, seqs 0)."""
         bid, bid_qty, ask, ask_qty = self._top
-        last, open_, high, low, volume, count, ts = self._stats
+        last, open_, high, low, volume, count, ts, status = self._stats
         return Ticker(
             "",
             0,
@@ -597,6 +602,7 @@ class Publish:
             low=None if low is None else str(low),
             volume=str(volume),
             trades=count,
+            status=status,
         )
 
 
@@ -606,6 +612,14 @@ class Invalidate:
 
     symbol: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """``symbol``'s trading status, as the source reported it (tickers carry it)."""
+
+    symbol: str
+    status: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -627,7 +641,7 @@ class Load:
         return self.state.asks
 
 
-Action = Publish | Invalidate | Load
+Action = Publish | Invalidate | Load | StatusChange
 
 
 # -- one symbol --------------------------------------------------------------------------
@@ -915,6 +929,7 @@ class SymbolFeed:
                 leader.volume,
                 leader.trade_count,
                 leader.last_ts,
+                leader.status,
             ),
         )
 
@@ -1132,6 +1147,10 @@ class IngestFeed:
             if msg.status != feed.status:
                 log.warning("ingest %s: status %s -> %s", feed.symbol, feed.status, msg.status)
                 feed.status = msg.status
+            if feed.leader.status != msg.status:
+                feed.leader.status = msg.status
+                if feed.kind is not None:  # loaded: served (else the load carries it)
+                    self.out.append(StatusChange(feed.symbol, msg.status))
 
     def _reject(self, symbol: str, exc: IngestError, now: float, stale: bool = True) -> None:
         self.rejected[exc.reason] += 1

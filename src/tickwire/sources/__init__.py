@@ -76,6 +76,9 @@ class Sink(Protocol):
     def add_symbol(self, symbol: str) -> None:
         """Start serving a symbol found at run time; it is stale until restored."""
 
+    def status(self, symbol: str, status: str) -> None:
+        """The source reported ``symbol``'s trading status (tickers carry it)."""
+
 
 class Source(Protocol):
     """A market source driven by the tick loop (see the module docstring)."""

@@ -36,7 +36,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from ..engine import StateSnapshot
 from ..exceptions import IntegrityError
-from ..ingest import REASONS, IngestFeed, Invalidate, Load, Message, Publish
+from ..ingest import REASONS, IngestFeed, Invalidate, Load, Message, Publish, StatusChange
 from . import Batch, Sink
 from .nats import connect
 
@@ -154,6 +154,9 @@ class _FeedSource:
                 self._relay(sink, run, now)
             if isinstance(action, Invalidate):
                 sink.invalidate(symbol)
+            elif isinstance(action, StatusChange):
+                if symbol in sink.engine.symbols:
+                    sink.status(symbol, action.status)
             else:
                 self._load(sink, action)
         for run in runs.values():

@@ -322,6 +322,29 @@ def _positive(text: str, what: str) -> str:
     return qty
 
 
+_sizes: dict[str, tuple[Decimal, str]] = {}
+_ZERO = Decimal(0)
+
+
+def _size(text: str, what: str | None) -> tuple[Decimal, str]:
+    """An order quantity as ``(Decimal, canonical text)``, cached when it is not zero
+    (a cached one is positive); ``what`` names a quantity that must be positive.
+
+    Raises:
+        IngestError: as :func:`canonical`, or ``negative`` for a zero ``what``.
+    """
+    found = _sizes.get(text)
+    if found is not None:
+        return found
+    canon = canonical(text) if what is None else _positive(text, what)
+    size = (Decimal(canon), canon)
+    if canon != "0":
+        if len(_sizes) > 200_000:
+            _sizes.clear()
+        _sizes[text] = size
+    return size
+
+
 def _decimal_text(value: Decimal) -> str:
     """The canonical text of a non-negative Decimal (an L3 level's total)."""
     text = format(value, "f")
@@ -935,13 +958,13 @@ class SymbolFeed:
 
     def _l3(self, msg: OrderEvents) -> Publish | None:
         ts = msg.ts
-        orders, levels = self.orders, self.totals
+        orders, levels, sizes = self.orders, self.totals, _sizes
         touched: dict[tuple[str, str], None] = {}
         trades: list[tuple[str, str, str, int]] = []
 
         def move(side: str, price: str, delta: Decimal) -> None:
             key = (side, price)
-            total = levels.get(key, Decimal(0)) + delta
+            total = levels.get(key, _ZERO) + delta
             if total:
                 levels[key] = total
             else:
@@ -952,8 +975,8 @@ class SymbolFeed:
             if isinstance(ev, Add):
                 if ev.id in orders:
                     raise IngestError("order", f"add of order {ev.id[:40]!r}, already resting")
-                price = _price(ev.price)
-                size = Decimal(_positive(ev.qty, "add"))
+                price = _prices.get(ev.price) or _price(ev.price)
+                size = (sizes.get(ev.qty) or _size(ev.qty, "add"))[0]
                 orders[ev.id] = _Order(ev.side, price, size)
                 move(ev.side, price, size)
                 continue
@@ -965,7 +988,7 @@ class SymbolFeed:
                 del orders[ev.id]
                 move(order.side, order.price, -order.qty)
             elif isinstance(ev, Modify):
-                size = Decimal(canonical(ev.qty))
+                size = (sizes.get(ev.qty) or _size(ev.qty, None))[0]
                 price = order.price if ev.price is None else _price(ev.price)
                 move(order.side, order.price, -order.qty)
                 if size:
@@ -974,7 +997,7 @@ class SymbolFeed:
                 else:
                     del orders[ev.id]
             else:
-                size = Decimal(_positive(ev.qty, "execute"))
+                size, text = sizes.get(ev.qty) or _size(ev.qty, "execute")
                 if size > order.qty:
                     raise IngestError(
                         "order",
@@ -987,7 +1010,7 @@ class SymbolFeed:
                 if not order.qty:
                     del orders[ev.id]
                 taker = "sell" if order.side == "bid" else "buy"
-                trades.append((price, _decimal_text(size), taker, ts))
+                trades.append((price, text, taker, ts))
         changes = [
             (side, price, _decimal_text(levels[(side, price)]) if (side, price) in levels else "0")
             for side, price in touched

@@ -9,6 +9,8 @@ SYMBOLS ?= BTC-USD,ETH-USD,SOL-USD
 RATE   ?= 200
 ADMIN_PORT ?= 8766
 CHROMIUM ?= /usr/bin/chromium
+# pytest-xdist workers for `make test` (the tests mostly wait on servers and sockets).
+TEST_PROCS ?= 2
 
 .PHONY: install run test lint typecheck format bench coverage clean browser nats interop config-docs node-example
 
@@ -60,7 +62,7 @@ format: install
 	$(VENV)/bin/ruff check --fix src tests bench examples
 
 test: lint typecheck browser nats interop node-example
-	TICKWIRE_INTEROP_VENV=$(abspath $(INTEROP)) $(PY) -m pytest -q -ra
+	TICKWIRE_INTEROP_VENV=$(abspath $(INTEROP)) $(PY) -m pytest -q -ra -n $(TEST_PROCS)
 
 # The scale-out tests (tests/test_nats.py, test_workers.py) start and stop a real
 # nats-server themselves, on a free port; install Debian's nats-server when missing.

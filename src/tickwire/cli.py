@@ -113,6 +113,14 @@ def _symbols(spec: list[str] | None, source: str) -> list[str]:
         return parse_symbols(",".join(spec))
     if source == "-" or source.startswith(("nats://", "tls://", "ingest+", "ingest:")):
         return []
+    from .sources.venue import is_venue_spec
+
+    if is_venue_spec(source):
+        raise ConfigError(f"--source {source}: name the symbols to follow with --symbols")
+    from .tardis import is_tardis_spec
+
+    if is_tardis_spec(source):
+        return []  # the files' own symbols, found as they are read
     if source != "sim" and not source.startswith(("nats://", "tls://")):
         from .sources.replay import read_recording
 
@@ -150,6 +158,7 @@ def _gateway_config(args: argparse.Namespace) -> GatewayConfig:
         max_seconds=args.max_seconds,
         stats_path=args.stats_file,
         test_faults=args.test_faults,
+        faults_file=args.faults,
         high_watermark_bytes=int(args.high_watermark_kb * 1024),
         low_watermark_bytes=int(args.low_watermark_kb * 1024),
         max_buffer_bytes=int(args.max_buffer_kb * 1024),
@@ -161,9 +170,12 @@ def _gateway_config(args: argparse.Namespace) -> GatewayConfig:
         admin_optional=admin_optional,
         source=args.source,
         replay_speed=args.replay_speed,
+        replay_symbol_map=list(args.replay_symbol_map),
         bus_prefix=args.bus_prefix,
         source_timeout_s=args.source_timeout,
         ingest_silent_s=args.ingest_silent_after,
+        venue_rest=args.venue_rest,
+        venue_depth=args.venue_depth,
         resume_wait_s=args.resume_wait,
         reuse_port=args.reuse_port,
         deflate=args.deflate,
@@ -289,7 +301,38 @@ def _publish(args: argparse.Namespace) -> int:
     from .publisher import Publisher
 
     source_spec = "sim" if args.replay is None else args.replay
-    if args.ingest is not None:
+    from .tardis import is_tardis_spec
+
+    if args.replay is not None and is_tardis_spec(args.replay):
+        raise ConfigError(
+            "publish --replay takes tickwire recordings; replay tardis.dev CSVs with "
+            "`tickwire serve --source tardis:PATH` (docs/venue-feeds.md)"
+        )
+    from .sources.venue import is_venue_spec
+
+    venue = is_venue_spec(args.source)
+    if args.source != "sim" and not venue:
+        raise ConfigError(
+            "publish --source takes a venue feed (binance+wss://, okx+wss://, kraken+wss://...); "
+            "a recording is --replay FILE, the ingest protocol --ingest nats://..."
+        )
+    if venue:
+        if args.replay is not None or args.ingest is not None:
+            raise ConfigError("--source, --replay and --ingest are three sources: give one")
+        if not args.symbols:
+            raise ConfigError(f"--source {args.source}: name the symbols to follow with --symbols")
+        from .sources.venue import VenueSource
+
+        symbols = parse_symbols(",".join(args.symbols))
+        source: Any = VenueSource(
+            args.source,
+            symbols,
+            rest=args.venue_rest,
+            depth=args.venue_depth,
+            timeout=args.source_timeout,
+        )
+        feed = f"from {args.source} "
+    elif args.ingest is not None:
         if args.replay is not None:
             raise ConfigError("--ingest and --replay are two sources: give one")
         symbols, source = _ingest_source(args)
@@ -306,7 +349,8 @@ def _publish(args: argparse.Namespace) -> int:
         max_seconds=args.max_seconds,
         metrics_port=args.metrics_port,
     )
-    feed = f"from {args.ingest} " if args.ingest is not None else ""
+    if not venue:
+        feed = f"from {args.ingest} " if args.ingest is not None else ""
 
     def ready(pub: Publisher) -> None:
         print(
@@ -350,6 +394,31 @@ def _record(args: argparse.Namespace) -> int:
         raise ConfigError(f"--kinds must name some of {','.join(CHANNEL_KINDS)}")
     if args.duration < 0:
         raise ConfigError("--duration must be >= 0")
+    from .sources.venue import is_venue_spec
+
+    if is_venue_spec(args.source):
+        from .record import record_venue
+
+        if not args.symbols:
+            raise ConfigError(f"--source {args.source}: name the symbols to record with --symbols")
+        symbols = parse_symbols(",".join(args.symbols))
+        uvloop.run(
+            record_venue(
+                args.source,
+                args.out,
+                symbols,
+                rest=args.venue_rest,
+                depth=args.venue_depth,
+                duration=args.duration,
+                book_wait=args.source_timeout,
+            )
+        )
+        return 0
+    if args.url is None:
+        raise ConfigError(
+            "tickwire record needs the gateway's URL (ws://HOST:PORT/ws), or a venue feed "
+            "with --source binance+wss://..., okx+wss://... or kraken+wss://..."
+        )
     symbols = parse_symbols(",".join(args.symbols or [DEFAULT_SYMBOLS]))
     uvloop.run(record(args.url, args.out, symbols, kinds=kinds, duration=args.duration))
     return 0

@@ -17,9 +17,16 @@ The tree::
     │   └── ChecksumMismatch                the book's CRC32 differs after applying
     ├── IngestError (Sans-I/O)              a market source's ingest message is rejected
     │                                        (``reason``: gap, crossed, decimal, ...)
+    ├── DataError (Sans-I/O, ValueError)    a row of a recorded market-data file (a
+    │                                        tardis.dev CSV) is malformed: names the
+    │                                        file and the line
+    ├── ReplayControlError (ValueError)     a replay control request (pause, resume,
+    │                                        seek, speed) cannot be done
     ├── ConnectionClosed                    the WebSocket link ended (client side)
     └── ConfigError (ValueError)            a setting (flag, environment variable, file
-                                             key) or constructor option is invalid
+        │                                    key) or constructor option is invalid
+        └── ScenarioError (Sans-I/O)        a fault scenario (TOML file or one fault of
+                                             the admin API) is invalid; names the line
 
 "Sans-I/O" classes are raised by the core modules (``protocol``, ``book``, ``hub``)
 without any socket involved. Remote errors (the peer misbehaved) are ``ProtocolError``;
@@ -34,11 +41,14 @@ __all__ = [
     "ChecksumMismatch",
     "ConfigError",
     "ConnectionClosed",
+    "DataError",
     "IngestError",
     "IntegrityError",
     "MessageTooBig",
     "ProtocolError",
+    "ReplayControlError",
     "RequestError",
+    "ScenarioError",
     "SequenceGap",
     "TickwireError",
 ]
@@ -145,3 +155,41 @@ class IngestError(TickwireError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class DataError(TickwireError, ValueError):
+    """A row of a recorded market-data file is malformed (Sans-I/O, :mod:`tickwire.tardis`).
+
+    ``path`` and ``line`` (1-based, the header is line 1) say where, ``detail`` what.
+    A replay skips the row, logs the first of each kind per file and counts them all.
+    """
+
+    def __init__(self, path: str, line: int, detail: str) -> None:
+        super().__init__(f"{path}:{line}: {detail}")
+        self.path = path
+        self.line = line
+        self.detail = detail
+
+
+class ReplayControlError(TickwireError, ValueError):
+    """A replay control request cannot be done: a malformed time or speed, or a
+    gateway whose source is not a replay. The admin API answers ``status`` (400, 409)
+    with the message."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class ScenarioError(ConfigError):
+    """A fault scenario or one fault is invalid (Sans-I/O, :mod:`tickwire.faults`).
+
+    The message names the file and line (``scenario.toml:12: ...``) when the fault came
+    from a file, and the key and what is expected; :attr:`line` is that line (0: none,
+    e.g. a fault posted to the admin API).
+    """
+
+    def __init__(self, message: str, line: int = 0) -> None:
+        super().__init__(message)
+        self.line = line

@@ -110,7 +110,7 @@ SECTIONS = (
             "needs a restart (keys and certificates are loaded at start)"),
     Section("admin", "admin listener, logs and lifetime", "docs/operations.md",
             "needs a restart (set up at start)"),
-    Section("faults", "fault injection (tests only)", "docs/protocol.md"),
+    Section("faults", "fault injection (tests only)", "docs/connectivity-testing.md"),
     Section("dialects", "exchange dialects", "docs/dialects.md"),
     Section("record", "tickwire record", "docs/scaling.md",
             "applies to the next tickwire record"),
@@ -260,6 +260,14 @@ def _replay_speed(value: Any) -> str | None:
     return None
 
 
+def _symbol_map(value: Any) -> str | None:
+    for item in value:
+        raw, eq, served = str(item).partition("=")
+        if not eq or not raw.strip() or not served.strip():
+            return f"FILE_SYMBOL=SERVED pairs; {item!r} is not one"
+    return None
+
+
 def _networks(value: Any) -> str | None:
     for spec in value:
         try:
@@ -307,7 +315,9 @@ SETTINGS: tuple[Setting, ...] = (
     S("listen", "deflate", "bool", False, "accept permessage-deflate from clients that offer it (off: market data is CPU-bound; JSON and msgpack are always available by subprotocol)", reload=True),
     S("listen", "deflate_level", "int", 1, "zlib level of compressed frames (1: the fastest)", low=1, high=9, metavar="1..9", restart="needs a restart (the hub's compressors are made at start)"),
     # [market]
-    S("market", "source", "str", "sim", "sim (embedded simulator), nats://HOST:PORT (follow `tickwire publish`), ingest+nats://HOST:PORT or ingest:FILE or - (the ingest protocol, docs/ingest.md), or an NDJSON recording to replay", sample="nats://127.0.0.1:4222"),
+    S("market", "source", "str", "sim", "sim (embedded simulator), nats://HOST:PORT (follow `tickwire publish`), ingest+nats://HOST:PORT or ingest:FILE or - (the ingest protocol, docs/ingest.md), binance+wss://, okx+wss:// or kraken+wss://HOST/PATH (a venue's public feed, docs/venue-feeds.md; record: record it; publish: publish it to NATS, the only --source publish takes), an NDJSON recording to replay, or tardis.dev CSVs to replay: tardis:PATH[,PATH...] or paths ending in .csv/.csv.gz (docs/venue-feeds.md)", commands=("serve", "record", "publish"), sample="nats://127.0.0.1:4222"),
+    S("market", "venue_rest", "str", None, "a venue source's REST base, for Binance's depth snapshots (https://api.binance.com, or a gateway's http://HOST:ADMIN_PORT/binance)", commands=("serve", "record", "publish"), sample="https://api.binance.com"),
+    S("market", "venue_depth", "int", 0, "a Kraken source's book depth: 10, 25, 100, 500 or 1000 (0: 100)", commands=("serve", "record", "publish"), low=0),
     S("market", "nats", "str", None, "publish: the NATS URL to publish to, e.g. nats://127.0.0.1:4222", commands=("publish",), required=("publish",), sample="nats://127.0.0.1:4222"),
     S("market", "replay", "str", None, "publish: this NDJSON recording instead of the simulator", commands=("publish",), sample="recording.ndjson"),
     S("market", "symbols", "list", None, "comma-separated symbols, or a count N for SYM0..SYM{N-1} (default BTC-USD,ETH-USD,SOL-USD; a replay: the recording's)", commands=_ALL, check=_symbols, sample=["BTC-USD", "ETH-USD"]),
@@ -315,11 +325,12 @@ SETTINGS: tuple[Setting, ...] = (
     S("market", "seed", "int", 1, "simulator seed (deterministic flow)", commands=_SP),
     S("market", "market_core", "str", "auto", "the implementation of the simulator and of the ingest book: c (compiled: the same messages at a fraction of the CPU), python, or auto (c when built and usable)", commands=_SP, choices=("auto", "c", "python")),
     S("market", "replay_speed", "spec", "1", "replay pace: 1 = as recorded, x10 = ten times faster, max = as fast as possible", commands=_SP, check=_replay_speed, sample="x10"),
+    S("market", "replay_symbol_map", "list", [], "tardis CSV replay: serve a file's symbol under another name, FILE_SYMBOL=SERVED pairs (e.g. BTCUSDT=BTC-USDT)", commands=("serve",), check=_symbol_map, sample=["BTCUSDT=BTC-USDT"]),
     S("market", "bus_prefix", "str", "tickwire", "NATS subject prefix", commands=_SP),
     S("market", "ingest", "str", None, "publish: take the market from any process publishing the ingest protocol on this NATS (nats://HOST:PORT) instead of the simulator; --symbols (optional) limits the symbols accepted", commands=("publish",), sample="nats://127.0.0.1:4222"),
     S("market", "ingest_prefix", "str", None, "publish: subject prefix of PREFIX.ingest.<SYMBOL> (default: --bus-prefix)", commands=("publish",), sample="tickwire"),
     S("market", "ingest_silent_after", "float", 5.0, "ingest: seconds without a message after which a symbol's source is reported silent (log, metric, stats)", commands=_SP, low=0),
-    S("market", "source_timeout", "float", 30.0, "seconds to wait at start for the bus and every book", low=0),
+    S("market", "source_timeout", "float", 30.0, "seconds to wait at start for the bus and every book", commands=("serve", "record", "publish"), low=0),
     S("market", "resume_wait", "float", 1.0, "with a bus: seconds a resume ahead of this gateway waits for it to catch up", low=0),
     S("market", "burst_every", "float", 0.0, "seconds between automatic bursts of the simulator (0: none)", commands=_SP, low=0),
     S("market", "burst_factor", "float", 10.0, "rate multiplier in a burst", commands=_SP, low=0),
@@ -369,10 +380,11 @@ SETTINGS: tuple[Setting, ...] = (
     S("admin", "metrics_port", "int", None, "publish: serve Prometheus metrics (tickwire_ingest_*, tickwire_publisher_*) on this port", commands=("publish",), low=0, high=65535, sample=9101),
     S("admin", "max_seconds", "float", 0.0, "exit by itself after this many seconds (0: run until signalled)", commands=_SP, low=0),
     # [faults]
-    S("faults", "enabled", "bool", False, "accept {'op':'fault'} requests that corrupt the stream (tests only)", flag="--test-faults", reload=True),
+    S("faults", "enabled", "bool", False, "accept {'op':'fault'} requests that corrupt the stream, and faults posted to the admin API's /api/v1/faults (tests only)", flag="--test-faults", reload=True),
+    S("faults", "file", "str", None, "scenario of scripted venue-level faults (TOML, docs/connectivity-testing.md), checked at start and read again on SIGHUP; also enables the admin API's /api/v1/faults", flag="--faults", reload=True, sample="scenarios/gap-storm.toml"),
     # [dialects]: none yet.
     # [record]
-    S("record", "url", "str", None, "gateway WebSocket URL, e.g. ws://127.0.0.1:8765/ws", commands=("record",), positional=True, required=("record",), sample="ws://127.0.0.1:8765/ws"),
+    S("record", "url", "str", None, "gateway WebSocket URL, e.g. ws://127.0.0.1:8765/ws (or record a venue with --source binance+wss://...)", commands=("record",), positional=True, sample="ws://127.0.0.1:8765/ws"),
     S("record", "out", "str", None, "NDJSON file to write", commands=("record",), required=("record",), sample="out.ndjson"),
     S("record", "kinds", "list", list(CHANNEL_KINDS), "channel kinds to record, comma-separated", commands=("record",), choices=CHANNEL_KINDS, sample=["book"]),
     S("record", "duration", "float", 0.0, "seconds to record (0: until Ctrl-C)", commands=("record",), low=0),

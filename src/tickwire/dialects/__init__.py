@@ -25,6 +25,7 @@ __all__ = [
     "Market",
     "Markets",
     "Session",
+    "fault_hooks",
     "open_session",
     "rest",
 ]
@@ -77,3 +78,12 @@ def rest(view: MarketView, venue: str, path: str, params: Mapping[str, str]) -> 
     if venue == "kraken":
         return kraken.rest(view, path, params)
     return binance.rest(view, path, params)
+
+
+def fault_hooks(venue: str) -> binance.FaultHooks | okx.FaultHooks | kraken.FaultHooks:
+    """The fault engine's hook for ``venue`` (:class:`tickwire.faults.wire.ProtocolHooks`)."""
+    if venue == "okx":
+        return okx.FAULT_HOOKS
+    if venue == "kraken":
+        return kraken.FAULT_HOOKS
+    return binance.FAULT_HOOKS

@@ -28,11 +28,13 @@ WebSocket, ``{"code":-1121,"msg":"Invalid symbol."}`` with HTTP 400 on REST.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
 
+from ..book import Book
 from ..framing import text_frame
 from ..protocol import Ticker, Trade
 from .candles import INTERVALS, Candle, Candles, ms, now_ms, rolling_stats
@@ -49,7 +51,7 @@ from .feed import (
 from .markets import Market, Markets
 from .rest import MarketView, RestError, RestResponse, Route, answer, int_param, precision, step
 
-__all__ = ["BinanceSession", "open_session", "parse_stream", "rest"]
+__all__ = ["FAULT_HOOKS", "BinanceSession", "open_session", "parse_stream", "rest"]
 
 _json = msgspec.json.Encoder()
 _decode = msgspec.json.Decoder(dict[str, Any])
@@ -781,3 +783,58 @@ def rest(view: MarketView, path: str, params: Mapping[str, str]) -> RestResponse
         params,
         _json.encode({"code": -1000, "msg": f"Unknown path {path[:64]}."}),
     )
+
+
+# -- fault hooks (tickwire.faults): how the fault engine sees Binance's messages ---------
+
+_DEPTH_S = re.compile(rb'"s":"([^"]+)"')
+_DEPTH_U = re.compile(rb'"u":(\d+)')
+
+
+class FaultHooks:
+    """Binance's book messages (``depthUpdate``), notice and REST limit (see
+    ``docs/connectivity-testing.md``). No checksum, no heartbeat, no in-band snapshot."""
+
+    venue = "binance"
+    has_checksum = False
+
+    def classify(self, payload: bytes, markets: Markets) -> tuple[str, str, int | None] | None:
+        if b'"e":"depthUpdate"' not in payload:
+            return None
+        m = _DEPTH_S.search(payload)
+        market = markets.by_binance.get(m.group(1).decode()) if m else None
+        if market is None:
+            return None
+        u = _DEPTH_U.search(payload)
+        return market.symbol, "update", int(u.group(1)) if u else None
+
+    def corrupt_checksum(self, payload: bytes) -> bytes | None:
+        return None
+
+    def is_heartbeat(self, payload: bytes) -> bool:
+        return False
+
+    def notice(self, session: object, now_ms: int) -> bytes | None:
+        """``serverShutdown``, sent as Binance sends it (unwrapped, also on ``/stream``)."""
+        return b'{"e":"serverShutdown","E":%d}' % now_ms
+
+    def rest_limited(self, status: int, retry_after: float, until_ms: int) -> RestResponse:
+        """429 (then 418 once banned), ``-1003`` and ``Retry-After``, as Binance answers."""
+        if status == 418:
+            msg = (
+                f"Way too much request weight used; IP banned until {until_ms}. "
+                "Please use WebSocket Streams for live updates to avoid bans."
+            )
+        else:
+            msg = (
+                "Too many requests; current limit of IP is 6000 requests per minute. "
+                "Please use WebSocket Streams for live updates to avoid bans."
+            )
+        headers = {"Retry-After": str(max(1, round(retry_after)))}
+        return RestResponse(_json.encode({"code": -1003, "msg": msg}), status, headers)
+
+    def stale_snapshot(self, payload: bytes, seq: int, book: Book) -> bytes | None:
+        return None  # no in-band snapshot: the REST depth is made stale instead
+
+
+FAULT_HOOKS = FaultHooks()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import re
 import time
 from collections.abc import Callable, Mapping
 from decimal import Decimal
@@ -37,7 +38,7 @@ from typing import Any
 
 import msgspec
 
-from ..book import is_zero
+from ..book import Book, is_zero
 from ..framing import text_frame
 from ..protocol import Ticker, Trade
 from .candles import Candles, decimals, rolling_stats
@@ -54,10 +55,12 @@ from .feed import (
 from .markets import Market, Markets
 from .rest import MarketView, RestError, RestResponse, int_param, precision
 
-__all__ = ["DEPTHS", "KrakenV1Session", "KrakenV2Session", "open_session", "rest"]
+__all__ = ["FAULT_HOOKS", "DEPTHS", "KrakenV1Session", "KrakenV2Session", "open_session", "rest"]
 
 _json = msgspec.json.Encoder()
 _decode = msgspec.json.Decoder()
+# Numbers kept as written (v2 prices are JSON number literals whose digits count).
+_decode_exact = msgspec.json.Decoder(float_hook=str)
 
 #: The book depths a subscription may ask for (10 when it names none).
 DEPTHS = (10, 25, 100, 500, 1000)
@@ -1164,3 +1167,113 @@ def rest(view: MarketView, path: str, params: Mapping[str, str]) -> RestResponse
         return RestResponse(route(view, params))
     except RestError as exc:
         return RestResponse(exc.body, exc.status)
+
+
+# -- fault hooks (tickwire.faults): how the fault engine sees Kraken's messages ---------
+
+_V1_PAIR = re.compile(rb',"([^"]+)"\]$')
+_V2_SYMBOL = re.compile(rb'"symbol":"([^"]+)"')
+_V1_CHECKSUM = re.compile(rb'"c":"(\d+)"')
+_V2_CHECKSUM = re.compile(rb'"checksum":(\d+)')
+
+
+def _flip(payload: bytes, pattern: re.Pattern[bytes]) -> bytes | None:
+    m = pattern.search(payload)
+    if m is None:
+        return None
+    value = str(int(m.group(1)) ^ 1).encode()
+    return payload[: m.start(1)] + value + payload[m.end(1) :]
+
+
+class FaultHooks:
+    """Kraken's book frames (v1 and v2; no seqs: a hole shows in the checksum), its
+    maintenance status and REST limit (see ``docs/connectivity-testing.md``)."""
+
+    venue = "kraken"
+    has_checksum = True
+
+    def classify(self, payload: bytes, markets: Markets) -> tuple[str, str, int | None] | None:
+        if payload.startswith(b'{"channel":"book","type":"'):
+            kind = "snapshot" if payload.startswith(b"snapshot", 26) else "update"
+            m = _V2_SYMBOL.search(payload)
+            market = markets.by_kraken.get(m.group(1).decode()) if m else None
+        elif payload.startswith(b"[") and b',"book-' in payload:
+            kind = "snapshot" if b'"as":' in payload else "update"
+            m = _V1_PAIR.search(payload)
+            market = markets.by_kraken_v1.get(m.group(1).decode()) if m else None
+        else:
+            return None
+        if market is None:
+            return None
+        return market.symbol, kind, None
+
+    def corrupt_checksum(self, payload: bytes) -> bytes | None:
+        if payload.startswith(b"["):
+            return _flip(payload, _V1_CHECKSUM)
+        return _flip(payload, _V2_CHECKSUM)
+
+    def is_heartbeat(self, payload: bytes) -> bool:
+        return payload in (b'{"event":"heartbeat"}', b'{"channel":"heartbeat"}')
+
+    def notice(self, session: object, now_ms: int) -> bytes | None:
+        """The system status turning to ``maintenance`` (v1 ``systemStatus``, v2 ``status``)."""
+        conn_id = getattr(session, "connection_id", 0)
+        if isinstance(session, KrakenV1Session):
+            return _json.encode(
+                {
+                    "connectionID": conn_id,
+                    "event": "systemStatus",
+                    "status": "maintenance",
+                    "version": "1.9.5",
+                }
+            )
+        return _json.encode(
+            {
+                "channel": "status",
+                "type": "update",
+                "data": [
+                    {
+                        "api_version": "v2",
+                        "connection_id": conn_id,
+                        "system": "maintenance",
+                        "version": "2.0.10",
+                    }
+                ],
+            }
+        )
+
+    def rest_limited(self, status: int, retry_after: float, until_ms: int) -> RestResponse:
+        """HTTP 429 with ``EGeneral:Too many requests`` (Kraken has no 418)."""
+        body = _json.encode({"error": ["EGeneral:Too many requests"]})
+        return RestResponse(body, 429, {"Retry-After": str(max(1, round(retry_after)))})
+
+    def stale_snapshot(self, payload: bytes, seq: int, book: Book) -> bytes | None:
+        """The book snapshot (v1 or v2) rendered from ``book``, at the original's depth
+        (Kraken has no seq: the next update's checksum no longer matches)."""
+        if payload.startswith(b"["):
+            frame = _decode_exact.decode(payload)
+            name = frame[-2]
+            depth = int(name.rpartition("-")[2])
+            levels = frame[1].get("as") or frame[1].get("bs") or [["", "", "0"]]
+            ts = levels[0][2]
+            body = {
+                "as": [[p, q, ts] for p, q in book.asks(depth)],
+                "bs": [[p, q, ts] for p, q in book.bids(depth)],
+            }
+            head = payload[: payload.index(b",") + 1]
+            tail = payload[payload.rindex(b',"book-') :]
+            return head + _json.encode(body) + tail
+        msg = _decode_exact.decode(payload)
+        data = msg["data"][0]
+        depth = max(len(data["bids"]), len(data["asks"]), 10)
+        return b'{"channel":"book","type":"snapshot","data":[{"symbol":"%s","bids":%s,' % (
+            data["symbol"].encode(),
+            _levels_v2(book.bids(depth)),
+        ) + b'"asks":%s,"checksum":%d,"timestamp":"%s"}]}' % (
+            _levels_v2(book.asks(depth)),
+            book.checksum(),
+            data["timestamp"].encode(),
+        )
+
+
+FAULT_HOOKS = FaultHooks()

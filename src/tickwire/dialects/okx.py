@@ -31,6 +31,7 @@ REST answers ``{"code":"0","msg":"","data":[...]}`` or OKX's error codes.
 
 from __future__ import annotations
 
+import re
 import secrets
 import zlib
 from collections.abc import Callable, Iterable, Mapping
@@ -38,7 +39,7 @@ from typing import Any
 
 import msgspec
 
-from ..book import is_zero
+from ..book import Book, is_zero
 from ..framing import text_frame
 from ..protocol import Ticker, Trade
 from .candles import INTERVALS, Candle, Candles, ms, now_ms, rolling_stats
@@ -52,10 +53,10 @@ from .feed import (
     Window,
     reply,
 )
-from .markets import Market
+from .markets import Market, Markets
 from .rest import MarketView, RestError, RestResponse, Route, answer, int_param, precision, step
 
-__all__ = ["CHANNELS", "OkxSession", "checksum", "open_session", "rest"]
+__all__ = ["FAULT_HOOKS", "CHANNELS", "OkxSession", "checksum", "open_session", "rest"]
 
 _json = msgspec.json.Encoder()
 _decode = msgspec.json.Decoder()
@@ -804,3 +805,69 @@ def rest(view: MarketView, path: str, params: Mapping[str, str]) -> RestResponse
     return answer(
         _ROUTES, view, path, params, _json.encode({"code": "404", "msg": "Not Found", "data": []})
     )
+
+
+# -- fault hooks (tickwire.faults): how the fault engine sees OKX's messages ------------
+
+_INST = re.compile(rb'"instId":"([^"]+)"')
+_SEQ_ID = re.compile(rb'"seqId":(-?\d+)')
+_CHECKSUM = re.compile(rb'"checksum":(-?\d+)')
+
+
+class FaultHooks:
+    """OKX's ``books`` pushes, its ``64008`` notice and REST ``50011`` (see
+    ``docs/connectivity-testing.md``)."""
+
+    venue = "okx"
+    has_checksum = True
+
+    def classify(self, payload: bytes, markets: Markets) -> tuple[str, str, int | None] | None:
+        if b'"channel":"books"' not in payload or b'"action":' not in payload:
+            return None
+        m = _INST.search(payload)
+        market = markets.by_okx.get(m.group(1).decode()) if m else None
+        if market is None:
+            return None
+        kind = "snapshot" if b'"action":"snapshot"' in payload else "update"
+        s = _SEQ_ID.search(payload)
+        return market.symbol, kind, int(s.group(1)) if s else None
+
+    def corrupt_checksum(self, payload: bytes) -> bytes | None:
+        m = _CHECKSUM.search(payload)
+        if m is None:
+            return None
+        value = str(int(m.group(1)) ^ 1).encode()
+        return payload[: m.start(1)] + value + payload[m.end(1) :]
+
+    def is_heartbeat(self, payload: bytes) -> bool:
+        return False
+
+    def notice(self, session: object, now_ms: int) -> bytes | None:
+        """The ``64008`` service-upgrade notice OKX pushes before it closes."""
+        conn_id = getattr(session, "conn_id", "")
+        return _json.encode(
+            {
+                "event": "notice",
+                "code": "64008",
+                "msg": "The connection will soon be closed for a service upgrade. "
+                "Please reconnect.",
+                "connId": conn_id,
+            }
+        )
+
+    def rest_limited(self, status: int, retry_after: float, until_ms: int) -> RestResponse:
+        """HTTP 429 with ``50011`` (OKX has no 418: a ban is more 429s)."""
+        body = _json.encode({"code": "50011", "msg": "Too Many Requests", "data": []})
+        return RestResponse(body, 429, {"Retry-After": str(max(1, round(retry_after)))})
+
+    def stale_snapshot(self, payload: bytes, seq: int, book: Book) -> bytes | None:
+        """A ``books`` snapshot of ``book`` at ``seqId`` ``seq`` (its top 400, OKX's
+        checksum), keeping the original's ``arg`` and ``ts``."""
+        push = msgspec.json.decode(payload, type=_BookPush)
+        bids, asks = book.bids(BOOK_DEPTH), book.asks(BOOK_DEPTH)
+        cs = checksum(bids[:CHECKSUM_DEPTH], asks[:CHECKSUM_DEPTH])
+        data = _BookData(_levels(asks), _levels(bids), push.data[0].ts, cs, -1, seq)
+        return _json.encode(_BookPush(push.arg, "snapshot", [data]))
+
+
+FAULT_HOOKS = FaultHooks()

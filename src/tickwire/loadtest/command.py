@@ -85,6 +85,30 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="offer permessage-deflate (bytes are counted compressed, as on the wire)",
     )
+    p.add_argument(
+        "--dialect",
+        choices=("binance", "okx", "kraken"),
+        default=None,
+        help="measure a venue's feed (URL: its WebSocket endpoint) instead of tickwire's",
+    )
+    p.add_argument(
+        "--rest",
+        default="",
+        help="with --dialect: the venue's REST base (Binance's depth snapshots, e.g. "
+        "https://api.binance.com or http://HOST:ADMIN_PORT/binance)",
+    )
+    p.add_argument(
+        "--depth",
+        type=int,
+        default=0,
+        help="with --dialect kraken: the book depth (10, 25, 100, 500, 1000; default 100)",
+    )
+    p.add_argument(
+        "--clock-offset",
+        default="0",
+        help="with --dialect: the venue's clock minus this host's in ms, or 'auto' to "
+        "measure it from the venue's REST time (default 0: the host clock is the venue's)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.add_argument("--no-progress", action="store_true", help="no live progress line on stderr")
 
@@ -99,10 +123,25 @@ def bench_main(
     """
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
+    dialect = args.dialect or ""
     if args.channels is None and args.symbols is None:
         # The symbols 'tickwire serve' has by default.
         args.channels = "book.BTC-USD,book.ETH-USD,book.SOL-USD"
+    if dialect:
+        from .venue import decoder_for
+
+        if args.encoding != "json":
+            raise ConfigError("--dialect speaks the venue's JSON: leave --encoding json")
+        if args.clock_offset != "auto":
+            try:
+                float(args.clock_offset)
+            except ValueError:
+                raise ConfigError("--clock-offset must be milliseconds or 'auto'") from None
+    elif args.rest or args.depth or args.clock_offset != "0":
+        raise ConfigError("--rest, --depth and --clock-offset need --dialect")
     channels = channel_list(args.channels, args.symbols, args.kinds)
+    if dialect:
+        decoder_for(dialect, channels, args.depth)  # every channel and the depth valid
     if args.conns < 1:
         raise ConfigError("--conns must be at least 1")
     if args.duration <= 0 or args.warmup < 0 or args.connect_timeout <= 0:
@@ -119,6 +158,10 @@ def bench_main(
         progress=not args.no_progress,
         encoding=args.encoding,
         deflate=args.deflate,
+        dialect=dialect,
+        rest=args.rest,
+        depth=args.depth,
+        clock_offset=args.clock_offset,
     )
     result = run_bench(config, err)
     if args.json:

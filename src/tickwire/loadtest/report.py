@@ -65,7 +65,15 @@ RESULT_FIELDS = (
     "ended_early",
     "totals",
     "errors",
+    "dialect",
+    "checksum_failures",
+    "clock_offset_ms",
+    "clock_offset_source",
+    "latency_definition",
 )
+
+#: How latency is defined for tickwire's own protocol (venues: LATENCY_DEFINITION).
+NATIVE_LATENCY = "receive time minus each update's ts (ns, the gateway's event time)"
 
 
 class WorkerReport(msgspec.Struct):
@@ -138,6 +146,18 @@ class BenchResult:
     client_cpu_pct: list[float]
     ended_early: bool
     errors: list[str]
+    dialect: str = ""
+    clock_offset_ns: int = 0
+    clock_offset_source: str = ""
+
+    @property
+    def latency_definition(self) -> str:
+        """What the latency of this run measures (the venue's own event time field)."""
+        if not self.dialect:
+            return NATIVE_LATENCY
+        from ..dialects.decode import LATENCY_DEFINITION
+
+        return LATENCY_DEFINITION[self.dialect]
 
     @property
     def client_bound(self) -> bool:
@@ -195,6 +215,11 @@ class BenchResult:
             "ended_early": self.ended_early,
             "totals": msgspec.structs.asdict(self.totals),
             "errors": self.errors,
+            "dialect": self.dialect or None,
+            "checksum_failures": w.checksum_failures,
+            "clock_offset_ms": round(self.clock_offset_ns / 1e6, 3),
+            "clock_offset_source": self.clock_offset_source,
+            "latency_definition": self.latency_definition,
         }
 
 
@@ -207,6 +232,9 @@ def summarize(
     duration_s: float,
     warmup_s: float,
     max_errors: int = 10,
+    dialect: str = "",
+    clock_offset_ns: int = 0,
+    clock_offset_source: str = "",
 ) -> BenchResult:
     """Merge the final reports of all workers into one result.
 
@@ -219,6 +247,7 @@ def summarize(
             none, and its connections count as neither connected nor failed.
         url, conns, channels, duration_s, warmup_s: the run's settings, echoed.
         max_errors: how many error descriptions to keep in the result.
+        dialect, clock_offset_ns, clock_offset_source: a venue run's settings, echoed.
 
     Returns:
         The merged result.
@@ -252,6 +281,9 @@ def summarize(
         client_cpu_pct=[r.cpu_pct for r in finals],
         ended_early=any(r.ended_early for r in finals),
         errors=errors,
+        dialect=dialect,
+        clock_offset_ns=clock_offset_ns,
+        clock_offset_source=clock_offset_source,
     )
 
 
@@ -301,6 +333,13 @@ def format_text(result: BenchResult) -> str:
         f"p99.9 {lat['p999']}  max {lat['max']}  (n={lat['count']:,})",
         f"  client cpu   {cpu} of a core per process",
     ]
+    if result.dialect:
+        lines[1:1] = [f"  dialect      {result.dialect}"]
+        lines[7:7] = [f"  checksums    {w.checksum_failures} failed"]
+        lines += [
+            f"  clock offset {result.clock_offset_ns / 1e6:g} ms ({result.clock_offset_source})",
+            f"  latency is   {result.latency_definition}",
+        ]
     if lat["negative"]:
         lines.append(
             f"  note: {lat['negative']:,} updates had a ts in the future: the server's clock "

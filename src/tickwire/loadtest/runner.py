@@ -49,6 +49,13 @@ class BenchConfig:
         progress: draw the live progress line on ``err``.
         encoding: ``"json"`` or ``"msgpack"`` (subprotocol ``tickwire.v1.<encoding>``).
         deflate: offer permessage-deflate (the server needs ``--deflate``).
+        dialect: a venue's feed instead of tickwire's (``binance``, ``okx``, ``kraken``).
+        rest: the venue's REST base (Binance snapshots; ``--clock-offset auto``).
+        depth: Kraken's book depth (0: 100).
+        clock_offset: ``"0"``, milliseconds (the venue's clock minus this host's), or
+            ``"auto"`` (measured from the venue's REST time endpoint).
+        keepalive_s: a venue connection quiet this long gets the venue's ping (OKX
+            ``ping``, Kraken ``{"method":"ping"}``).
     """
 
     url: str
@@ -62,6 +69,56 @@ class BenchConfig:
     progress: bool = True
     encoding: str = "json"
     deflate: bool = False
+    dialect: str = ""
+    rest: str = ""
+    depth: int = 0
+    clock_offset: str = "0"
+    keepalive_s: float = 15.0
+
+
+def measure_offset(dialect: str, rest: str, samples: int = 5) -> tuple[int, int]:
+    """The venue's clock minus this host's, in ns, and the round trip it is good to
+    (``--clock-offset auto``): ``samples`` requests to the venue's REST time endpoint.
+
+    Raises:
+        ConfigError: no REST base, no time endpoint, or no answer.
+    """
+    import urllib.request
+
+    from ..exceptions import ConfigError
+    from .venue import TIME_PATHS, estimate_offset, parse_server_time
+
+    path = TIME_PATHS.get(dialect)
+    if path is None:
+        raise ConfigError(f"--clock-offset auto: {dialect} has no millisecond time endpoint")
+    if not rest:
+        raise ConfigError("--clock-offset auto needs --rest (the venue's REST base)")
+    url = rest.rstrip("/") + path
+    taken: list[tuple[int, int, int]] = []
+    for _ in range(samples):
+        sent = time.time_ns()
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                body = resp.read()
+        except OSError as exc:
+            raise ConfigError(f"--clock-offset auto: GET {url} failed: {exc}") from None
+        received = time.time_ns()
+        taken.append((sent, received, parse_server_time(dialect, body)))
+    return estimate_offset(taken)
+
+
+def resolve_offset(config: BenchConfig) -> tuple[int, str]:
+    """The clock offset (ns) a run assumes, and how it was obtained (for the report)."""
+    if not config.dialect:
+        return 0, ""
+    value = config.clock_offset
+    if value == "auto":
+        offset, rtt = measure_offset(config.dialect, config.rest)
+        return offset, f"measured from the venue's REST time (round trip {rtt / 1e6:.3f} ms)"
+    ms = float(value)
+    if ms == 0:
+        return 0, "assumed 0: this host's clock is taken as the venue's"
+    return int(ms * 1e6), "given with --clock-offset"
 
 
 class _Progress:
@@ -171,6 +228,7 @@ def run_bench(config: BenchConfig, err: TextIO | None = None) -> BenchResult:
     """
     err = sys.stderr if err is None else err
     shares = plan(config.conns, config.channels, config.procs, config.per_conn)
+    offset_ns, offset_source = resolve_offset(config)
     ctx = multiprocessing.get_context("spawn")
     procs: dict[int, Any] = {}
     pipes: dict[int, Pipe] = {}
@@ -183,6 +241,11 @@ def run_bench(config: BenchConfig, err: TextIO | None = None) -> BenchResult:
             connect_timeout=config.connect_timeout,
             encoding=config.encoding,
             deflate=config.deflate,
+            dialect=config.dialect,
+            rest=config.rest,
+            depth=config.depth,
+            clock_offset_ns=offset_ns,
+            keepalive_s=config.keepalive_s,
         )
         p = ctx.Process(target=worker_main, args=(wc, child_end), name=f"tickwire-bench-{k}")
         p.daemon = True
@@ -242,6 +305,9 @@ def run_bench(config: BenchConfig, err: TextIO | None = None) -> BenchResult:
         channels=config.channels,
         duration_s=config.duration,
         warmup_s=config.warmup,
+        dialect=config.dialect,
+        clock_offset_ns=offset_ns,
+        clock_offset_source=offset_source,
     )
     missing = sorted(set(procs) - set(finals))
     if missing:

@@ -33,10 +33,15 @@ objects for it, and the histogram update is inlined.
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from .histogram import MAX_VALUE, SUB_BITS, Histogram
+
+if TYPE_CHECKING:
+    from ..dialects.decode import Event, VenueDecoder
 
 __all__ = ["COUNTER_FIELDS", "Counters", "Tally"]
 
@@ -49,6 +54,7 @@ COUNTER_FIELDS = (
     "snapshots",
     "heartbeats",
     "errors",
+    "checksum_failures",
 )
 
 
@@ -62,6 +68,7 @@ class Counters(msgspec.Struct, gc=False):
     snapshots: int = 0
     heartbeats: int = 0
     errors: int = 0
+    checksum_failures: int = 0
 
     def __add__(self, other: Counters) -> Counters:
         return Counters(*(getattr(self, f) + getattr(other, f) for f in COUNTER_FIELDS))
@@ -112,6 +119,7 @@ class Tally:
 
     __slots__ = (
         "bytes",
+        "checksum_failures",
         "deliveries",
         "error_samples",
         "errors",
@@ -133,6 +141,7 @@ class Tally:
         self.snapshots = 0
         self.heartbeats = 0
         self.errors = 0
+        self.checksum_failures = 0
         self.hist = Histogram()
         self.error_samples: list[str] = []
 
@@ -146,11 +155,77 @@ class Tally:
             self.snapshots,
             self.heartbeats,
             self.errors,
+            self.checksum_failures,
         )
 
     def clear_latency(self) -> None:
         """Forget recorded latencies: called when the warm-up ends."""
         self.hist.clear()
+
+    def feed_venue(
+        self,
+        decoder: VenueDecoder,
+        data: bytes | memoryview,
+        now_ns: int,
+        offset_ns: int = 0,
+        size: int = -1,
+    ) -> list[Event]:
+        """Account for one frame of a venue's feed (``tickwire bench --dialect``).
+
+        The venue's decoder keeps the connection's verified books; its events are
+        counted by :meth:`count_events`. Returns them, for the caller to act on
+        (a REST snapshot to fetch, a book to resubscribe).
+
+        Args:
+            decoder: the receiving connection's decoder.
+            data: the frame's payload (inflated if it was compressed).
+            now_ns: when it was received, in nanoseconds since the epoch (host clock).
+            offset_ns: the venue's clock minus the host's, added to ``now_ns`` before
+                the latency is taken.
+            size: the payload's size on the wire when it differs from ``len(data)``.
+        """
+        n = len(data) if size < 0 else size
+        self.messages += 1
+        self.bytes += n + (2 if n < 126 else 4 if n < 65536 else 10)
+        events = decoder.feed(data, now_ns)
+        self.count_events(events, now_ns + offset_ns)
+        return events
+
+    def count_events(self, events: Sequence[Event], now_ns: int) -> None:
+        """Count decoded venue events: a *delivery* is one level change of a book
+        delta, one trade or one quote (snapshots are not); a ``gap`` or
+        ``stale_snapshot`` hole is a gap, a ``checksum`` hole a checksum failure;
+        latency is ``now_ns`` (venue clock) minus the event's venue time, for events
+        that carry one."""
+        from ..dialects.decode import Delta, Hole, Notice, Quote, Snapshot, Trades
+
+        hist = self.hist
+        for e in events:
+            if isinstance(e, Delta):
+                count = len(e.updates)
+                self.deliveries += count
+                if e.ts and count:
+                    hist.record(now_ns - e.ts, count)
+            elif isinstance(e, Trades):
+                self.deliveries += len(e.trades)
+                for t in e.trades:
+                    if t.ts:
+                        hist.record(now_ns - t.ts)
+            elif isinstance(e, Quote):
+                self.deliveries += 1
+                if e.ts:
+                    hist.record(now_ns - e.ts)
+            elif isinstance(e, Snapshot):
+                self.snapshots += 1
+            elif isinstance(e, Hole):
+                if e.reason == "checksum":
+                    self.checksum_failures += 1
+                elif e.reason in ("gap", "stale_snapshot"):
+                    self.gaps += 1
+            elif isinstance(e, Notice) and e.kind in ("error", "bad"):
+                self.errors += 1
+                if len(self.error_samples) < self.MAX_ERROR_SAMPLES:
+                    self.error_samples.append(e.detail)
 
     def feed(
         self,

@@ -53,6 +53,12 @@ class WorkerConfig:
         max_frame_bytes: largest server frame accepted.
         encoding: ``"json"`` or ``"msgpack"``, asked for by subprotocol.
         deflate: offer permessage-deflate.
+        dialect: a venue (``binance``, ``okx``, ``kraken``): connections speak its
+            protocol through a decoder instead of tickwire's (``--dialect``).
+        rest: the venue's REST base (Binance's snapshots: ``{rest}/api/v3/depth``).
+        depth: Kraken's book depth.
+        clock_offset_ns: the venue's clock minus this host's, for latencies.
+        keepalive_s: a venue connection quiet this long gets the venue's ping.
     """
 
     worker: int
@@ -64,6 +70,11 @@ class WorkerConfig:
     max_frame_bytes: int = 64 << 20
     encoding: str = "json"
     deflate: bool = False
+    dialect: str = ""
+    rest: str = ""
+    depth: int = 0
+    clock_offset_ns: int = 0
+    keepalive_s: float = 15.0
 
     def headers(self) -> list[tuple[str, str]]:
         """The handshake headers that ask for this run's encoding and compression."""
@@ -143,6 +154,66 @@ class _Client(WSListener):
             self.worker.protocol_error(f"undecodable message: {exc}")
 
 
+class _VenueClient(_Client):
+    """A connection to a venue's feed: its decoder in place of tickwire's protocol.
+
+    The frame handling of :class:`_Client` is kept (fragments, compression); each whole
+    text message goes to :meth:`Tally.feed_venue`, and the events that need an answer
+    get one: a Binance REST snapshot is fetched, a broken book resubscribed (OKX,
+    Kraken), as a venue client would.
+    """
+
+    def __init__(self, worker: _Worker, channels: list[str], request_id: int) -> None:
+        super().__init__(worker, channels, request_id)
+        from .venue import decoder_for
+
+        config = worker.config
+        self.decoder = decoder_for(config.dialect, channels, config.depth)
+        self.offset = config.clock_offset_ns
+        self.transport: WSTransport | None = None
+        self.last_frame = time.monotonic()
+        self.feed = self.feed_venue
+
+    def keepalive(self, now: float) -> None:
+        """Send the venue's application ping when quiet (OKX closes a connection silent
+        for 30 s; WebSocket pings do not count)."""
+        ping = self.decoder.keepalive()
+        quiet = now - self.last_frame >= self.worker.config.keepalive_s
+        if ping is not None and self.transport is not None and quiet:
+            self.transport.send(WSMsgType.TEXT, ping)
+            self.last_frame = now
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.worker.open += 1
+        self.worker.clients.append(self)
+        self.transport = transport
+        for frame in self.decoder.subscribe():
+            transport.send(WSMsgType.TEXT, frame)
+
+    def feed_venue(
+        self,
+        chain: dict[str, int],
+        data: bytes | memoryview,
+        now_ns: int,
+        binary: bool = False,
+        size: int = -1,
+    ) -> None:
+        from ..dialects.decode import Hole, SnapshotWanted
+
+        self.last_frame = time.monotonic()
+        events = self.worker.tally.feed_venue(self.decoder, data, now_ns, self.offset, size)
+        for e in events:
+            if isinstance(e, SnapshotWanted):
+                self.worker.fetch_snapshot(self, e.symbol, e.venue_symbol, e.limit)
+            elif isinstance(e, Hole) and self.transport is not None:
+                for frame in self.decoder.resubscribe(e.symbol):
+                    self.transport.send(WSMsgType.TEXT, frame)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.transport = None
+        super().on_ws_disconnected(transport)
+
+
 class _Worker:
     def __init__(self, config: WorkerConfig, pipe: Pipe) -> None:
         self.config = config
@@ -164,6 +235,44 @@ class _Worker:
         self.cpu_s = 0.0
         self.done = asyncio.Event()
         self.handles: list[asyncio.TimerHandle] = []
+        self.http: Any = None  # an aiohttp session, for venue REST snapshots
+        self.clients: list[_VenueClient] = []  # venue connections (keepalive)
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    # -- venue REST snapshots ----------------------------------------------------------
+
+    def fetch_snapshot(
+        self, client: _VenueClient, symbol: str, venue_symbol: str, limit: int
+    ) -> None:
+        task = asyncio.ensure_future(self._fetch(client, symbol, venue_symbol, limit))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _fetch(
+        self, client: _VenueClient, symbol: str, venue_symbol: str, limit: int
+    ) -> None:
+        url = f"{self.config.rest.rstrip('/')}/api/v3/depth?symbol={venue_symbol}&limit={limit}"
+        decoder = client.decoder
+        try:
+            if not self.config.rest:
+                raise ValueError("no --rest base given for the Binance REST snapshot")
+            if self.http is None:
+                import aiohttp
+
+                self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+            async with self.http.get(url) as resp:
+                body = await resp.read()
+                if resp.status != 200:
+                    raise ValueError(f"HTTP {resp.status}: {body[:200]!r}")
+        except Exception as exc:  # refused, timeout, HTTP error: the next diff asks again
+            self.error(f"REST snapshot {url} failed: {type(exc).__name__}: {exc}")
+            # A second later, not at the next diff: never hammer a venue's REST limits.
+            await asyncio.sleep(1.0)
+            events = decoder.snapshot_failed(symbol, f"{type(exc).__name__}: {exc}")
+            self.tally.count_events(events, time.time_ns() + client.offset)
+            return
+        events = decoder.snapshot(symbol, body, time.time_ns())
+        self.tally.count_events(events, time.time_ns() + client.offset)
 
     # -- bookkeeping -------------------------------------------------------------------
 
@@ -215,9 +324,10 @@ class _Worker:
                 if self.finishing:
                     return
                 try:
+                    kind = _VenueClient if self.config.dialect else _Client
                     transport, _ = await asyncio.wait_for(
                         ws_connect(
-                            lambda: _Client(self, channels, index),
+                            lambda: kind(self, channels, index),
                             self.config.url,
                             websocket_handshake_timeout=timeout,
                             max_frame_size=self.config.max_frame_bytes,
@@ -256,8 +366,20 @@ class _Worker:
         self.handles.append(loop.call_later(max(0.0, window_start - now), self.open_window))
         self.handles.append(loop.call_later(max(0.0, window_end - now), self.finish, False))
         self.handles.append(loop.call_later(self.config.progress_interval, self.progress))
+        if self.config.dialect:
+            self.handles.append(loop.call_later(self.config.keepalive_s / 3, self.keepalive))
         if self.open == 0:
             self.finish(early=True)
+
+    def keepalive(self) -> None:
+        """Every third of ``keepalive_s``: the venue's ping on quiet connections."""
+        if self.finishing:
+            return
+        now = time.monotonic()
+        for client in self.clients:
+            client.keepalive(now)
+        loop = asyncio.get_running_loop()
+        self.handles.append(loop.call_later(self.config.keepalive_s / 3, self.keepalive))
 
     def progress(self) -> None:
         if self.finishing:
@@ -326,6 +448,10 @@ class _Worker:
             self.send(self.final_report())
         finally:
             loop.remove_reader(self.pipe.fileno())
+            for task in list(self.tasks):
+                task.cancel()
+            if self.http is not None:
+                await self.http.close()
 
 
 def worker_main(config: WorkerConfig, pipe: Pipe) -> None:

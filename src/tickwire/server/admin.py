@@ -17,6 +17,8 @@ Routes::
     GET /api/v1/book/{symbol}?depth=N  the book snapshot a WebSocket subscriber would
                                      get now: same seq, checksum and epoch
     GET /api/v1/stats                the gateway's counters (the exit-stats JSON)
+    GET /api/v1/replay, POST /api/v1/replay/{pause,resume,speed,seek}
+                                     a replay's shared clock (``replay_admin.py``)
     GET /api/v1/stream?symbol=S&depth=N  server-sent events for the dashboard:
                                      ``hello`` (symbols and the last minutes of
                                      samples), ``sample`` every second, ``slow`` every
@@ -48,6 +50,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from ..dialects import VENUES, rest
 from ..protocol import encode
+from . import faults_api, replay_admin
 from .metrics import GatewayView, Sampler, make_registry
 from .venues import VenueView
 
@@ -147,6 +150,7 @@ class AdminServer:
         self.sampler = Sampler()
         self.registry = make_registry(gateway, self.sampler)
         self.view = VenueView(gateway)
+        self.views = {venue: VenueView(gateway, venue) for venue in VENUES}
         self.sample_interval = sample_interval
         self.book_interval = book_interval
         self.host = ""
@@ -176,6 +180,8 @@ class AdminServer:
         app.router.add_static("/static/", STATIC_DIR, append_version=False)
         for venue in VENUES:
             app.router.add_get(f"/{venue}/{{path:.*}}", self._venue)
+        replay_admin.register(app, self.gateway)
+        faults_api.register(app, self.gateway)
         return app
 
     async def start(self, host: str, port: int) -> None:
@@ -393,6 +399,20 @@ class AdminServer:
     async def _book(self, request: web.Request) -> web.Response:
         symbol = request.match_info["symbol"]
         depth = self._depth(request)
+        faults = self.gateway.faults
+        if faults is not None:
+            refused = faults.refuse_rest("native", request.remote or "?", request.path)
+            if refused is not None:
+                return web.Response(
+                    body=refused.body,
+                    status=refused.status,
+                    content_type="application/json",
+                    headers=refused.headers,
+                )
+            if symbol in self.gateway.engine.symbols:
+                stale = faults.stale_rest("native", symbol, depth)
+                if stale is not None:
+                    return web.Response(body=encode(stale), content_type="application/json")
         try:
             snap = self.gateway.book_snapshot(symbol, depth)
         except KeyError:
@@ -402,7 +422,13 @@ class AdminServer:
     async def _venue(self, request: web.Request) -> web.Response:
         """A venue's REST endpoint (``/binance/api/v3/depth`` ...), in its dialect."""
         venue = request.path.split("/", 2)[1]
-        answer = rest(self.view, venue, "/" + request.match_info["path"], request.query)
+        faults = self.gateway.faults
+        answer = None
+        if faults is not None:
+            answer = faults.refuse_rest(venue, request.remote or "?", request.path)
+        if answer is None:
+            view = self.views.get(venue, self.view)
+            answer = rest(view, venue, "/" + request.match_info["path"], request.query)
         return web.Response(
             body=answer.body,
             status=answer.status,

@@ -45,6 +45,8 @@ class GatewayConfig:
     max_seconds: float = 0.0
     stats_path: str | None = None
     test_faults: bool = False
+    # A fault scenario (TOML, docs/connectivity-testing.md), loaded at start and on SIGHUP.
+    faults_file: str | None = None
     # Slow consumers: per-connection write-buffer watermarks and hard budget, the
     # server-wide cap, how long a connection may stay paused, and how long a closed
     # slow consumer may take to drain before it is aborted.
@@ -58,14 +60,21 @@ class GatewayConfig:
     # would hide a slow reader from the watermarks for seconds of stale data).
     sndbuf_bytes: int = 256 << 10
     # Market source (docs/scaling.md): "sim" (embedded), "nats://HOST:PORT" (follow a
-    # `tickwire publish`), or an NDJSON recording path played at replay_speed.
+    # `tickwire publish`), or an NDJSON recording path played at replay_speed, or
+    # tardis.dev CSVs ("tardis:PATH,PATH" or *.csv / *.csv.gz paths).
     source: str = "sim"
     replay_speed: str = "1"
+    # tardis CSVs: FILE_SYMBOL=SERVED renames (docs/venue-feeds.md).
+    replay_symbol_map: list[str] = field(default_factory=list)
     bus_prefix: str = "tickwire"
     source_timeout_s: float = 30.0
     # An ingest source (source "ingest+nats://..."): seconds without a message after
     # which a symbol is reported silent (docs/ingest.md).
     ingest_silent_s: float = 5.0
+    # A venue source (source "binance+wss://..."): the venue's REST base (Binance's
+    # depth snapshots) and Kraken's book depth (docs/venue-feeds.md).
+    venue_rest: str | None = None
+    venue_depth: int = 0
     # A resume ahead of this gateway (from a faster one on the same bus) waits this long.
     resume_wait_s: float = 1.0
     # SO_REUSEPORT: several gateway processes share the port (tickwire serve --workers).

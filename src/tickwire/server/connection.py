@@ -41,6 +41,7 @@ from ..protocol import (
 if TYPE_CHECKING:
     from ..hub import Hub
     from .config import GatewayConfig
+    from .faults import FaultManager
 
 __all__ = ["Connection", "Host"]
 
@@ -76,6 +77,8 @@ class Host(Protocol):
     def rejected_by_code(self) -> dict[str, int]: ...
     @property
     def closes_by_code(self) -> dict[int, int]: ...
+    @property
+    def faults(self) -> FaultManager | None: ...
 
     rate_limited: int
     rejected: int
@@ -175,6 +178,9 @@ class Connection(WSListener):
         if self.wire != JSON_WIRE:
             self.gateway.hub.set_wire(self, self.wire)
         self.gateway.connections[self.id] = self
+        faults = self.gateway.faults
+        if faults is not None:
+            faults.connected(self)
         log.debug(
             "conn %d %s: connected", self.id, self.peer, extra={"conn": self.id, "peer": self.peer}
         )
@@ -271,6 +277,8 @@ class Connection(WSListener):
         self.drop_subscriptions()
         gateway = self.gateway
         gateway.connections.pop(self.id, None)
+        if gateway.faults is not None:
+            gateway.faults.disconnected(self)
         if not gateway.connections and gateway.draining is not None:
             gateway.draining.set()
 
@@ -380,6 +388,9 @@ class Connection(WSListener):
     def _text(self, data: bytes) -> None:
         if not self.accept_text(data):
             return
+        faults = self.gateway.faults
+        if faults is not None and faults.refuse_message(self, data):
+            return
         self.gateway.handle_request(self, data)
         self.flush()
         self.update_delivery()
@@ -428,8 +439,9 @@ class Connection(WSListener):
             self.flush()
             self.fail(CloseCode.POLICY_VIOLATION, "too many bad requests")
 
-    def fail(self, code: CloseCode, reason: str) -> None:
-        """Close this connection with ``code``, flushing what is queued first."""
+    def fail(self, code: int, reason: str) -> None:
+        """Close this connection with ``code`` (a :class:`CloseCode`, or any close code
+        a server may send), flushing what is queued first."""
         if self.closed or self.transport is None:
             return
         log.info(

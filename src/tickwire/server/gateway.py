@@ -47,6 +47,7 @@ from ..codec import Wire, negotiate
 from ..dialects import DialectFeed
 from ..engine import Engine
 from ..exceptions import AuthError, ConfigError, RequestError
+from ..faults import FaultListener
 from ..hotpath import relax_gc
 from ..hub import Channel, Hub
 from ..pacing import ArrivalPacing, next_clock_pass
@@ -65,6 +66,7 @@ from ..protocol import (
 from ..sources import Source, make_source
 from .config import GatewayConfig
 from .connection import Connection
+from .faults import FaultManager
 from .guard import Guard, create_ws_server
 from .metrics import TickStats
 from .venues import venue_listener
@@ -151,6 +153,11 @@ class Gateway:
         #: Called on SIGHUP when set (``tickwire serve`` reloads its configuration);
         #: None leaves SIGHUP's default action.
         self.on_hangup: Callable[[], None] | None = None
+        #: Scripted faults (``--faults``, the admin API; docs/connectivity-testing.md):
+        #: None unless enabled, and then checked per connection, never per delivery.
+        self.faults: FaultManager | None = None
+        #: Told of every application of a fault (the connectivity report).
+        self.fault_listener: FaultListener | None = None
 
     # -- requests ----------------------------------------------------------------------
 
@@ -277,6 +284,15 @@ class Gateway:
     def _listener(self, request: WSUpgradeRequest) -> Connection | WSUpgradeResponseWithListener:
         self.accepted += 1
         conn_id = next(self._ids)
+        if self.faults is not None:
+            raw = request.path
+            path = raw.decode("latin-1") if isinstance(raw, bytes) else raw
+            refused = self.faults.refuse_handshake(path, conn_id)
+            if refused is not None:
+                response = WSUpgradeResponse.create_error_response(
+                    refused.status, refused.body, refused.headers
+                )
+                return WSUpgradeResponseWithListener(response, None)
         venue = venue_listener(self, request, conn_id)
         if venue is not None:
             return venue
@@ -349,6 +365,8 @@ class Gateway:
         self.hub.flush(time.monotonic())
         relax_gc()
         cfg = self.config
+        if cfg.faults_file or cfg.test_faults:
+            self.enable_faults()  # before the first connection can be accepted
         self._server = await create_ws_server(
             self.guard,
             cfg.host,
@@ -377,6 +395,19 @@ class Gateway:
             loop.add_signal_handler(signal.SIGHUP, self.on_hangup)
         if cfg.admin_port is not None:
             await self._start_admin(cfg.admin_host or cfg.host, cfg.admin_port)
+
+    def enable_faults(self) -> FaultManager:
+        """The fault manager (made on first use), with ``--faults``'s scenario loaded.
+
+        Raises:
+            ScenarioError: the scenario file is unreadable or wrong.
+        """
+        if self.faults is None:
+            manager = FaultManager(self)
+            if self.config.faults_file:
+                manager.load(self.config.faults_file)
+            self.faults = manager
+        return self.faults
 
     async def _start_admin(self, host: str, port: int) -> None:
         """Start the admin HTTP listener (see :mod:`tickwire.server.admin`).
@@ -421,6 +452,7 @@ class Gateway:
         "stall_timeout_s",
         "stats_path",
         "deflate",
+        "faults_file",
     )
 
     def apply_config(self, new: GatewayConfig) -> None:
@@ -445,6 +477,15 @@ class Gateway:
             if bucket is not None:
                 bucket.rate = limits.max_messages_per_s
                 bucket.burst = limits.message_burst
+        if cfg.faults_file:
+            # SIGHUP reads the scenario again: its faults replace the file's previous ones.
+            try:
+                if self.faults is None:
+                    self.enable_faults()
+                else:
+                    self.faults.load(cfg.faults_file)
+            except ConfigError as exc:
+                log.error("faults: reload failed, keeping the running faults: %s", exc)
 
     def stop(self) -> None:
         """Begin a graceful shutdown."""
@@ -659,6 +700,8 @@ class Gateway:
                 await asyncio.wait_for(self.draining.wait(), 2.0)
         if self.admin is not None:
             await self.admin.stop()
+        if self.faults is not None:
+            await self.faults.stop()
         await self.source.stop()
         self.write_stats()
 
@@ -695,6 +738,7 @@ class Gateway:
             "rejected_by_code": dict(self.rejected_by_code),
             "slow": self.slow_stats(),
             "venues": self.feed.stats(),
+            "faults": self.faults.stats() if self.faults is not None else None,
             "security": {
                 **self.guard.stats(),
                 "logins": self.logins,

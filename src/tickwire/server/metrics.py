@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from ..sources import Source
     from .config import GatewayConfig
     from .connection import Connection
+    from .faults import FaultManager
 
 __all__ = [
     "BATCH_BUCKETS",
@@ -249,6 +250,11 @@ class GatewayView(Protocol):
     def max_buffered_total(self) -> int: ...
     @property
     def feed(self) -> DialectFeed: ...
+    @property
+    def faults(self) -> FaultManager | None: ...
+
+    def enable_faults(self) -> FaultManager:
+        """The fault manager, made on first use."""
 
     def books_complete(self) -> bool:
         """True once every served book holds a complete state."""

@@ -33,6 +33,7 @@ from .connection import Connection, Host
 
 if TYPE_CHECKING:
     from ..dialects.feed import Stream
+    from .faults import FaultManager
 
 __all__ = ["MarketHost", "VenueConnection", "VenueHost", "VenueView", "venue_listener"]
 
@@ -55,6 +56,8 @@ class MarketHost(Protocol):
     def engine(self) -> Engine: ...
     @property
     def hub(self) -> Hub: ...
+    @property
+    def faults(self) -> FaultManager | None: ...
 
     def book_snapshot(self, symbol: str, depth: int | None = None) -> Snapshot:
         """The book as a subscription would start now."""
@@ -85,6 +88,9 @@ class VenueConnection(Connection):
 
     def _text(self, data: bytes) -> None:
         if self.accept_text(data):
+            faults = self.host.faults
+            if faults is not None and faults.refuse_message(self, data):
+                return
             self.session.receive(self, data)
 
     def reply_rate_limited(self, reason: str) -> None:
@@ -163,14 +169,20 @@ class _Book:
 class VenueView:
     """The gateway's live market as the venues' REST endpoints read it."""
 
-    def __init__(self, gateway: MarketHost) -> None:
+    def __init__(self, gateway: MarketHost, venue: str = "") -> None:
         self.gateway = gateway
+        self.venue = venue
 
     @property
     def markets(self) -> Markets:
         return self.gateway.feed.refresh_markets()
 
     def book(self, symbol: str, depth: int | None) -> BookView:
+        faults = self.gateway.faults
+        if faults is not None and symbol in self.gateway.engine.symbols:
+            stale = faults.stale_rest(self.venue, symbol, depth)
+            if stale is not None:
+                return _Book(stale)
         return _Book(self.gateway.book_snapshot(symbol, depth))
 
     def trades(self, symbol: str) -> list[Trade]:

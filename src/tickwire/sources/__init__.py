@@ -14,8 +14,9 @@ way whatever it is (``docs/scaling.md``):
 
 Sources: :class:`~tickwire.sources.simulated.SimulatorSource` (the embedded market, the
 default), :class:`~tickwire.sources.replay.ReplaySource` (an NDJSON recording at recorded
-or scaled speed), :class:`~tickwire.sources.nats.NatsSource` (a publisher's engine
-followed over NATS) and :class:`~tickwire.sources.ingest.IngestSource` (the ingest
+or scaled speed), :class:`~tickwire.sources.tardis.TardisSource` (tardis.dev CSV
+datasets), :class:`~tickwire.sources.nats.NatsSource` (a publisher's engine followed over
+NATS) and :class:`~tickwire.sources.ingest.IngestSource` (the ingest
 protocol, from any matching engine or feed handler: ``docs/ingest.md``).
 :func:`make_source` picks one from ``--source``.
 """
@@ -121,16 +122,22 @@ _CORES: dict[str, bool | None] = {"auto": None, "c": True, "python": False}
 def make_source(config: GatewayConfig) -> Source:
     """Build the source ``config.source`` names.
 
-    ``sim`` (default) is the embedded simulator; ``nats://HOST:PORT`` (comma-separated
+    ``sim`` (default) is the embedded simulator; ``binance+wss://...``,
+    ``okx+wss://...`` and ``kraken+wss://...`` follow a venue's public feed
+    (:mod:`tickwire.sources.venue`, ``docs/venue-feeds.md``); ``nats://HOST:PORT`` (comma-separated
     for a cluster) follows a ``tickwire publish`` over NATS; ``ingest+nats://HOST:PORT``
     takes the ingest protocol (``docs/ingest.md``) from any process, ``-`` or
-    ``ingest:PATH`` as NDJSON from standard input or a file; anything else is the path
-    of an NDJSON recording (``replay:PATH`` also works) played at ``replay_speed``.
+    ``ingest:PATH`` as NDJSON from standard input or a file; ``tardis:PATH[,PATH...]``
+    (or paths ending in ``.csv`` / ``.csv.gz``) replays tardis.dev CSV datasets
+    (``docs/venue-feeds.md``); anything else is the path of an NDJSON recording
+    (``replay:PATH`` also works). Replays play at ``replay_speed``.
 
     Raises:
         ConfigError: a replay file cannot be read or a speed is malformed.
     """
     spec = config.source
+    from .venue import is_venue_spec, parse_venue_spec
+
     if spec == "sim":
         from ..simulator import MarketSimulator
         from .simulated import SimulatorSource
@@ -169,13 +176,38 @@ def make_source(config: GatewayConfig) -> Source:
             timeout=config.source_timeout_s,
             core=_CORES[config.market_core],
         )
+    if is_venue_spec(spec):
+        from .venue import VenueSource
+
+        return VenueSource(
+            spec,
+            config.symbols,
+            rest=config.venue_rest,
+            depth=config.venue_depth,
+            timeout=config.source_timeout_s,
+            ping_interval=config.ping_interval_s,
+            ping_timeout=config.ping_timeout_s,
+        )
     if spec.startswith(("nats://", "tls://")):
         from .nats import NatsSource
 
         return NatsSource(
             spec, config.symbols, prefix=config.bus_prefix, timeout=config.source_timeout_s
         )
+    from ..tardis import is_tardis_spec, parse_symbol_map
     from .replay import ReplaySource, parse_speed
 
+    if spec.partition("+")[0] in ("binance", "okx", "kraken"):
+        parse_venue_spec(spec)  # raises a ConfigError naming the accepted forms
+    if is_tardis_spec(spec):
+        from .tardis import TardisSource
+
+        paths = [p for p in spec.removeprefix("tardis:").split(",") if p]
+        return TardisSource(
+            paths,
+            parse_speed(config.replay_speed),
+            config.symbols,
+            parse_symbol_map(config.replay_symbol_map),
+        )
     path = spec.removeprefix("replay:")
     return ReplaySource(path, parse_speed(config.replay_speed))

@@ -45,6 +45,7 @@ __all__ = [
     "StreamIngestSource",
     "ingest_metrics",
     "ingest_subject",
+    "load_book",
     "ndjson_lines",
     "snapshot_request_subject",
 ]
@@ -73,6 +74,31 @@ def ingest_subject(prefix: str, symbol: str) -> str:
 def snapshot_request_subject(prefix: str, symbol: str) -> str:
     """The subject tickwire requests ``symbol``'s snapshot on (the source answers)."""
     return f"{prefix}.ingest.{symbol}.snapshot"
+
+
+def load_book(
+    sink: Sink, symbol: str, bids: list[tuple[str, str]], asks: list[tuple[str, str]], ts: int
+) -> bool:
+    """Load a complete book of ``symbol`` into ``sink`` (adding the symbol if new), for a
+    source whose sink's engine keeps the book (a venue feed; an ingest feed leads its
+    symbols' state itself and restores that).
+
+    The book's seq moves one past the last: its content jumps, so no resume may chain
+    across. Trades and ticker statistics are kept. Returns whether it is the first load.
+    """
+    engine = sink.engine
+    if symbol not in engine.symbols:
+        sink.add_symbol(symbol)
+    current = engine.export(symbol)
+    snap = msgspec.structs.replace(
+        current,
+        book_seq=current.book_seq + 1,
+        bids=bids,
+        asks=asks,
+        last_ts=max(current.last_ts, ts),
+    )
+    sink.restore(snap)
+    return current.book_seq == 0
 
 
 class _FeedSource:

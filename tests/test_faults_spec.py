@@ -1,0 +1,268 @@
+"""The fault model without sockets: scenarios and their errors, schedules, targeting,
+the frame filter, the pacer and the stale books (tickwire.faults, Sans-I/O)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tickwire.book import Book
+from tickwire.dialects import fault_hooks
+from tickwire.dialects.markets import Markets
+from tickwire.exceptions import ScenarioError
+from tickwire.faults import ActiveFault, parse_fault, parse_scenario
+from tickwire.faults.stale import StaleBook
+from tickwire.faults.wire import NATIVE, FrameFilter, Pacer, split_frames
+from tickwire.framing import frame_payload, text_frame
+from tickwire.protocol import BookUpdate, Delta, encode
+
+SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+
+
+# -- scenario files -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["binance-24h", "snapshot-race", "silent-stall", "maintenance", "gap-storm"],
+)
+def test_named_scenarios_ship(name: str) -> None:
+    path = SCENARIOS / f"{name}.toml"
+    text = path.read_text()
+    scenario = parse_scenario(text, str(path))
+    assert scenario.name == name and scenario.faults
+    # Each cites the client bugs it reproduces (issue numbers, docs/connectivity-testing.md).
+    assert re.search(r"#\d+", text.split("name =")[0]), f"{name}: no issue cited"
+
+
+def test_every_shipped_scenario_parses() -> None:
+    for path in sorted(SCENARIOS.glob("*.toml")):
+        assert parse_scenario(path.read_text(), path.name).faults, path
+
+
+BAD: list[tuple[str, int, str]] = [
+    ('name = "x"\n[[fault]]\nkind = "gapp"\n', 3, "did you mean 'gap'"),
+    ('[[fault]]\nkind = "gap"\n\n[[fault]]\nkind = "stall"\nsecconds = 3\n', 6, "'seconds'"),
+    ('[[fault]]\nkind = "stall"\nseconds = "ten"\n', 3, "must be a number"),
+    ('[[fault]]\nkind = "gap"\nprobability = 1.5\n', 3, "at most 1"),
+    ('[[fault]]\nkind = "gap"\nshare = -0.1\n', 3, "at least 0"),
+    ('[[fault]]\nkind = "disconnect"\n# why\ncode = 1005\n', 4, "not a close code"),
+    ('[[fault]]\nkind = "gap"\nvenues = ["bitmex"]\n', 3, "unknown venue 'bitmex'"),
+    ('[[fault]]\nkind = "checksum"\nvenues = ["binance"]\n', 3, "no checksum"),
+    ('[[fault]]\nkind = "latency"\nevery = 10\n', 3, "needs a 'duration'"),
+    (
+        '[[fault]]\nkind = "stale_snapshot"\nwhere = "stream"\nvenues = ["binance"]\n',
+        3,
+        "no in-band",
+    ),
+    ('[[fault]]\nkind = "rate_limit"\nscope = "ws"\n', 3, "one of rest, connect, subscribe"),
+    ("[[fault]]\nseconds = 3\n", 1, "no 'kind'"),
+    ('name = "x"\nfaults = []\n', 2, "unknown key 'faults' (did you mean 'fault'?)"),
+    ('name = "x"\n[[fault]\nkind = "gap"\n', 2, "not valid TOML"),
+    ('seed = "one"\n', 1, "'seed' must be an integer"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "message"), BAD)
+def test_scenario_errors_name_the_line(text: str, line: int, message: str) -> None:
+    with pytest.raises(ScenarioError) as caught:
+        parse_scenario(text, "s.toml")
+    assert caught.value.line == line, str(caught.value)
+    assert str(caught.value).startswith(f"s.toml:{line}: "), str(caught.value)
+    assert message in str(caught.value)
+
+
+def test_scenario_defaults_and_seed() -> None:
+    text = 'seed = 9\n[[fault]]\nkind = "gap"\n\n[[fault]]\nkind = "gap"\nseed = 2\n'
+    a, b = parse_scenario(text, "s").faults
+    assert (a.seed, b.seed, a.line, b.line) == (9, 2, 2, 5)
+    assert a.params == {"messages": 1} and a.name == "gap" and not a.random_mode
+    assert parse_fault({"kind": "gap", "probability": 0.1}).random_mode
+    assert not parse_fault({"kind": "gap", "probability": 0.1, "every": 2}).random_mode
+
+
+# -- schedules and targets ----------------------------------------------------------------
+
+
+def test_firings_at_every_count() -> None:
+    once = ActiveFault(1, parse_fault({"kind": "gap", "at": 2}), 100.0)
+    assert [once.due(t) for t in (101, 102, 103, 200)] == [0, 1, 0, 0]
+    assert once.finished(200)
+    periodic = ActiveFault(2, parse_fault({"kind": "stall", "every": 1, "count": 3}), 0.0)
+    assert [periodic.due(t) for t in (0.0, 0.5, 2.1, 9.0)] == [1, 0, 2, 0]
+    window = ActiveFault(3, parse_fault({"kind": "latency", "at": 1, "every": 4, "duration": 1}), 0)
+    assert [window.window_open(t) for t in (0.5, 1.0, 1.9, 2.1, 5.5, 6.5)] == [
+        False,
+        True,
+        True,
+        False,
+        True,
+        False,
+    ]
+
+
+def test_targets_are_seeded_and_share_sized() -> None:
+    spec = parse_fault({"kind": "gap", "share": 0.3, "seed": 5})
+    a, b = ActiveFault(1, spec, 0), ActiveFault(1, spec, 0)
+    hits = [a.targets(c, "native") for c in range(1, 2001)]
+    assert hits == [b.targets(c, "native") for c in range(1, 2001)]
+    assert 0.25 < sum(hits) / len(hits) < 0.35
+    assert not ActiveFault(1, parse_fault({"kind": "gap", "venues": ["okx"]}), 0).targets(
+        1, "native"
+    )
+    assert not ActiveFault(1, parse_fault({"kind": "checksum"}), 0).targets(1, "binance")
+
+
+# -- the frame filter ---------------------------------------------------------------------
+
+
+def _delta(seq: int, checksum: int = 7) -> bytes:
+    update = BookUpdate("bid", "100.0", "1.0", 10**18)
+    return text_frame(encode(Delta("book.BTC-USD", seq, seq - 1, checksum, [update])))
+
+
+def _filter() -> tuple[FrameFilter, list[tuple[str, dict[str, object]]]]:
+    seen: list[tuple[str, dict[str, object]]] = []
+    markets = Markets(["BTC-USD"])
+    flt = FrameFilter(NATIVE, lambda: markets, lambda f, d: seen.append((f.spec.kind, dict(d))))
+    return flt, seen
+
+
+def _seqs(data: bytes) -> list[int]:
+    return [int(re.search(rb'"seq":(\d+)', frame_payload(f)).group(1)) for f in split_frames(data)]  # type: ignore[union-attr]
+
+
+def test_filter_gap_duplicate_reorder_checksum() -> None:
+    flt, seen = _filter()
+    other = text_frame(b'{"type":"trades","ch":"trades.BTC-USD","seq":1}')
+    assert flt.process(_delta(1) + other, 0) == _delta(1) + other  # nothing armed
+    flt.arm(ActiveFault(1, parse_fault({"kind": "gap", "messages": 2}), 0))
+    assert _seqs(flt.process(_delta(2) + other + _delta(3) + _delta(4), 0)) == [1, 4]
+    flt.arm(ActiveFault(2, parse_fault({"kind": "duplicate"}), 0))
+    assert _seqs(flt.process(_delta(5), 0)) == [5, 5]
+    flt.arm(ActiveFault(3, parse_fault({"kind": "reorder"}), 0))
+    assert flt.process(_delta(6), 0) == b""
+    assert _seqs(flt.process(_delta(7), 0)) == [7, 6]
+    flt.arm(ActiveFault(4, parse_fault({"kind": "checksum"}), 0))
+    assert flt.process(_delta(8, checksum=12), 0) == _delta(8, checksum=13)
+    assert [k for k, _ in seen] == ["gap", "gap", "duplicate", "reorder", "checksum"]
+    assert seen[0][1]["seq"] == 2 and seen[0][1]["symbol"] == "BTC-USD"
+    assert not flt.busy(0)
+
+
+def test_filter_reorder_released_when_nothing_follows() -> None:
+    flt, _ = _filter()
+    flt.arm(ActiveFault(1, parse_fault({"kind": "reorder"}), 0))
+    assert flt.process(_delta(1), 10.0) == b""
+    assert flt.release(10.2) == b""
+    assert flt.release(10.6) == _delta(1)
+
+
+def test_filter_stall_keeps_heartbeats_only_when_asked() -> None:
+    beat = text_frame(b'{"type":"heartbeat","ch":"book.BTC-USD","seq":3}')
+    for heartbeats, kept in ((False, b""), (True, beat)):
+        flt, _ = _filter()
+        flt.stall(5.0, heartbeats)
+        assert flt.process(_delta(1) + beat, 4.9) == kept
+        assert flt.process(_delta(2), 5.0) == _delta(2)
+
+
+def test_venue_hooks_classify_and_corrupt() -> None:
+    markets = Markets(["BTC-USD"])
+    binance = fault_hooks("binance")
+    depth = b'{"e":"depthUpdate","E":1,"s":"BTCUSD","U":5,"u":7,"b":[],"a":[]}'
+    assert binance.classify(depth, markets) == ("BTC-USD", "update", 7)
+    assert binance.corrupt_checksum(depth) is None and not binance.has_checksum
+    okx = fault_hooks("okx")
+    push = (
+        b'{"arg":{"channel":"books","instId":"BTC-USD"},"action":"update","data":[{"asks":[],'
+        b'"bids":[],"ts":"1","checksum":-5,"prevSeqId":3,"seqId":9}]}'
+    )
+    assert okx.classify(push, markets) == ("BTC-USD", "update", 9)
+    assert okx.corrupt_checksum(push) == push.replace(b'"checksum":-5', b'"checksum":-6')
+    assert okx.classify(push.replace(b'"books"', b'"books5"'), markets) is None
+    kraken = fault_hooks("kraken")
+    v1 = b'[3,{"b":[["100.0","1.0","1.0"]],"c":"1234"},"book-10","XBT/USD"]'
+    v2 = (
+        b'{"channel":"book","type":"snapshot","data":[{"symbol":"BTC/USD","bids":[],'
+        b'"asks":[],"checksum":77,"timestamp":"x"}]}'
+    )
+    assert kraken.classify(v1, markets) == ("BTC-USD", "update", None)
+    assert kraken.classify(v2, markets) == ("BTC-USD", "snapshot", None)
+    assert kraken.corrupt_checksum(v1) == v1.replace(b'"1234"', b'"1235"')
+    assert kraken.corrupt_checksum(v2) == v2.replace(b":77,", b":76,")
+    assert kraken.is_heartbeat(b'{"event":"heartbeat"}')
+
+
+# -- the pacer ----------------------------------------------------------------------------
+
+
+def test_pacer_latency_bandwidth_and_lifting() -> None:
+    pacer = Pacer(lambda: 0.5)
+    pacer.set(0.0, 0.1, 0.02, 0.0)
+    pacer.push(b"a", 0.0)
+    pacer.push(b"b", 0.001)
+    assert pacer.due(0.1) == (b"", 0.11)
+    assert pacer.due(0.111)[0] == b"ab"  # order kept, jitter +0.01
+    pacer.set(0.2, 0.0, 0.0, 100.0)  # 100 bytes/s
+    pacer.push(b"x" * 50, 1.0)
+    pacer.push(b"y" * 50, 1.0)
+    assert pacer.due(1.49) == (b"", 1.5)
+    assert pacer.due(1.5)[0] == b"x" * 50
+    assert pacer.size == 50
+    pacer.set(1.6, 0.0, 0.0, 0.0)  # the cap lifts: the backlog goes at once
+    assert pacer.due(1.6) == (b"y" * 50, None)
+    assert not pacer.active
+
+
+# -- stale books --------------------------------------------------------------------------
+
+
+def test_stale_book_rolls_forward_through_history() -> None:
+    history: list[bytes] = []
+    live = Book()
+    seq = 0
+    for i in range(1, 31):
+        updates = [BookUpdate("bid", f"{100 + i % 7}.0", f"{i}.0", 10**18)]
+        live.apply_updates(updates)
+        history.append(text_frame(encode(Delta("book.X", i, i - 1, live.checksum(), updates))))
+        seq = i
+        if i == 10:
+            start = (seq, live.bids(), live.asks())
+
+    def replay(since: int) -> list[bytes] | None:
+        return history[since:]
+
+    stale = StaleBook()
+    got_seq, book = stale.at(5, lambda: start, replay)
+    assert got_seq == 10  # it cannot go back before where it started
+    got_seq, book = stale.at(25, lambda: start, replay)  # one update per message here
+    expected = Book()
+    for frame in history[:25]:
+        for u in parse_delta(frame).updates:
+            expected.apply(u.side, u.price, u.qty)
+    assert got_seq == 25 and book.bids() == expected.bids()
+
+
+def parse_delta(frame: bytes) -> Delta:
+    from tickwire.protocol import decode_message
+
+    msg = decode_message(frame_payload(frame))
+    assert isinstance(msg, Delta)
+    return msg
+
+
+def test_random_mode_is_seeded_per_connection() -> None:
+    fault = ActiveFault(1, parse_fault({"kind": "gap", "probability": 0.3, "seed": 4}), 0)
+
+    def pattern(conn_id: int) -> list[int]:
+        markets = Markets(["BTC-USD"])
+        flt = FrameFilter(NATIVE, lambda: markets, lambda f, d: None, None, conn_id)
+        flt.random.append(fault)
+        return _seqs(flt.process(b"".join(_delta(i) for i in range(1, 201)), 0))
+
+    assert pattern(7) == pattern(7)
+    assert pattern(7) != pattern(8)
+    assert 100 < len(pattern(7)) < 180  # about 30% dropped

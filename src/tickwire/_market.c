@@ -16,6 +16,10 @@
  * Layout: integer prices (ticks) and sizes (lots); each book side is a sorted array
  * (at most MAX_LEVELS + 1 levels), so lookups are binary searches and the best and
  * worst levels are its ends.
+ *
+ * Levels (at the end) is the ingest protocol's book, for any source's prices: exact
+ * decimal text, validated and applied once per change, with the same checksum and JSON
+ * (tests/test_market_core.py holds it to ingest.PyLevels).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -1059,13 +1059,16 @@ class IngestFeed:
         symbols: the symbols allowed (empty: any valid name, up to ``max_symbols``).
         silent_after: seconds without a message after which a symbol is reported silent.
         max_symbols: symbols at most when any are allowed.
+        core: the compiled book (``tickwire._market.Levels``): True, False
+            (:class:`PyLevels`) or None (when built).
+
+    Raises:
+        ConfigError: ``core`` is True and the compiled core is not built.
     """
 
     symbols: list[str] = field(default_factory=list)
     silent_after: float = 5.0
     max_symbols: int = 1000
-    #: The compiled book (``tickwire._market.Levels``): True, False (:class:`PyLevels`)
-    #: or None (when built).
     core: bool | None = None
     #: Per symbol state machines, created by the symbol's first valid message.
     feeds: dict[str, SymbolFeed] = field(default_factory=dict)
@@ -1079,6 +1082,10 @@ class IngestFeed:
     loads: int = 0
     silences: int = 0
     _logs: dict[tuple[str, str], _LogState] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.core and not HAVE_LEVELS:
+            raise ConfigError("the compiled market core is not built (no C compiler?)")
 
     def receive(
         self, subject_symbol: str | None, data: bytes, now: float, reply: bool = False

@@ -577,72 +577,13 @@ def test_the_publisher_loop_waits_as_its_pacing_says(
             "time",
             SimpleNamespace(monotonic=lambda: clock[0], time=time.time, time_ns=time.time_ns),
         )
-        # Only the sleeps are faked (a clock source never wakes the loop by arriving).
-        fake = SimpleNamespace(
-            sleep=sleep, Event=asyncio.Event, get_running_loop=asyncio.get_running_loop
-        )
-        monkeypatch.setattr(publisher_module, "asyncio", fake)
+        monkeypatch.setattr(publisher_module, "asyncio", SimpleNamespace(sleep=sleep))
         with pytest.raises(_StopLoop):
             await pub._loop(FakeNats())
 
     asyncio.run(run())
     assert sleeps[1:] == pytest.approx([gap] * 7, abs=1e-9)
     assert published  # the passes published bundles
-
-
-def test_a_pushing_source_wakes_the_publisher_a_tick_after_the_last_pass_began(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # The same fake clock, with a source that pushes (ingest): data arriving during a
-    # pass of 0.4 ms is taken a tick after that pass began (0.6 ms after it ended), not
-    # after the whole 1 ms pause.
-    from types import SimpleNamespace
-
-    from tickwire import publisher as publisher_module
-    from tickwire.publisher import Publisher
-    from tickwire.sources.simulated import SimulatorSource
-
-    clock = [100.0]
-    sleeps: list[float] = []
-    source = SimulatorSource(MarketSimulator(["A"], 1000.0, seed=1))
-    wake: list[Any] = []
-    monkeypatch.setattr(source, "on_arrival", wake.append)
-    pub = Publisher("nats://127.0.0.1:1", ["A"], source, tick_pacing="pause")
-
-    class FakeNats:
-        async def publish(self, subject: str, payload: bytes) -> None:
-            pass
-
-    async def sleep(delay: float) -> None:
-        sleeps.append(delay)
-        clock[0] += delay
-        if len(sleeps) == 6:
-            raise _StopLoop
-
-    async def run() -> None:
-        await source.start(pub.sink)
-        poll = source.poll
-
-        def arriving_poll(now: float) -> Any:
-            clock[0] += 0.0004
-            wake[0]()  # a message arrived meanwhile
-            return poll(now)
-
-        monkeypatch.setattr(source, "poll", arriving_poll)
-        monkeypatch.setattr(
-            publisher_module,
-            "time",
-            SimpleNamespace(monotonic=lambda: clock[0], time=time.time, time_ns=time.time_ns),
-        )
-        fake = SimpleNamespace(
-            sleep=sleep, Event=asyncio.Event, get_running_loop=asyncio.get_running_loop
-        )
-        monkeypatch.setattr(publisher_module, "asyncio", fake)
-        with pytest.raises(_StopLoop):
-            await pub._loop(FakeNats())
-
-    asyncio.run(run())
-    assert sleeps[1:] == pytest.approx([0.0006] * 5, abs=1e-9)
 
 
 def test_two_gateways_on_one_bus_emit_identical_seqs_updates_and_checksums(

@@ -391,36 +391,16 @@ class Publisher:
         order: list[str] = []
         turn = 0
         stopping = self._stopping
-        # A push source (ingest) wakes the loop when a message arrives: from its first
-        # arrival on, a pass runs as soon as something came rather than at the end of the
-        # pause, yet passes still start a tick apart at least (each bus message carries
-        # what came meanwhile). Other sources (the clock's) sleep as before.
-        arrived = asyncio.Event()
-        self.source.on_arrival(arrived.set)
-        loop = asyncio.get_running_loop()
-        pushing = False
-        start = monotonic()
         while not stopping.is_set():
             deadline += tick
             now = monotonic()
             if deadline > now:
-                if pushing or arrived.is_set():
-                    pushing = True
-                    early = start + tick - now
-                    if early > 0:
-                        await asyncio.sleep(early)
-                    if not arrived.is_set():
-                        timer = loop.call_later(max(deadline - monotonic(), 0.0), arrived.set)
-                        await arrived.wait()
-                        timer.cancel()
-                else:
-                    await asyncio.sleep(deadline - now)
+                await asyncio.sleep(deadline - now)
             else:
                 await asyncio.sleep(0)
                 if now - deadline > tick:
                     deadline = now
-            arrived.clear()
-            now = start = monotonic()
+            now = monotonic()
             for symbol, updates, trades in poll(now):
                 publish(symbol, updates, trades)
             if now >= next_state:

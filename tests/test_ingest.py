@@ -996,3 +996,81 @@ def test_fuzz_through_a_real_hub_the_served_book_is_the_validated_one(messages: 
             assert hub.engine.symbols["X"].book == x.book
         elif x is not None and "book.X" in hub.channels:
             assert hub.channels["book.X"].stale
+
+
+def test_a_source_status_reaches_clients_in_tickers_directly_and_behind_a_leader() -> None:
+    """Sans-I/O: a ``status`` message is carried by every ticker of the symbol (the
+    snapshot's and the next one), from a gateway that takes the protocol itself and
+    from a gateway following ``publish --ingest`` over the bus."""
+    from test_hub import Recorder
+    from tickwire.engine import Engine
+    from tickwire.hub import Hub
+    from tickwire.protocol import Snapshot, Ticker
+    from tickwire.publisher import BusSink
+    from tickwire.sources import Sink
+    from tickwire.sources.bus import BusFollower, decode_bus
+    from tickwire.sources.ingest import StreamIngestSource
+
+    async def nothing() -> Any:
+        yield b""
+
+    def source_of(sink: Sink) -> StreamIngestSource:
+        source = StreamIngestSource(nothing())
+        source._attach(sink)
+        return source
+
+    def run(source: StreamIngestSource, data: bytes, now: float) -> None:
+        source._queue(None, data, False)
+        assert list(source.poll(now)) == []  # relayed
+
+    def status(value: str) -> bytes:
+        return json.dumps({"v": 1, "type": "status", "symbol": "X", "status": value}).encode()
+
+    # One gateway takes the protocol (serve --source ingest+nats://).
+    hub = Hub(Engine([]), ticker_interval=0.0)
+    src = source_of(hub)
+    run(src, status("halted"), 0.0)  # before the first snapshot: kept for it
+    run(src, snap(), 0.1)
+    sub = Recorder()
+    hub.subscribe(sub, hub.channel("ticker.X"))
+    [first] = sub.drain()
+    assert isinstance(first, Snapshot) and isinstance(first.ticker, Ticker)
+    assert first.ticker.status == "halted"
+    run(src, status("open"), 0.2)
+    hub.flush(0.3)
+    [tick] = sub.drain()
+    assert isinstance(tick, Ticker) and tick.status == "open" and tick.bid == "99.5"
+    run(src, upd(11, [["bid", "99.75", "1"]]), 0.4)  # batches keep it
+    hub.flush(0.5)
+    [tick] = [m for m in sub.drain() if isinstance(m, Ticker)]
+    assert tick.status == "open" and tick.bid == "99.75"
+
+    # Behind a leader: the publisher sends its state in stream, followers' tickers carry it.
+    sink = BusSink(Engine([], epoch="e1"), "tickwire")
+    lead = source_of(sink)
+    gateway = Hub(Engine([]), ticker_interval=0.0)
+    follower = BusFollower(gateway, follow_all=True)
+
+    def ship(now: float) -> None:
+        out, sink.out = sink.out, []
+        for data in [*out, sink.heartbeat()]:
+            follower.message(decode_bus(data))
+        for symbol, updates, trades in follower.hand_over(now):
+            gateway.publish(symbol, updates, trades)
+        gateway.flush(now)
+
+    run(lead, snap(), 0.0)
+    ship(0.0)
+    sub = Recorder()
+    gateway.subscribe(sub, gateway.channel("ticker.X"))
+    [first] = sub.drain()
+    assert isinstance(first, Snapshot) and isinstance(first.ticker, Ticker)
+    assert first.ticker.status is None  # the source said nothing yet
+    run(lead, status("halted"), 0.1)
+    ship(0.2)
+    [tick] = [m for m in sub.drain() if isinstance(m, Ticker)]
+    assert tick.status == "halted" and tick.bid == "99.5"
+    run(lead, upd(11, [["ask", "100.25", "2"]]), 0.3)
+    ship(0.4)
+    [tick] = [m for m in sub.drain() if isinstance(m, Ticker)]
+    assert tick.status == "halted" and tick.ask == "100.25"

@@ -16,6 +16,10 @@
  * Layout: integer prices (ticks) and sizes (lots); each book side is a sorted array
  * (at most MAX_LEVELS + 1 levels), so lookups are binary searches and the best and
  * worst levels are its ends.
+ *
+ * Levels (at the end) is the ingest protocol's book, for any source's prices: exact
+ * decimal text, validated and applied once per change, with the same checksum and JSON
+ * (tests/test_market_core.py holds it to ingest.PyLevels).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -987,15 +991,661 @@ static PyTypeObject FlowType = {
     .tp_getset = Flow_getset,
 };
 
+/* -- Levels: the ingest protocol's L2 book of exact decimal strings ------------------ *
+ *
+ * What ingest.PyLevels does in Python, for one symbol of an ingest source: take a
+ * message's level changes [side, price, qty] as the source wrote them, validate and
+ * canonicalize each decimal (ingest.canonical: up to 24 integer and 18 fraction digits),
+ * apply them, reject a crossed book, and write the message's "delta" JSON with the
+ * checksum after it -- the book the validation needs is the book the clients get, so
+ * each change is applied once. A rejected message leaves the book as it was (an undo
+ * log), and says where: the index of the first change that is not valid (Python then
+ * raises the exact error), or the crossed best bid and ask.
+ *
+ * A level keeps its canonical price and quantity as text (what the JSON and the
+ * checksum need) and a 42-byte key: the integer digits right-aligned in 24 places and
+ * the fraction left-aligned in 18, so memcmp orders keys as the numbers. Each side is a
+ * sorted array of level pointers with the best level last (bids ascending, asks
+ * descending): most changes are near the touch, so inserts and deletes move little. */
+
+#define DEC_INT 24
+#define DEC_FRAC 18
+#define KEY_LEN (DEC_INT + DEC_FRAC)
+#define DEC_MAX (DEC_INT + 1 + DEC_FRAC)
+
+typedef struct {
+    char key[KEY_LEN];
+    char text[DEC_MAX];
+    uint8_t len;
+} dec_t;
+
+typedef struct {
+    char key[KEY_LEN];
+    uint8_t plen, qlen;
+    char price[DEC_MAX];
+    char qty[DEC_MAX];
+} lvl_t;
+
+typedef struct {
+    lvl_t **v;
+    Py_ssize_t n, cap;
+    int desc; /* asks: keys descending (best last) */
+} lside_t;
+
+enum { UNDO_NONE, UNDO_QTY, UNDO_INSERTED, UNDO_DELETED };
+
+typedef struct {
+    lside_t *side;
+    lvl_t *lvl;
+    int kind;
+    uint8_t qlen;
+    char qty[DEC_MAX];
+} undo_t;
+
+typedef struct {
+    PyObject_HEAD
+    lside_t bids, asks;
+    PyObject *book_ch; /* JSON string of "book.<SYM>", quotes included (bytes) */
+    undo_t *undo;
+    Py_ssize_t undo_cap;
+    buf_t updates, out;
+} LevelsObject;
+
+/* ingest.canonical's grammar ([0-9]{1,24}(\.[0-9]{1,18})?, nothing else): 0 and the
+ * canonical text and key in d, or -1 (not an exact decimal, or not text). */
+static int parse_dec(PyObject *obj, dec_t *d) {
+    if (!PyUnicode_Check(obj))
+        return -1;
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(obj, &n);
+    if (s == NULL) { /* a lone surrogate: not a decimal */
+        PyErr_Clear();
+        return -1;
+    }
+    Py_ssize_t i = 0;
+    while (i < n && s[i] >= '0' && s[i] <= '9')
+        i++;
+    Py_ssize_t wlen = i, fstart = i, flen = 0;
+    if (wlen < 1 || wlen > DEC_INT)
+        return -1;
+    if (i < n) {
+        if (s[i] != '.')
+            return -1;
+        fstart = ++i;
+        while (i < n && s[i] >= '0' && s[i] <= '9')
+            i++;
+        flen = i - fstart;
+        if (flen < 1 || flen > DEC_FRAC || i != n)
+            return -1;
+    }
+    Py_ssize_t w0 = 0;
+    while (w0 < wlen - 1 && s[w0] == '0')
+        w0++;
+    while (flen > 0 && s[fstart + flen - 1] == '0')
+        flen--;
+    size_t w = (size_t)(wlen - w0), len = w;
+    memcpy(d->text, s + w0, w);
+    if (flen) {
+        d->text[len++] = '.';
+        memcpy(d->text + len, s + fstart, (size_t)flen);
+        len += (size_t)flen;
+    }
+    d->len = (uint8_t)len;
+    memset(d->key, '0', KEY_LEN);
+    memcpy(d->key + DEC_INT - w, s + w0, w);
+    memcpy(d->key + DEC_INT, s + fstart, (size_t)flen);
+    return 0;
+}
+
+static inline int dec_is_zero(const dec_t *d) {
+    return d->len == 1 && d->text[0] == '0';
+}
+
+/* 0 bid, 1 ask, -1 neither. */
+static int parse_side(PyObject *obj) {
+    if (!PyUnicode_Check(obj))
+        return -1;
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(obj, &n);
+    if (s == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    if (n == 3 && memcmp(s, "bid", 3) == 0)
+        return 0;
+    if (n == 3 && memcmp(s, "ask", 3) == 0)
+        return 1;
+    return -1;
+}
+
+/* One change [side, price, qty]: 0 (side 0/1, price, qty set) or -1 (not valid). */
+static int parse_change(PyObject *item, int *side, dec_t *price, dec_t *qty) {
+    if (!(PyTuple_Check(item) || PyList_Check(item)) || PySequence_Fast_GET_SIZE(item) != 3)
+        return -1;
+    PyObject **f = PySequence_Fast_ITEMS(item);
+    *side = parse_side(f[0]);
+    if (*side < 0 || parse_dec(f[1], price) < 0 || parse_dec(f[2], qty) < 0)
+        return -1;
+    return dec_is_zero(price) ? -1 : 0;
+}
+
+static inline int lkey_cmp(const lside_t *s, const char *a, const char *b) {
+    int r = memcmp(a, b, KEY_LEN);
+    return s->desc ? -r : r;
+}
+
+/* Index of key, or -(insertion point) - 1. */
+static Py_ssize_t lside_find(const lside_t *s, const char *key) {
+    Py_ssize_t lo = 0, hi = s->n;
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) >> 1;
+        if (lkey_cmp(s, s->v[mid]->key, key) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo < s->n && memcmp(s->v[lo]->key, key, KEY_LEN) == 0)
+        return lo;
+    return -lo - 1;
+}
+
+static int lside_insert(lside_t *s, Py_ssize_t at, lvl_t *lvl) {
+    if (s->n == s->cap) {
+        Py_ssize_t cap = s->cap ? s->cap * 2 : 64;
+        lvl_t **v = PyMem_Realloc(s->v, (size_t)cap * sizeof(lvl_t *));
+        if (v == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        s->v = v;
+        s->cap = cap;
+    }
+    memmove(s->v + at + 1, s->v + at, (size_t)(s->n - at) * sizeof(lvl_t *));
+    s->v[at] = lvl;
+    s->n++;
+    return 0;
+}
+
+static void lside_remove(lside_t *s, Py_ssize_t at) {
+    memmove(s->v + at, s->v + at + 1, (size_t)(s->n - at - 1) * sizeof(lvl_t *));
+    s->n--;
+}
+
+static void lside_clear(lside_t *s) {
+    for (Py_ssize_t i = 0; i < s->n; i++)
+        PyMem_Free(s->v[i]);
+    PyMem_Free(s->v);
+    s->v = NULL;
+    s->n = s->cap = 0;
+}
+
+static int Levels_init(LevelsObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"book_ch", NULL};
+    PyObject *book_ch;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "S", kwlist, &book_ch))
+        return -1;
+    Py_INCREF(book_ch);
+    Py_XSETREF(self->book_ch, book_ch);
+    lside_clear(&self->bids);
+    lside_clear(&self->asks);
+    self->bids.desc = 0;
+    self->asks.desc = 1;
+    return 0;
+}
+
+static void Levels_dealloc(LevelsObject *self) {
+    Py_XDECREF(self->book_ch);
+    lside_clear(&self->bids);
+    lside_clear(&self->asks);
+    PyMem_Free(self->undo);
+    PyMem_Free(self->updates.data);
+    PyMem_Free(self->out.data);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int levels_ready(LevelsObject *self) {
+    if (self->book_ch != NULL)
+        return 0;
+    PyErr_SetString(PyExc_RuntimeError, "Levels.__init__ was not called (or failed)");
+    return -1;
+}
+
+/* Set one level (qty zero: delete), logging how to undo it in u. */
+static int levels_set(lside_t *s, const dec_t *price, const dec_t *qty, undo_t *u) {
+    Py_ssize_t i = lside_find(s, price->key);
+    u->side = s;
+    if (dec_is_zero(qty)) {
+        if (i < 0) {
+            u->kind = UNDO_NONE;
+            return 0;
+        }
+        u->kind = UNDO_DELETED;
+        u->lvl = s->v[i];
+        lside_remove(s, i);
+        return 0;
+    }
+    if (i >= 0) {
+        lvl_t *lvl = s->v[i];
+        u->kind = UNDO_QTY;
+        u->lvl = lvl;
+        u->qlen = lvl->qlen;
+        memcpy(u->qty, lvl->qty, lvl->qlen);
+        memcpy(lvl->qty, qty->text, qty->len);
+        lvl->qlen = qty->len;
+        return 0;
+    }
+    lvl_t *lvl = PyMem_Malloc(sizeof(lvl_t));
+    if (lvl == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(lvl->key, price->key, KEY_LEN);
+    memcpy(lvl->price, price->text, price->len);
+    lvl->plen = price->len;
+    memcpy(lvl->qty, qty->text, qty->len);
+    lvl->qlen = qty->len;
+    if (lside_insert(s, -i - 1, lvl) < 0) {
+        PyMem_Free(lvl);
+        return -1;
+    }
+    u->kind = UNDO_INSERTED;
+    u->lvl = lvl;
+    return 0;
+}
+
+/* Undo entries [0, n) in reverse: the book is as before the first. */
+static void levels_undo(LevelsObject *self, Py_ssize_t n) {
+    while (n-- > 0) {
+        undo_t *u = &self->undo[n];
+        lside_t *s = u->side;
+        Py_ssize_t i;
+        switch (u->kind) {
+        case UNDO_QTY:
+            memcpy(u->lvl->qty, u->qty, u->qlen);
+            u->lvl->qlen = u->qlen;
+            break;
+        case UNDO_INSERTED:
+            i = lside_find(s, u->lvl->key);
+            lside_remove(s, i);
+            PyMem_Free(u->lvl);
+            break;
+        case UNDO_DELETED:
+            i = lside_find(s, u->lvl->key);
+            /* Room is there: the level was removed from this array. */
+            memmove(s->v + (-i - 1) + 1, s->v + (-i - 1),
+                    (size_t)(s->n - (-i - 1)) * sizeof(lvl_t *));
+            s->v[-i - 1] = u->lvl;
+            s->n++;
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+static void levels_commit(LevelsObject *self, Py_ssize_t n) {
+    for (Py_ssize_t k = 0; k < n; k++)
+        if (self->undo[k].kind == UNDO_DELETED)
+            PyMem_Free(self->undo[k].lvl);
+}
+
+static PyObject *lvl_text(const char *s, uint8_t len) {
+    return PyUnicode_FromStringAndSize(s, len);
+}
+
+/* (best bid, best ask) prices when the book is crossed, else NULL without error. */
+static PyObject *levels_crossed(LevelsObject *self) {
+    if (self->bids.n == 0 || self->asks.n == 0)
+        return NULL;
+    lvl_t *bid = self->bids.v[self->bids.n - 1], *ask = self->asks.v[self->asks.n - 1];
+    if (memcmp(bid->key, ask->key, KEY_LEN) < 0)
+        return NULL;
+    return Py_BuildValue("(NN)", lvl_text(bid->price, bid->plen), lvl_text(ask->price, ask->plen));
+}
+
+/* strip(x) (book.py): without "." and leading "0"s. */
+static void put_level_stripped(buf_t *b, const char *s, uint8_t len) {
+    size_t start = b->len;
+    for (uint8_t i = 0; i < len; i++)
+        if (s[i] != '.')
+            b->data[b->len++] = s[i];
+    size_t z = start;
+    while (z < b->len && b->data[z] == '0')
+        z++;
+    if (z > start) {
+        memmove(b->data + start, b->data + z, b->len - z);
+        b->len -= z - start;
+    }
+}
+
+static uint32_t levels_checksum(LevelsObject *self) {
+    char tmp[2 * CHECKSUM_DEPTH * 2 * DEC_MAX];
+    buf_t b = {tmp, 0, sizeof tmp};
+    const lside_t *sides[2] = {&self->asks, &self->bids};
+    for (int k = 0; k < 2; k++) {
+        const lside_t *s = sides[k];
+        for (Py_ssize_t i = 0; i < s->n && i < CHECKSUM_DEPTH; i++) {
+            lvl_t *lvl = s->v[s->n - 1 - i];
+            put_level_stripped(&b, lvl->price, lvl->plen);
+            put_level_stripped(&b, lvl->qty, lvl->qlen);
+        }
+    }
+    return crc32_of(tmp, b.len);
+}
+
+static PyObject *Levels_apply(LevelsObject *self, PyObject *args) {
+    PyObject *changes;
+    long long ts, seq;
+    if (levels_ready(self) < 0 || !PyArg_ParseTuple(args, "OLL", &changes, &ts, &seq))
+        return NULL;
+    PyObject *fast = PySequence_Fast(changes, "changes must be a sequence");
+    if (fast == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    PyObject **items = PySequence_Fast_ITEMS(fast);
+    if (n == 0) {
+        Py_DECREF(fast);
+        return PyBytes_FromStringAndSize("", 0);
+    }
+    if (n > self->undo_cap) {
+        undo_t *undo = PyMem_Realloc(self->undo, (size_t)n * sizeof(undo_t));
+        if (undo == NULL) {
+            Py_DECREF(fast);
+            return PyErr_NoMemory();
+        }
+        self->undo = undo;
+        self->undo_cap = n;
+    }
+    char ts_text[32];
+    buf_t t = {ts_text, 0, sizeof ts_text};
+    put_i64(&t, ts);
+    buf_t *b = &self->updates;
+    b->len = 0;
+    Py_ssize_t k;
+    for (k = 0; k < n; k++) {
+        int side;
+        dec_t price, qty;
+        if (parse_change(items[k], &side, &price, &qty) < 0) {
+            levels_undo(self, k);
+            Py_DECREF(fast);
+            return PyLong_FromSsize_t(k);
+        }
+        if (buf_reserve(b, 64 + 2 * DEC_MAX + t.len) < 0 ||
+            levels_set(side ? &self->asks : &self->bids, &price, &qty, &self->undo[k]) < 0) {
+            levels_undo(self, k);
+            Py_DECREF(fast);
+            return NULL;
+        }
+        if (k)
+            b->data[b->len++] = ',';
+        if (side)
+            PUT_LITERAL(b, "{\"side\":\"ask\",\"price\":\"");
+        else
+            PUT_LITERAL(b, "{\"side\":\"bid\",\"price\":\"");
+        put(b, price.text, price.len);
+        PUT_LITERAL(b, "\",\"qty\":\"");
+        put(b, qty.text, qty.len);
+        PUT_LITERAL(b, "\",\"ts\":");
+        put(b, ts_text, t.len);
+        b->data[b->len++] = '}';
+    }
+    Py_DECREF(fast);
+    PyObject *crossed = levels_crossed(self);
+    if (crossed != NULL || PyErr_Occurred()) {
+        levels_undo(self, n);
+        return crossed;
+    }
+    levels_commit(self, n);
+    buf_t *o = &self->out;
+    o->len = 0;
+    size_t ch_len = (size_t)PyBytes_GET_SIZE(self->book_ch);
+    if (buf_reserve(o, 128 + ch_len + b->len) < 0)
+        return NULL;
+    put_head(o, "{\"type\":\"delta\",\"ch\":", self->book_ch, seq + n, seq);
+    PUT_LITERAL(o, ",\"checksum\":");
+    put_u64(o, levels_checksum(self));
+    PUT_LITERAL(o, ",\"updates\":[");
+    put(o, b->data, b->len);
+    PUT_LITERAL(o, "]}");
+    return PyBytes_FromStringAndSize(o->data, (Py_ssize_t)o->len);
+}
+
+static PyObject *Levels_check(LevelsObject *Py_UNUSED(self), PyObject *changes) {
+    PyObject *fast = PySequence_Fast(changes, "changes must be a sequence");
+    if (fast == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    PyObject **items = PySequence_Fast_ITEMS(fast);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        int side;
+        dec_t price, qty;
+        if (parse_change(items[k], &side, &price, &qty) < 0) {
+            Py_DECREF(fast);
+            return PyLong_FromSsize_t(k);
+        }
+    }
+    Py_DECREF(fast);
+    return PyLong_FromLong(-1);
+}
+
+typedef struct {
+    lvl_t *lvl;
+    Py_ssize_t at;
+} ranked_t;
+
+static int ranked_cmp(const void *a, const void *b) {
+    const ranked_t *x = a, *y = b;
+    int r = memcmp(x->lvl->key, y->lvl->key, KEY_LEN);
+    if (r)
+        return r;
+    return x->at < y->at ? -1 : x->at > y->at;
+}
+
+/* A snapshot side's pairs into s (empty): zero quantities skipped, a price twice keeps
+ * the last. Returns -1 (error set), the index of a pair that is not valid, or n. */
+static Py_ssize_t levels_fill(lside_t *s, PyObject *pairs) {
+    PyObject *fast = PySequence_Fast(pairs, "levels must be a sequence");
+    if (fast == NULL)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    PyObject **items = PySequence_Fast_ITEMS(fast);
+    ranked_t *r = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(ranked_t));
+    if (r == NULL) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t m = 0, k;
+    for (k = 0; k < n; k++) {
+        PyObject *item = items[k];
+        dec_t price, qty;
+        if (!(PyTuple_Check(item) || PyList_Check(item)) || PySequence_Fast_GET_SIZE(item) != 2)
+            break;
+        PyObject **f = PySequence_Fast_ITEMS(item);
+        if (parse_dec(f[0], &price) < 0 || dec_is_zero(&price) || parse_dec(f[1], &qty) < 0)
+            break;
+        if (dec_is_zero(&qty))
+            continue;
+        lvl_t *lvl = PyMem_Malloc(sizeof(lvl_t));
+        if (lvl == NULL) {
+            PyErr_NoMemory();
+            k = -1;
+            break;
+        }
+        memcpy(lvl->key, price.key, KEY_LEN);
+        memcpy(lvl->price, price.text, price.len);
+        lvl->plen = price.len;
+        memcpy(lvl->qty, qty.text, qty.len);
+        lvl->qlen = qty.len;
+        r[m].lvl = lvl;
+        r[m].at = k;
+        m++;
+    }
+    Py_DECREF(fast);
+    if (k != n) {
+        for (Py_ssize_t i = 0; i < m; i++)
+            PyMem_Free(r[i].lvl);
+        PyMem_Free(r);
+        return k;
+    }
+    qsort(r, (size_t)m, sizeof(ranked_t), ranked_cmp);
+    s->v = PyMem_Malloc((size_t)(m ? m : 1) * sizeof(lvl_t *));
+    if (s->v == NULL) {
+        for (Py_ssize_t i = 0; i < m; i++)
+            PyMem_Free(r[i].lvl);
+        PyMem_Free(r);
+        PyErr_NoMemory();
+        return -1;
+    }
+    s->cap = m ? m : 1;
+    s->n = 0;
+    for (Py_ssize_t i = 0; i < m; i++) {
+        if (i + 1 < m && memcmp(r[i].lvl->key, r[i + 1].lvl->key, KEY_LEN) == 0) {
+            PyMem_Free(r[i].lvl); /* a later pair sets this price */
+            continue;
+        }
+        s->v[s->n++] = r[i].lvl;
+    }
+    if (s->desc) /* best last: reverse the ascending order */
+        for (Py_ssize_t i = 0, j = s->n - 1; i < j; i++, j--) {
+            lvl_t *x = s->v[i];
+            s->v[i] = s->v[j];
+            s->v[j] = x;
+        }
+    PyMem_Free(r);
+    return n;
+}
+
+static PyObject *Levels_load(LevelsObject *self, PyObject *args) {
+    PyObject *bids, *asks;
+    if (levels_ready(self) < 0 || !PyArg_ParseTuple(args, "OO", &bids, &asks))
+        return NULL;
+    Py_ssize_t nb = PySequence_Size(bids);
+    if (nb < 0)
+        return NULL;
+    lside_t b = {NULL, 0, 0, 0}, a = {NULL, 0, 0, 1};
+    Py_ssize_t k = levels_fill(&b, bids);
+    if (k != nb) {
+        lside_clear(&b);
+        return k < 0 ? NULL : PyLong_FromSsize_t(k);
+    }
+    Py_ssize_t na = PySequence_Size(asks);
+    k = na < 0 ? -1 : levels_fill(&a, asks);
+    if (k != na) {
+        lside_clear(&b);
+        lside_clear(&a);
+        return k < 0 ? NULL : PyLong_FromSsize_t(nb + k);
+    }
+    if (b.n && a.n && memcmp(b.v[b.n - 1]->key, a.v[a.n - 1]->key, KEY_LEN) >= 0) {
+        PyObject *crossed = Py_BuildValue(
+            "(NN)", lvl_text(b.v[b.n - 1]->price, b.v[b.n - 1]->plen),
+            lvl_text(a.v[a.n - 1]->price, a.v[a.n - 1]->plen));
+        lside_clear(&b);
+        lside_clear(&a);
+        return crossed;
+    }
+    lside_clear(&self->bids);
+    lside_clear(&self->asks);
+    self->bids = b;
+    self->asks = a;
+    Py_RETURN_NONE;
+}
+
+static PyObject *levels_list(const lside_t *s, Py_ssize_t depth) {
+    Py_ssize_t n = depth >= 0 && depth < s->n ? depth : s->n;
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        lvl_t *lvl = s->v[s->n - 1 - i];
+        PyObject *item =
+            Py_BuildValue("(NN)", lvl_text(lvl->price, lvl->plen), lvl_text(lvl->qty, lvl->qlen));
+        if (item == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, item);
+    }
+    return out;
+}
+
+static PyObject *Levels_bids(LevelsObject *self, PyObject *args) {
+    Py_ssize_t depth = -1;
+    if (!PyArg_ParseTuple(args, "|n", &depth))
+        return NULL;
+    return levels_list(&self->bids, depth);
+}
+
+static PyObject *Levels_asks(LevelsObject *self, PyObject *args) {
+    Py_ssize_t depth = -1;
+    if (!PyArg_ParseTuple(args, "|n", &depth))
+        return NULL;
+    return levels_list(&self->asks, depth);
+}
+
+static PyObject *side_top(const lside_t *s, int qty) {
+    if (s->n == 0)
+        Py_RETURN_NONE;
+    lvl_t *lvl = s->v[s->n - 1];
+    return qty ? lvl_text(lvl->qty, lvl->qlen) : lvl_text(lvl->price, lvl->plen);
+}
+
+static PyObject *Levels_top(LevelsObject *self, PyObject *Py_UNUSED(ignored)) {
+    return Py_BuildValue("(NNNN)", side_top(&self->bids, 0), side_top(&self->bids, 1),
+                         side_top(&self->asks, 0), side_top(&self->asks, 1));
+}
+
+static PyObject *Levels_checksum(LevelsObject *self, PyObject *Py_UNUSED(ignored)) {
+    return PyLong_FromUnsignedLong(levels_checksum(self));
+}
+
+static PyObject *Levels_depth(LevelsObject *self, PyObject *Py_UNUSED(ignored)) {
+    return Py_BuildValue("(nn)", self->bids.n, self->asks.n);
+}
+
+static PyMethodDef Levels_methods[] = {
+    {"apply", (PyCFunction)Levels_apply, METH_VARARGS,
+     "apply(changes, ts, seq) -> delta JSON (prev_seq seq), or the index of the first\n"
+     "change that is not valid, or (best bid, best ask) when the book would cross;\n"
+     "a rejected message leaves the book as it was. No changes: b''."},
+    {"check", (PyCFunction)Levels_check, METH_O,
+     "check(changes) -> the index of the first change that is not valid, or -1."},
+    {"load", (PyCFunction)Levels_load, METH_VARARGS,
+     "load(bids, asks) -> None (loaded), the index of a pair that is not valid (bids then\n"
+     "asks), or (best bid, best ask) when crossed; the book is replaced only on success."},
+    {"bids", (PyCFunction)Levels_bids, METH_VARARGS, "bids([depth]) -> levels, best first."},
+    {"asks", (PyCFunction)Levels_asks, METH_VARARGS, "asks([depth]) -> levels, best first."},
+    {"top", (PyCFunction)Levels_top, METH_NOARGS,
+     "top() -> (bid, bid_qty, ask, ask_qty), None for an empty side."},
+    {"checksum", (PyCFunction)Levels_checksum, METH_NOARGS, "checksum() -> the book's CRC32."},
+    {"depth", (PyCFunction)Levels_depth, METH_NOARGS, "depth() -> (bids, asks) level counts."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject LevelsType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "tickwire._market.Levels",
+    .tp_doc = PyDoc_STR("An ingest symbol's L2 book of exact decimals (see ingest.PyLevels)."),
+    .tp_basicsize = sizeof(LevelsObject),
+    .tp_itemsize = 0,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Levels_init,
+    .tp_dealloc = (destructor)Levels_dealloc,
+    .tp_methods = Levels_methods,
+};
+
 static struct PyModuleDef market_module = {
     PyModuleDef_HEAD_INIT, "_market",
-    "The embedded market's compiled hot path (pure-Python equivalent: simulator.py).", -1,
+    "The embedded market's compiled hot path (pure-Python equivalent: simulator.py) and\n"
+    "the ingest protocol's L2 book (ingest.PyLevels).", -1,
     NULL,
 };
 
 PyMODINIT_FUNC PyInit__market(void) {
     crc_init();
     if (PyType_Ready(&FlowType) < 0)
+        return NULL;
+    if (PyType_Ready(&LevelsType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&market_module);
     if (m == NULL)
@@ -1006,7 +1656,13 @@ PyMODINIT_FUNC PyInit__market(void) {
         Py_DECREF(m);
         return NULL;
     }
-    PyObject *all = Py_BuildValue("[s]", "Flow");
+    Py_INCREF(&LevelsType);
+    if (PyModule_AddObject(m, "Levels", (PyObject *)&LevelsType) < 0) {
+        Py_DECREF(&LevelsType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    PyObject *all = Py_BuildValue("[ss]", "Flow", "Levels");
     if (all == NULL || PyModule_AddObject(m, "__all__", all) < 0) {
         Py_XDECREF(all);
         Py_DECREF(m);

@@ -95,6 +95,7 @@ def _ingest_source(args: argparse.Namespace) -> tuple[list[str], Any]:
         symbols,
         prefix=args.ingest_prefix or args.bus_prefix,
         silent_after=args.ingest_silent_after,
+        core={"auto": None, "c": True, "python": False}[args.market_core],
     )
     return symbols, source
 

@@ -36,7 +36,7 @@ from typing import Protocol
 
 import msgspec
 
-from .book import Book
+from .book import Book, Level
 from .exceptions import IntegrityError
 from .protocol import BookUpdate, Ticker, Trade
 
@@ -122,6 +122,8 @@ class StateSnapshot(msgspec.Struct, frozen=True):
     volume: str = "0"
     trade_count: int = 0
     last_ts: int = 0
+    #: The trading status its source reported (None: none; docs/ingest.md).
+    status: str | None = None
 
 
 class SymbolState:
@@ -150,6 +152,7 @@ class SymbolState:
         "leader",
         "live",
         "behind",
+        "status",
     )
 
     def __init__(self, symbol: str) -> None:
@@ -179,6 +182,8 @@ class SymbolState:
         # The last batch deferred (its leader ticker is the state's; None: none).
         self.leader: LeaderBatch | None = None
         self.behind = False
+        #: The trading status the source reported (None: none), carried by tickers.
+        self.status: str | None = None
 
     @property
     def book(self) -> Book:
@@ -235,7 +240,9 @@ class SymbolState:
         if (self.deferred or self.base is not None or self.behind) and self.leader is not None:
             ticker = self.leader.leader_ticker()
             if ticker is not None:
-                return msgspec.structs.replace(ticker, ch=ch, seq=seq, prev_seq=prev_seq)
+                return msgspec.structs.replace(
+                    ticker, ch=ch, seq=seq, prev_seq=prev_seq, status=self.status
+                )
         book = self.book
         bid = book.best_bid()
         ask = book.best_ask()
@@ -254,6 +261,36 @@ class SymbolState:
             low=str(self.low) if self.low is not None else None,
             volume=str(self.volume),
             trades=self.trade_count,
+            status=self.status,
+        )
+
+    def export(
+        self, epoch: str, levels: tuple[list[Level], list[Level]] | None = None
+    ) -> StateSnapshot:
+        """This state as a :class:`StateSnapshot` in ``epoch`` (settled first).
+
+        ``levels``: the book's ``(bids, asks)`` when another object keeps the book (an
+        ingest feed leading the symbol, :class:`tickwire.ingest.SymbolFeed`).
+        """
+        if levels is None:
+            self.settle()
+            levels = self._book.bids(), self._book.asks()
+        return StateSnapshot(
+            epoch,
+            self.symbol,
+            self.book_seq,
+            self.trade_seq,
+            levels[0],
+            levels[1],
+            list(self.recent_trades),
+            self.last,
+            self.open,
+            None if self.high is None else str(self.high),
+            None if self.low is None else str(self.low),
+            str(self.volume),
+            self.trade_count,
+            self.last_ts,
+            self.status,
         )
 
     def load(self, snap: StateSnapshot) -> None:
@@ -271,6 +308,7 @@ class SymbolState:
         self.volume = Decimal(snap.volume)
         self.trade_count = snap.trade_count
         self.last_ts = snap.last_ts
+        self.status = snap.status
 
     def number_trades(self, trades: Iterable[RawTrade]) -> list[Trade]:
         """Number raw ``(price, qty, side, ts)`` trades and update the statistics."""
@@ -320,24 +358,7 @@ class Engine:
 
     def export(self, symbol: str) -> StateSnapshot:
         """Return the complete state of ``symbol`` (the snapshot service's answer)."""
-        st = self.symbols[symbol]
-        st.settle()
-        return StateSnapshot(
-            self.epoch,
-            symbol,
-            st.book_seq,
-            st.trade_seq,
-            st.book.bids(),
-            st.book.asks(),
-            list(st.recent_trades),
-            st.last,
-            st.open,
-            None if st.high is None else str(st.high),
-            None if st.low is None else str(st.low),
-            str(st.volume),
-            st.trade_count,
-            st.last_ts,
-        )
+        return self.symbols[symbol].export(self.epoch)
 
     def restore(self, snap: StateSnapshot) -> None:
         """Replace the state of ``snap.symbol`` with ``snap`` (same objects, new content).
@@ -404,4 +425,5 @@ class Engine:
             return False
         state.base = snap
         state.deferred = []
+        state.status = snap.status
         return True

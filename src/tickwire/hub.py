@@ -321,8 +321,19 @@ class Hub:
         self.updates_out += (messages[-1][1] - messages[0][0]) * n
 
     def rebase(self, snap: StateSnapshot) -> None:
-        """Take the leader's state at this hub's seqs in place of what was deferred."""
-        self.engine.rebase(snap)
+        """Take the leader's state at this hub's seqs in place of what was deferred
+        (a trading status it reports goes out with the next ticker)."""
+        status = self.engine.symbols[snap.symbol].status
+        if self.engine.rebase(snap) and snap.status != status:
+            self._ticker_of[snap.symbol].ticker_due = True
+
+    def status(self, symbol: str, status: str) -> None:
+        """The source reported ``symbol``'s trading status: every ticker carries it,
+        the next one within the ticker interval (``docs/protocol.md``)."""
+        state = self.engine.symbols[symbol]
+        if state.status != status:
+            state.status = status
+            self._ticker_of[symbol].ticker_due = True
 
     def follow(self, symbol: str, live: Callable[[], StateSnapshot]) -> None:
         """Relay a leader in this process that holds ``symbol``'s state (``live()``)."""

@@ -20,9 +20,11 @@ that decides what may be served:
 
 Nothing here touches a socket or a clock: the I/O layer (:mod:`tickwire.sources.ingest`)
 passes ``now`` and applies :attr:`IngestFeed.out` to its sink in order: a
-:class:`Publish` is an engine batch, :class:`Invalidate` makes the symbol stale
+:class:`Publish` is an engine batch (numbered and encoded: the feed leads the symbol's
+engine state, and the sink relays it), :class:`Invalidate` makes the symbol stale
 (``Hub.invalidate``: clients get nothing until it recovers), :class:`Load` loads a
-complete book (``Hub.restore``: every client gets a fresh snapshot).
+complete book (``Hub.restore``: every client gets a fresh snapshot), and
+:class:`StatusChange` passes on the source's trading status (tickers carry it).
 
 States of a symbol::
 
@@ -41,15 +43,22 @@ from __future__ import annotations
 import logging
 import re
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Literal
+from typing import Literal, NoReturn, Protocol
 
 import msgspec
 
-from .book import Book
-from .exceptions import IngestError
-from .protocol import BookUpdate
+from .book import Book, Level
+from .engine import StateSnapshot, SymbolState
+from .exceptions import ConfigError, IngestError
+from .protocol import BookUpdate, Delta, Ticker, Trades, delta_updates, encode
+
+try:
+    from . import _market
+except ImportError:  # built without a C compiler: PyLevels does the same
+    _market = None  # type: ignore[assignment]
 
 __all__ = [
     "LOG_EVERY",
@@ -68,13 +77,16 @@ __all__ = [
     "OrderEvents",
     "OrdersSnapshot",
     "Publish",
+    "PyLevels",
     "SourceHeartbeat",
     "Status",
+    "StatusChange",
     "SymbolFeed",
     "canonical",
     "decode",
     "encode_json",
     "encode_msgpack",
+    "new_levels",
 ]
 
 log = logging.getLogger("tickwire.ingest")
@@ -310,20 +322,311 @@ def _positive(text: str, what: str) -> str:
     return qty
 
 
+_sizes: dict[str, tuple[Decimal, str]] = {}
+_ZERO = Decimal(0)
+
+
+def _size(text: str, what: str | None) -> tuple[Decimal, str]:
+    """An order quantity as ``(Decimal, canonical text)``, cached when it is not zero
+    (a cached one is positive); ``what`` names a quantity that must be positive.
+
+    Raises:
+        IngestError: as :func:`canonical`, or ``negative`` for a zero ``what``.
+    """
+    found = _sizes.get(text)
+    if found is not None:
+        return found
+    canon = canonical(text) if what is None else _positive(text, what)
+    size = (Decimal(canon), canon)
+    if canon != "0":
+        if len(_sizes) > 200_000:
+            _sizes.clear()
+        _sizes[text] = size
+    return size
+
+
 def _decimal_text(value: Decimal) -> str:
-    return canonical(format(value, "f"))
+    """The canonical text of a non-negative Decimal (an L3 level's total)."""
+    text = format(value, "f")
+    whole, _, frac = text.partition(".")
+    if frac:
+        frac = frac.rstrip("0")
+        text = f"{whole}.{frac}" if frac else whole
+    if len(whole) > 24 or len(frac) > 18 or whole[:1] == "-":
+        return canonical(text)  # out of the protocol's range: its error
+    return text
+
+
+# -- the book ----------------------------------------------------------------------------
+
+#: What :meth:`Levels.apply` and :meth:`Levels.load` return for a rejected message: the
+#: index of the first change (or pair) that is not valid, or the crossed best bid and ask.
+Fault = int | tuple[str, str]
+
+
+class Levels(Protocol):
+    """One ingest symbol's L2 book, validating as it applies (:class:`PyLevels`, or the
+    compiled ``tickwire._market.Levels``: the same results and bytes, at a fraction of
+    the CPU)."""
+
+    def apply(self, changes: Sequence[Sequence[str]], ts: int, seq: int, /) -> bytes | Fault: ...
+    def check(self, changes: Sequence[Sequence[str]], /) -> int: ...
+    def load(
+        self, bids: Sequence[Sequence[str]], asks: Sequence[Sequence[str]], /
+    ) -> Fault | None: ...
+    def bids(self, depth: int = -1, /) -> list[Level]: ...
+    def asks(self, depth: int = -1, /) -> list[Level]: ...
+    def top(self) -> tuple[str | None, str | None, str | None, str | None]: ...
+    def checksum(self) -> int: ...
+    def depth(self) -> tuple[int, int]: ...
+
+
+class PyLevels:
+    """One ingest symbol's L2 book that validates as it applies (the reference of the
+    compiled ``tickwire._market.Levels``, which must return the same values and bytes).
+
+    :meth:`apply` takes a message's level changes ``[side, price, qty]`` as the source
+    wrote them, canonicalizes and applies them, rejects a crossed book and returns the
+    message's ``delta`` JSON (``prev_seq`` is ``seq``), checksum included: the book the
+    checks need is the one clients get, so each change is applied once. A rejected
+    message leaves the book as it was and returns where it failed (:data:`Fault`).
+
+    Args:
+        book_ch: the JSON string of the ``book.<SYMBOL>`` channel name, quotes included.
+    """
+
+    __slots__ = ("ch", "book")
+
+    def __init__(self, book_ch: bytes) -> None:
+        self.ch: str = msgspec.json.decode(book_ch)
+        self.book = Book()
+
+    def _updates(self, changes: Sequence[Sequence[str]], ts: int) -> list[BookUpdate] | int:
+        prices, qtys = _prices.get, _canonical.get
+        try:
+            # The caches inlined (the common case: a price and a quantity seen before).
+            updates = [
+                BookUpdate(side, prices(p) or _price(p), qtys(q) or canonical(q), ts)  # type: ignore[arg-type]
+                for side, p, q in changes
+            ]
+            if {u.side for u in updates} <= _SIDES:
+                return updates
+        except (IngestError, TypeError, ValueError):
+            pass
+        for i, change in enumerate(changes):  # where it failed
+            try:
+                side, p, q = change
+                _price(p), canonical(q)
+            except (IngestError, TypeError, ValueError):
+                return i
+            if side not in _SIDES:
+                return i
+        raise AssertionError("unreachable: a change failed")
+
+    def apply(self, changes: Sequence[Sequence[str]], ts: int, seq: int, /) -> bytes | Fault:
+        """The changes applied: their ``delta`` JSON, else the fault (nothing applied)."""
+        if not changes:
+            return b""
+        updates = self._updates(changes, ts)
+        if isinstance(updates, int):
+            return updates
+        book = self.book
+        bids, asks = book._bids.levels, book._asks.levels
+        before = [
+            (u.side, u.price, (bids if u.side == "bid" else asks).get(u.price, "0"))
+            for u in updates
+        ]
+        book.apply_updates(updates)
+        crossed = _crossed(book)
+        if crossed is not None:
+            for side, price, qty in reversed(before):
+                book.apply(side, price, qty)
+            return crossed
+        return encode_delta(self.ch, seq + len(updates), seq, book.checksum(), updates)
+
+    def check(self, changes: Sequence[Sequence[str]], /) -> int:
+        """The index of the first change that is not valid, or -1."""
+        updates = self._updates(changes, 0)
+        return updates if isinstance(updates, int) else -1
+
+    def load(self, bids: Sequence[Sequence[str]], asks: Sequence[Sequence[str]], /) -> Fault | None:
+        """Replace the book with a snapshot's levels (zero quantities skipped, a price
+        twice keeps the last); None, or the fault (the book unchanged)."""
+        book = Book()
+        for i, (side, pair) in enumerate([("bid", b) for b in bids] + [("ask", a) for a in asks]):
+            try:
+                p, q = pair
+                price, qty = _price(p), canonical(q)
+            except (IngestError, TypeError, ValueError):
+                return i
+            if qty != "0":
+                book.apply(side, price, qty)
+        crossed = _crossed(book)
+        if crossed is None:
+            self.book = book
+        return crossed
+
+    def bids(self, depth: int = -1, /) -> list[Level]:
+        """Bid levels, best first (``depth`` of them; -1: all)."""
+        return self.book.bids(None if depth < 0 else depth)
+
+    def asks(self, depth: int = -1, /) -> list[Level]:
+        """Ask levels, best first (``depth`` of them; -1: all)."""
+        return self.book.asks(None if depth < 0 else depth)
+
+    def top(self) -> tuple[str | None, str | None, str | None, str | None]:
+        """``(bid, bid_qty, ask, ask_qty)``, None for an empty side."""
+        bid, ask = self.book.best_bid(), self.book.best_ask()
+        return (
+            bid[0] if bid else None,
+            bid[1] if bid else None,
+            ask[0] if ask else None,
+            ask[1] if ask else None,
+        )
+
+    def checksum(self) -> int:
+        """The book's CRC32 (:meth:`tickwire.book.Book.checksum`)."""
+        return self.book.checksum()
+
+    def depth(self) -> tuple[int, int]:
+        """``(bids, asks)`` level counts."""
+        return self.book.depth()
+
+
+_SIDES = {"bid", "ask"}
+
+
+def _crossed(book: Book) -> tuple[str, str] | None:
+    bid, ask = book.best_bid(), book.best_ask()
+    if bid is not None and ask is not None and Decimal(bid[0]) >= Decimal(ask[0]):
+        return bid[0], ask[0]
+    return None
+
+
+def encode_delta(
+    ch: str, seq: int, prev_seq: int, checksum: int, updates: list[BookUpdate]
+) -> bytes:
+    """A ``delta`` message's JSON, as the hub encodes it."""
+    return encode(Delta(ch, seq, prev_seq, checksum, updates))
+
+
+#: Whether the compiled ``Levels`` is built.
+HAVE_LEVELS = _market is not None and hasattr(_market, "Levels")
+
+
+def new_levels(symbol: str, core: bool | None = None) -> Levels:
+    """An empty book of ``symbol``: compiled when ``core`` (None: when built).
+
+    Raises:
+        ConfigError: ``core`` is True and the compiled core is not built.
+    """
+    ch = msgspec.json.encode(f"book.{symbol}")
+    if core or (core is None and HAVE_LEVELS):
+        if not HAVE_LEVELS:
+            raise ConfigError("the compiled market core is not built (no C compiler?)")
+        levels: Levels = _market.Levels(ch)
+        return levels
+    return PyLevels(ch)
 
 
 # -- actions for the I/O layer -----------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
 class Publish:
-    """An engine batch: book updates in order, then raw trades ``(price, qty, side, ts)``."""
+    """One message applied by the symbol's leading engine (the feed): a numbered batch
+    with its client messages encoded, book updates ``(prev_book, book]`` and trades
+    ``(prev_trade, trade]`` (a :class:`~tickwire.engine.LeaderBatch`).
 
-    symbol: str
-    updates: list[BookUpdate]
-    trades: list[tuple[str, str, str, int]]
+    A sink relays it (``Sink.relay``: the engine follows the feed's state) or, when it
+    cannot, publishes :meth:`book_updates` and :attr:`trades` through its own engine,
+    which numbers them the same.
+    """
+
+    __slots__ = (
+        "symbol",
+        "prev_book",
+        "book",
+        "prev_trade",
+        "trade",
+        "book_json",
+        "trades_json",
+        "trades",
+        "ts",
+        "_top",
+        "_stats",
+    )
+
+    def __init__(
+        self,
+        symbol: str,
+        prev_book: int,
+        book: int,
+        prev_trade: int,
+        trade: int,
+        book_json: bytes,
+        trades_json: bytes,
+        trades: list[tuple[str, str, str, int]],
+        ts: int,
+        top: tuple[str | None, str | None, str | None, str | None],
+        stats: tuple[
+            str | None, str | None, Decimal | None, Decimal | None, Decimal, int, int, str | None
+        ],
+    ) -> None:
+        self.symbol = symbol
+        self.prev_book = prev_book
+        self.book = book
+        self.prev_trade = prev_trade
+        self.trade = trade
+        self.book_json = book_json
+        self.trades_json = trades_json
+        #: Raw trades ``(price, qty, taker side, ts)``, canonical.
+        self.trades = trades
+        self.ts = ts
+        self._top = top
+        self._stats = stats
+
+    @property
+    def updates(self) -> list[BookUpdate]:
+        """The book updates (decoded from :attr:`book_json`)."""
+        return self.book_updates()
+
+    def book_updates(self) -> list[BookUpdate]:
+        """The book updates (decoded from :attr:`book_json`)."""
+        return delta_updates(self.book_json)
+
+    def raw_trades(self) -> list[tuple[str, str, str, int]]:
+        """The trades, unnumbered."""
+        return self.trades
+
+    def event_time(self) -> int:
+        """The source's ``ts`` of the message."""
+        return self.ts
+
+    def size(self) -> int:
+        """Book updates in the batch."""
+        return self.book - self.prev_book
+
+    def leader_ticker(self) -> Ticker:
+        """The symbol's ticker right after this batch (``ch`` empty, seqs 0)."""
+        bid, bid_qty, ask, ask_qty = self._top
+        last, open_, high, low, volume, count, ts, status = self._stats
+        return Ticker(
+            "",
+            0,
+            0,
+            ts,
+            bid=bid,
+            bid_qty=bid_qty,
+            ask=ask,
+            ask_qty=ask_qty,
+            last=last,
+            open=open_,
+            high=None if high is None else str(high),
+            low=None if low is None else str(low),
+            volume=str(volume),
+            trades=count,
+            status=status,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,16 +638,33 @@ class Invalidate:
 
 
 @dataclass(frozen=True, slots=True)
-class Load:
-    """Serve this complete book of ``symbol`` (a snapshot loaded): ``ts`` its time."""
+class StatusChange:
+    """``symbol``'s trading status, as the source reported it (tickers carry it)."""
 
     symbol: str
-    bids: list[tuple[str, str]]
-    asks: list[tuple[str, str]]
-    ts: int
+    status: str
 
 
-Action = Publish | Invalidate | Load
+@dataclass(frozen=True, slots=True)
+class Load:
+    """Serve this complete state of ``symbol`` (a snapshot loaded; ``epoch`` empty):
+    its book seq is one past the last, so no resume chains across."""
+
+    symbol: str
+    state: StateSnapshot
+
+    @property
+    def bids(self) -> list[Level]:
+        """The loaded bids, best first."""
+        return self.state.bids
+
+    @property
+    def asks(self) -> list[Level]:
+        """The loaded asks, best first."""
+        return self.state.asks
+
+
+Action = Publish | Invalidate | Load | StatusChange
 
 
 # -- one symbol --------------------------------------------------------------------------
@@ -358,7 +678,9 @@ class _Order:
 
 
 class SymbolFeed:
-    """The state machine of one symbol (see the module docstring).
+    """The state machine of one symbol (see the module docstring), and the symbol's
+    leading engine: its book (:class:`Levels`, validated as it is applied), seqs and
+    trade statistics, which the sink's engine follows (``Engine.follow``).
 
     :meth:`take` returns the actions one message leads to, or raises
     :class:`~tickwire.exceptions.IngestError` (the symbol is then stale: the caller
@@ -367,12 +689,14 @@ class SymbolFeed:
 
     __slots__ = (
         "symbol",
+        "core",
         "state",
         "kind",
         "seq",
-        "book",
-        "orders",
         "levels",
+        "leader",
+        "orders",
+        "totals",
         "buffer",
         "status",
         "last_arrival",
@@ -383,16 +707,20 @@ class SymbolFeed:
         "overflowed",
     )
 
-    def __init__(self, symbol: str, now: float) -> None:
+    def __init__(self, symbol: str, now: float, core: bool | None = None) -> None:
         self.symbol = symbol
+        self.core = core
         self.state = "waiting"
         #: "l2" or "l3" once a snapshot said so.
         self.kind: str | None = None
         self.seq = 0
-        self.book = Book()
+        self.levels = new_levels(symbol, core)
+        #: The engine state this feed leads: book and trade seqs, trade statistics
+        #: (its book is :attr:`levels`).
+        self.leader = SymbolState(symbol)
         # L3: order id -> order; (side, price) -> total quantity.
         self.orders: dict[str, _Order] = {}
-        self.levels: dict[tuple[str, str], Decimal] = {}
+        self.totals: dict[tuple[str, str], Decimal] = {}
         self.buffer: deque[L2Update | OrderEvents] = deque()
         self.status = "open"
         self.last_arrival = now
@@ -403,6 +731,17 @@ class SymbolFeed:
         #: Buffered messages dropped (oldest first) since the feed last counted them.
         self.overflowed = 0
 
+    @property
+    def book(self) -> Book:
+        """A copy of the book as a :class:`~tickwire.book.Book` (inspection, tests)."""
+        book = Book()
+        book.load(self.levels.bids(), self.levels.asks())
+        return book
+
+    def export(self, epoch: str) -> StateSnapshot:
+        """The complete engine state of the symbol now (what the sink's engine follows)."""
+        return self.leader.export(epoch, (self.levels.bids(), self.levels.asks()))
+
     # -- snapshots -----------------------------------------------------------------------
 
     def load(self, snap: Snapshot) -> Load:
@@ -411,15 +750,15 @@ class SymbolFeed:
         Raises:
             IngestError: the snapshot is invalid (the symbol stays or goes stale).
         """
-        book = Book()
+        levels = new_levels(self.symbol, self.core)
         orders: dict[str, _Order] = {}
-        levels: dict[tuple[str, str], Decimal] = {}
+        totals: dict[tuple[str, str], Decimal] = {}
         if isinstance(snap, L2Snapshot):
-            for side, pairs in (("bid", snap.bids), ("ask", snap.asks)):
-                for price, qty in pairs:
-                    p, q = _price(price), canonical(qty)
-                    if q != "0":
-                        book.apply(side, p, q)
+            fault = levels.load(snap.bids, snap.asks)
+            if isinstance(fault, int):
+                price, qty = (*snap.bids, *snap.asks)[fault]
+                _price(price), canonical(qty)
+                raise IngestError("decimal", f"level {fault} of the snapshot")
         else:
             for oid, side, price, qty in snap.orders:
                 if oid in orders:
@@ -428,15 +767,25 @@ class SymbolFeed:
                 size = Decimal(q)
                 orders[oid] = _Order(side, p, size)
                 key = (side, p)
-                levels[key] = levels.get(key, Decimal(0)) + size
-            for (side, p), total in levels.items():
-                book.apply(side, p, _decimal_text(total))
-        _check_crossed(book)
+                totals[key] = totals.get(key, Decimal(0)) + size
+            pairs = {
+                side: [(p, _decimal_text(total)) for (s, p), total in totals.items() if s == side]
+                for side in ("bid", "ask")
+            }
+            fault = levels.load(pairs["bid"], pairs["ask"])
+        if fault is not None:
+            assert not isinstance(fault, int)
+            raise IngestError("crossed", f"best bid {fault[0]} >= best ask {fault[1]}")
         self.kind = "l2" if isinstance(snap, L2Snapshot) else "l3"
-        self.book, self.orders, self.levels = book, orders, levels
+        self.levels, self.orders, self.totals = levels, orders, totals
         self.seq = snap.seq
         self.state = "live"
-        return Load(self.symbol, book.bids(), book.asks(), snap.ts)
+        # The content jumps: the book seq moves one past the last, so no resume chains
+        # across the load.
+        leader = self.leader
+        leader.book_seq += 1
+        leader.last_ts = max(leader.last_ts, snap.ts)
+        return Load(self.symbol, self.export(""))
 
     def snapshot(self, snap: Snapshot) -> list[Action]:
         """Take a snapshot: load it (waiting, stale, ahead or different), else check it.
@@ -476,11 +825,15 @@ class SymbolFeed:
 
     def _matches(self, snap: Snapshot) -> bool:
         try:
-            fresh = SymbolFeed(self.symbol, self.last_arrival)
+            fresh = SymbolFeed(self.symbol, self.last_arrival, self.core)
             fresh.load(snap)
         except IngestError:
             return False
-        return fresh.book == self.book and fresh.kind == self.kind
+        return (
+            fresh.kind == self.kind
+            and fresh.levels.bids() == self.levels.bids()
+            and fresh.levels.asks() == self.levels.asks()
+        )
 
     def _drain(self, out: list[Action]) -> None:
         """Apply the buffered messages that follow the loaded snapshot, in seq order."""
@@ -522,13 +875,14 @@ class SymbolFeed:
             if self.kind != "l3":
                 raise IngestError("kind", "L3 orders for a symbol loaded from levels")
             action = self._l3(msg)
-        _check_crossed(self.book)
         self.state = "live"
         self.seq = msg.seq
         self.messages += 1
-        self.changes += len(action.updates)
-        self.trades += len(action.trades)
-        return [action] if action.updates or action.trades else []
+        if action is None:
+            return []
+        self.changes += action.book - action.prev_book
+        self.trades += action.trade - action.prev_trade
+        return [action]
 
     def heartbeat(self, seq: int) -> None:
         """The source's last message is ``seq``: one ahead of the book is a lost one.
@@ -540,29 +894,77 @@ class SymbolFeed:
             self.state = "stale"
             raise IngestError("gap", f"heartbeat at seq {seq}, the book at {self.seq}")
 
-    def _l2(self, msg: L2Update) -> Publish:
+    def _l2(self, msg: L2Update) -> Publish | None:
         ts = msg.ts
-        # The caches inlined (the common case: a price and a quantity seen before).
-        prices, qtys = _prices.get, _canonical.get
-        updates = [
-            BookUpdate(side, prices(p) or _price(p), qtys(q) or canonical(q), ts)
-            for side, p, q in msg.changes
-        ]
-        trades: list[tuple[str, str, str, int]] = [
-            (_price(p), _positive(q, "trade"), side, ts) for p, q, side in msg.trades
-        ]
-        self.book.apply_updates(updates)
-        return Publish(self.symbol, updates, trades)
+        trades: list[tuple[str, str, str, int]] = []
+        if msg.trades:
+            try:
+                trades = [(_price(p), _positive(q, "trade"), side, ts) for p, q, side in msg.trades]
+            except IngestError:
+                # A change that is not valid is reported first (it comes first).
+                fault = self.levels.check(msg.changes)
+                if fault >= 0:
+                    _change_fault(msg.changes, fault)
+                raise
+        return self._apply(msg.changes, trades, ts)
 
-    def _l3(self, msg: OrderEvents) -> Publish:
+    def _apply(
+        self,
+        changes: Sequence[Sequence[str]],
+        trades: list[tuple[str, str, str, int]],
+        ts: int,
+    ) -> Publish | None:
+        """Apply a message's level changes once (validated), number them and its trades."""
+        leader = self.leader
+        prev_book, prev_trade = leader.book_seq, leader.trade_seq
+        book_json = self.levels.apply(changes, ts, prev_book)
+        if not isinstance(book_json, bytes):
+            if isinstance(book_json, int):
+                _change_fault(changes, book_json)
+            raise IngestError("crossed", f"best bid {book_json[0]} >= best ask {book_json[1]}")
+        if not book_json and not trades:
+            return None
+        trades_json = b""
+        if book_json:
+            leader.book_seq = prev_book + len(changes)
+            leader.last_ts = ts
+        if trades:
+            numbered = leader.number_trades(trades)
+            trades_json = encode(
+                Trades(f"trades.{self.symbol}", leader.trade_seq, prev_trade, numbered)
+            )
+        return Publish(
+            self.symbol,
+            prev_book,
+            leader.book_seq,
+            prev_trade,
+            leader.trade_seq,
+            book_json,
+            trades_json,
+            trades,
+            ts,
+            self.levels.top(),
+            (
+                leader.last,
+                leader.open,
+                leader.high,
+                leader.low,
+                leader.volume,
+                leader.trade_count,
+                leader.last_ts,
+                leader.status,
+            ),
+        )
+
+    def _l3(self, msg: OrderEvents) -> Publish | None:
         ts = msg.ts
-        orders, levels = self.orders, self.levels
+        orders, levels, sizes = self.orders, self.totals, _sizes
         touched: dict[tuple[str, str], None] = {}
         trades: list[tuple[str, str, str, int]] = []
 
         def move(side: str, price: str, delta: Decimal) -> None:
             key = (side, price)
-            total = levels.get(key, Decimal(0)) + delta
+            total = levels.get(key, _ZERO) + delta
             if total:
                 levels[key] = total
             else:
@@ -573,8 +975,8 @@ class SymbolFeed:
             if isinstance(ev, Add):
                 if ev.id in orders:
                     raise IngestError("order", f"add of order {ev.id[:40]!r}, already resting")
-                price = _price(ev.price)
-                size = Decimal(_positive(ev.qty, "add"))
+                price = _prices.get(ev.price) or _price(ev.price)
+                size = (sizes.get(ev.qty) or _size(ev.qty, "add"))[0]
                 orders[ev.id] = _Order(ev.side, price, size)
                 move(ev.side, price, size)
                 continue
@@ -586,7 +988,7 @@ class SymbolFeed:
                 del orders[ev.id]
                 move(order.side, order.price, -order.qty)
             elif isinstance(ev, Modify):
-                size = Decimal(canonical(ev.qty))
+                size = (sizes.get(ev.qty) or _size(ev.qty, None))[0]
                 price = order.price if ev.price is None else _price(ev.price)
                 move(order.side, order.price, -order.qty)
                 if size:
@@ -595,7 +997,7 @@ class SymbolFeed:
                 else:
                     del orders[ev.id]
             else:
-                size = Decimal(_positive(ev.qty, "execute"))
+                size, text = sizes.get(ev.qty) or _size(ev.qty, "execute")
                 if size > order.qty:
                     raise IngestError(
                         "order",
@@ -608,18 +1010,12 @@ class SymbolFeed:
                 if not order.qty:
                     del orders[ev.id]
                 taker = "sell" if order.side == "bid" else "buy"
-                trades.append((price, _decimal_text(size), taker, ts))
-        updates = [
-            BookUpdate(
-                side,  # type: ignore[arg-type]
-                price,
-                _decimal_text(levels[(side, price)]) if (side, price) in levels else "0",
-                ts,
-            )
+                trades.append((price, text, taker, ts))
+        changes = [
+            (side, price, _decimal_text(levels[(side, price)]) if (side, price) in levels else "0")
             for side, price in touched
         ]
-        self.book.apply_updates(updates)
-        return Publish(self.symbol, updates, trades)
+        return self._apply(changes, trades, ts)
 
 
 class _Recovered(Exception):
@@ -632,10 +1028,15 @@ class _Recovered(Exception):
         self.stale = stale
 
 
-def _check_crossed(book: Book) -> None:
-    bid, ask = book.best_bid(), book.best_ask()
-    if bid is not None and ask is not None and Decimal(bid[0]) >= Decimal(ask[0]):
-        raise IngestError("crossed", f"best bid {bid[0]} >= best ask {ask[0]}")
+def _change_fault(changes: Sequence[Sequence[str]], index: int) -> NoReturn:
+    """Raise the error of change ``index``, which the book found not valid."""
+    change = changes[index]
+    if len(change) == 3:
+        side, price, qty = change
+        _price(price), canonical(qty)
+        if side not in ("bid", "ask"):
+            raise IngestError("schema", f"side {side[:40]!r}")
+    raise IngestError("schema", f"change {index} is not [side, price, qty]")
 
 
 # -- every symbol of a source ------------------------------------------------------------
@@ -658,11 +1059,17 @@ class IngestFeed:
         symbols: the symbols allowed (empty: any valid name, up to ``max_symbols``).
         silent_after: seconds without a message after which a symbol is reported silent.
         max_symbols: symbols at most when any are allowed.
+        core: the compiled book (``tickwire._market.Levels``): True, False
+            (:class:`PyLevels`) or None (when built).
+
+    Raises:
+        ConfigError: ``core`` is True and the compiled core is not built.
     """
 
     symbols: list[str] = field(default_factory=list)
     silent_after: float = 5.0
     max_symbols: int = 1000
+    core: bool | None = None
     #: Per symbol state machines, created by the symbol's first valid message.
     feeds: dict[str, SymbolFeed] = field(default_factory=dict)
     #: Actions for the sink, in order; the I/O layer takes and clears it.
@@ -675,6 +1082,10 @@ class IngestFeed:
     loads: int = 0
     silences: int = 0
     _logs: dict[tuple[str, str], _LogState] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.core and not HAVE_LEVELS:
+            raise ConfigError("the compiled market core is not built (no C compiler?)")
 
     def receive(
         self, subject_symbol: str | None, data: bytes, now: float, reply: bool = False
@@ -729,7 +1140,7 @@ class IngestFeed:
             raise IngestError("symbol", f"{symbol[:40]!r} is not a valid symbol name")
         elif len(self.feeds) >= self.max_symbols:
             raise IngestError("symbol", f"more than {self.max_symbols} symbols")
-        feed = self.feeds[symbol] = SymbolFeed(symbol, now)
+        feed = self.feeds[symbol] = SymbolFeed(symbol, now, self.core)
         return feed
 
     def _dispatch(self, feed: SymbolFeed, msg: Message, reply: bool) -> None:
@@ -766,6 +1177,10 @@ class IngestFeed:
             if msg.status != feed.status:
                 log.warning("ingest %s: status %s -> %s", feed.symbol, feed.status, msg.status)
                 feed.status = msg.status
+            if feed.leader.status != msg.status:
+                feed.leader.status = msg.status
+                if feed.kind is not None:  # loaded: served (else the load carries it)
+                    self.out.append(StatusChange(feed.symbol, msg.status))
 
     def _reject(self, symbol: str, exc: IngestError, now: float, stale: bool = True) -> None:
         self.rejected[exc.reason] += 1

@@ -405,6 +405,9 @@ class Ticker(msgspec.Struct, tag="ticker", tag_field="type", omit_defaults=True)
     low: str | None = None
     volume: str = "0"
     trades: int = 0
+    #: The trading status an ingest source reported (``open``, ``halted``, ``closed``);
+    #: absent until it sends one (the embedded market has none).
+    status: str | None = None
 
 
 class Heartbeat(msgspec.Struct, tag="heartbeat", tag_field="type"):

@@ -155,6 +155,15 @@ class BusSink:
     def revalidate(self, symbol: str) -> None:
         """Not used by the publisher's sources."""
 
+    def status(self, symbol: str, status: str) -> None:
+        """The source reported ``symbol``'s trading status: its state goes out in
+        stream (followers' tickers carry it), or with the load that serves it again."""
+        state = self.engine.symbols[symbol]
+        if state.status != status:
+            state.status = status
+            if symbol not in self.incomplete:
+                self.queue_state(symbol)
+
     def add_symbol(self, symbol: str) -> None:
         """Publish a new symbol (an ingest source's): not served until restored."""
         self.engine.add_symbol(symbol)

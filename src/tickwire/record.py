@@ -233,6 +233,10 @@ class RecordingSink:
         self.engine.add_symbol(symbol)
         self.incomplete.add(symbol)
 
+    def status(self, symbol: str, status: str) -> None:
+        """Kept in the engine state; a recording has no status line."""
+        self.engine.symbols[symbol].status = status
+
     def relay(self, batches: Sequence[LeaderBatch], now: float) -> bool:
         return False
 

@@ -323,7 +323,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("market", "symbols", "list", None, "comma-separated symbols, or a count N for SYM0..SYM{N-1} (default BTC-USD,ETH-USD,SOL-USD; a replay: the recording's)", commands=_ALL, check=_symbols, sample=["BTC-USD", "ETH-USD"]),
     S("market", "rate", "float", 200.0, "book updates per second per symbol", commands=_SP, low=0),
     S("market", "seed", "int", 1, "simulator seed (deterministic flow)", commands=_SP),
-    S("market", "market_core", "str", "auto", "the simulator's implementation: c (compiled: the same messages at a fraction of the CPU), python, or auto (c when built and usable)", commands=_SP, choices=("auto", "c", "python")),
+    S("market", "market_core", "str", "auto", "the implementation of the simulator and of the ingest book: c (compiled: the same messages at a fraction of the CPU), python, or auto (c when built and usable)", commands=_SP, choices=("auto", "c", "python")),
     S("market", "replay_speed", "spec", "1", "replay pace: 1 = as recorded, x10 = ten times faster, max = as fast as possible", commands=_SP, check=_replay_speed, sample="x10"),
     S("market", "replay_symbol_map", "list", [], "tardis CSV replay: serve a file's symbol under another name, FILE_SYMBOL=SERVED pairs (e.g. BTCUSDT=BTC-USDT)", commands=("serve",), check=_symbol_map, sample=["BTCUSDT=BTC-USDT"]),
     S("market", "bus_prefix", "str", "tickwire", "NATS subject prefix", commands=_SP),

@@ -77,6 +77,9 @@ class Sink(Protocol):
     def add_symbol(self, symbol: str) -> None:
         """Start serving a symbol found at run time; it is stale until restored."""
 
+    def status(self, symbol: str, status: str) -> None:
+        """The source reported ``symbol``'s trading status (tickers carry it)."""
+
 
 class Source(Protocol):
     """A market source driven by the tick loop (see the module docstring)."""
@@ -112,6 +115,10 @@ class Source(Protocol):
         """Counters for the exit stats and the admin API."""
 
 
+#: ``--market-core`` -> the ``core`` argument of the sources that have one.
+_CORES: dict[str, bool | None] = {"auto": None, "c": True, "python": False}
+
+
 def make_source(config: GatewayConfig) -> Source:
     """Build the source ``config.source`` names.
 
@@ -144,7 +151,7 @@ def make_source(config: GatewayConfig) -> Source:
                 burst_factor=config.burst_factor,
                 burst_seconds=config.burst_seconds,
             ),
-            core={"auto": None, "c": True, "python": False}[config.market_core],
+            core=_CORES[config.market_core],
         )
     if spec == "-" or spec.startswith("ingest:"):
         from .ingest import StreamIngestSource, ndjson_lines
@@ -153,7 +160,10 @@ def make_source(config: GatewayConfig) -> Source:
         if path != "-" and not os.path.exists(path):
             raise ConfigError(f"--source {spec}: no such file or pipe")
         return StreamIngestSource(
-            ndjson_lines(path), config.symbols, silent_after=config.ingest_silent_s
+            ndjson_lines(path),
+            config.symbols,
+            silent_after=config.ingest_silent_s,
+            core=_CORES[config.market_core],
         )
     if spec.startswith("ingest+"):
         from .ingest import IngestSource
@@ -164,6 +174,7 @@ def make_source(config: GatewayConfig) -> Source:
             prefix=config.bus_prefix,
             silent_after=config.ingest_silent_s,
             timeout=config.source_timeout_s,
+            core=_CORES[config.market_core],
         )
     if is_venue_spec(spec):
         from .venue import VenueSource

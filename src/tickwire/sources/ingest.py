@@ -9,9 +9,12 @@ otherwise; ``docs/ingest.md``)::
 
 Messages are queued as they arrive and wake the tick loop (:meth:`on_arrival`), whose
 :meth:`poll` runs them through the Sans-I/O :class:`~tickwire.ingest.IngestFeed` and
-applies its actions to the sink in order: batches are returned to the tick loop (the
-engine numbers them and computes the checksums, as for the embedded market), a
-rejection makes the symbol stale (:meth:`Sink.invalidate`) and a snapshot loads it
+applies its actions to the sink in order. The feed leads each symbol's engine state
+(it applies each change once, to the book it validates with, and numbers and encodes
+the batch), so a batch is relayed as the compiled market's are (:meth:`Sink.relay`,
+the engine following the feed's state: :meth:`Sink.follow`); a sink that cannot relay
+(unbatched sends) gets it back from the tick loop and numbers it the same. A rejection
+makes the symbol stale (:meth:`Sink.invalidate`) and a snapshot loads it
 (:meth:`Sink.restore`, its book seq one past the last so no resume chains across).
 The sink is a gateway's hub (``tickwire serve --source ingest+nats://...``) or the
 publisher's bus sink (``tickwire publish --ingest nats://...``, the leading engine:
@@ -31,7 +34,9 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from ..ingest import REASONS, IngestFeed, Invalidate, Load, Message, Publish
+from ..engine import StateSnapshot
+from ..exceptions import IntegrityError
+from ..ingest import REASONS, IngestFeed, Invalidate, Load, Message, Publish, StatusChange
 from . import Batch, Sink
 from .nats import connect
 
@@ -74,7 +79,9 @@ def snapshot_request_subject(prefix: str, symbol: str) -> str:
 def load_book(
     sink: Sink, symbol: str, bids: list[tuple[str, str]], asks: list[tuple[str, str]], ts: int
 ) -> bool:
-    """Load a complete book of ``symbol`` into ``sink`` (adding the symbol if new).
+    """Load a complete book of ``symbol`` into ``sink`` (adding the symbol if new), for a
+    source whose sink's engine keeps the book (a venue feed; an ingest feed leads its
+    symbols' state itself and restores that).
 
     The book's seq moves one past the last: its content jumps, so no resume may chain
     across. Trades and ticker statistics are kept. Returns whether it is the first load.
@@ -97,9 +104,12 @@ def load_book(
 class _FeedSource:
     """What every ingest transport shares: the inbox, the feed, and applying its actions."""
 
-    def __init__(self, symbols: list[str], silent_after: float) -> None:
-        self.feed = IngestFeed(list(symbols), silent_after=silent_after)
+    def __init__(self, symbols: list[str], silent_after: float, core: bool | None = None) -> None:
+        self.feed = IngestFeed(list(symbols), silent_after=silent_after, core=core)
         self.sink: Sink | None = None
+        #: The sink's engine follows the feed's state and batches are relayed (False:
+        #: the sink sends every update on its own, so batches go back to the tick loop).
+        self.relaying = False
         self._inbox: list[tuple[str | None, bytes, bool]] = []
         self._inbox_bytes = 0
         self._wake: Callable[[], None] | None = None
@@ -121,6 +131,7 @@ class _FeedSource:
     def _attach(self, sink: Sink) -> None:
         """Take ``sink``: its symbols (if any) are the ones accepted, stale until loaded."""
         self.sink = sink
+        self.relaying = sink.batch
         if not self.feed.symbols:
             self.feed.symbols = list(sink.engine.symbols)
         for symbol in list(sink.engine.symbols):
@@ -134,9 +145,10 @@ class _FeedSource:
     # -- per tick ------------------------------------------------------------------------
 
     def poll(self, now: float) -> Iterator[Batch]:
-        """Run what arrived through the feed; apply its actions in order, yielding the
-        batches for the tick loop to publish (a generator: each is sent before the
-        next action applies)."""
+        """Run what arrived through the feed; apply its actions in order: batches are
+        relayed, a symbol's consecutive ones together (one write per subscriber), or
+        yielded for the tick loop to publish when the sink cannot relay (a generator:
+        each is sent before the next action applies)."""
         feed = self.feed
         if self._inbox:
             inbox, self._inbox = self._inbox, []
@@ -154,23 +166,53 @@ class _FeedSource:
         out, feed.out = feed.out, []
         sink = self.sink
         assert sink is not None
+        runs: dict[str, list[Publish]] = {}
         for action in out:
+            symbol = action.symbol
             if isinstance(action, Publish):
-                yield action.symbol, action.updates, action.trades
-            elif isinstance(action, Invalidate):
-                sink.invalidate(action.symbol)
+                if self.relaying:
+                    runs.setdefault(symbol, []).append(action)
+                else:
+                    yield symbol, action.book_updates(), action.raw_trades()
+                continue
+            run = runs.pop(symbol, None)
+            if run:
+                self._relay(sink, run, now)
+            if isinstance(action, Invalidate):
+                sink.invalidate(symbol)
+            elif isinstance(action, StatusChange):
+                if symbol in sink.engine.symbols:
+                    sink.status(symbol, action.status)
             else:
                 self._load(sink, action)
+        for run in runs.values():
+            self._relay(sink, run, now)
+
+    @staticmethod
+    def _relay(sink: Sink, batches: list[Publish], now: float) -> None:
+        if not sink.relay(batches, now):
+            raise IntegrityError(batches[0].symbol, "the ingest feed is out of step with the sink")
 
     def _load(self, sink: Sink, action: Load) -> None:
         symbol = action.symbol
-        first = load_book(sink, symbol, action.bids, action.asks, action.ts)
+        engine = sink.engine
+        if symbol not in engine.symbols:
+            sink.add_symbol(symbol)
+        if self.relaying:
+            sink.follow(symbol, self._live(symbol))
+        # The feed's state at the load: its book seq is one past the last already.
+        sink.restore(msgspec.structs.replace(action.state, epoch=engine.epoch))
         self._asked.pop(symbol, None)  # the next episode asks at once
         # The first load says so; reloads follow a rejection, which was logged already.
-        level = logging.INFO if first else logging.DEBUG
+        level = logging.INFO if action.state.book_seq == 1 else logging.DEBUG
         log.log(
             level, "ingest %s: loaded %d bids, %d asks", symbol, len(action.bids), len(action.asks)
         )
+
+    def _live(self, symbol: str) -> Callable[[], StateSnapshot]:
+        feed, engine = self.feed.feeds[symbol], self.sink.engine if self.sink else None
+        assert engine is not None
+        return lambda: feed.export(engine.epoch)
 
     def burst(self, now: float) -> None:
         """Bursts belong to the source."""
@@ -215,6 +257,8 @@ class IngestSource(_FeedSource):
         prefix: subject prefix.
         silent_after: seconds without a message after which a symbol is reported.
         timeout: seconds :meth:`start` tries to reach NATS.
+        core: the compiled book (``tickwire._market.Levels``): True, False, or None
+            (when built); the pure-Python one writes the same bytes.
     """
 
     def __init__(
@@ -225,8 +269,9 @@ class IngestSource(_FeedSource):
         prefix: str = "tickwire",
         silent_after: float = 5.0,
         timeout: float = 30.0,
+        core: bool | None = None,
     ) -> None:
-        super().__init__(symbols, silent_after)
+        super().__init__(symbols, silent_after, core)
         self.url = url
         self.prefix = prefix
         self.timeout = timeout
@@ -330,6 +375,7 @@ class StreamIngestSource(_FeedSource):
         messages: the messages, in order.
         symbols: the symbols accepted (empty: the sink's, or any valid name).
         silent_after: seconds without a message after which a symbol is reported.
+        core: the compiled book: True, False, or None (when built).
     """
 
     def __init__(
@@ -338,8 +384,9 @@ class StreamIngestSource(_FeedSource):
         symbols: list[str] | None = None,
         *,
         silent_after: float = 5.0,
+        core: bool | None = None,
     ) -> None:
-        super().__init__(symbols or [], silent_after)
+        super().__init__(symbols or [], silent_after, core)
         self.messages = messages
         self.ended = False
         self._room = asyncio.Event()

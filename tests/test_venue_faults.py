@@ -427,3 +427,68 @@ def test_followers_through_the_gap_storm(
             assert src["snapshot_requests"] == 0
     print("gap-storm followers:", report, "faults applied upstream:", applied)
     assert 1 <= total_holes <= applied, (report, applied)
+
+
+def test_holes_after_a_healed_resync_are_resynced_at_once() -> None:
+    """A feed that loses a message now and then -- each resync works, the book
+    verifies again -- is not a book that never verifies: its holes are resynced at
+    once, not with a backoff that grows for a minute (under gap-storm the followers
+    stayed stale most of the time)."""
+    import io
+
+    from aiohttp import WSMsgType, web
+
+    from tickwire.record import RecordingSink
+    from tickwire.sources.venue import VenueSource
+
+    fx = json.loads((Path(__file__).with_name("fixtures") / "venues" / "kraken.json").read_text())
+
+    async def run() -> tuple[int, VenueSource]:
+        subscribes = 0
+
+        async def ws(request: web.Request) -> web.WebSocketResponse:
+            nonlocal subscribes
+            sock = web.WebSocketResponse()
+            await sock.prepare(request)
+            async for msg in sock:
+                req = json.loads(msg.data) if msg.type == WSMsgType.TEXT else {}
+                if req.get("method") == "subscribe" and req["params"]["channel"] == "book":
+                    # The guide's book and a verified update; a while later, an update
+                    # whose checksum fails (a lost message, as Kraken shows one).
+                    subscribes += 1
+                    await sock.send_str(fx["snapshot"])
+                    await sock.send_str(fx["update"])
+                    await asyncio.sleep(0.25)
+                    await sock.send_str(fx["bad_checksum"])
+            return sock
+
+        app = web.Application()
+        app.router.add_get("/v2", ws)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        source = VenueSource(f"kraken+ws://127.0.0.1:{port}/v2", ["BTC-USD"], timeout=0.5)
+        source.resync_healthy_s = 0.2
+        sink = RecordingSink(io.BytesIO(), ["BTC-USD"])
+        wake = asyncio.Event()
+        source.on_arrival(wake.set)
+        try:
+            await source.start(sink)
+            end = time.monotonic() + 1.5
+            while time.monotonic() < end:  # the tick loop
+                wake.clear()
+                for batch in source.poll(time.monotonic()):
+                    sink.publish(*batch)
+                await asyncio.sleep(0.01)
+        finally:
+            await source.stop()
+            await runner.cleanup()
+        return subscribes, source
+
+    subscribes, source = asyncio.run(run())
+    stats = source.stats()
+    # Every hole resynced at once: a subscription per 0.25 s cycle, none delayed.
+    assert subscribes >= 4 and stats["resyncs_delayed"] == 0, (subscribes, stats)
+    assert stats["holes"]["checksum"] >= subscribes - 1 and source.loads == subscribes

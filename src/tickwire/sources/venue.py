@@ -62,6 +62,12 @@ MAX_FRAME = 16 << 20
 #: Seconds after a symbol's last hole within which a new one continues its streak
 #: (resynced with backoff, logged at debug level).
 RESYNC_STREAK_S = 60.0
+#: Seconds a reloaded book must stay verified (with at least one verified update) to
+#: prove its resync worked: the next hole then starts a new streak (resynced at once)
+#: instead of backing off further. A book that never verifies makes no such progress;
+#: a feed that merely loses a message now and then (independent holes, each healed) is
+#: not a storm to back off from -- and at most one resync a second is immediate.
+RESYNC_HEALTHY_S = 1.0
 #: Levels a side of Binance's REST snapshot (its maximum).
 BINANCE_SNAPSHOT_LIMIT = 5000
 #: Seconds without a frame after which the venue's application ping is sent (OKX
@@ -195,8 +201,12 @@ class VenueSource:
         self._loaded = asyncio.Event()
         self._logged: set[str] = set()
         self._last_frame = 0.0
-        # Per symbol: when its last hole was, and the backoff of its resyncs.
+        # Per symbol: when its last hole was, and the backoff of its resyncs; the
+        # verified updates since its last load; the delay of its pending REST resync.
         self._streaks: dict[str, tuple[float, Backoff]] = {}
+        self._progress: dict[str, tuple[float, int]] = {}
+        self.resync_healthy_s = RESYNC_HEALTHY_S
+        self._rest_delay: dict[str, float] = {}
         # Counters (stats, exit line).
         self.generated = 0
         self.skipped = 0
@@ -210,6 +220,7 @@ class VenueSource:
         self.venue_errors = 0
         self.snapshot_requests = 0
         self.snapshot_failures = 0
+        self.resyncs_delayed = 0
 
     # -- the Source protocol ---------------------------------------------------------------
 
@@ -304,6 +315,7 @@ class VenueSource:
             "venue_errors": self.venue_errors,
             "snapshot_requests": self.snapshot_requests,
             "snapshot_failures": self.snapshot_failures,
+            "resyncs_delayed": self.resyncs_delayed,
             "stale": sorted(self.sink.incomplete & set(self.symbols)) if self.sink else [],
         }
 
@@ -362,6 +374,9 @@ class VenueSource:
                 if not e.updates or e.symbol in sink.incomplete:
                     continue  # no change (OKX seqId == prevSeqId), or not loaded
                 self.generated += len(e.updates)
+                loaded = self._progress.get(e.symbol)
+                if loaded is not None:
+                    self._progress[e.symbol] = (loaded[0], loaded[1] + 1)
                 yield e.symbol, e.updates, []
             elif isinstance(e, Trades):
                 # Trades are served whatever the state of the book.
@@ -388,6 +403,8 @@ class VenueSource:
                     f" in {delay:.2f} s (holes repeat)" if delay else "",
                 )
                 frames = self.decoder.resubscribe(e.symbol)
+                if not frames:  # Binance: the REST snapshot the next diff asks for waits
+                    self._rest_delay[e.symbol] = delay
                 if frames and delay:
                     asyncio.get_running_loop().call_later(delay, self._send, frames)
                 else:
@@ -401,6 +418,7 @@ class VenueSource:
         from .ingest import load_book
 
         load_book(sink, snap.symbol, snap.bids, snap.asks, snap.ts)
+        self._progress[snap.symbol] = (time.monotonic(), 0)
         self.loads += 1
         self._loaded.set()
         self.backoff.reset()  # a book arrived: the connection proved healthy
@@ -409,14 +427,19 @@ class VenueSource:
         """How long to wait before resyncing ``symbol`` after a hole, and whether this
         hole starts a streak. The first resync is immediate; holes that keep coming
         (a venue sending a book that never verifies) are resynced with capped
-        exponential backoff, never in a storm, and logged once per streak."""
+        exponential backoff, never in a storm, and logged once per streak. A hole
+        after the reloaded book stayed verified ``resync_healthy_s`` (the resync
+        worked: an independent loss, not a loop) starts a new streak."""
         now = time.monotonic()
         streak = self._streaks.get(symbol)
-        if streak is None or now - streak[0] > RESYNC_STREAK_S:
+        loaded_at, verified = self._progress.pop(symbol, (now, 0))
+        healed = verified > 0 and now - loaded_at >= self.resync_healthy_s
+        if streak is None or now - streak[0] > RESYNC_STREAK_S or healed:
             backoff = Backoff(0.5, 30.0)
             self._streaks[symbol] = (now, backoff)
             return 0.0, True
         self._streaks[symbol] = (now, streak[1])
+        self.resyncs_delayed += 1
         return streak[1].next_delay(), False
 
     def _notice(self, n: Notice) -> None:
@@ -543,11 +566,12 @@ class VenueSource:
 
     async def _get_snapshot(self, want: SnapshotWanted) -> None:
         url = f"{self.rest}/api/v3/depth?symbol={want.venue_symbol}&limit={want.limit}"
-        streak = self._streaks.get(want.symbol)
-        if streak is not None and time.monotonic() - streak[0] <= RESYNC_STREAK_S:
-            # Resyncing after a hole: the REST request waits its turn (holes that
-            # repeat back off), sparing the venue's REST weight limits.
-            await asyncio.sleep(self._resync_delay(want.symbol)[0])
+        # Resyncing after a hole: the REST request waits the delay the hole was given
+        # (none for the first of a streak; holes that repeat back off), sparing the
+        # venue's REST weight limits.
+        delay = self._rest_delay.pop(want.symbol, 0.0)
+        if delay:
+            await asyncio.sleep(delay)
         self.snapshot_requests += 1
         try:
             if self._http is None:

@@ -492,3 +492,59 @@ def test_holes_after_a_healed_resync_are_resynced_at_once() -> None:
     # Every hole resynced at once: a subscription per 0.25 s cycle, none delayed.
     assert subscribes >= 4 and stats["resyncs_delayed"] == 0, (subscribes, stats)
     assert stats["holes"]["checksum"] >= subscribes - 1 and source.loads == subscribes
+
+
+def test_followers_through_maintenance(
+    server_factory: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """maintenance (each venue's shutdown notice, a 1001 close, handshakes refused with
+    429 for a while), its times divided by 5: notice at 3 s, close at 4 s, refused until
+    6 s (Retry-After 2 s)."""
+    up = _upstream(server_factory, tmp_path, "--test-faults")
+    watches = _followers(server_factory, tmp_path, up)
+
+    async def run() -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+        for w in watches:
+            await w.start()
+        plan = shortened("maintenance", 0.2)
+        assert [(f["kind"], f["at"]) for f in plan] == [("disconnect", 3.0), ("rate_limit", 4.0)]
+        assert plan[0]["notice_lead"] == 1.0 and plan[1]["duration"] == 2.0
+        ids = await _post_all(up, plan)
+        await asyncio.sleep(4.2)  # closed, refused
+        for w in watches:
+            assert (await w.source())["stale"] == [SYMBOL], w.venue
+        await asyncio.sleep(2.0)  # the refusals end
+        for w in watches:
+            await w.recovered()
+        listed = {f["id"]: f for f in await _faults(up)}
+        applied = {listed[i]["kind"]: int(listed[i]["applied"]) for i in ids}
+        await _same_books_as_upstream(up, watches)
+        for w in watches:
+            await w.stop()
+        return {w.venue: await w.source() for w in watches}, applied
+
+    srcs, applied = asyncio.run(run())
+    report = {}
+    for w in watches:
+        src = srcs[w.venue]
+        report[w.venue] = {
+            "connects": src["connects"],
+            "holes": src["holes"],
+            "loads": src["loads"],
+            "rest": src["snapshot_requests"],
+            "refused": src["connect_failures"],
+            "stale_polls": w.stale_seen,
+        }
+        # Stale from the close (never a book served from a dead connection) ...
+        assert w.stale_seen > 0, w.venue
+        # ... one reconnect, one resync: no storm.
+        assert (src["connects"], src["disconnects"]) == (2, 1), (w.venue, src)
+        assert src["holes"] == {"disconnect": 1} and src["loads"] == 2, (w.venue, src)
+        if w.venue == "binance":
+            assert src["snapshot_requests"] == 2, src
+        # Its reconnect was refused at most once: the 429's Retry-After (2 s, the
+        # whole refusal window) is honoured, not hammered with 0.2 s backoffs.
+        assert src["connect_failures"] <= 1, (w.venue, src)
+    print("maintenance followers:", report, "upstream faults applied:", applied)
+    assert applied["disconnect"] == len(VENUES), applied
+    assert applied["rate_limit"] == sum(srcs[v]["connect_failures"] for v in VENUES), applied

@@ -73,6 +73,22 @@ BINANCE_SNAPSHOT_LIMIT = 5000
 #: Seconds without a frame after which the venue's application ping is sent (OKX
 #: closes a connection silent for 30 s).
 KEEPALIVE_AFTER = 15.0
+#: The longest ``Retry-After`` of a refused handshake honoured (seconds).
+MAX_RETRY_AFTER = 300.0
+
+
+def retry_after(exc: BaseException) -> float:
+    """The ``Retry-After`` seconds of a handshake the venue refused (HTTP 429, 418,
+    503 with the header), or 0."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return 0.0
+    try:
+        value = float(headers.get("Retry-After", ""))
+    except ValueError:  # absent, or an HTTP date: the backoff alone
+        return 0.0
+    return min(max(value, 0.0), MAX_RETRY_AFTER)
 
 
 def is_venue_spec(spec: str) -> bool:
@@ -221,6 +237,7 @@ class VenueSource:
         self.snapshot_requests = 0
         self.snapshot_failures = 0
         self.resyncs_delayed = 0
+        self.connect_failures = 0
 
     # -- the Source protocol ---------------------------------------------------------------
 
@@ -316,6 +333,7 @@ class VenueSource:
             "snapshot_requests": self.snapshot_requests,
             "snapshot_failures": self.snapshot_failures,
             "resyncs_delayed": self.resyncs_delayed,
+            "connect_failures": self.connect_failures,
             "stale": sorted(self.sink.incomplete & set(self.symbols)) if self.sink else [],
         }
 
@@ -508,8 +526,12 @@ class VenueSource:
                     auto_ping_reply_timeout=self.ping_timeout or 20.0,
                 )
             except Exception as exc:  # refused, timeout, handshake: retry with backoff
-                delay = self.backoff.next_delay()
+                # A refusal that says when to come back (429 + Retry-After: a venue's
+                # connection limit or maintenance) is not retried sooner; the jittered
+                # backoff on top spreads a fleet of followers.
+                delay = retry_after(exc) + self.backoff.next_delay()
                 failures += 1
+                self.connect_failures += 1
                 # Once per outage (then every 100th attempt), not at every retry.
                 level = logging.WARNING if failures % 100 == 1 else logging.DEBUG
                 log.log(

@@ -223,6 +223,13 @@ class VenueSource:
         self._progress: dict[str, tuple[float, int]] = {}
         self.resync_healthy_s = RESYNC_HEALTHY_S
         self._rest_delay: dict[str, float] = {}
+        # OKX, Kraken: an in-band snapshot waits for the first update that continues
+        # it (OKX: its prevSeqId is the snapshot's seqId; Kraken: its checksum verifies
+        # on the snapshot) before it is served: a snapshot older than the stream (a
+        # venue's race, or the snapshot-race scenario) is only seen then, and serving
+        # it first would put an older book in front of clients as the current one.
+        self._unconfirmed: dict[str, Snapshot] = {}
+        self._confirm = self.venue in ("okx", "kraken")
         # Counters (stats, exit line).
         self.generated = 0
         self.skipped = 0
@@ -279,6 +286,7 @@ class VenueSource:
         for item in inbox:
             now_ns = time.time_ns()
             if item is None:
+                self._unconfirmed.clear()
                 events: list[Event] = decoder.disconnected()
                 # Symbols never loaded on this connection are stale already.
             elif isinstance(item, tuple):
@@ -389,6 +397,9 @@ class VenueSource:
         assert sink is not None
         for e in events:
             if isinstance(e, Delta):
+                pending = self._unconfirmed.pop(e.symbol, None)
+                if pending is not None:  # it continues the snapshot: serve both
+                    self._load(sink, pending)
                 if not e.updates or e.symbol in sink.incomplete:
                     continue  # no change (OKX seqId == prevSeqId), or not loaded
                 self.generated += len(e.updates)
@@ -403,8 +414,12 @@ class VenueSource:
                 if e.symbol not in sink.incomplete:
                     yield e.symbol, [], raw
             elif isinstance(e, Snapshot):
-                self._load(sink, e)
+                if self._confirm:
+                    self._unconfirmed[e.symbol] = e
+                else:  # Binance: checked against the buffered stream already
+                    self._load(sink, e)
             elif isinstance(e, Hole):
+                self._unconfirmed.pop(e.symbol, None)
                 self.holes[e.reason] = self.holes.get(e.reason, 0) + 1
                 sink.invalidate(e.symbol)
                 if e.reason == "disconnect":

@@ -548,8 +548,12 @@ def test_followers_through_maintenance(
             "refused": src["connect_failures"],
             "stale_polls": w.stale_seen,
         }
-        # Stale from the close (never a book served from a dead connection) ...
-        assert w.stale_seen > 0, w.venue
+        # Stale from the close (never a book served from a dead connection): /readyz
+        # said so for the whole refusal it waited out (a follower that reconnected
+        # between the close and the refusals' start, the same instant, may be stale
+        # too briefly for the polls).
+        if src["connect_failures"]:
+            assert w.stale_seen > 0, w.venue
         # ... one reconnect, one resync: no storm.
         assert (src["connects"], src["disconnects"]) == (2, 1), (w.venue, src)
         assert src["holes"] == {"disconnect": 1} and src["loads"] == 2, (w.venue, src)

@@ -7,10 +7,18 @@ are driven through its admin API or a scenario file:
   failures the faults made, by each venue's rules (what a duplicate or a reorder shows
   as differs per venue: the table in the docs);
 * a follower gateway (``serve --source VENUE+ws://upstream``) runs while the upstream
-  plays the shipped scenarios (timings shortened): a native recorder and the SDK on the
-  follower verify every seq and checksum, every book the follower served was the
-  upstream's at some seq, the symbol is stale while unsure, it recovers, and it resyncs
-  without a storm (its counters and the upstream's).
+  plays the shipped scenarios, posted to the admin API with their times scaled down
+  (:func:`shortened`; where a scenario would also hit native connections, it is aimed
+  at the venue endpoints only, so that the native recorder of the upstream -- the
+  reference -- stays exact): a native recorder and the SDK on the follower verify
+  every seq and checksum, every book the follower served was the upstream's at some
+  seq (and never an older one after a newer one), the symbol is stale while unsure,
+  it recovers to the upstream's book, and it resyncs without a storm (its counters
+  and the upstream's).
+
+Every scenario's follower check was seen to fail with the detection broken on
+purpose (Binance's ``U`` check, OKX's ``prevSeqId`` and checksum, Kraken's checksum)
+and with each source fix reverted.
 """
 
 from __future__ import annotations

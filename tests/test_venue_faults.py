@@ -16,9 +16,10 @@ are driven through its admin API or a scenario file:
   it recovers to the upstream's book, and it resyncs without a storm (its counters
   and the upstream's).
 
-Every scenario's follower check was seen to fail with the detection broken on
-purpose (Binance's ``U`` check, OKX's ``prevSeqId`` and checksum, Kraken's checksum)
-and with each source fix reverted.
+The checks were seen to fail with the detection broken on purpose (Binance's ``U``
+check: the bench and silent-stall tests; OKX's ``prevSeqId`` and checksum: gap-storm
+and snapshot-race; Kraken's checksum: the bench and gap-storm) and with each source
+fix of this work reverted (maintenance, snapshot-race, the healed-resync test).
 """
 
 from __future__ import annotations

@@ -62,11 +62,33 @@ MAX_FRAME = 16 << 20
 #: Seconds after a symbol's last hole within which a new one continues its streak
 #: (resynced with backoff, logged at debug level).
 RESYNC_STREAK_S = 60.0
+#: Seconds a reloaded book must stay verified (with at least one verified update) to
+#: prove its resync worked: the next hole then starts a new streak (resynced at once)
+#: instead of backing off further. A book that never verifies makes no such progress;
+#: a feed that merely loses a message now and then (independent holes, each healed) is
+#: not a storm to back off from -- and at most one resync a second is immediate.
+RESYNC_HEALTHY_S = 1.0
 #: Levels a side of Binance's REST snapshot (its maximum).
 BINANCE_SNAPSHOT_LIMIT = 5000
 #: Seconds without a frame after which the venue's application ping is sent (OKX
 #: closes a connection silent for 30 s).
 KEEPALIVE_AFTER = 15.0
+#: The longest ``Retry-After`` of a refused handshake honoured (seconds).
+MAX_RETRY_AFTER = 300.0
+
+
+def retry_after(exc: BaseException) -> float:
+    """The ``Retry-After`` seconds of a handshake the venue refused (HTTP 429, 418,
+    503 with the header), or 0."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return 0.0
+    try:
+        value = float(headers.get("Retry-After", ""))
+    except ValueError:  # absent, or an HTTP date: the backoff alone
+        return 0.0
+    return min(max(value, 0.0), MAX_RETRY_AFTER)
 
 
 def is_venue_spec(spec: str) -> bool:
@@ -195,8 +217,19 @@ class VenueSource:
         self._loaded = asyncio.Event()
         self._logged: set[str] = set()
         self._last_frame = 0.0
-        # Per symbol: when its last hole was, and the backoff of its resyncs.
+        # Per symbol: when its last hole was, and the backoff of its resyncs; the
+        # verified updates since its last load; the delay of its pending REST resync.
         self._streaks: dict[str, tuple[float, Backoff]] = {}
+        self._progress: dict[str, tuple[float, int]] = {}
+        self.resync_healthy_s = RESYNC_HEALTHY_S
+        self._rest_delay: dict[str, float] = {}
+        # OKX, Kraken: an in-band snapshot waits for the first update that continues
+        # it (OKX: its prevSeqId is the snapshot's seqId; Kraken: its checksum verifies
+        # on the snapshot) before it is served: a snapshot older than the stream (a
+        # venue's race, or the snapshot-race scenario) is only seen then, and serving
+        # it first would put an older book in front of clients as the current one.
+        self._unconfirmed: dict[str, Snapshot] = {}
+        self._confirm = self.venue in ("okx", "kraken")
         # Counters (stats, exit line).
         self.generated = 0
         self.skipped = 0
@@ -210,6 +243,8 @@ class VenueSource:
         self.venue_errors = 0
         self.snapshot_requests = 0
         self.snapshot_failures = 0
+        self.resyncs_delayed = 0
+        self.connect_failures = 0
 
     # -- the Source protocol ---------------------------------------------------------------
 
@@ -251,6 +286,7 @@ class VenueSource:
         for item in inbox:
             now_ns = time.time_ns()
             if item is None:
+                self._unconfirmed.clear()
                 events: list[Event] = decoder.disconnected()
                 # Symbols never loaded on this connection are stale already.
             elif isinstance(item, tuple):
@@ -304,6 +340,8 @@ class VenueSource:
             "venue_errors": self.venue_errors,
             "snapshot_requests": self.snapshot_requests,
             "snapshot_failures": self.snapshot_failures,
+            "resyncs_delayed": self.resyncs_delayed,
+            "connect_failures": self.connect_failures,
             "stale": sorted(self.sink.incomplete & set(self.symbols)) if self.sink else [],
         }
 
@@ -359,9 +397,15 @@ class VenueSource:
         assert sink is not None
         for e in events:
             if isinstance(e, Delta):
+                pending = self._unconfirmed.pop(e.symbol, None)
+                if pending is not None:  # it continues the snapshot: serve both
+                    self._load(sink, pending)
                 if not e.updates or e.symbol in sink.incomplete:
                     continue  # no change (OKX seqId == prevSeqId), or not loaded
                 self.generated += len(e.updates)
+                loaded = self._progress.get(e.symbol)
+                if loaded is not None:
+                    self._progress[e.symbol] = (loaded[0], loaded[1] + 1)
                 yield e.symbol, e.updates, []
             elif isinstance(e, Trades):
                 # Trades are served whatever the state of the book.
@@ -370,8 +414,12 @@ class VenueSource:
                 if e.symbol not in sink.incomplete:
                     yield e.symbol, [], raw
             elif isinstance(e, Snapshot):
-                self._load(sink, e)
+                if self._confirm:
+                    self._unconfirmed[e.symbol] = e
+                else:  # Binance: checked against the buffered stream already
+                    self._load(sink, e)
             elif isinstance(e, Hole):
+                self._unconfirmed.pop(e.symbol, None)
                 self.holes[e.reason] = self.holes.get(e.reason, 0) + 1
                 sink.invalidate(e.symbol)
                 if e.reason == "disconnect":
@@ -388,6 +436,8 @@ class VenueSource:
                     f" in {delay:.2f} s (holes repeat)" if delay else "",
                 )
                 frames = self.decoder.resubscribe(e.symbol)
+                if not frames:  # Binance: the REST snapshot the next diff asks for waits
+                    self._rest_delay[e.symbol] = delay
                 if frames and delay:
                     asyncio.get_running_loop().call_later(delay, self._send, frames)
                 else:
@@ -401,6 +451,7 @@ class VenueSource:
         from .ingest import load_book
 
         load_book(sink, snap.symbol, snap.bids, snap.asks, snap.ts)
+        self._progress[snap.symbol] = (time.monotonic(), 0)
         self.loads += 1
         self._loaded.set()
         self.backoff.reset()  # a book arrived: the connection proved healthy
@@ -409,14 +460,19 @@ class VenueSource:
         """How long to wait before resyncing ``symbol`` after a hole, and whether this
         hole starts a streak. The first resync is immediate; holes that keep coming
         (a venue sending a book that never verifies) are resynced with capped
-        exponential backoff, never in a storm, and logged once per streak."""
+        exponential backoff, never in a storm, and logged once per streak. A hole
+        after the reloaded book stayed verified ``resync_healthy_s`` (the resync
+        worked: an independent loss, not a loop) starts a new streak."""
         now = time.monotonic()
         streak = self._streaks.get(symbol)
-        if streak is None or now - streak[0] > RESYNC_STREAK_S:
+        loaded_at, verified = self._progress.pop(symbol, (now, 0))
+        healed = verified > 0 and now - loaded_at >= self.resync_healthy_s
+        if streak is None or now - streak[0] > RESYNC_STREAK_S or healed:
             backoff = Backoff(0.5, 30.0)
             self._streaks[symbol] = (now, backoff)
             return 0.0, True
         self._streaks[symbol] = (now, streak[1])
+        self.resyncs_delayed += 1
         return streak[1].next_delay(), False
 
     def _notice(self, n: Notice) -> None:
@@ -485,8 +541,12 @@ class VenueSource:
                     auto_ping_reply_timeout=self.ping_timeout or 20.0,
                 )
             except Exception as exc:  # refused, timeout, handshake: retry with backoff
-                delay = self.backoff.next_delay()
+                # A refusal that says when to come back (429 + Retry-After: a venue's
+                # connection limit or maintenance) is not retried sooner; the jittered
+                # backoff on top spreads a fleet of followers.
+                delay = retry_after(exc) + self.backoff.next_delay()
                 failures += 1
+                self.connect_failures += 1
                 # Once per outage (then every 100th attempt), not at every retry.
                 level = logging.WARNING if failures % 100 == 1 else logging.DEBUG
                 log.log(
@@ -543,11 +603,12 @@ class VenueSource:
 
     async def _get_snapshot(self, want: SnapshotWanted) -> None:
         url = f"{self.rest}/api/v3/depth?symbol={want.venue_symbol}&limit={want.limit}"
-        streak = self._streaks.get(want.symbol)
-        if streak is not None and time.monotonic() - streak[0] <= RESYNC_STREAK_S:
-            # Resyncing after a hole: the REST request waits its turn (holes that
-            # repeat back off), sparing the venue's REST weight limits.
-            await asyncio.sleep(self._resync_delay(want.symbol)[0])
+        # Resyncing after a hole: the REST request waits the delay the hole was given
+        # (none for the first of a streak; holes that repeat back off), sparing the
+        # venue's REST weight limits.
+        delay = self._rest_delay.pop(want.symbol, 0.0)
+        if delay:
+            await asyncio.sleep(delay)
         self.snapshot_requests += 1
         try:
             if self._http is None:

@@ -266,3 +266,18 @@ def test_random_mode_is_seeded_per_connection() -> None:
     assert pattern(7) == pattern(7)
     assert pattern(7) != pattern(8)
     assert 100 < len(pattern(7)) < 180  # about 30% dropped
+
+
+def test_a_random_checksum_fault_never_hits_a_protocol_without_checksums() -> None:
+    markets = Markets(["BTC-USD"])
+    depth = text_frame(b'{"e":"depthUpdate","E":1,"s":"BTCUSD","U":5,"u":7,"b":[],"a":[]}')
+    bad = ActiveFault(1, parse_fault({"kind": "checksum", "probability": 1.0}), 0)
+    applied: list[object] = []
+    flt = FrameFilter(
+        fault_hooks("binance"), lambda: markets, lambda f, d: applied.append(d), None, 3
+    )
+    flt.random.append(bad)
+    assert flt.process(depth * 3, 0) == depth * 3 and not applied
+    native = FrameFilter(NATIVE, lambda: markets, lambda f, d: applied.append(d), None, 3)
+    native.random.append(bad)
+    assert native.process(_delta(1), 0) != _delta(1) and applied  # the same fault does hit

@@ -292,7 +292,7 @@ class FrameFilter:
         for entry in self.armed:
             fault = entry[0]
             assert isinstance(fault, ActiveFault)
-            if fault.symbol(symbol) and (fault.spec.kind != "checksum" or self.hooks.has_checksum):
+            if self._applies(fault, symbol):
                 left = entry[1]
                 assert isinstance(left, int)
                 if left <= 1:
@@ -301,9 +301,14 @@ class FrameFilter:
                     entry[1] = left - 1
                 return fault
         for fault in self.random:
-            if fault.symbol(symbol) and self._draw(fault):
+            if self._applies(fault, symbol) and self._draw(fault):
                 return fault
         return None
+
+    def _applies(self, fault: ActiveFault, symbol: str) -> bool:
+        """Whether ``fault`` can hit a book message of ``symbol`` on this protocol (a
+        ``checksum`` fault needs a protocol with checksums: never Binance's)."""
+        return fault.symbol(symbol) and (fault.spec.kind != "checksum" or self.hooks.has_checksum)
 
     def _draw(self, fault: ActiveFault) -> bool:
         """A random-mode draw from this connection's own generator for ``fault``: the

@@ -163,7 +163,8 @@ def round_(mode: str, url: str, a: argparse.Namespace) -> dict[str, Any]:
             source = ["--source", f"ingest+{url}", "--symbols", str(a.symbols)]
         elif mode == "ingest":
             pub, _ = start(
-                ["publish", "--nats", url, "--ingest", url, "--symbols", ",".join(symbols)],
+                ["publish", "--nats", url, "--ingest", url, "--symbols", ",".join(symbols)]
+                + a.publish_args.split(),
                 r"publishing",
             )
         else:
@@ -228,6 +229,9 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--modes", default="ingest,direct,sim", help="in this order, each round")
+    p.add_argument(
+        "--publish-args", default="", help="extra flags of the ingest mode's `tickwire publish`"
+    )
     p.add_argument(
         "--client",
         choices=("loadclient", "tickwire"),

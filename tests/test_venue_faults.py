@@ -320,10 +320,20 @@ def _upstream_had(rec: NativeRecorder, bids: Levels, asks: Levels, crc: int, who
     assert any(rec.books[s] == (bids, asks) for s in seqs), f"{who}: same checksum, other levels"
 
 
-async def _same_books_as_upstream(up: VenueGateway, watches: list[Watch]) -> None:
+async def _same_books_as_upstream(
+    up: VenueGateway, watches: list[Watch], running: NativeRecorder | None = None
+) -> None:
     """Once the faults are over: every follower's SDK book (and its native recorder's,
     each verified) is the upstream's native book at some seq, read by a recorder that
-    no fault touches."""
+    no fault touches: ``running`` (a recorder on ``up`` since before the faults, so a
+    follower still behind it on a loaded machine is checked too), else a new one."""
+    if running is not None:
+        await asyncio.sleep(0.3)  # the recorder reads past the followers
+        states = {w.venue: w.sdk_state() for w in watches}
+        firsts = {w.venue: max(w.rec.books) for w in watches}
+        await asyncio.sleep(0.4)
+        _all_upstream(running, watches, states, firsts)
+        return
     rec_up = NativeRecorder(up, SYMBOL)
     task = asyncio.create_task(rec_up.run())
     try:
@@ -335,6 +345,15 @@ async def _same_books_as_upstream(up: VenueGateway, watches: list[Watch]) -> Non
     finally:
         rec_up.stop()
         await task
+    _all_upstream(rec_up, watches, states, firsts)
+
+
+def _all_upstream(
+    rec_up: NativeRecorder,
+    watches: list[Watch],
+    states: dict[str, tuple[Levels, Levels, int]],
+    firsts: dict[str, int],
+) -> None:
     for w in watches:
         _upstream_had(rec_up, *states[w.venue], f"{w.venue} SDK")
         later = [s for s in w.rec.books if s > firsts[w.venue]][:5]
@@ -417,7 +436,7 @@ def test_followers_through_the_gap_storm(
         listed = {f["id"]: f for f in await _faults(up)}
         assert not any(listed[i]["active"] for i in ids), "the storm is over"
         applied = sum(int(listed[i]["applied"]) for i in ids)
-        await _same_books_as_upstream(up, watches)
+        await _same_books_as_upstream(up, watches, rec_up)
         for w in watches:
             await w.stop()
         rec_up.stop()
@@ -628,7 +647,7 @@ def test_followers_through_the_snapshot_race(
         await _api(up, "DELETE", "/api/v1/faults")
         for w in watches:
             await w.recovered()
-        await _same_books_as_upstream(up, watches)
+        await _same_books_as_upstream(up, watches, rec_up)
         for w in watches:
             await w.stop()
         rec_up.stop()
@@ -698,8 +717,8 @@ def test_followers_through_silent_stalls_and_binance_24h(
         await _api(up24, "DELETE", "/api/v1/faults")
         for w in [*watches, w24]:
             await w.recovered()
-        await _same_books_as_upstream(up, watches)
-        await _same_books_as_upstream(up24, [w24])
+        await _same_books_as_upstream(up, watches, rec_up)
+        await _same_books_as_upstream(up24, [w24], rec24)
         for w in [*watches, w24]:
             await w.stop()
         for r in (rec_up, rec24):

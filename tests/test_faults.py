@@ -34,6 +34,7 @@ from websockets.exceptions import ConnectionClosed
 from helpers import ServerProcess
 from tickwire.book import Book
 from tickwire.client import Backoff, BookChanged, Client, Disconnected, Event, SyncState
+from tickwire.codec import Encoding, Wire
 from tickwire.dialects import okx
 from venues import NativeRecorder, VenueGateway, levels, start_venue_gateway
 
@@ -63,6 +64,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VenueGateway]:
         "--test-faults",
         "--heartbeat",
         "0.5",
+        "--deflate",
         tls=False,
     )
     try:
@@ -113,7 +115,7 @@ def _clear(gw: VenueGateway) -> Iterator[None]:
 class Watched:
     """An SDK client whose book is kept at every seq, and when it was disrupted."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, encoding: str = "json", compression: str | None = None) -> None:
         self.books: dict[int, tuple[dict[Decimal, Decimal], dict[Decimal, Decimal]]] = {}
         self.disrupted: float | None = None
         self.recovered: float | None = None
@@ -126,6 +128,8 @@ class Watched:
             events=False,
             watchdog=1.0,
             backoff=Backoff(initial=0.05, maximum=0.2),
+            encoding=encoding,
+            compression=compression,
         )
         self._base = (0, 0)
 
@@ -188,7 +192,8 @@ SDK_CASES: dict[str, tuple[dict[str, Any], str]] = {
     "reorder": ({"kind": "reorder"}, "resync"),
     "stale_snapshot": ({"kind": "stale_snapshot", "where": "stream", "updates": 40}, "resync"),
     "stall": ({"kind": "stall", "seconds": 2.0}, "reconnect"),
-    "stall-heartbeats": ({"kind": "stall", "seconds": 2.0, "heartbeats": True}, "reconnect"),
+    # Heartbeats at the frozen seq keep the watchdog quiet: the hole shows when data resumes.
+    "stall-heartbeats": ({"kind": "stall", "seconds": 2.0, "heartbeats": True}, "resync"),
     "disconnect-1001": ({"kind": "disconnect", "code": 1001}, "reconnect"),
     "disconnect-1006": ({"kind": "disconnect", "code": 1006}, "reconnect"),
     "disconnect-1008": ({"kind": "disconnect", "code": 1008}, "reconnect"),
@@ -248,6 +253,107 @@ def test_sdk_books_exact_again_after(gw: VenueGateway, case: str) -> None:
         if fault["kind"] == "disconnect":
             # 1006 is never sent: the TCP connection is reset, the client sees no close.
             assert watched.closes[0] == (None if code == 1006 else code), watched.closes
+
+    asyncio.run(run())
+
+
+# Every native wire: the same faults reach msgpack and deflated connections.
+WIRES = {
+    "msgpack": ("msgpack", None),
+    "deflate": ("json", "deflate"),
+    "msgpack+deflate": ("msgpack", "deflate"),
+}
+
+
+@pytest.mark.parametrize("kind", ["gap", "checksum"])
+@pytest.mark.parametrize("wire", list(WIRES))
+def test_sdk_on_every_wire_recovers_after(gw: VenueGateway, wire: str, kind: str) -> None:
+    encoding, compression = WIRES[wire]
+
+    async def run() -> None:
+        watched = Watched(f"{gw.ws}/ws", encoding, compression)
+        async with watched.client as client:
+            await client.wait_live()
+            assert client.wire == Wire(Encoding(encoding), compression == "deflate")
+            watched.arm()
+            added = await add_fault(gw, kind=kind, venues=["native"], symbols=[SYMBOL])
+            await wait_applied(gw, added["id"])
+            deadline = time.monotonic() + 5
+            while watched.recovered is None:
+                assert time.monotonic() < deadline, f"no recovery: {client.counters()}"
+                await asyncio.sleep(0.02)
+            counters = client.channel(BOOK).counters
+            # The fault showed as what it is: a hole, or a checksum that does not match.
+            assert (counters.gaps if kind == "gap" else counters.checksum_failures) >= 1
+            assert counters.resyncs >= 1 and client.stats.disconnects == 0, client.counters()
+            await api(gw, "DELETE")
+            await exact_again(gw, watched)
+
+    asyncio.run(run())
+
+
+def test_native_stall_with_heartbeats_on_the_wire(gw: VenueGateway) -> None:
+    """A stalled native connection gets one heartbeat per channel every interval (0.5 s
+    here), at the seq it was last sent; then data resumes past a hole."""
+
+    async def run() -> list[tuple[float, Any]]:
+        seen: list[tuple[float, Any]] = []
+        async with websockets.connect(f"{gw.ws}/ws") as ws:
+            channels = [BOOK, "trades.BTC-USD"]
+            await ws.send(json.dumps({"op": "subscribe", "channels": channels, "id": 1}))
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 0.5:
+                seen.append((time.monotonic(), json.loads(await ws.recv())))
+            await add_fault(
+                gw, kind="stall", seconds=1.6, heartbeats=True, venues=["native"], symbols=[]
+            )
+            t1 = time.monotonic()
+            while time.monotonic() - t1 < 2.5:
+                seen.append((time.monotonic(), json.loads(await ws.recv())))
+        return seen
+
+    seen = asyncio.run(run())
+    book = [(t, m) for t, m in seen if m.get("ch") == BOOK]
+    beats = [i for i, (_, m) in enumerate(book) if m["type"] == "heartbeat"]
+    assert len(beats) >= 2, [m["type"] for _, m in book]
+    # Heartbeats only while stalled: every book heartbeat in a row, spaced by the interval.
+    run_ = book[beats[0] : beats[-1] + 1]
+    assert all(m["type"] == "heartbeat" for _, m in run_), [m["type"] for _, m in run_]
+    gaps = [b[0] - a[0] for a, b in zip(run_, run_[1:], strict=False)]
+    assert all(0.35 < g < 0.8 for g in gaps), gaps
+    last = book[beats[0] - 1][1]
+    assert last["type"] in ("delta", "snapshot")
+    # They carry the seq the connection was last sent (a server gone quiet) ...
+    assert {m["seq"] for _, m in run_} == {last["seq"]}
+    # ... and the data that resumes does not chain to it: the client sees the hole.
+    after = book[beats[-1] + 1][1]
+    assert after["type"] == "delta" and after["prev_seq"] > last["seq"], after
+    # The other channel got its own heartbeats during the stall.
+    trades = [m for _, m in seen if m.get("ch") == "trades.BTC-USD" and m["type"] == "heartbeat"]
+    assert len(trades) >= 2
+
+
+def test_sdk_msgpack_stall_with_heartbeats(gw: VenueGateway) -> None:
+    """The SDK on msgpack stays connected through a heartbeat stall and resyncs."""
+
+    async def run() -> None:
+        watched = Watched(f"{gw.ws}/ws", "msgpack")
+        async with watched.client as client:
+            await client.wait_live()
+            watched.arm()
+            added = await add_fault(
+                gw, kind="stall", seconds=2.0, heartbeats=True, venues=["native"]
+            )
+            await wait_applied(gw, added["id"])
+            deadline = time.monotonic() + 6
+            while watched.recovered is None:
+                assert time.monotonic() < deadline, f"no recovery: {client.counters()}"
+                await asyncio.sleep(0.02)
+            # Disrupted only once the data resumed (not by its watchdog, 1 s, mid-stall).
+            assert client.stats.disconnects == 0, client.counters()
+            assert client.channel(BOOK).counters.resyncs >= 1
+            await api(gw, "DELETE")
+            await exact_again(gw, watched)
 
     asyncio.run(run())
 

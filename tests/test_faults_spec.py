@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tickwire.book import Book
+from tickwire.codec import Deflater, Encoding, Wire, decode_msgpack, frame_message, inflate
 from tickwire.dialects import fault_hooks
 from tickwire.dialects.markets import Markets
 from tickwire.exceptions import ScenarioError
@@ -16,7 +17,7 @@ from tickwire.faults import ActiveFault, parse_fault, parse_scenario
 from tickwire.faults.stale import StaleBook
 from tickwire.faults.wire import NATIVE, FrameFilter, Pacer, split_frames
 from tickwire.framing import frame_payload, text_frame
-from tickwire.protocol import BookUpdate, Delta, encode
+from tickwire.protocol import BookUpdate, Delta, decode_message, encode
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 
@@ -160,13 +161,50 @@ def test_filter_reorder_released_when_nothing_follows() -> None:
     assert flt.release(10.6) == _delta(1)
 
 
-def test_filter_stall_keeps_heartbeats_only_when_asked() -> None:
-    beat = text_frame(b'{"type":"heartbeat","ch":"book.BTC-USD","seq":3}')
-    for heartbeats, kept in ((False, b""), (True, beat)):
+def test_filter_native_stall_makes_up_heartbeats_only_when_asked() -> None:
+    """The hub's heartbeats never pass a native stall; with ``heartbeats`` the filter
+    makes up one per channel every interval at the seq the connection was last sent."""
+    beat = text_frame(b'{"type":"heartbeat","ch":"trades.BTC-USD","seq":3}')
+    for heartbeats in (False, True):
         flt, _ = _filter()
-        flt.stall(5.0, heartbeats)
-        assert flt.process(_delta(1) + beat, 4.9) == kept
-        assert flt.process(_delta(2), 5.0) == _delta(2)
+        flt.stall(5.0, heartbeats, now=1.0, interval=0.5)
+        assert flt.process(_delta(1) + beat, 1.1) == b""
+        assert flt.process(_delta(2), 1.2) == b""
+        if not heartbeats:
+            assert flt.beats(1.6) == []
+            continue
+        # The idle channel's at once; the busy one's an interval after the stall began,
+        # at the seq before its first dropped delta (prev_seq 0), then every interval.
+        assert flt.beats(1.11) == [("trades.BTC-USD", 3)]
+        assert flt.beats(1.5) == [("book.BTC-USD", 0)]
+        assert flt.beats(1.55) == []
+        assert sorted(flt.beats(2.0)) == [("book.BTC-USD", 0), ("trades.BTC-USD", 3)]
+        assert flt.beats(5.0) == []  # the stall is over
+        assert flt.process(_delta(9), 5.0) == _delta(9)
+
+
+def test_filter_msgpack_and_deflated_book_messages() -> None:
+    """Book messages in msgpack and deflated frames are classified and corrupted in their
+    own form (the checksum only: everything else decodes the same)."""
+    update = BookUpdate("bid", "100.0", "1.0", 10**18)
+    delta = Delta("book.BTC-USD", 5, 4, 12, [update])
+    deflater = Deflater()
+    for wire in (Wire(Encoding.MSGPACK), Wire(Encoding.JSON, True), Wire(Encoding.MSGPACK, True)):
+        flt, seen = _filter()
+        frame = frame_message(wire, delta, deflater)
+        assert flt.process(frame, 0) == frame
+        flt.arm(ActiveFault(1, parse_fault({"kind": "checksum"}), 0))
+        bad = flt.process(frame, 0)
+        assert bad[0] == frame[0]  # same opcode, same RSV1
+        body = frame_payload(bad)
+        if wire.deflate:
+            body = inflate(body, 1 << 20)
+        got = decode_msgpack(body) if wire.encoding is Encoding.MSGPACK else decode_message(body)
+        assert got == Delta("book.BTC-USD", 5, 4, 13, [update]), wire
+        flt.arm(ActiveFault(2, parse_fault({"kind": "gap"}), 0))
+        assert flt.process(frame + frame, 0) == frame
+        assert [k for k, _ in seen] == ["checksum", "gap"]
+        assert seen[1][1]["seq"] == 5 and seen[1][1]["symbol"] == "BTC-USD"
 
 
 def test_venue_hooks_classify_and_corrupt() -> None:

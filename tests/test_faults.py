@@ -36,6 +36,7 @@ from tickwire.book import Book
 from tickwire.client import Backoff, BookChanged, Client, Disconnected, Event, SyncState
 from tickwire.codec import Encoding, Wire
 from tickwire.dialects import okx
+from tickwire.faults import ActiveFault, parse_fault
 from venues import NativeRecorder, VenueGateway, levels, start_venue_gateway
 
 SYMBOL = "BTC-USD"
@@ -437,6 +438,126 @@ def test_binance_gap_shows_in_u(gw: VenueGateway) -> None:
         assert len(holes) == 1, holes
 
     asyncio.run(run())
+
+
+# Whole-state streams: OKX books5 and bbo-tbt, Binance partial depth (raw and combined).
+# Each pair: a control connection and a targeted one on the same streams.
+WHOLE_PAIRS: list[tuple[str, str, list[str]]] = [
+    ("okx", "/okx/ws/v5/public", ["books5", "bbo-tbt"]),
+    ("binance", "/binance/ws/btcusd@depth5@100ms", []),
+    ("binance", "/binance/stream?streams=btcusd@depth10@100ms", []),
+]
+WHOLE_FAULTS = ("gap", "duplicate", "reorder")
+
+
+def _whole_seed(fault_id: int, kind: str, targets: set[int], controls: set[int]) -> int:
+    """A seed for which the ``targets`` connections are hit and the controls are not."""
+    for seed in range(1, 10_000):
+        raw = {"kind": kind, "probability": 0.2, "share": 0.5, "seed": seed}
+        fault = ActiveFault(fault_id, parse_fault(raw), 0.0)
+        venues = {1: "okx", 2: "okx"}
+        if all(fault.targets(c, venues.get(c, "binance")) for c in targets) and not any(
+            fault.targets(c, venues.get(c, "binance")) for c in controls
+        ):
+            return seed
+    raise AssertionError("no seed found")
+
+
+def _whole_state(msg: Any) -> tuple[str, int] | None:
+    """(stream, seq) of a whole-state push, or None."""
+    if "arg" in msg and "data" in msg:
+        return msg["arg"]["channel"], int(msg["data"][0]["seqId"])
+    data = msg.get("data", msg)
+    if "lastUpdateId" in data:
+        return msg.get("stream", "raw"), int(data["lastUpdateId"])
+    return None
+
+
+def test_whole_state_streams_gap_duplicate_reorder(server_factory: Any, tmp_path: Path) -> None:
+    """gap, duplicate and reorder reach OKX books5/bbo-tbt and Binance partial depth:
+    the targeted connection misses pushes the control got, gets one twice (the same
+    bytes), and gets an older state after a newer one; every push it gets is a state
+    the control got too, byte for byte."""
+    controls, targets = {1, 3, 5}, {2, 4, 6}
+    lines = ['name = "whole"']
+    for i, kind in enumerate(WHOLE_FAULTS, 1):
+        seed = _whole_seed(i, kind, targets, controls)
+        lines += ["[[fault]]", f'kind = "{kind}"', 'venues = ["okx", "binance"]']
+        lines += ["probability = 0.2", "share = 0.5", f"seed = {seed}"]
+    scenario = tmp_path / "whole.toml"
+    scenario.write_text("\n".join(lines) + "\n")
+    gw = start_venue_gateway(
+        server_factory,
+        tmp_path,
+        "--symbols",
+        "BTC-USD,ETH-USD",
+        "--rate",
+        "400",
+        "--faults",
+        str(scenario),
+        tls=False,
+    )
+
+    async def read(
+        path: str, okx_channels: list[str], out: list[str], first: asyncio.Event, end: list[float]
+    ) -> None:
+        async with websockets.connect(gw.ws + path) as ws:
+            if okx_channels:
+                args = [{"channel": c, "instId": SYMBOL} for c in okx_channels]
+                await ws.send(json.dumps({"op": "subscribe", "args": args}))
+            while True:
+                left = end[0] - time.monotonic() if end else 5.0
+                if left <= 0:
+                    break
+                try:
+                    raw = await asyncio.wait_for(ws.recv(), left)
+                except TimeoutError:
+                    break
+                msg = json.loads(raw)
+                if _whole_state(msg) is not None:
+                    out.append(raw)
+                    first.set()
+
+    async def run() -> list[list[str]]:
+        streams: list[list[str]] = [[] for _ in range(6)]
+        end: list[float] = []
+        tasks = []
+        # One after the other: the gateway numbers them 1 to 6.
+        for n in range(6):
+            _, path, channels = WHOLE_PAIRS[n // 2]
+            first = asyncio.Event()
+            tasks.append(asyncio.create_task(read(path, channels, streams[n], first, end)))
+            await asyncio.wait_for(first.wait(), 5)
+        end.append(time.monotonic() + 3.0)
+        await asyncio.gather(*tasks)
+        return streams
+
+    streams = asyncio.run(run())
+    _, listed = asyncio.run(api(gw, "GET"))
+    for fault in listed["faults"]:
+        assert set(fault["connections"]) == targets, fault
+    for pair in range(3):
+        control, target = streams[2 * pair], streams[2 * pair + 1]
+        by_stream: dict[str, tuple[list[tuple[int, str]], list[tuple[int, str]]]] = {}
+        for side, msgs in enumerate((control, target)):
+            for raw in msgs[1:]:  # after each one's first (its join) push
+                found = _whole_state(json.loads(raw))
+                assert found is not None
+                by_stream.setdefault(found[0], ([], []))[side].append((found[1], raw))
+        for name, (c, t) in by_stream.items():
+            seen = {"gap": 0, "duplicate": 0, "reorder": 0}
+            lo = max(c[0][0], t[0][0])
+            hi = min(c[-1][0], t[-1][0])
+            c = [(q, r) for q, r in c if lo < q < hi]
+            t = [(q, r) for q, r in t if lo < q < hi]
+            assert len(c) > 10, (pair, name, len(c))
+            assert {r for _, r in t} <= {r for _, r in c}, (pair, name)  # nothing altered
+            assert all(a[0] < b[0] for a, b in zip(c, c[1:], strict=False))  # a clean control
+            seen["gap"] += len({r for _, r in c} - {r for _, r in t})
+            seen["duplicate"] += sum(a == b for a, b in zip(t, t[1:], strict=False))
+            seen["reorder"] += sum(b[0] < a[0] for a, b in zip(t, t[1:], strict=False))
+            assert all(seen.values()), (WHOLE_PAIRS[pair], name, seen)
+        assert len(by_stream) == max(1, len(WHOLE_PAIRS[pair][2]))
 
 
 def test_binance_server_shutdown_then_close(gw: VenueGateway) -> None:

@@ -4,13 +4,14 @@ the frame filter, the pacer and the stale books (tickwire.faults, Sans-I/O)."""
 from __future__ import annotations
 
 import re
+import types
 from pathlib import Path
 
 import pytest
 
 from tickwire.book import Book
 from tickwire.codec import Deflater, Encoding, Wire, decode_msgpack, frame_message, inflate
-from tickwire.dialects import fault_hooks
+from tickwire.dialects import binance, fault_hooks
 from tickwire.dialects.markets import Markets
 from tickwire.exceptions import ScenarioError
 from tickwire.faults import ActiveFault, parse_fault, parse_scenario
@@ -220,7 +221,13 @@ def test_venue_hooks_classify_and_corrupt() -> None:
     )
     assert okx.classify(push, markets) == ("BTC-USD", "update", 9)
     assert okx.corrupt_checksum(push) == push.replace(b'"checksum":-5', b'"checksum":-6')
-    assert okx.classify(push.replace(b'"books"', b'"books5"'), markets) is None
+    top = b'{"arg":{"channel":"books5","instId":"BTC-USD"},"data":[{"asks":[],"bids":[],'
+    top += b'"ts":"1","seqId":11,"instId":"BTC-USD"}]}'
+    assert okx.classify(top, markets) == ("BTC-USD", "books5", 11)
+    bbo = top.replace(b'"books5"', b'"bbo-tbt"').replace(b',"instId":"BTC-USD"}]', b"}]")
+    assert okx.classify(bbo, markets) == ("BTC-USD", "bbo-tbt", 11)
+    ack = b'{"event":"subscribe","arg":{"channel":"books5","instId":"BTC-USD"},"connId":"a"}'
+    assert okx.classify(ack, markets) is None
     kraken = fault_hooks("kraken")
     v1 = b'[3,{"b":[["100.0","1.0","1.0"]],"c":"1234"},"book-10","XBT/USD"]'
     v2 = (
@@ -232,6 +239,49 @@ def test_venue_hooks_classify_and_corrupt() -> None:
     assert kraken.corrupt_checksum(v1) == v1.replace(b'"1234"', b'"1235"')
     assert kraken.corrupt_checksum(v2) == v2.replace(b":77,", b":76,")
     assert kraken.is_heartbeat(b'{"event":"heartbeat"}')
+
+
+def test_whole_state_pushes_take_no_checksum_fault() -> None:
+    """A ``checksum`` fault passes over whole-state pushes (none carries a checksum) and
+    hits the next diff; a reordered push waits for the next push of its own stream."""
+    markets = Markets(["BTC-USD"])
+    okx = fault_hooks("okx")
+    seen: list[str] = []
+    flt = FrameFilter(okx, lambda: markets, lambda f, d: seen.append(f.spec.kind))
+
+    def top(channel: str, seq: int) -> bytes:
+        body = b'{"arg":{"channel":"%s","instId":"BTC-USD"},"data":[{"asks":[],"bids":[],'
+        return text_frame(body % channel.encode() + b'"ts":"1","seqId":%d}]}' % seq)
+
+    books = text_frame(
+        b'{"arg":{"channel":"books","instId":"BTC-USD"},"action":"update","data":[{"asks":[],'
+        b'"bids":[],"ts":"1","checksum":-5,"prevSeqId":3,"seqId":9}]}'
+    )
+    flt.arm(ActiveFault(1, parse_fault({"kind": "checksum"}), 0))
+    assert flt.process(top("books5", 8), 0) == top("books5", 8)
+    assert flt.process(books, 0) == books.replace(b'"checksum":-5', b'"checksum":-6')
+    flt.arm(ActiveFault(2, parse_fault({"kind": "reorder"}), 0))
+    assert flt.process(top("books5", 10), 0) == b""
+    assert flt.process(top("bbo-tbt", 11) + books, 0) == top("bbo-tbt", 11) + books
+    assert flt.process(top("books5", 12), 0) == top("books5", 12) + top("books5", 10)
+    assert seen == ["checksum", "reorder"]
+
+
+def test_binance_partial_depth_classified() -> None:
+    """Combined partial depth names its stream; a raw one is bound to the connection's
+    one partial depth stream (two: indistinguishable, left alone)."""
+    markets = Markets(["BTC-USD", "ETH-USD"])
+    hooks = binance.FAULT_HOOKS
+    raw = b'{"lastUpdateId":42,"bids":[],"asks":[]}'
+    combined = b'{"stream":"btcusd@depth10@100ms","data":' + raw + b"}"
+    assert hooks.classify(combined, markets) == ("BTC-USD", "depth10", 42)
+    assert hooks.classify(raw, markets) is None  # not bound to a connection
+    feed = types.SimpleNamespace(refresh_markets=lambda: markets)
+    one = binance.BinanceSession(feed, False, [])  # type: ignore[arg-type]
+    one.names = {"ethusd@depth5": None, "btcusd@trade": None}  # type: ignore[dict-item]
+    assert hooks.for_session(one).classify(raw, markets) == ("ETH-USD", "depth5", 42)
+    one.names["btcusd@depth20@100ms"] = None  # type: ignore[assignment]
+    assert hooks.for_session(one).classify(raw, markets) is None
 
 
 # -- the pacer ----------------------------------------------------------------------------

@@ -40,7 +40,12 @@ __all__ = [
     "split_frames",
 ]
 
-#: ``(tickwire symbol, "update" | "snapshot", seq or None)``: a book message.
+#: ``(tickwire symbol, kind, seq or None)``: a book message. ``kind`` is ``"update"``
+#: (a diff: every message fault applies), ``"snapshot"`` (an in-band snapshot:
+#: ``stale_snapshot`` only), or the name of a stream whose every push is a whole state
+#: (OKX ``books5``, Binance ``depth5`` ...): ``gap``, ``duplicate`` and ``reorder`` apply,
+#: never ``checksum`` (none of them carries one), and a reordered push is held behind
+#: the next push of the same stream.
 BookMessage = tuple[str, str, int | None]
 
 #: Called with (fault, what was done) at each application: the listener's detail.
@@ -281,8 +286,8 @@ class FrameFilter:
         #: connection was sent) and when its next made-up heartbeat is due.
         self.frozen: dict[str, list[float]] = {}
         self.beat_interval = 1.0
-        #: A reordered book message held back: (symbol, frame, since).
-        self.held: tuple[str, bytes, float] | None = None
+        #: A reordered book message held back: ((symbol, kind), frame, since).
+        self.held: tuple[tuple[str, str], bytes, float] | None = None
         self.dropped = 0
 
     def busy(self, now: float) -> bool:
@@ -375,7 +380,7 @@ class FrameFilter:
             if kind == "snapshot":
                 out.append(self._snapshot(frame, payload, symbol, seq, now))
                 continue
-            self._update(out, frame, payload, symbol, seq, now)
+            self._update(out, frame, payload, symbol, kind, seq, now)
         return b"".join(out)
 
     def _snapshot(
@@ -406,12 +411,12 @@ class FrameFilter:
             return _reframe(frame, body)
         return frame
 
-    def _pick(self, symbol: str) -> ActiveFault | None:
+    def _pick(self, symbol: str, kind: str) -> ActiveFault | None:
         """The fault to apply to a book message of ``symbol``, if any."""
         for entry in self.armed:
             fault = entry[0]
             assert isinstance(fault, ActiveFault)
-            if self._applies(fault, symbol):
+            if self._applies(fault, symbol, kind):
                 left = entry[1]
                 assert isinstance(left, int)
                 if left <= 1:
@@ -420,14 +425,17 @@ class FrameFilter:
                     entry[1] = left - 1
                 return fault
         for fault in self.random:
-            if self._applies(fault, symbol) and self._draw(fault):
+            if self._applies(fault, symbol, kind) and self._draw(fault):
                 return fault
         return None
 
-    def _applies(self, fault: ActiveFault, symbol: str) -> bool:
+    def _applies(self, fault: ActiveFault, symbol: str, kind: str) -> bool:
         """Whether ``fault`` can hit a book message of ``symbol`` on this protocol (a
-        ``checksum`` fault needs a protocol with checksums: never Binance's)."""
-        return fault.symbol(symbol) and (fault.spec.kind != "checksum" or self.hooks.has_checksum)
+        ``checksum`` fault needs a diff of a protocol with checksums: never Binance's,
+        never a whole-state push)."""
+        if not fault.symbol(symbol):
+            return False
+        return fault.spec.kind != "checksum" or (self.hooks.has_checksum and kind == "update")
 
     def _draw(self, fault: ActiveFault) -> bool:
         """A random-mode draw from this connection's own generator for ``fault``: the
@@ -445,33 +453,36 @@ class FrameFilter:
         frame: bytes,
         payload: bytes,
         symbol: str,
+        kind: str,
         seq: int | None,
         now: float,
     ) -> None:
         held = self.held
-        if held is not None and held[0] == symbol:
+        if held is not None and held[0] == (symbol, kind):
             # The message held back goes right after this one: their order is swapped.
             self.held = None
             out.append(frame)
             out.append(held[1])
             return
-        fault = self._pick(symbol)
+        fault = self._pick(symbol, kind)
         if fault is None:
             out.append(frame)
             return
-        kind = fault.spec.kind
         detail: dict[str, object] = {"symbol": symbol, "seq": seq, "venue": self.hooks.venue}
-        if kind == "gap":
+        if kind != "update":
+            detail["stream"] = kind
+        applies = fault.spec.kind
+        if applies == "gap":
             detail["action"] = "dropped"
-        elif kind == "duplicate":
+        elif applies == "duplicate":
             out.append(frame)
             out.append(frame)
             detail["action"] = "sent twice"
-        elif kind == "reorder":
+        elif applies == "reorder":
             if held is not None:
                 out.append(frame)  # one held message at a time
                 return
-            self.held = (symbol, frame, now)
+            self.held = ((symbol, kind), frame, now)
             detail["action"] = "held behind the next message"
         else:
             bad = self.hooks.corrupt_checksum(payload)

@@ -82,7 +82,11 @@ class _Target:
         self.manager = manager
         self.conn = conn
         self.venue = venue
-        self.hooks = hooks_of(venue)
+        hooks = hooks_of(venue)
+        bind = getattr(hooks, "for_session", None)
+        if bind is not None:  # hooks that read the connection's own streams
+            hooks = bind(getattr(conn, "session", None))
+        self.hooks: ProtocolHooks = hooks
         self.raw: Callable[[bytes], object] = conn.write
         feed = manager.gateway.feed
         self.filter = FrameFilter(

@@ -321,7 +321,7 @@ def test_native_stall_with_heartbeats_on_the_wire(gw: VenueGateway) -> None:
     run_ = book[beats[0] : beats[-1] + 1]
     assert all(m["type"] == "heartbeat" for _, m in run_), [m["type"] for _, m in run_]
     gaps = [b[0] - a[0] for a, b in zip(run_, run_[1:], strict=False)]
-    assert all(0.35 < g < 0.8 for g in gaps), gaps
+    assert all(0.3 < g < 1.2 for g in gaps), gaps  # one per interval, not per sweep
     last = book[beats[0] - 1][1]
     assert last["type"] in ("delta", "snapshot")
     # They carry the seq the connection was last sent (a server gone quiet) ...

@@ -5,7 +5,9 @@ frame bytes go to it untouched and nothing here runs. A targeted connection's ``
 is replaced by the I/O layer with one that passes its bytes (one frame or several
 joined) through a :class:`FrameFilter` -- split into frames, book messages classified
 by the protocol's hook (:class:`ProtocolHooks`: the native one here, the venues' in
-their dialect modules), then dropped, duplicated, held back, corrupted or replaced --
+their dialect modules; binary frames too, and deflated ones inflated message by message:
+the native protocol's msgpack and permessage-deflate wires), then dropped, duplicated,
+held back, corrupted (re-framed in the frame's own form) or replaced --
 and then, while a ``latency`` or ``bandwidth`` fault is open, through a
 :class:`Pacer` that says when each chunk may be written. The time is passed in.
 """

@@ -34,7 +34,9 @@ from websockets.exceptions import ConnectionClosed
 from helpers import ServerProcess
 from tickwire.book import Book
 from tickwire.client import Backoff, BookChanged, Client, Disconnected, Event, SyncState
+from tickwire.codec import Encoding, Wire
 from tickwire.dialects import okx
+from tickwire.faults import ActiveFault, parse_fault
 from venues import NativeRecorder, VenueGateway, levels, start_venue_gateway
 
 SYMBOL = "BTC-USD"
@@ -63,6 +65,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VenueGateway]:
         "--test-faults",
         "--heartbeat",
         "0.5",
+        "--deflate",
         tls=False,
     )
     try:
@@ -113,7 +116,7 @@ def _clear(gw: VenueGateway) -> Iterator[None]:
 class Watched:
     """An SDK client whose book is kept at every seq, and when it was disrupted."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, encoding: str = "json", compression: str | None = None) -> None:
         self.books: dict[int, tuple[dict[Decimal, Decimal], dict[Decimal, Decimal]]] = {}
         self.disrupted: float | None = None
         self.recovered: float | None = None
@@ -126,6 +129,8 @@ class Watched:
             events=False,
             watchdog=1.0,
             backoff=Backoff(initial=0.05, maximum=0.2),
+            encoding=encoding,
+            compression=compression,
         )
         self._base = (0, 0)
 
@@ -188,7 +193,8 @@ SDK_CASES: dict[str, tuple[dict[str, Any], str]] = {
     "reorder": ({"kind": "reorder"}, "resync"),
     "stale_snapshot": ({"kind": "stale_snapshot", "where": "stream", "updates": 40}, "resync"),
     "stall": ({"kind": "stall", "seconds": 2.0}, "reconnect"),
-    "stall-heartbeats": ({"kind": "stall", "seconds": 2.0, "heartbeats": True}, "reconnect"),
+    # Heartbeats at the frozen seq keep the watchdog quiet: the hole shows when data resumes.
+    "stall-heartbeats": ({"kind": "stall", "seconds": 2.0, "heartbeats": True}, "resync"),
     "disconnect-1001": ({"kind": "disconnect", "code": 1001}, "reconnect"),
     "disconnect-1006": ({"kind": "disconnect", "code": 1006}, "reconnect"),
     "disconnect-1008": ({"kind": "disconnect", "code": 1008}, "reconnect"),
@@ -248,6 +254,107 @@ def test_sdk_books_exact_again_after(gw: VenueGateway, case: str) -> None:
         if fault["kind"] == "disconnect":
             # 1006 is never sent: the TCP connection is reset, the client sees no close.
             assert watched.closes[0] == (None if code == 1006 else code), watched.closes
+
+    asyncio.run(run())
+
+
+# Every native wire: the same faults reach msgpack and deflated connections.
+WIRES = {
+    "msgpack": ("msgpack", None),
+    "deflate": ("json", "deflate"),
+    "msgpack+deflate": ("msgpack", "deflate"),
+}
+
+
+@pytest.mark.parametrize("kind", ["gap", "checksum"])
+@pytest.mark.parametrize("wire", list(WIRES))
+def test_sdk_on_every_wire_recovers_after(gw: VenueGateway, wire: str, kind: str) -> None:
+    encoding, compression = WIRES[wire]
+
+    async def run() -> None:
+        watched = Watched(f"{gw.ws}/ws", encoding, compression)
+        async with watched.client as client:
+            await client.wait_live()
+            assert client.wire == Wire(Encoding(encoding), compression == "deflate")
+            watched.arm()
+            added = await add_fault(gw, kind=kind, venues=["native"], symbols=[SYMBOL])
+            await wait_applied(gw, added["id"])
+            deadline = time.monotonic() + 5
+            while watched.recovered is None:
+                assert time.monotonic() < deadline, f"no recovery: {client.counters()}"
+                await asyncio.sleep(0.02)
+            counters = client.channel(BOOK).counters
+            # The fault showed as what it is: a hole, or a checksum that does not match.
+            assert (counters.gaps if kind == "gap" else counters.checksum_failures) >= 1
+            assert counters.resyncs >= 1 and client.stats.disconnects == 0, client.counters()
+            await api(gw, "DELETE")
+            await exact_again(gw, watched)
+
+    asyncio.run(run())
+
+
+def test_native_stall_with_heartbeats_on_the_wire(gw: VenueGateway) -> None:
+    """A stalled native connection gets one heartbeat per channel every interval (0.5 s
+    here), at the seq it was last sent; then data resumes past a hole."""
+
+    async def run() -> list[tuple[float, Any]]:
+        seen: list[tuple[float, Any]] = []
+        async with websockets.connect(f"{gw.ws}/ws") as ws:
+            channels = [BOOK, "trades.BTC-USD"]
+            await ws.send(json.dumps({"op": "subscribe", "channels": channels, "id": 1}))
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 0.5:
+                seen.append((time.monotonic(), json.loads(await ws.recv())))
+            await add_fault(
+                gw, kind="stall", seconds=1.6, heartbeats=True, venues=["native"], symbols=[]
+            )
+            t1 = time.monotonic()
+            while time.monotonic() - t1 < 2.5:
+                seen.append((time.monotonic(), json.loads(await ws.recv())))
+        return seen
+
+    seen = asyncio.run(run())
+    book = [(t, m) for t, m in seen if m.get("ch") == BOOK]
+    beats = [i for i, (_, m) in enumerate(book) if m["type"] == "heartbeat"]
+    assert len(beats) >= 2, [m["type"] for _, m in book]
+    # Heartbeats only while stalled: every book heartbeat in a row, spaced by the interval.
+    run_ = book[beats[0] : beats[-1] + 1]
+    assert all(m["type"] == "heartbeat" for _, m in run_), [m["type"] for _, m in run_]
+    gaps = [b[0] - a[0] for a, b in zip(run_, run_[1:], strict=False)]
+    assert all(0.3 < g < 1.2 for g in gaps), gaps  # one per interval, not per sweep
+    last = book[beats[0] - 1][1]
+    assert last["type"] in ("delta", "snapshot")
+    # They carry the seq the connection was last sent (a server gone quiet) ...
+    assert {m["seq"] for _, m in run_} == {last["seq"]}
+    # ... and the data that resumes does not chain to it: the client sees the hole.
+    after = book[beats[-1] + 1][1]
+    assert after["type"] == "delta" and after["prev_seq"] > last["seq"], after
+    # The other channel got its own heartbeats during the stall.
+    trades = [m for _, m in seen if m.get("ch") == "trades.BTC-USD" and m["type"] == "heartbeat"]
+    assert len(trades) >= 2
+
+
+def test_sdk_msgpack_stall_with_heartbeats(gw: VenueGateway) -> None:
+    """The SDK on msgpack stays connected through a heartbeat stall and resyncs."""
+
+    async def run() -> None:
+        watched = Watched(f"{gw.ws}/ws", "msgpack")
+        async with watched.client as client:
+            await client.wait_live()
+            watched.arm()
+            added = await add_fault(
+                gw, kind="stall", seconds=2.0, heartbeats=True, venues=["native"]
+            )
+            await wait_applied(gw, added["id"])
+            deadline = time.monotonic() + 6
+            while watched.recovered is None:
+                assert time.monotonic() < deadline, f"no recovery: {client.counters()}"
+                await asyncio.sleep(0.02)
+            # Disrupted only once the data resumed (not by its watchdog, 1 s, mid-stall).
+            assert client.stats.disconnects == 0, client.counters()
+            assert client.channel(BOOK).counters.resyncs >= 1
+            await api(gw, "DELETE")
+            await exact_again(gw, watched)
 
     asyncio.run(run())
 
@@ -331,6 +438,126 @@ def test_binance_gap_shows_in_u(gw: VenueGateway) -> None:
         assert len(holes) == 1, holes
 
     asyncio.run(run())
+
+
+# Whole-state streams: OKX books5 and bbo-tbt, Binance partial depth (raw and combined).
+# Each pair: a control connection and a targeted one on the same streams.
+WHOLE_PAIRS: list[tuple[str, str, list[str]]] = [
+    ("okx", "/okx/ws/v5/public", ["books5", "bbo-tbt"]),
+    ("binance", "/binance/ws/btcusd@depth5@100ms", []),
+    ("binance", "/binance/stream?streams=btcusd@depth10@100ms", []),
+]
+WHOLE_FAULTS = ("gap", "duplicate", "reorder")
+
+
+def _whole_seed(fault_id: int, kind: str, targets: set[int], controls: set[int]) -> int:
+    """A seed for which the ``targets`` connections are hit and the controls are not."""
+    for seed in range(1, 10_000):
+        raw = {"kind": kind, "probability": 0.2, "share": 0.5, "seed": seed}
+        fault = ActiveFault(fault_id, parse_fault(raw), 0.0)
+        venues = {1: "okx", 2: "okx"}
+        if all(fault.targets(c, venues.get(c, "binance")) for c in targets) and not any(
+            fault.targets(c, venues.get(c, "binance")) for c in controls
+        ):
+            return seed
+    raise AssertionError("no seed found")
+
+
+def _whole_state(msg: Any) -> tuple[str, int] | None:
+    """(stream, seq) of a whole-state push, or None."""
+    if "arg" in msg and "data" in msg:
+        return msg["arg"]["channel"], int(msg["data"][0]["seqId"])
+    data = msg.get("data", msg)
+    if "lastUpdateId" in data:
+        return msg.get("stream", "raw"), int(data["lastUpdateId"])
+    return None
+
+
+def test_whole_state_streams_gap_duplicate_reorder(server_factory: Any, tmp_path: Path) -> None:
+    """gap, duplicate and reorder reach OKX books5/bbo-tbt and Binance partial depth:
+    the targeted connection misses pushes the control got, gets one twice (the same
+    bytes), and gets an older state after a newer one; every push it gets is a state
+    the control got too, byte for byte."""
+    controls, targets = {1, 3, 5}, {2, 4, 6}
+    lines = ['name = "whole"']
+    for i, kind in enumerate(WHOLE_FAULTS, 1):
+        seed = _whole_seed(i, kind, targets, controls)
+        lines += ["[[fault]]", f'kind = "{kind}"', 'venues = ["okx", "binance"]']
+        lines += ["probability = 0.2", "share = 0.5", f"seed = {seed}"]
+    scenario = tmp_path / "whole.toml"
+    scenario.write_text("\n".join(lines) + "\n")
+    gw = start_venue_gateway(
+        server_factory,
+        tmp_path,
+        "--symbols",
+        "BTC-USD,ETH-USD",
+        "--rate",
+        "400",
+        "--faults",
+        str(scenario),
+        tls=False,
+    )
+
+    async def read(
+        path: str, okx_channels: list[str], out: list[str], first: asyncio.Event, end: list[float]
+    ) -> None:
+        async with websockets.connect(gw.ws + path) as ws:
+            if okx_channels:
+                args = [{"channel": c, "instId": SYMBOL} for c in okx_channels]
+                await ws.send(json.dumps({"op": "subscribe", "args": args}))
+            while True:
+                left = end[0] - time.monotonic() if end else 5.0
+                if left <= 0:
+                    break
+                try:
+                    raw = await asyncio.wait_for(ws.recv(), left)
+                except TimeoutError:
+                    break
+                msg = json.loads(raw)
+                if _whole_state(msg) is not None:
+                    out.append(raw)
+                    first.set()
+
+    async def run() -> list[list[str]]:
+        streams: list[list[str]] = [[] for _ in range(6)]
+        end: list[float] = []
+        tasks = []
+        # One after the other: the gateway numbers them 1 to 6.
+        for n in range(6):
+            _, path, channels = WHOLE_PAIRS[n // 2]
+            first = asyncio.Event()
+            tasks.append(asyncio.create_task(read(path, channels, streams[n], first, end)))
+            await asyncio.wait_for(first.wait(), 5)
+        end.append(time.monotonic() + 3.0)
+        await asyncio.gather(*tasks)
+        return streams
+
+    streams = asyncio.run(run())
+    _, listed = asyncio.run(api(gw, "GET"))
+    for fault in listed["faults"]:
+        assert set(fault["connections"]) == targets, fault
+    for pair in range(3):
+        control, target = streams[2 * pair], streams[2 * pair + 1]
+        by_stream: dict[str, tuple[list[tuple[int, str]], list[tuple[int, str]]]] = {}
+        for side, msgs in enumerate((control, target)):
+            for raw in msgs[1:]:  # after each one's first (its join) push
+                found = _whole_state(json.loads(raw))
+                assert found is not None
+                by_stream.setdefault(found[0], ([], []))[side].append((found[1], raw))
+        for name, (c, t) in by_stream.items():
+            seen = {"gap": 0, "duplicate": 0, "reorder": 0}
+            lo = max(c[0][0], t[0][0])
+            hi = min(c[-1][0], t[-1][0])
+            c = [(q, r) for q, r in c if lo < q < hi]
+            t = [(q, r) for q, r in t if lo < q < hi]
+            assert len(c) > 10, (pair, name, len(c))
+            assert {r for _, r in t} <= {r for _, r in c}, (pair, name)  # nothing altered
+            assert all(a[0] < b[0] for a, b in zip(c, c[1:], strict=False))  # a clean control
+            seen["gap"] += len({r for _, r in c} - {r for _, r in t})
+            seen["duplicate"] += sum(a == b for a, b in zip(t, t[1:], strict=False))
+            seen["reorder"] += sum(b[0] < a[0] for a, b in zip(t, t[1:], strict=False))
+            assert all(seen.values()), (WHOLE_PAIRS[pair], name, seen)
+        assert len(by_stream) == max(1, len(WHOLE_PAIRS[pair][2]))
 
 
 def test_binance_server_shutdown_then_close(gw: VenueGateway) -> None:

@@ -8,7 +8,9 @@ chosen (with the same seeded draw the gateway makes) so that the three control
 connections are never targeted and the fourth always is. The controls read the same
 channel for two seconds: two on one channel each (direct writes), one on two channels
 (the tick's joined writes). Their messages after a common seq are the same bytes, every
-delta chains and checksums, and the targeted connection was hit by every fault.
+delta chains and checksums, and the targeted connection (msgpack over
+permessage-deflate) was hit by every fault. The second control is deflated too (JSON):
+an untargeted compressed wire is untouched as well.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import aiohttp
 import websockets
 
 from helpers import StreamChecker
+from tickwire.codec import decode_msgpack
 from tickwire.faults import ActiveFault, parse_fault
 from venues import start_venue_gateway
 
@@ -72,14 +75,26 @@ def test_untargeted_connections_get_the_same_bytes(server_factory: Any, tmp_path
         "400",
         "--faults",
         str(scenario),
+        "--deflate",
         tls=False,
     )
     url = f"{gw.ws}/ws"
 
     async def read(
-        channels: list[str], seconds: float, out: list[str], first: asyncio.Event
+        channels: list[str],
+        seconds: float,
+        out: list[str],
+        first: asyncio.Event,
+        packed: bool = False,
+        deflate: bool = False,
     ) -> None:
-        async with websockets.connect(url) as ws:
+        # The target speaks msgpack over permessage-deflate: faults reach every wire.
+        wire: dict[str, Any] = (
+            {"subprotocols": ["tickwire.v1.msgpack"], "compression": "deflate"}
+            if packed
+            else {"compression": "deflate" if deflate else None}
+        )
+        async with websockets.connect(url, **wire) as ws:
             await ws.send(json.dumps({"op": "subscribe", "channels": channels, "id": 1}))
             loop = asyncio.get_running_loop()
             end = loop.time() + seconds
@@ -88,7 +103,7 @@ def test_untargeted_connections_get_the_same_bytes(server_factory: Any, tmp_path
                     raw = await asyncio.wait_for(ws.recv(), left)
                 except (TimeoutError, websockets.ConnectionClosed):
                     break
-                out.append(raw if isinstance(raw, str) else raw.decode())
+                out.append(raw if isinstance(raw, str) else repr(decode_msgpack(raw)))
                 first.set()
 
     async def run() -> tuple[list[list[str]], list[str]]:
@@ -100,9 +115,13 @@ def test_untargeted_connections_get_the_same_bytes(server_factory: Any, tmp_path
             (["book.BTC-USD"], ["book.BTC-USD"], ["book.BTC-USD", "book.ETH-USD"])
         ):
             first = asyncio.Event()
-            tasks.append(asyncio.create_task(read(channels, 2.5 - 0.1 * n, streams[n], first)))
+            tasks.append(
+                asyncio.create_task(read(channels, 2.5 - 0.1 * n, streams[n], first, False, n == 1))
+            )
             await asyncio.wait_for(first.wait(), 5)
-        tasks.append(asyncio.create_task(read(["book.BTC-USD"], 2.0, target, asyncio.Event())))
+        tasks.append(
+            asyncio.create_task(read(["book.BTC-USD"], 2.0, target, asyncio.Event(), True))
+        )
         await asyncio.gather(*tasks)
         return streams, target
 

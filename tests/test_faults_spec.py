@@ -4,19 +4,21 @@ the frame filter, the pacer and the stale books (tickwire.faults, Sans-I/O)."""
 from __future__ import annotations
 
 import re
+import types
 from pathlib import Path
 
 import pytest
 
 from tickwire.book import Book
-from tickwire.dialects import fault_hooks
+from tickwire.codec import Deflater, Encoding, Wire, decode_msgpack, frame_message, inflate
+from tickwire.dialects import binance, fault_hooks
 from tickwire.dialects.markets import Markets
 from tickwire.exceptions import ScenarioError
 from tickwire.faults import ActiveFault, parse_fault, parse_scenario
 from tickwire.faults.stale import StaleBook
 from tickwire.faults.wire import NATIVE, FrameFilter, Pacer, split_frames
 from tickwire.framing import frame_payload, text_frame
-from tickwire.protocol import BookUpdate, Delta, encode
+from tickwire.protocol import BookUpdate, Delta, decode_message, encode
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 
@@ -160,13 +162,50 @@ def test_filter_reorder_released_when_nothing_follows() -> None:
     assert flt.release(10.6) == _delta(1)
 
 
-def test_filter_stall_keeps_heartbeats_only_when_asked() -> None:
-    beat = text_frame(b'{"type":"heartbeat","ch":"book.BTC-USD","seq":3}')
-    for heartbeats, kept in ((False, b""), (True, beat)):
+def test_filter_native_stall_makes_up_heartbeats_only_when_asked() -> None:
+    """The hub's heartbeats never pass a native stall; with ``heartbeats`` the filter
+    makes up one per channel every interval at the seq the connection was last sent."""
+    beat = text_frame(b'{"type":"heartbeat","ch":"trades.BTC-USD","seq":3}')
+    for heartbeats in (False, True):
         flt, _ = _filter()
-        flt.stall(5.0, heartbeats)
-        assert flt.process(_delta(1) + beat, 4.9) == kept
-        assert flt.process(_delta(2), 5.0) == _delta(2)
+        flt.stall(5.0, heartbeats, now=1.0, interval=0.5)
+        assert flt.process(_delta(1) + beat, 1.1) == b""
+        assert flt.process(_delta(2), 1.2) == b""
+        if not heartbeats:
+            assert flt.beats(1.6) == []
+            continue
+        # The idle channel's at once; the busy one's an interval after the stall began,
+        # at the seq before its first dropped delta (prev_seq 0), then every interval.
+        assert flt.beats(1.11) == [("trades.BTC-USD", 3)]
+        assert flt.beats(1.5) == [("book.BTC-USD", 0)]
+        assert flt.beats(1.55) == []
+        assert sorted(flt.beats(2.0)) == [("book.BTC-USD", 0), ("trades.BTC-USD", 3)]
+        assert flt.beats(5.0) == []  # the stall is over
+        assert flt.process(_delta(9), 5.0) == _delta(9)
+
+
+def test_filter_msgpack_and_deflated_book_messages() -> None:
+    """Book messages in msgpack and deflated frames are classified and corrupted in their
+    own form (the checksum only: everything else decodes the same)."""
+    update = BookUpdate("bid", "100.0", "1.0", 10**18)
+    delta = Delta("book.BTC-USD", 5, 4, 12, [update])
+    deflater = Deflater()
+    for wire in (Wire(Encoding.MSGPACK), Wire(Encoding.JSON, True), Wire(Encoding.MSGPACK, True)):
+        flt, seen = _filter()
+        frame = frame_message(wire, delta, deflater)
+        assert flt.process(frame, 0) == frame
+        flt.arm(ActiveFault(1, parse_fault({"kind": "checksum"}), 0))
+        bad = flt.process(frame, 0)
+        assert bad[0] == frame[0]  # same opcode, same RSV1
+        body = frame_payload(bad)
+        if wire.deflate:
+            body = inflate(body, 1 << 20)
+        got = decode_msgpack(body) if wire.encoding is Encoding.MSGPACK else decode_message(body)
+        assert got == Delta("book.BTC-USD", 5, 4, 13, [update]), wire
+        flt.arm(ActiveFault(2, parse_fault({"kind": "gap"}), 0))
+        assert flt.process(frame + frame, 0) == frame
+        assert [k for k, _ in seen] == ["checksum", "gap"]
+        assert seen[1][1]["seq"] == 5 and seen[1][1]["symbol"] == "BTC-USD"
 
 
 def test_venue_hooks_classify_and_corrupt() -> None:
@@ -182,7 +221,13 @@ def test_venue_hooks_classify_and_corrupt() -> None:
     )
     assert okx.classify(push, markets) == ("BTC-USD", "update", 9)
     assert okx.corrupt_checksum(push) == push.replace(b'"checksum":-5', b'"checksum":-6')
-    assert okx.classify(push.replace(b'"books"', b'"books5"'), markets) is None
+    top = b'{"arg":{"channel":"books5","instId":"BTC-USD"},"data":[{"asks":[],"bids":[],'
+    top += b'"ts":"1","seqId":11,"instId":"BTC-USD"}]}'
+    assert okx.classify(top, markets) == ("BTC-USD", "books5", 11)
+    bbo = top.replace(b'"books5"', b'"bbo-tbt"').replace(b',"instId":"BTC-USD"}]', b"}]")
+    assert okx.classify(bbo, markets) == ("BTC-USD", "bbo-tbt", 11)
+    ack = b'{"event":"subscribe","arg":{"channel":"books5","instId":"BTC-USD"},"connId":"a"}'
+    assert okx.classify(ack, markets) is None
     kraken = fault_hooks("kraken")
     v1 = b'[3,{"b":[["100.0","1.0","1.0"]],"c":"1234"},"book-10","XBT/USD"]'
     v2 = (
@@ -194,6 +239,49 @@ def test_venue_hooks_classify_and_corrupt() -> None:
     assert kraken.corrupt_checksum(v1) == v1.replace(b'"1234"', b'"1235"')
     assert kraken.corrupt_checksum(v2) == v2.replace(b":77,", b":76,")
     assert kraken.is_heartbeat(b'{"event":"heartbeat"}')
+
+
+def test_whole_state_pushes_take_no_checksum_fault() -> None:
+    """A ``checksum`` fault passes over whole-state pushes (none carries a checksum) and
+    hits the next diff; a reordered push waits for the next push of its own stream."""
+    markets = Markets(["BTC-USD"])
+    okx = fault_hooks("okx")
+    seen: list[str] = []
+    flt = FrameFilter(okx, lambda: markets, lambda f, d: seen.append(f.spec.kind))
+
+    def top(channel: str, seq: int) -> bytes:
+        body = b'{"arg":{"channel":"%s","instId":"BTC-USD"},"data":[{"asks":[],"bids":[],'
+        return text_frame(body % channel.encode() + b'"ts":"1","seqId":%d}]}' % seq)
+
+    books = text_frame(
+        b'{"arg":{"channel":"books","instId":"BTC-USD"},"action":"update","data":[{"asks":[],'
+        b'"bids":[],"ts":"1","checksum":-5,"prevSeqId":3,"seqId":9}]}'
+    )
+    flt.arm(ActiveFault(1, parse_fault({"kind": "checksum"}), 0))
+    assert flt.process(top("books5", 8), 0) == top("books5", 8)
+    assert flt.process(books, 0) == books.replace(b'"checksum":-5', b'"checksum":-6')
+    flt.arm(ActiveFault(2, parse_fault({"kind": "reorder"}), 0))
+    assert flt.process(top("books5", 10), 0) == b""
+    assert flt.process(top("bbo-tbt", 11) + books, 0) == top("bbo-tbt", 11) + books
+    assert flt.process(top("books5", 12), 0) == top("books5", 12) + top("books5", 10)
+    assert seen == ["checksum", "reorder"]
+
+
+def test_binance_partial_depth_classified() -> None:
+    """Combined partial depth names its stream; a raw one is bound to the connection's
+    one partial depth stream (two: indistinguishable, left alone)."""
+    markets = Markets(["BTC-USD", "ETH-USD"])
+    hooks = binance.FAULT_HOOKS
+    raw = b'{"lastUpdateId":42,"bids":[],"asks":[]}'
+    combined = b'{"stream":"btcusd@depth10@100ms","data":' + raw + b"}"
+    assert hooks.classify(combined, markets) == ("BTC-USD", "depth10", 42)
+    assert hooks.classify(raw, markets) is None  # not bound to a connection
+    feed = types.SimpleNamespace(refresh_markets=lambda: markets)
+    one = binance.BinanceSession(feed, False, [])  # type: ignore[arg-type]
+    one.names = {"ethusd@depth5": None, "btcusd@trade": None}  # type: ignore[dict-item]
+    assert hooks.for_session(one).classify(raw, markets) == ("ETH-USD", "depth5", 42)
+    one.names["btcusd@depth20@100ms"] = None  # type: ignore[assignment]
+    assert hooks.for_session(one).classify(raw, markets) is None
 
 
 # -- the pacer ----------------------------------------------------------------------------

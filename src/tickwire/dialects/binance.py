@@ -789,18 +789,60 @@ def rest(view: MarketView, path: str, params: Mapping[str, str]) -> RestResponse
 
 _DEPTH_S = re.compile(rb'"s":"([^"]+)"')
 _DEPTH_U = re.compile(rb'"u":(\d+)')
+#: A partial depth event on a combined stream: the stream's symbol and its kind.
+_PARTIAL_STREAM = re.compile(rb'^\{"stream":"([a-z0-9]+)@(depth(?:5|10|20))[@"]')
+_LAST_UPDATE = re.compile(rb'"lastUpdateId":(\d+)')
 
 
 class FaultHooks:
-    """Binance's book messages (``depthUpdate``), notice and REST limit (see
-    ``docs/connectivity-testing.md``). No checksum, no heartbeat, no in-band snapshot."""
+    """Binance's book messages (``depthUpdate``, and partial depth: ``lastUpdateId`` and
+    the top N, whole), notice and REST limit (see ``docs/connectivity-testing.md``). No
+    checksum, no heartbeat, no in-band snapshot.
+
+    A raw stream's partial depth event names no symbol (as on Binance): the hooks bound
+    to a connection (:meth:`for_session`) take it from the connection's one partial
+    depth stream; a raw connection with several leaves them unfaulted (neither the
+    gateway nor the client can tell them apart).
+    """
 
     venue = "binance"
     has_checksum = False
 
+    def __init__(self, session: BinanceSession | None = None) -> None:
+        self.session = session
+
+    def for_session(self, session: object) -> FaultHooks:
+        """These hooks for one connection (its session names its raw streams)."""
+        return FaultHooks(session if isinstance(session, BinanceSession) else None)
+
+    def _partial(self, payload: bytes, markets: Markets) -> tuple[str, str, int | None] | None:
+        """A partial depth event (combined or raw), or None."""
+        u = _LAST_UPDATE.search(payload)
+        if u is None:
+            return None
+        m = _PARTIAL_STREAM.match(payload)
+        if m is not None:
+            market = markets.by_binance.get(m.group(1).decode().upper())
+            kind = m.group(2).decode()
+        elif payload.startswith(b'{"lastUpdateId":') and self.session is not None:
+            found = [
+                parsed
+                for name in self.session.names
+                if (parsed := parse_stream(name, markets)) is not None
+                and parsed[1].startswith(("depth5", "depth10", "depth20"))
+            ]
+            if len(found) != 1:
+                return None
+            market, kind = found[0][0], found[0][1].partition("@")[0]
+        else:
+            return None
+        if market is None:
+            return None
+        return market.symbol, kind, int(u.group(1))
+
     def classify(self, payload: bytes, markets: Markets) -> tuple[str, str, int | None] | None:
         if b'"e":"depthUpdate"' not in payload:
-            return None
+            return self._partial(payload, markets)
         m = _DEPTH_S.search(payload)
         market = markets.by_binance.get(m.group(1).decode()) if m else None
         if market is None:

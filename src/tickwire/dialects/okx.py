@@ -815,20 +815,29 @@ _CHECKSUM = re.compile(rb'"checksum":(-?\d+)')
 
 
 class FaultHooks:
-    """OKX's ``books`` pushes, its ``64008`` notice and REST ``50011`` (see
-    ``docs/connectivity-testing.md``)."""
+    """OKX's ``books``, ``books5`` and ``bbo-tbt`` pushes, its ``64008`` notice and REST
+    ``50011`` (see ``docs/connectivity-testing.md``)."""
 
     venue = "okx"
     has_checksum = True
 
     def classify(self, payload: bytes, markets: Markets) -> tuple[str, str, int | None] | None:
-        if b'"channel":"books"' not in payload or b'"action":' not in payload:
+        if b'"channel":"books"' in payload:
+            if b'"action":' not in payload:
+                return None
+            kind = "snapshot" if b'"action":"snapshot"' in payload else "update"
+        elif b'"data":' not in payload:
+            return None  # an event (a subscribe's answer ...)
+        elif b'"channel":"books5"' in payload:
+            kind = "books5"  # the top 5, whole, each push: no checksum
+        elif b'"channel":"bbo-tbt"' in payload:
+            kind = "bbo-tbt"
+        else:
             return None
         m = _INST.search(payload)
         market = markets.by_okx.get(m.group(1).decode()) if m else None
         if market is None:
             return None
-        kind = "snapshot" if b'"action":"snapshot"' in payload else "update"
         s = _SEQ_ID.search(payload)
         return market.symbol, kind, int(s.group(1)) if s else None
 

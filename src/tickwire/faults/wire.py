@@ -5,7 +5,9 @@ frame bytes go to it untouched and nothing here runs. A targeted connection's ``
 is replaced by the I/O layer with one that passes its bytes (one frame or several
 joined) through a :class:`FrameFilter` -- split into frames, book messages classified
 by the protocol's hook (:class:`ProtocolHooks`: the native one here, the venues' in
-their dialect modules), then dropped, duplicated, held back, corrupted or replaced --
+their dialect modules; binary frames too, and deflated ones inflated message by message:
+the native protocol's msgpack and permessage-deflate wires), then dropped, duplicated,
+held back, corrupted (re-framed in the frame's own form) or replaced --
 and then, while a ``latency`` or ``bandwidth`` fault is open, through a
 :class:`Pacer` that says when each chunk may be written. The time is passed in.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import random
 import re
+import zlib
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Protocol
@@ -21,10 +24,11 @@ from typing import Protocol
 import msgspec
 
 from ..book import Book
+from ..codec import Deflater, decode_msgpack, encode_msgpack
 from ..dialects.markets import Markets
 from ..dialects.rest import RestResponse
-from ..framing import text_frame
-from ..protocol import Snapshot, decode_message, encode
+from ..framing import binary_frame, compressed_frame, text_frame
+from ..protocol import Delta, Heartbeat, Message, Snapshot, decode_message, encode
 from .schedule import ActiveFault
 
 __all__ = [
@@ -38,7 +42,12 @@ __all__ = [
     "split_frames",
 ]
 
-#: ``(tickwire symbol, "update" | "snapshot", seq or None)``: a book message.
+#: ``(tickwire symbol, kind, seq or None)``: a book message. ``kind`` is ``"update"``
+#: (a diff: every message fault applies), ``"snapshot"`` (an in-band snapshot:
+#: ``stale_snapshot`` only), or the name of a stream whose every push is a whole state
+#: (OKX ``books5``, Binance ``depth5`` ...): ``gap``, ``duplicate`` and ``reorder`` apply,
+#: never ``checksum`` (none of them carries one), and a reordered push is held behind
+#: the next push of the same stream.
 BookMessage = tuple[str, str, int | None]
 
 #: Called with (fault, what was done) at each application: the listener's detail.
@@ -94,13 +103,28 @@ def corrupt_number(payload: bytes, pattern: re.Pattern[bytes]) -> bytes | None:
 _SEQ = re.compile(rb'"seq":(\d+)')
 
 
+def _msgpack(payload: bytes) -> Message | None:
+    """A native msgpack message, or None (not one)."""
+    try:
+        return decode_msgpack(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
 class NativeHooks:
-    """The native protocol's book messages: ``delta`` and ``snapshot`` of ``book.*``."""
+    """The native protocol's book messages: ``delta`` and ``snapshot`` of ``book.*``,
+    in JSON or msgpack (a payload not starting with ``{`` is msgpack: the filter hands
+    over deflated messages inflated)."""
 
     venue = "native"
     has_checksum = True
 
     def classify(self, payload: bytes, markets: Markets) -> BookMessage | None:
+        if not payload.startswith(b"{"):
+            msg = _msgpack(payload)
+            if isinstance(msg, Delta | Snapshot) and msg.ch.startswith("book."):
+                return msg.ch[5:], "update" if isinstance(msg, Delta) else "snapshot", msg.seq
+            return None
         if payload.startswith(b'{"type":"delta","ch":"book.'):
             kind = "update"
         elif payload.startswith(b'{"type":"snapshot","ch":"book.'):
@@ -113,10 +137,40 @@ class NativeHooks:
         return symbol, kind, int(m.group(1)) if m else None
 
     def corrupt_checksum(self, payload: bytes) -> bytes | None:
+        if not payload.startswith(b"{"):
+            msg = _msgpack(payload)
+            if not isinstance(msg, Delta | Snapshot) or msg.checksum is None:
+                return None
+            msg.checksum ^= 1
+            return encode_msgpack(msg)
         return corrupt_number(payload, _CHECKSUM)
 
     def is_heartbeat(self, payload: bytes) -> bool:
+        if not payload.startswith(b"{"):
+            return isinstance(_msgpack(payload), Heartbeat)
         return payload.startswith(b'{"type":"heartbeat"')
+
+    def position(self, payload: bytes) -> tuple[str, int] | None:
+        """``(channel, seq the client is at before it)`` of a channel message: a
+        message's ``prev_seq``, a heartbeat's ``seq``; None for anything else
+        (snapshots included: they set a position rather than follow one)."""
+        if payload.startswith(b"{"):
+            try:
+                msg = decode_message(payload)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                return None
+        else:
+            found = _msgpack(payload)
+            if found is None:
+                return None
+            msg = found
+        if isinstance(msg, Heartbeat):
+            return msg.ch, msg.seq
+        prev = getattr(msg, "prev_seq", None)
+        ch = getattr(msg, "ch", None)
+        if isinstance(prev, int) and isinstance(ch, str):
+            return ch, prev
+        return None
 
     def notice(self, session: object, now_ms: int) -> bytes | None:
         return None  # the native protocol closes with 1001 and a reason
@@ -131,12 +185,13 @@ class NativeHooks:
         )
 
     def stale_snapshot(self, payload: bytes, seq: int, book: Book) -> bytes | None:
-        snap = decode_message(payload)
+        packed = not payload.startswith(b"{")
+        snap = _msgpack(payload) if packed else decode_message(payload)
         if not isinstance(snap, Snapshot):
             return None
         snap.seq = seq
         snap.bids, snap.asks, snap.checksum = book.bids(), book.asks(), book.checksum()
-        return encode(snap)
+        return encode_msgpack(snap) if packed else encode(snap)
 
 
 NATIVE = NativeHooks()
@@ -161,12 +216,35 @@ def split_frames(data: bytes) -> list[bytes]:
     return out
 
 
+#: First bytes of the frames the filter reads: text, binary, and both deflated.
+_FORMS = (0x81, 0x82, 0xC1, 0xC2)
+#: Compresses a corrupted or replaced deflated message again (each message on its own,
+#: as the hub's: no context takeover).
+_DEFLATER = Deflater()
+
+
 def _payload(frame: bytes) -> bytes | None:
-    """The payload of an uncompressed text frame, else None."""
-    if frame[0] != 0x81:
+    """The message of a text or binary frame, inflated if it is deflated (RFC 7692,
+    no context takeover: each message inflates on its own), else None."""
+    first = frame[0]
+    if first not in _FORMS:
         return None
     n = frame[1] & 0x7F
-    return frame[2 if n < 126 else 4 if n == 126 else 10 :]
+    payload = frame[2 if n < 126 else 4 if n == 126 else 10 :]
+    if first & 0x40:
+        try:
+            return zlib.decompressobj(-zlib.MAX_WBITS).decompress(payload + b"\x00\x00\xff\xff")
+        except zlib.error:
+            return None
+    return payload
+
+
+def _reframe(frame: bytes, payload: bytes) -> bytes:
+    """``payload`` framed as ``frame`` was (text or binary, deflated or not)."""
+    first = frame[0]
+    if first & 0x40:
+        return compressed_frame(_DEFLATER.compress(payload), first & 0x0F == 0x2)
+    return binary_frame(payload) if first == 0x82 else text_frame(payload)
 
 
 #: Builds a stale replacement of a snapshot payload of (symbol, its seq or None),
@@ -204,9 +282,14 @@ class FrameFilter:
         #: In-band stale snapshot faults targeting this connection.
         self.stale: list[ActiveFault] = []
         self.stall_until = 0.0
+        self.stall_start = 0.0
         self.stall_heartbeats = False
-        #: A reordered book message held back: (symbol, frame, since).
-        self.held: tuple[str, bytes, float] | None = None
+        #: A native stall with heartbeats: each channel's frozen seq (the last one the
+        #: connection was sent) and when its next made-up heartbeat is due.
+        self.frozen: dict[str, list[float]] = {}
+        self.beat_interval = 1.0
+        #: A reordered book message held back: ((symbol, kind), frame, since).
+        self.held: tuple[tuple[str, str], bytes, float] | None = None
         self.dropped = 0
 
     def busy(self, now: float) -> bool:
@@ -222,10 +305,50 @@ class FrameFilter:
                 return
         self.armed.append([fault, left])
 
-    def stall(self, until: float, heartbeats: bool) -> None:
-        """Send nothing (but heartbeats, if asked) until ``until``."""
+    def stall(
+        self, until: float, heartbeats: bool, now: float = 0.0, interval: float = 1.0
+    ) -> None:
+        """Send nothing (but heartbeats, if asked) until ``until``.
+
+        On the native protocol (its hooks have ``position``) the heartbeats are made
+        up: :meth:`beats` gives, every ``interval``, one per channel carrying the seq
+        the connection was last sent on it, as from a server whose channels went quiet.
+        """
+        if now >= self.stall_until:
+            self.frozen = {}
         self.stall_until = max(self.stall_until, until)
         self.stall_heartbeats = heartbeats
+        self.stall_start = now
+        self.beat_interval = interval
+
+    def beats(self, now: float) -> list[tuple[str, int]]:
+        """The ``(channel, seq)`` heartbeats due at ``now`` on a stalled native connection."""
+        if not self.frozen:
+            return []
+        if now >= self.stall_until:
+            self.frozen = {}
+            return []
+        due = []
+        for ch, entry in self.frozen.items():
+            if entry[1] <= now:
+                entry[1] = now + self.beat_interval
+                due.append((ch, int(entry[0])))
+        return due
+
+    def _freeze(self, payload: bytes, now: float) -> None:
+        """Learn a channel's frozen seq from the first message of it a stall drops."""
+        position = getattr(self.hooks, "position", None)
+        if position is None:
+            return
+        found = position(payload)
+        if found is None or found[0] in self.frozen:
+            return
+        ch, seq = found
+        if self.hooks.is_heartbeat(payload):
+            # An idle channel: the hub's heartbeat would have gone now; ours goes at once.
+            self.frozen[ch] = [seq, now]
+        else:
+            self.frozen[ch] = [seq, max(now, self.stall_start + self.beat_interval)]
 
     def release(self, now: float, after: float = 0.5) -> bytes:
         """A held (reordered) frame older than ``after`` seconds, to write now."""
@@ -243,10 +366,13 @@ class FrameFilter:
         for frame in split_frames(data):
             payload = _payload(frame)
             if stalled:
-                if payload is not None and self.stall_heartbeats and hooks.is_heartbeat(payload):
-                    out.append(frame)
-                else:
-                    self.dropped += 1
+                if payload is not None and self.stall_heartbeats:
+                    if hasattr(hooks, "position"):
+                        self._freeze(payload, now)  # native: heartbeats are made up
+                    elif hooks.is_heartbeat(payload):
+                        out.append(frame)
+                        continue
+                self.dropped += 1
                 continue
             book = hooks.classify(payload, self.markets()) if payload is not None else None
             if book is None or payload is None:
@@ -256,7 +382,7 @@ class FrameFilter:
             if kind == "snapshot":
                 out.append(self._snapshot(frame, payload, symbol, seq, now))
                 continue
-            self._update(out, frame, payload, symbol, seq, now)
+            self._update(out, frame, payload, symbol, kind, seq, now)
         return b"".join(out)
 
     def _snapshot(
@@ -284,15 +410,15 @@ class FrameFilter:
                     "venue": self.hooks.venue,
                 },
             )
-            return text_frame(body)
+            return _reframe(frame, body)
         return frame
 
-    def _pick(self, symbol: str) -> ActiveFault | None:
+    def _pick(self, symbol: str, kind: str) -> ActiveFault | None:
         """The fault to apply to a book message of ``symbol``, if any."""
         for entry in self.armed:
             fault = entry[0]
             assert isinstance(fault, ActiveFault)
-            if self._applies(fault, symbol):
+            if self._applies(fault, symbol, kind):
                 left = entry[1]
                 assert isinstance(left, int)
                 if left <= 1:
@@ -301,14 +427,17 @@ class FrameFilter:
                     entry[1] = left - 1
                 return fault
         for fault in self.random:
-            if self._applies(fault, symbol) and self._draw(fault):
+            if self._applies(fault, symbol, kind) and self._draw(fault):
                 return fault
         return None
 
-    def _applies(self, fault: ActiveFault, symbol: str) -> bool:
+    def _applies(self, fault: ActiveFault, symbol: str, kind: str) -> bool:
         """Whether ``fault`` can hit a book message of ``symbol`` on this protocol (a
-        ``checksum`` fault needs a protocol with checksums: never Binance's)."""
-        return fault.symbol(symbol) and (fault.spec.kind != "checksum" or self.hooks.has_checksum)
+        ``checksum`` fault needs a diff of a protocol with checksums: never Binance's,
+        never a whole-state push)."""
+        if not fault.symbol(symbol):
+            return False
+        return fault.spec.kind != "checksum" or (self.hooks.has_checksum and kind == "update")
 
     def _draw(self, fault: ActiveFault) -> bool:
         """A random-mode draw from this connection's own generator for ``fault``: the
@@ -326,40 +455,43 @@ class FrameFilter:
         frame: bytes,
         payload: bytes,
         symbol: str,
+        kind: str,
         seq: int | None,
         now: float,
     ) -> None:
         held = self.held
-        if held is not None and held[0] == symbol:
+        if held is not None and held[0] == (symbol, kind):
             # The message held back goes right after this one: their order is swapped.
             self.held = None
             out.append(frame)
             out.append(held[1])
             return
-        fault = self._pick(symbol)
+        fault = self._pick(symbol, kind)
         if fault is None:
             out.append(frame)
             return
-        kind = fault.spec.kind
         detail: dict[str, object] = {"symbol": symbol, "seq": seq, "venue": self.hooks.venue}
-        if kind == "gap":
+        if kind != "update":
+            detail["stream"] = kind
+        applies = fault.spec.kind
+        if applies == "gap":
             detail["action"] = "dropped"
-        elif kind == "duplicate":
+        elif applies == "duplicate":
             out.append(frame)
             out.append(frame)
             detail["action"] = "sent twice"
-        elif kind == "reorder":
+        elif applies == "reorder":
             if held is not None:
                 out.append(frame)  # one held message at a time
                 return
-            self.held = (symbol, frame, now)
+            self.held = ((symbol, kind), frame, now)
             detail["action"] = "held behind the next message"
         else:
             bad = self.hooks.corrupt_checksum(payload)
             if bad is None:
                 out.append(frame)
                 return
-            out.append(text_frame(bad))
+            out.append(_reframe(frame, bad))
             detail["action"] = "checksum corrupted"
         fault.applied += 1
         self.applied(fault, detail)

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..codec import frame_message
 from ..dialects import fault_hooks, venue_of
 from ..dialects.rest import RestResponse
 from ..exceptions import ScenarioError
@@ -33,7 +34,7 @@ from ..faults.spec import MESSAGE_KINDS
 from ..faults.stale import StaleBook
 from ..faults.wire import NATIVE, FrameFilter, Pacer, ProtocolHooks
 from ..framing import text_frame
-from ..protocol import Snapshot
+from ..protocol import Heartbeat, Snapshot
 from .connection import Connection
 
 if TYPE_CHECKING:
@@ -81,7 +82,11 @@ class _Target:
         self.manager = manager
         self.conn = conn
         self.venue = venue
-        self.hooks = hooks_of(venue)
+        hooks = hooks_of(venue)
+        bind = getattr(hooks, "for_session", None)
+        if bind is not None:  # hooks that read the connection's own streams
+            hooks = bind(getattr(conn, "session", None))
+        self.hooks: ProtocolHooks = hooks
         self.raw: Callable[[bytes], object] = conn.write
         feed = manager.gateway.feed
         self.filter = FrameFilter(
@@ -125,6 +130,22 @@ class _Target:
             self._watermarks()
             return None
         return self.raw(data)
+
+    def heartbeats(self, now: float) -> None:
+        """A stalled native connection's made-up heartbeats that are due (in its wire)."""
+        beats = self.filter.beats(now)
+        if not beats or self.conn.closed:
+            return
+        hub = self.manager.gateway.hub
+        data = b"".join(
+            frame_message(self.conn.wire, Heartbeat(ch, seq), hub.deflater) for ch, seq in beats
+        )
+        pacer = self.pacer
+        if pacer is not None and pacer.active:
+            pacer.push(data, now)
+            self._schedule(now)
+            return
+        self.raw(data)
 
     def _schedule(self, now: float) -> None:
         pacer = self.pacer
@@ -382,6 +403,8 @@ class FaultManager:
             held = target.filter.release(now)
             if held and not target.conn.closed:
                 target.raw(held)
+            if target.filter.frozen:
+                target.heartbeats(now)
 
     def _random_window(self, fault: ActiveFault, now: float) -> None:
         """A random-mode fault draws only while its window is open."""
@@ -444,7 +467,8 @@ class FaultManager:
                 target.wrap()
                 seconds = float(spec.params["seconds"])
                 heartbeats = bool(spec.params["heartbeats"])
-                target.filter.stall(now + seconds, heartbeats)
+                interval = self.gateway.hub.heartbeat_interval
+                target.filter.stall(now + seconds, heartbeats, now, interval)
                 fault.applied += 1
                 self.emit(conn.id, fault, {"seconds": seconds, "heartbeats": heartbeats})
             else:

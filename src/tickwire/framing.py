@@ -8,7 +8,14 @@ first byte, so it is shared the same way.
 
 from __future__ import annotations
 
-__all__ = ["binary_frame", "compressed_frame", "frame_payload", "frame_payloads", "text_frame"]
+__all__ = [
+    "binary_frame",
+    "compressed_frame",
+    "frame_payload",
+    "frame_payloads",
+    "split_frames",
+    "text_frame",
+]
 
 
 def _frame(first: int, payload: bytes) -> bytes:
@@ -51,13 +58,9 @@ def frame_payload(frame: bytes) -> bytes:
     return frame[2 if n < 126 else 4 if n == 126 else 10 :]
 
 
-def frame_payloads(data: bytes) -> list[bytes]:
-    """Split joined unmasked frames built by this module into their payloads.
-
-    The hub writes a connection's frames of one pass in one ``write``; a subscriber
-    inside the process (a dialect tap) gets those bytes and splits them here.
-    """
-    out: list[bytes] = []
+def _spans(data: bytes) -> list[tuple[int, int, int]]:
+    """``(frame start, payload start, end)`` of each frame in joined unmasked frames."""
+    out: list[tuple[int, int, int]] = []
     i, end = 0, len(data)
     while i < end:
         n = data[i + 1] & 0x7F
@@ -69,6 +72,21 @@ def frame_payloads(data: bytes) -> list[bytes]:
         else:
             n = int.from_bytes(data[i + 2 : i + 10], "big")
             start = i + 10
-        out.append(data[start : start + n])
+        out.append((i, start, start + n))
         i = start + n
     return out
+
+
+def frame_payloads(data: bytes) -> list[bytes]:
+    """Split joined unmasked frames built by this module into their payloads.
+
+    The hub writes a connection's frames of one pass in one ``write``; a subscriber
+    inside the process (a dialect tap) gets those bytes and splits them here.
+    """
+    return [data[start:stop] for _, start, stop in _spans(data)]
+
+
+def split_frames(data: bytes) -> list[bytes]:
+    """Split joined unmasked frames into whole frames (headers included): what a fault
+    filter drops, repeats or holds back one by one."""
+    return [data[i:stop] for i, _, stop in _spans(data)]

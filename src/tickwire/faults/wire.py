@@ -27,7 +27,7 @@ from ..book import Book
 from ..codec import Deflater, decode_msgpack, encode_msgpack
 from ..dialects.markets import Markets
 from ..dialects.rest import RestResponse
-from ..framing import binary_frame, compressed_frame, text_frame
+from ..framing import binary_frame, compressed_frame, split_frames, text_frame
 from ..protocol import Delta, Heartbeat, Message, Snapshot, decode_message, encode
 from .schedule import ActiveFault
 
@@ -195,25 +195,6 @@ class NativeHooks:
 
 
 NATIVE = NativeHooks()
-
-
-def split_frames(data: bytes) -> list[bytes]:
-    """Split joined unmasked server frames into whole frames (headers included)."""
-    out: list[bytes] = []
-    i, end = 0, len(data)
-    while i < end:
-        n = data[i + 1] & 0x7F
-        if n < 126:
-            start = i + 2
-        elif n == 126:
-            n = int.from_bytes(data[i + 2 : i + 4], "big")
-            start = i + 4
-        else:
-            n = int.from_bytes(data[i + 2 : i + 10], "big")
-            start = i + 10
-        out.append(data[i : start + n])
-        i = start + n
-    return out
 
 
 #: First bytes of the frames the filter reads: text, binary, and both deflated.

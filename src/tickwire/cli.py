@@ -338,6 +338,7 @@ def _publish(args: argparse.Namespace) -> int:
             rest=args.venue_rest,
             depth=args.venue_depth,
             timeout=args.source_timeout,
+            idle_timeout=args.venue_idle_timeout,
         )
         feed = f"from {args.source} "
     elif args.ingest is not None:

@@ -17,7 +17,13 @@ wait. It is served again with an explicit snapshot once the venue's book is rebu
 follow the venue: OKX and Kraken resubscribe the symbol's book (a fresh snapshot),
 Binance fetches its REST snapshot again (``--venue-rest``). A lost connection is
 retried with capped exponential backoff and full jitter; a connection that goes silent
-is detected by WebSocket pings (``--ping-timeout`` after ``--ping-interval``).
+is detected by WebSocket pings (``--ping-timeout`` after ``--ping-interval``), and one
+that answers pings but sends nothing by the data watchdog (``--venue-idle-timeout``,
+:class:`~tickwire.dialects.decode.Watchdog`): nothing from the venue for that long
+(data, heartbeat, or the answer to its application ping, sent at half of it) and the
+connection is dropped -- its symbols stale -- and replaced with backoff. A shutdown
+notice (Binance ``serverShutdown``, OKX notice 64008, Kraken's maintenance status)
+makes the source replace the connection at once, without waiting for the close.
 
 Frames are queued as they arrive and decoded by :meth:`VenueSource.poll` in the tick
 loop (the sink is only ever touched there), waking it as the bus does.
@@ -36,6 +42,7 @@ from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from ..client.backoff import Backoff
 from ..dialects.decode import (
+    IDLE_TIMEOUTS,
     VENUES,
     Delta,
     Event,
@@ -45,6 +52,7 @@ from ..dialects.decode import (
     SnapshotWanted,
     Trades,
     VenueDecoder,
+    Watchdog,
     make_decoder,
 )
 from ..exceptions import ConfigError
@@ -184,9 +192,13 @@ class VenueSource:
         ping_timeout: float = 20.0,
         backoff: Backoff | None = None,
         keepalive_after: float = KEEPALIVE_AFTER,
+        idle_timeout: float = 0.0,
     ) -> None:
         self.venue, self.url = parse_venue_spec(spec)
         self.keepalive_after = keepalive_after
+        self.idle_timeout = idle_timeout or IDLE_TIMEOUTS[self.venue]
+        self._watchdog = Watchdog(self.idle_timeout, time.monotonic())
+        self._replace_now = False
         self.symbols = list(symbols)
         if not self.symbols:
             raise ConfigError(f"--source {spec}: name the symbols to follow with --symbols")
@@ -245,6 +257,8 @@ class VenueSource:
         self.snapshot_failures = 0
         self.resyncs_delayed = 0
         self.connect_failures = 0
+        self.idle_timeouts = 0
+        self.shutdown_notices = 0
 
     # -- the Source protocol ---------------------------------------------------------------
 
@@ -342,6 +356,8 @@ class VenueSource:
             "snapshot_failures": self.snapshot_failures,
             "resyncs_delayed": self.resyncs_delayed,
             "connect_failures": self.connect_failures,
+            "idle_timeouts": self.idle_timeouts,
+            "shutdown_notices": self.shutdown_notices,
             "stale": sorted(self.sink.incomplete & set(self.symbols)) if self.sink else [],
         }
 
@@ -476,6 +492,15 @@ class VenueSource:
         return streak[1].next_delay(), False
 
     def _notice(self, n: Notice) -> None:
+        if n.kind == "shutdown":
+            # The venue will close this connection: replace it now, not after the
+            # close and a backoff.
+            self.shutdown_notices += 1
+            log.warning("%s: %s; reconnecting at once", self.venue, n.detail)
+            self._replace_now = True
+            if self._transport is not None:
+                self._transport.disconnect()
+            return
         if n.kind in ("error", "bad"):
             self.venue_errors += 1
             # Once per kind of message, not per frame: a venue can repeat it forever.
@@ -496,7 +521,8 @@ class VenueSource:
     def arrived(self, data: bytes) -> None:
         """A text frame from the venue (called by the connection)."""
         size = len(data)
-        self._last_frame = time.monotonic()
+        self._last_frame = now = time.monotonic()
+        self._watchdog.seen(now)
         self.frames += 1
         self.bytes += size
         if self._inbox_bytes + size > MAX_INBOX_BYTES:
@@ -564,6 +590,8 @@ class VenueSource:
             self.connects += 1
             self._transport = transport
             self._last_frame = time.monotonic()
+            self._watchdog = Watchdog(self.idle_timeout, self._last_frame)
+            self._replace_now = False
             log.info(
                 "%s: connected to %s, following %s", self.venue, self.url, ", ".join(self.symbols)
             )
@@ -574,6 +602,8 @@ class VenueSource:
             self.disconnects += 1
             self._queue(None)  # every book stale until resynced
             delay = self.backoff.next_delay()
+            if self._replace_now:  # a shutdown notice: the venue asked for it
+                self._replace_now, delay = False, 0.0
             code = listener.close_code if listener is not None else None
             log.warning(
                 "%s: connection to %s lost (close code %s); reconnecting in %.2f s",
@@ -587,14 +617,28 @@ class VenueSource:
     async def _keepalive(self, gone: asyncio.Future[None]) -> None:
         """Wait for the connection to end, pinging the venue when it is quiet."""
         ping = self.decoder.keepalive()
+        dog = self._watchdog
+        step = min(self.keepalive_after, self.idle_timeout) / 5
         while not gone.done():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(gone), self.keepalive_after / 3)
+                await asyncio.wait_for(asyncio.shield(gone), step)
             t = self._transport
-            quiet = time.monotonic() - self._last_frame >= self.keepalive_after
-            if ping is not None and t is not None and quiet and not gone.done():
+            if t is None or gone.done():
+                continue
+            now = time.monotonic()
+            if dog.expired(now):
+                self.idle_timeouts += 1
+                log.warning(
+                    "%s: nothing from %s for %.1f s (pings answered, no data); its "
+                    "books are stale, replacing the connection",
+                    self.venue,
+                    self.url,
+                    self.idle_timeout,
+                )
+                t.disconnect()
+                continue
+            if ping is not None and dog.ping_due(now, self.keepalive_after):
                 t.send(WSMsgType.TEXT, ping)
-                self._last_frame = time.monotonic()
 
     def _fetch(self, want: SnapshotWanted) -> None:
         task = asyncio.ensure_future(self._get_snapshot(want))

@@ -47,6 +47,7 @@ from ..markets import Markets
 __all__ = [
     "DEFAULT_KINDS",
     "HOLE_REASONS",
+    "IDLE_TIMEOUTS",
     "LATENCY_DEFINITION",
     "VENUES",
     "Delta",
@@ -57,6 +58,7 @@ __all__ = [
     "Snapshot",
     "SnapshotWanted",
     "Trades",
+    "Watchdog",
     "VenueDecoder",
     "VenueTrade",
     "invalid_level",
@@ -158,7 +160,9 @@ class SnapshotWanted(msgspec.Struct, frozen=True, gc=False):
 
 class Notice(msgspec.Struct, frozen=True, gc=False):
     """Not market data: ``kind`` is ``ack``, ``error`` (the venue refused something),
-    ``bad`` (a frame that could not be used) or ``info``."""
+    ``bad`` (a frame that could not be used), ``shutdown`` (the venue announced it
+    will close the connection: Binance ``serverShutdown``, OKX notice 64008, Kraken's
+    ``maintenance`` status) or ``info``."""
 
     kind: str
     detail: str
@@ -305,3 +309,39 @@ def make_decoder(
 
         return KrakenDecoder(symbols, kinds, depth=depth or 100, precisions=precisions)
     raise ConfigError(f"unknown venue {venue!r}: use {', '.join(VENUES)}")
+
+
+#: Seconds without any frame from the venue after which a connection counts as dead
+#: (``--venue-idle-timeout`` 0). Binance has no application ping: silence only, long
+#: enough for a quiet symbol's depth stream (pushed only when the book changes).
+#: OKX answers the application ``ping`` sent after half of it; Kraken v2 sends a
+#: heartbeat every second while a channel is quiet.
+IDLE_TIMEOUTS = {"binance": 30.0, "okx": 30.0, "kraken": 10.0}
+
+
+class Watchdog:
+    """The data watchdog of one connection, sans I/O: told when frames arrive, asked
+    with the time whether to ping (the venue's application ping, at half the timeout)
+    and whether the connection is dead (nothing for ``timeout`` seconds)."""
+
+    def __init__(self, timeout: float, now: float) -> None:
+        self.timeout = timeout
+        self.last = now
+        self.pinged = now
+
+    def seen(self, now: float) -> None:
+        """A frame arrived (data, heartbeat, pong: the venue is alive)."""
+        self.last = now
+
+    def ping_due(self, now: float, after: float) -> bool:
+        """Whether to send the application ping now (quiet for ``after`` seconds, or
+        half the timeout if less, and not pinged since)."""
+        quiet = min(after, self.timeout / 2) if self.timeout > 0 else after
+        if now - max(self.last, self.pinged) >= quiet:
+            self.pinged = now
+            return True
+        return False
+
+    def expired(self, now: float) -> bool:
+        """Whether nothing arrived for ``timeout`` seconds (0: never)."""
+        return self.timeout > 0 and now - self.last >= self.timeout

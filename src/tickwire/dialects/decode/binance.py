@@ -151,6 +151,8 @@ class BinanceDecoder(VenueDecoder):
                 return [self.bad(data, f"unknown symbol {ev.s!r}")]
             ask = ev.a if isinstance(ev.a, str) else None
             return [Quote(m.symbol, ev.b, ev.B or None, ask, ev.A or None, 0)]
+        if kind == "serverShutdown":
+            return [Notice("shutdown", f"binance serverShutdown at {ev.E}")]
         if ev.error is not None:
             return [Notice("error", f"binance refused request {ev.id}: {ev.error}")]
         if ev.id is not None:

@@ -174,6 +174,8 @@ class KrakenDecoder(VenueDecoder):
                     "ack" if frame.method in ("subscribe", "unsubscribe") else "info", frame.method
                 )
             ]
+        if channel == "status" and b'"maintenance"' in bytes(data):
+            return [Notice("shutdown", "kraken status: maintenance")]
         return []  # heartbeat, status
 
     def _symbol(self, item: _Data) -> str | None:

@@ -132,6 +132,8 @@ class OkxDecoder(VenueDecoder):
         except msgspec.DecodeError as exc:
             return [self.bad(data, f"undecodable frame ({exc})")]
         if push.event:
+            if push.event == "notice" and push.code == "64008":
+                return [Notice("shutdown", f"okx notice {push.code}: {push.msg}")]
             if push.event == "error":
                 return [Notice("error", f"okx error {push.code}: {push.msg}")]
             return [

@@ -179,6 +179,7 @@ def _gateway_config(args: argparse.Namespace) -> GatewayConfig:
         ingest_silent_s=args.ingest_silent_after,
         venue_rest=args.venue_rest,
         venue_depth=args.venue_depth,
+        venue_idle_timeout_s=args.venue_idle_timeout,
         resume_wait_s=args.resume_wait,
         reuse_port=args.reuse_port,
         deflate=args.deflate,

@@ -80,6 +80,9 @@ class GatewayConfig:
     # depth snapshots) and Kraken's book depth (docs/venue-feeds.md).
     venue_rest: str | None = None
     venue_depth: int = 0
+    # Its data watchdog: seconds without a frame before the connection is replaced
+    # (0: the venue's default, tickwire.dialects.decode.IDLE_TIMEOUTS).
+    venue_idle_timeout_s: float = 0.0
     # A resume ahead of this gateway (from a faster one on the same bus) waits this long.
     resume_wait_s: float = 1.0
     # SO_REUSEPORT: several gateway processes share the port (tickwire serve --workers).

@@ -185,6 +185,7 @@ def make_source(config: GatewayConfig) -> Source:
             rest=config.venue_rest,
             depth=config.venue_depth,
             timeout=config.source_timeout_s,
+            idle_timeout=config.venue_idle_timeout_s,
             ping_interval=config.ping_interval_s,
             ping_timeout=config.ping_timeout_s,
         )

@@ -32,7 +32,7 @@ IDLE = 1.0
 
 
 def _gateways(
-    server_factory: Callable[..., ServerProcess], tmp_path: Path, rate: str
+    server_factory: Callable[..., ServerProcess], tmp_path: Path, rate: str, idle: float = IDLE
 ) -> tuple[VenueGateway, list[Watch]]:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -52,7 +52,7 @@ def _gateways(
             "--source-timeout",
             "10",
             "--venue-idle-timeout",
-            str(IDLE),
+            str(idle),
             *extra,
             tls=False,
         )
@@ -67,9 +67,11 @@ def test_watchdog_decides_from_the_times_given() -> None:
     assert not dog.expired(109.9) and dog.expired(110.0)
     dog.seen(109.0)
     assert not dog.expired(118.9) and dog.expired(119.0)
-    # The application ping at half the timeout (or the keepalive, if sooner), once.
-    assert not dog.ping_due(113.9, 15.0) and dog.ping_due(114.0, 15.0)
-    assert not dog.ping_due(118.0, 15.0)
+    # The application ping at a third of the timeout (or the keepalive, if sooner),
+    # then again a third later if nothing answered.
+    assert not dog.ping_due(112.3, 15.0) and dog.ping_due(112.4, 15.0)
+    assert not dog.ping_due(115.0, 15.0) and dog.ping_due(115.8, 15.0)
+    assert dog.ping_due(200.0, 3.0)  # a keepalive sooner than a third
     assert not Watchdog(0.0, now=0.0).expired(1e9)  # 0: off
     assert set(IDLE_TIMEOUTS) == set(VENUES)
 
@@ -112,15 +114,15 @@ def test_a_quiet_healthy_market_is_not_declared_dead(
     server_factory: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
     """An upstream changing its book once every few seconds: OKX answers the
-    application ping, Kraken sends its heartbeats, so the 1 s watchdog stays quiet;
+    application ping, Kraken sends its heartbeats, so a 2 s watchdog stays quiet;
     Binance has neither -- silence is all it can go by -- and is not asserted."""
-    up, watches = _gateways(server_factory, tmp_path, "0.3")
+    up, watches = _gateways(server_factory, tmp_path, "0.2", idle=2.0)
     okx_kraken = [w for w in watches if w.venue != "binance"]
 
     async def run() -> dict[str, dict[str, Any]]:
         for w in okx_kraken:
             await w.start()
-        await asyncio.sleep(4 * IDLE)
+        await asyncio.sleep(7.0)
         for w in okx_kraken:
             await w.stop()
         return {w.venue: await w.source() for w in okx_kraken}
@@ -169,3 +171,32 @@ def test_a_shutdown_notice_replaces_the_connection_before_the_close(
         # One notice, one replacement; the close found the old connection gone.
         assert src["shutdown_notices"] == 1, (venue, src)
         assert src["connects"] == 2 and src["holes"] == {"disconnect": 1}, (venue, src)
+
+
+def test_a_kraken_stall_with_heartbeats_is_a_quiet_channel_not_a_dead_one(
+    server_factory: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """Decided: Kraken's heartbeats say the link is alive and the channel quiet, which
+    a follower cannot tell from a venue withholding data -- so the 1 s watchdog does
+    not fire through a 2.5 s stall with heartbeats (same connection throughout); what
+    was lost shows when data resumes (a checksum failure if the top 10 moved) and is
+    resynced in band, and the SDK never sees a wrong book."""
+    up, watches = _gateways(server_factory, tmp_path, "300")
+    (w,) = [w for w in watches if w.venue == "kraken"]
+
+    async def run() -> dict[str, Any]:
+        await w.start()
+        stall = {"kind": "stall", "at": 0.2, "seconds": 2.5, "heartbeats": True}
+        stall.update(share=1.0, venues=["kraken"], name="watchdog-heartbeats")
+        (fid,) = await _post_all(up, [stall])
+        await asyncio.sleep(3.2)
+        listed = [f for f in await _faults(up) if f["id"] == fid]
+        assert listed and listed[0]["applied"] == 1, listed
+        await w.recovered(limit=5.0)
+        await _same_books_as_upstream(up, [w])
+        await w.stop()
+        return await w.source()
+
+    src = asyncio.run(run())
+    assert src["idle_timeouts"] == 0 and src["connects"] == 1, src
+    assert "disconnect" not in src["holes"], src

@@ -20,7 +20,7 @@ retried with capped exponential backoff and full jitter; a connection that goes 
 is detected by WebSocket pings (``--ping-timeout`` after ``--ping-interval``), and one
 that answers pings but sends nothing by the data watchdog (``--venue-idle-timeout``,
 :class:`~tickwire.dialects.decode.Watchdog`): nothing from the venue for that long
-(data, heartbeat, or the answer to its application ping, sent at half of it) and the
+(data, heartbeat, or the answer to its application ping, sent at a third of it) and the
 connection is dropped -- its symbols stale -- and replaced with backoff. A shutdown
 notice (Binance ``serverShutdown``, OKX notice 64008, Kraken's maintenance status)
 makes the source replace the connection at once, without waiting for the close.

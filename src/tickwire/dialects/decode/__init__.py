@@ -314,14 +314,15 @@ def make_decoder(
 #: Seconds without any frame from the venue after which a connection counts as dead
 #: (``--venue-idle-timeout`` 0). Binance has no application ping: silence only, long
 #: enough for a quiet symbol's depth stream (pushed only when the book changes).
-#: OKX answers the application ``ping`` sent after half of it; Kraken v2 sends a
+#: OKX answers the application ``ping`` sent after a third of it; Kraken v2 sends a
 #: heartbeat every second while a channel is quiet.
 IDLE_TIMEOUTS = {"binance": 30.0, "okx": 30.0, "kraken": 10.0}
 
 
 class Watchdog:
     """The data watchdog of one connection, sans I/O: told when frames arrive, asked
-    with the time whether to ping (the venue's application ping, at half the timeout)
+    with the time whether to ping (the venue's application ping, at a third of the
+    timeout: two pings may go unanswered before it expires)
     and whether the connection is dead (nothing for ``timeout`` seconds)."""
 
     def __init__(self, timeout: float, now: float) -> None:
@@ -335,8 +336,8 @@ class Watchdog:
 
     def ping_due(self, now: float, after: float) -> bool:
         """Whether to send the application ping now (quiet for ``after`` seconds, or
-        half the timeout if less, and not pinged since)."""
-        quiet = min(after, self.timeout / 2) if self.timeout > 0 else after
+        a third of the timeout if less, and not pinged since)."""
+        quiet = min(after, self.timeout / 3) if self.timeout > 0 else after
         if now - max(self.last, self.pinged) >= quiet:
             self.pinged = now
             return True

@@ -92,6 +92,18 @@ class ReplayClock:
     def started(self) -> bool:
         return self._anchor_data is not None
 
+    def state(self, now: float) -> dict[str, object]:
+        """The clock as the replay admin API shows it (data time, position, speed)."""
+        t = self.time(now)
+        return {
+            "time": format_time(t),
+            "time_ns": t,
+            "position": format_time(self.position),
+            "position_ns": self.position,
+            "speed": self.speed or "max",
+            "paused": self.paused,
+        }
+
     def start(self, data_ns: int, now: float) -> None:
         """Start at data time ``data_ns`` (the first event's) at ``now``."""
         self._anchor_data = data_ns

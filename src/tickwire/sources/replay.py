@@ -232,16 +232,9 @@ class ReplaySource:
 
     def replay_state(self, now: float) -> dict[str, Any]:
         """Where the replay stands: the shared clock, speed, pause, seek, progress."""
-        clock = self.clock
-        t = clock.time(now)
         return {
             "kind": "replay",
-            "time": format_time(t),
-            "time_ns": t,
-            "position": format_time(clock.position),
-            "position_ns": clock.position,
-            "speed": clock.speed or "max",
-            "paused": clock.paused,
+            **self.clock.state(now),
             "seeking": self._seek_to is not None,
             "done": self.done,
             "files": [{"path": self.path, "layout": "tickwire", "messages": self.messages}],

@@ -255,16 +255,9 @@ class TardisSource:
 
     def replay_state(self, now: float) -> dict[str, Any]:
         """Where the replay stands: the shared clock, speed, pause, seek, file progress."""
-        clock = self.clock
-        t = clock.time(now)
         return {
             "kind": "tardis",
-            "time": format_time(t),
-            "time_ns": t,
-            "position": format_time(clock.position),
-            "position_ns": clock.position,
-            "speed": clock.speed or "max",
-            "paused": clock.paused,
+            **self.clock.state(now),
             "seeking": self._seek_to is not None,
             "done": self.done,
             "files": [

@@ -263,6 +263,17 @@ def _symbol(row: Sequence[str], index: int, names: Mapping[str, str]) -> str:
     return names.get(raw, raw)
 
 
+def _times(row: Sequence[str], width: int, i_local: int, i_ts: int) -> tuple[int, int]:
+    """A row's ``(local_timestamp, timestamp)``, once it has the header's width.
+
+    Raises:
+        ValueError: a column missing or extra, or a timestamp that is not one.
+    """
+    if len(row) != width:
+        raise ValueError(f"{len(row)} columns, the header has {width}")
+    return _micros(row[i_local], "local_timestamp"), _micros(row[i_ts], "timestamp")
+
+
 def _book_events(
     path: str, header: list[str], rows: Iterator[Sequence[str]], names: Mapping[str, str]
 ) -> Iterator[BookEvent | Problem]:
@@ -278,10 +289,7 @@ def _book_events(
         symbol: str | None = None
         try:
             symbol = _symbol(row, i_sym, names)
-            if len(row) != width:
-                raise ValueError(f"{len(row)} columns, the header has {width}")
-            local = _micros(row[i_local], "local_timestamp")
-            ts = _micros(row[i_ts], "timestamp")
+            local, ts = _times(row, width, i_local, i_ts)
             snap = row[i_snap]
             if snap not in ("true", "false"):
                 raise ValueError(f"is_snapshot must be true or false, not {snap[:20]!r}")
@@ -337,10 +345,7 @@ def _trade_events(
         symbol: str | None = None
         try:
             symbol = _symbol(row, i_sym, names)
-            if len(row) != width:
-                raise ValueError(f"{len(row)} columns, the header has {width}")
-            local = _micros(row[i_local], "local_timestamp")
-            ts = _micros(row[i_ts], "timestamp")
+            local, ts = _times(row, width, i_local, i_ts)
             side = row[i_side]
             if side not in ("buy", "sell", "unknown"):
                 raise ValueError(f"side must be buy, sell or unknown, not {side[:20]!r}")
@@ -391,10 +396,7 @@ def _top_events(
         symbol: str | None = None
         try:
             symbol = _symbol(row, i_sym, names)
-            if len(row) != width:
-                raise ValueError(f"{len(row)} columns, the header has {width}")
-            local = _micros(row[i_local], "local_timestamp")
-            ts = _micros(row[i_ts], "timestamp")
+            local, ts = _times(row, width, i_local, i_ts)
             levels: dict[str, list[tuple[str, str]]] = {}
             for side, pairs in sides.items():
                 out = levels[side] = []
